@@ -1,0 +1,59 @@
+// What a region's media can do, as detected when the region is opened.
+//
+// Nothing here is assumed from the media's name: each flag is the outcome of
+// a probe (statfs, a MAP_SYNC mapping attempt, a userfaultfd registration on
+// a small probe mapping, cpuid). Plain value type; thread-safe to copy.
+#ifndef RAWDAX_CAPABILITIES_H_
+#define RAWDAX_CAPABILITIES_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace rawdax {
+
+enum class MediaKind {
+  kDirectory,  // one backing file per namespace in a directory
+  kMemfd,      // anonymous shared memory in this process ("memfd:")
+  kDevdax,     // a device-dax character device ("devdax:/dev/daxX.Y")
+};
+
+// How bytes stored through a mapping are made durable.
+enum class PersistMethod {
+  kNone,        // volatile media (tmpfs, hugetlbfs, memfd): nothing to persist to
+  kMsync,       // page cache over a normal filesystem: msync(MS_SYNC)
+  kCacheFlush,  // direct-mapped pmem (MAP_SYNC): cache-line flush, then sfence
+};
+
+// The CPU instruction used for kCacheFlush, picked at run time by cpuid.
+enum class FlushInstruction { kNone, kClflush, kClflushopt, kClwb };
+
+// Which engine write-protects live mappings (freeze, dirty tracking).
+enum class ProtectionEngine {
+  kUffd,      // sync userfaultfd write-protect works on this media
+  kMprotect,  // it does not (regular files, devdax): mprotect + SIGSEGV
+};
+
+struct Capabilities {
+  MediaKind kind = MediaKind::kDirectory;
+  std::string filesystem;  // "tmpfs", "ext4", "hugetlbfs", "devdax", "memfd", ...
+  PersistMethod persist = PersistMethod::kNone;
+  FlushInstruction flush_instruction = FlushInstruction::kNone;
+  uint64_t page_size = 4096;       // base page size of mappings
+  uint64_t huge_page_size = 0;     // PMD huge page size the media can use, 0 if none
+  uint64_t alignment = 4096;       // granularity of namespace sizes and map() offsets
+  bool map_sync = false;           // MAP_SYNC mappings are accepted
+  bool punch_hole = false;         // fallocate(PUNCH_HOLE) frees space
+  bool uffd_wp_sync = false;       // sync userfaultfd write-protect registers
+  bool uffd_wp_async = false;      // async write-protect (WP_ASYNC) registers
+  ProtectionEngine engine = ProtectionEngine::kMprotect;
+};
+
+std::string_view to_string(MediaKind kind);
+std::string_view to_string(PersistMethod method);
+std::string_view to_string(FlushInstruction instruction);
+std::string_view to_string(ProtectionEngine engine);
+
+}  // namespace rawdax
+
+#endif  // RAWDAX_CAPABILITIES_H_

@@ -1,0 +1,82 @@
+// Region: a set of namespaces on one media, and the entry point of the API.
+//
+//   auto region = rawdax::Region::open("./data", {.create = true});
+//   auto info = (*region)->create_namespace({.name = "vm1", .size = 256 << 20});
+//   auto dev = (*region)->open_device("vm1");
+//
+// A region spec is a directory on any filesystem (tmpfs, ext4, hugetlbfs, a
+// DAX filesystem), "memfd:" (anonymous memory in this process, gone when the
+// Region and its devices and mappings are), or "devdax:/dev/daxX.Y" (one
+// namespace: the whole device).
+//
+// A directory region is owned by one Region object at a time, across
+// processes (flock); a second open fails with EBUSY naming the holder's pid.
+// Metadata updates are crash-consistent: after a crash the region reopens
+// with the old or the new metadata, and files a crash orphaned are removed.
+//
+// Thread safety: all methods are thread-safe. Devices and mappings keep what
+// they need alive, so they may outlive the Region object.
+#ifndef RAWDAX_REGION_H_
+#define RAWDAX_REGION_H_
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "rawdax/capabilities.h"
+#include "rawdax/device.h"
+#include "rawdax/namespace.h"
+#include "rawdax/result.h"
+
+namespace rawdax {
+
+class Catalog;
+
+struct RegionOptions {
+  bool create = false;  // make and initialise a missing directory region
+};
+
+struct DestroyOptions {
+  bool force = false;
+};
+
+class Region {
+ public:
+  static Result<std::unique_ptr<Region>> open(std::string_view spec, RegionOptions options = {});
+  ~Region();
+  Region(const Region&) = delete;
+  Region& operator=(const Region&) = delete;
+
+  const std::string& spec() const;
+  const Capabilities& capabilities() const;
+  // Increases by one with every metadata update.
+  uint64_t generation() const;
+
+  std::vector<NamespaceInfo> list() const;
+  Result<NamespaceInfo> find(std::string_view name) const;
+
+  // EINVAL (name, size), EEXIST, ENOSPC (names the size and the space free).
+  Result<NamespaceInfo> create_namespace(const NamespaceSpec& spec);
+  // ENOENT when absent. EBUSY while a Device or Mapping of the namespace
+  // (opened through this Region) is alive.
+  Status destroy_namespace(std::string_view name, DestroyOptions options = {});
+
+  Result<std::unique_ptr<Device>> open_device(std::string_view name, DeviceOptions options = {});
+
+ private:
+  explicit Region(std::shared_ptr<Catalog> catalog);
+  std::shared_ptr<Catalog> catalog_;
+  mutable std::mutex mu_;
+  // Devices opened through this Region, by name; expired once the Device and
+  // all its Mappings are gone. Guarded by mu_.
+  std::map<std::string, std::vector<std::weak_ptr<internal::DeviceCore>>> open_;
+  bool is_open_locked(std::string_view name) const;
+};
+
+}  // namespace rawdax
+
+#endif  // RAWDAX_REGION_H_

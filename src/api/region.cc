@@ -1,0 +1,64 @@
+// The public Region: the facade over the catalog (region layer) and devices.
+// It sits above the device layer so that open_device() is not an upward call.
+#include "rawdax/region.h"
+
+#include "device/device_core.h"
+#include "region/catalog.h"
+
+#include <vector>
+
+namespace rawdax {
+
+Result<std::unique_ptr<Region>> Region::open(std::string_view spec, RegionOptions options) {
+  auto catalog = Catalog::open(spec, options.create);
+  if (!catalog) return catalog.error();
+  return std::unique_ptr<Region>(new Region(std::shared_ptr<Catalog>(std::move(*catalog))));
+}
+
+Region::Region(std::shared_ptr<Catalog> catalog) : catalog_(std::move(catalog)) {}
+Region::~Region() = default;
+
+const std::string& Region::spec() const { return catalog_->spec(); }
+const Capabilities& Region::capabilities() const { return catalog_->capabilities(); }
+uint64_t Region::generation() const { return catalog_->generation(); }
+std::vector<NamespaceInfo> Region::list() const { return catalog_->list(); }
+Result<NamespaceInfo> Region::find(std::string_view name) const { return catalog_->find(name); }
+
+Result<NamespaceInfo> Region::create_namespace(const NamespaceSpec& spec) {
+  return catalog_->create(spec);
+}
+
+Status Region::destroy_namespace(std::string_view name, DestroyOptions options) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (is_open_locked(name)) {
+      return Error(std::errc::device_or_resource_busy,
+                   "namespace " + std::string(name) +
+                       " is open (a Device or Mapping of it is alive)" +
+                       (options.force ? "; close it before destroying" : ""));
+    }
+  }
+  return catalog_->destroy(name);
+}
+
+bool Region::is_open_locked(std::string_view name) const {
+  auto it = open_.find(std::string(name));
+  if (it == open_.end()) return false;
+  for (const auto& weak : it->second) {
+    if (!weak.expired()) return true;
+  }
+  return false;
+}
+
+Result<std::unique_ptr<Device>> Region::open_device(std::string_view name,
+                                                    DeviceOptions options) {
+  auto core = internal::DeviceCore::open(catalog_, name, options);
+  if (!core) return core.error();
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& cores = open_[std::string(name)];
+  std::erase_if(cores, [](const auto& weak) { return weak.expired(); });
+  cores.push_back(*core);
+  return std::make_unique<Device>(std::move(*core));
+}
+
+}  // namespace rawdax

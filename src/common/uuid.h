@@ -1,0 +1,14 @@
+// Random (version 4) UUIDs as lowercase text. Thread-safe.
+#ifndef RAWDAX_COMMON_UUID_H_
+#define RAWDAX_COMMON_UUID_H_
+
+#include <string>
+
+namespace rawdax {
+
+std::string new_uuid();
+bool is_uuid(const std::string& text);
+
+}  // namespace rawdax
+
+#endif  // RAWDAX_COMMON_UUID_H_

@@ -1,0 +1,318 @@
+#include "region/catalog.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <filesystem>
+
+#include "common/units.h"
+#include "common/uuid.h"
+#include "media/files.h"
+#include "media/probe.h"
+#include "region/names.h"
+
+namespace rawdax {
+namespace {
+
+constexpr std::string_view kMemfdPrefix = "memfd:";
+constexpr std::string_view kDevdaxPrefix = "devdax:";
+
+std::string metadata_path(const std::string& dir) { return dir + "/rawdax.meta"; }
+std::string backing_dir(const std::string& dir) { return dir + "/ns"; }
+
+// A stable uuid for a device that has nowhere to store one.
+std::string uuid_from_path(const std::string& path) {
+  XXH128_hash_t h = XXH3_128bits(path.data(), path.size());
+  char out[37];
+  std::snprintf(out, sizeof out, "%08" PRIx64 "-%04" PRIx64 "-4%03" PRIx64 "-8%03" PRIx64
+                "-%012" PRIx64,
+                h.high64 >> 32, (h.high64 >> 16) & 0xffff, h.high64 & 0xfff,
+                (h.low64 >> 48) & 0xfff, h.low64 & uint64_t{0xffffffffffff});
+  return out;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Catalog>> Catalog::open(std::string_view spec, bool create) {
+  std::unique_ptr<Catalog> catalog(new Catalog());
+  catalog->spec_ = std::string(spec);
+  if (spec.empty()) return Error(std::errc::invalid_argument, "empty region path");
+  if (spec.substr(0, kMemfdPrefix.size()) == kMemfdPrefix) {
+    auto caps = probe_memfd();
+    if (!caps) return caps.error();
+    catalog->caps_ = *caps;
+    catalog->meta_.region_uuid = new_uuid();
+    return catalog;
+  }
+  if (spec.substr(0, kDevdaxPrefix.size()) == kDevdaxPrefix) {
+    RAWDAX_RETURN_IF_ERROR(catalog->open_devdax(std::string(spec.substr(kDevdaxPrefix.size()))));
+    return catalog;
+  }
+  catalog->dir_ = std::string(spec);
+  while (catalog->dir_.size() > 1 && catalog->dir_.back() == '/') catalog->dir_.pop_back();
+  RAWDAX_RETURN_IF_ERROR(catalog->open_directory(create));
+  return catalog;
+}
+
+Status Catalog::open_directory(bool create) {
+  struct stat st;
+  if (::stat(dir_.c_str(), &st) != 0) {
+    if (errno != ENOENT || !create) {
+      return errno_error(errno, "region " + dir_ + (create ? "" : " (pass create to make it)"));
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(dir_, ec);
+    if (ec) return Error(ec, "cannot create region directory " + dir_ + ": " + ec.message());
+  } else if (!S_ISDIR(st.st_mode)) {
+    return Error(std::errc::not_a_directory, "region " + dir_ + " is not a directory");
+  }
+  auto lock = RegionLock::acquire(dir_);
+  if (!lock) return lock.error();
+  lock_.emplace(std::move(*lock));
+
+  auto caps = probe_directory(dir_);
+  if (!caps) return caps.error();
+  caps_ = *caps;
+
+  auto bytes = read_whole_file(metadata_path(dir_));
+  if (bytes) {
+    auto meta = decode_metadata(*bytes, metadata_path(dir_));
+    if (!meta) return meta.error();
+    meta_ = std::move(*meta);
+  } else if (bytes.error().code() == std::errc::no_such_file_or_directory && create) {
+    meta_ = RegionMetadata{};
+    meta_.region_uuid = new_uuid();
+    if (::mkdir(backing_dir(dir_).c_str(), 0700) != 0 && errno != EEXIST) {
+      return errno_error(errno, "cannot create " + backing_dir(dir_));
+    }
+    RAWDAX_RETURN_IF_ERROR(replace_file_atomically(metadata_path(dir_), encode_metadata(meta_)));
+  } else if (bytes.error().code() == std::errc::no_such_file_or_directory) {
+    return Error(std::errc::no_such_file_or_directory,
+                 "region " + dir_ + " has no rawdax.meta: not a rawdax region");
+  } else {
+    return bytes.error();
+  }
+  if (::mkdir(backing_dir(dir_).c_str(), 0700) != 0 && errno != EEXIST) {
+    return errno_error(errno, "cannot create " + backing_dir(dir_));
+  }
+  return remove_orphans();
+}
+
+Status Catalog::open_devdax(const std::string& path) {
+  auto geometry = read_devdax_geometry(path);
+  if (!geometry) return geometry.error();
+  devdax_fd_.reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!devdax_fd_.valid()) return errno_error(errno, "cannot open devdax device " + path);
+  auto caps = probe_devdax(devdax_fd_.get(), *geometry);
+  if (!caps) return caps.error();
+  caps_ = *caps;
+  NamespaceInfo ns;
+  ns.name = std::filesystem::path(path).filename().string();
+  ns.uuid = uuid_from_path(path);
+  ns.size = geometry->size;
+  ns.path = path;
+  meta_.region_uuid = ns.uuid;
+  meta_.namespaces.push_back(ns);
+  return ok();
+}
+
+// Deletes what a crash can leave behind: backing files no metadata names,
+// temporary metadata files, and probe files.
+Status Catalog::remove_orphans() {
+  auto unlink_if = [](const std::string& dir, auto&& is_orphan) -> Status {
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) return errno_error(errno, "cannot list " + dir);
+    std::vector<std::string> doomed;
+    while (dirent* e = ::readdir(d)) {
+      std::string name = e->d_name;
+      if (name != "." && name != ".." && is_orphan(name)) doomed.push_back(dir + "/" + name);
+    }
+    ::closedir(d);
+    for (const auto& path : doomed) {
+      if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+        return errno_error(errno, "cannot remove orphan " + path);
+      }
+    }
+    return ok();
+  };
+  RAWDAX_RETURN_IF_ERROR(unlink_if(backing_dir(dir_), [&](const std::string& name) {
+    return std::none_of(meta_.namespaces.begin(), meta_.namespaces.end(),
+                        [&](const NamespaceInfo& ns) { return ns.uuid == name; });
+  }));
+  RAWDAX_RETURN_IF_ERROR(unlink_if(dir_, [](const std::string& name) {
+    return name.rfind("rawdax.meta.tmp.", 0) == 0 || name.rfind(".rawdax-probe.", 0) == 0;
+  }));
+  return fsync_directory(backing_dir(dir_));
+}
+
+uint64_t Catalog::generation() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return meta_.generation;
+}
+
+NamespaceInfo Catalog::with_path(NamespaceInfo ns) const {
+  switch (caps_.kind) {
+    case MediaKind::kDirectory: ns.path = backing_dir(dir_) + "/" + ns.uuid; break;
+    case MediaKind::kMemfd: ns.path = "memfd:" + ns.name; break;
+    case MediaKind::kDevdax: break;  // recorded at open
+  }
+  return ns;
+}
+
+const NamespaceInfo* Catalog::lookup(std::string_view name) const {
+  for (const auto& ns : meta_.namespaces) {
+    if (ns.name == name) return &ns;
+  }
+  return nullptr;
+}
+
+std::vector<NamespaceInfo> Catalog::list() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<NamespaceInfo> out;
+  for (const auto& ns : meta_.namespaces) out.push_back(with_path(ns));
+  return out;
+}
+
+Result<NamespaceInfo> Catalog::find(std::string_view name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const NamespaceInfo* ns = lookup(name);
+  if (ns == nullptr) {
+    return Error(std::errc::no_such_file_or_directory,
+                 "namespace " + std::string(name) + " not found in region " + spec_);
+  }
+  return with_path(*ns);
+}
+
+Status Catalog::check_space(const std::string& name, uint64_t size) const {
+  uint64_t available = 0;
+  std::string where;
+  if (caps_.kind == MediaKind::kDirectory) {
+    struct statvfs vfs;
+    if (::statvfs(dir_.c_str(), &vfs) != 0) return errno_error(errno, "statvfs " + dir_);
+    available = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+    where = dir_;
+  } else {
+    available = static_cast<uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
+                static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    where = "memory";
+  }
+  if (size > available) {
+    return Error(std::errc::no_space_on_device,
+                 "namespace " + name + ": size " + std::to_string(size) + " (" +
+                     format_size(size) + ") does not fit: " + where + " has " +
+                     std::to_string(available) + " (" + format_size(available) + ") free");
+  }
+  return ok();
+}
+
+Status Catalog::commit(RegionMetadata next) {
+  next.generation = meta_.generation + 1;
+  if (caps_.kind == MediaKind::kDirectory) {
+    RAWDAX_RETURN_IF_ERROR(replace_file_atomically(metadata_path(dir_), encode_metadata(next)));
+  }
+  meta_ = std::move(next);
+  return ok();
+}
+
+Result<NamespaceInfo> Catalog::create(const NamespaceSpec& spec) {
+  RAWDAX_RETURN_IF_ERROR(validate_namespace_name(spec.name));
+  auto size = validate_namespace_size(spec.name, spec.size, caps_.alignment);
+  if (!size) return size.error();
+  if (caps_.kind == MediaKind::kDevdax) {
+    return Error(std::errc::operation_not_supported,
+                 "namespace " + spec.name + ": a devdax region holds exactly its one device");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (lookup(spec.name) != nullptr) {
+    return Error(std::errc::file_exists,
+                 "namespace " + spec.name + " already exists in region " + spec_);
+  }
+  RAWDAX_RETURN_IF_ERROR(check_space(spec.name, *size));
+
+  NamespaceInfo ns;
+  ns.name = spec.name;
+  ns.uuid = new_uuid();
+  ns.size = *size;
+  RegionMetadata next = meta_;
+  next.namespaces.push_back(ns);
+
+  if (caps_.kind == MediaKind::kMemfd) {
+    auto fd = create_memfd("rawdax:" + ns.name, ns.size);
+    if (!fd) return fd.error().with_context("namespace " + ns.name + ": ");
+    RAWDAX_RETURN_IF_ERROR(commit(std::move(next)));
+    memfds_[ns.uuid] = std::move(*fd);
+    return with_path(ns);
+  }
+  std::string path = backing_dir(dir_) + "/" + ns.uuid;
+  auto fd = create_sized_file(path, ns.size);
+  if (!fd) return fd.error().with_context("namespace " + ns.name + ": ");
+  Status made = fsync_directory(backing_dir(dir_));
+  if (made) made = commit(std::move(next));
+  if (!made) {
+    ::unlink(path.c_str());
+    return made.error().with_context("namespace " + ns.name + ": ");
+  }
+  return with_path(ns);
+}
+
+Status Catalog::destroy(std::string_view name) {
+  if (caps_.kind == MediaKind::kDevdax) {
+    return Error(std::errc::operation_not_supported,
+                 "namespace " + std::string(name) + ": a devdax namespace cannot be destroyed");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  const NamespaceInfo* ns = lookup(name);
+  if (ns == nullptr) {
+    return Error(std::errc::no_such_file_or_directory,
+                 "namespace " + std::string(name) + " not found in region " + spec_);
+  }
+  std::string uuid = ns->uuid;
+  RegionMetadata next = meta_;
+  next.namespaces.erase(std::find_if(next.namespaces.begin(), next.namespaces.end(),
+                                     [&](const NamespaceInfo& n) { return n.name == name; }));
+  RAWDAX_RETURN_IF_ERROR(commit(std::move(next)));
+  if (caps_.kind == MediaKind::kMemfd) {
+    memfds_.erase(uuid);
+    return ok();
+  }
+  std::string path = backing_dir(dir_) + "/" + uuid;
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    // The metadata no longer names it, so the next open removes it as an orphan.
+    return errno_error(errno, "namespace " + std::string(name) + ": cannot remove " + path);
+  }
+  return fsync_directory(backing_dir(dir_));
+}
+
+Result<UniqueFd> Catalog::open_backing(std::string_view name, bool writable) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const NamespaceInfo* ns = lookup(name);
+  if (ns == nullptr) {
+    return Error(std::errc::no_such_file_or_directory,
+                 "namespace " + std::string(name) + " not found in region " + spec_);
+  }
+  switch (caps_.kind) {
+    case MediaKind::kDirectory:
+      return open_file(backing_dir(dir_) + "/" + ns->uuid, writable);
+    case MediaKind::kMemfd: {
+      int fd = ::fcntl(memfds_.at(ns->uuid).get(), F_DUPFD_CLOEXEC, 0);
+      if (fd < 0) return errno_error(errno, "namespace " + ns->name + ": dup");
+      return UniqueFd(fd);
+    }
+    case MediaKind::kDevdax: {
+      int fd = ::fcntl(devdax_fd_.get(), F_DUPFD_CLOEXEC, 0);
+      if (fd < 0) return errno_error(errno, "namespace " + ns->name + ": dup");
+      return UniqueFd(fd);
+    }
+  }
+  return Error(std::errc::invalid_argument, "unknown media kind");
+}
+
+}  // namespace rawdax

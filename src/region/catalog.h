@@ -1,0 +1,83 @@
+// Catalog: the namespaces of one region and the objects that back them.
+//
+// Kinds:
+//  - directory: metadata in DIR/rawdax.meta (see metadata.h), one backing
+//    file per namespace in DIR/ns/<uuid>, an exclusive flock on DIR/rawdax.lock.
+//  - memfd: metadata in memory, one memfd per namespace; lives as long as the
+//    Catalog (and any mappings of its memfds).
+//  - devdax: exactly one namespace, the whole device, named after it; it can
+//    be neither created nor destroyed.
+//
+// Crash consistency (directory): create makes and fsyncs the backing file
+// before the metadata names it; destroy drops the name from the metadata
+// before it unlinks the file. A crash therefore leaves old or new metadata
+// and at worst an unnamed file, which open() deletes (orphan cleanup).
+//
+// Thread safety: all methods are thread-safe (one internal mutex; updates are
+// serialized, so the generation counter increases by one per update).
+#ifndef RAWDAX_REGION_CATALOG_H_
+#define RAWDAX_REGION_CATALOG_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/unique_fd.h"
+#include "rawdax/capabilities.h"
+#include "rawdax/namespace.h"
+#include "rawdax/result.h"
+#include "region/metadata.h"
+#include "region/region_lock.h"
+
+namespace rawdax {
+
+class Catalog {
+ public:
+  // `spec` is a directory path, "memfd:[LABEL]" or "devdax:PATH". With
+  // `create`, a missing directory is made and initialised.
+  static Result<std::unique_ptr<Catalog>> open(std::string_view spec, bool create);
+
+  const Capabilities& capabilities() const { return caps_; }
+  const std::string& spec() const { return spec_; }
+  uint64_t generation() const;
+
+  std::vector<NamespaceInfo> list() const;
+  Result<NamespaceInfo> find(std::string_view name) const;  // ENOENT when absent
+
+  // EINVAL for a bad name or size, EEXIST for a taken name, ENOSPC when the
+  // media cannot hold the (rounded) size. Nothing changes on failure.
+  Result<NamespaceInfo> create(const NamespaceSpec& spec);
+  Status destroy(std::string_view name);
+
+  // A new fd on the namespace's backing object, for mapping it.
+  Result<UniqueFd> open_backing(std::string_view name, bool writable) const;
+
+ private:
+  Catalog() = default;
+  Status open_directory(bool create);
+  Status open_devdax(const std::string& path);
+  Status remove_orphans();
+  Status check_space(const std::string& name, uint64_t size) const;
+  Status commit(RegionMetadata next);  // persists, then installs `next`
+  NamespaceInfo with_path(NamespaceInfo ns) const;
+  const NamespaceInfo* lookup(std::string_view name) const;
+
+  std::string spec_;
+  std::string dir_;  // directory kind only
+  Capabilities caps_;
+  std::optional<RegionLock> lock_;
+
+  mutable std::mutex mu_;
+  RegionMetadata meta_;                    // guarded by mu_
+  std::map<std::string, UniqueFd> memfds_;  // by uuid; memfd kind; guarded by mu_
+  UniqueFd devdax_fd_;
+};
+
+}  // namespace rawdax
+
+#endif  // RAWDAX_REGION_CATALOG_H_

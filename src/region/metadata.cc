@@ -1,0 +1,103 @@
+#include "region/metadata.h"
+
+#include <xxhash.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "common/uuid.h"
+#include "region/names.h"
+
+namespace rawdax {
+namespace {
+
+constexpr int kVersion = 1;
+constexpr char kMagic[] = "RAWDAXMETA";
+
+std::string hex64(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
+  return buf;
+}
+
+}  // namespace
+
+std::string encode_metadata(const RegionMetadata& meta) {
+  nlohmann::json body;
+  body["generation"] = meta.generation;
+  body["region_uuid"] = meta.region_uuid;
+  body["namespaces"] = nlohmann::json::array();
+  for (const auto& ns : meta.namespaces) {
+    body["namespaces"].push_back(
+        {{"name", ns.name}, {"uuid", ns.uuid}, {"size", ns.size}, {"mode", ns.mode}});
+  }
+  std::string json = body.dump(1);
+  json += '\n';
+  std::string out = std::string(kMagic) + " " + std::to_string(kVersion) + " " +
+                    hex64(XXH64(json.data(), json.size(), 0)) + " " +
+                    std::to_string(json.size()) + "\n";
+  return out + json;
+}
+
+Result<RegionMetadata> decode_metadata(std::string_view bytes, const std::string& source) {
+  auto corrupt = [&](const std::string& why) {
+    return Error(std::errc::illegal_byte_sequence, "corrupt region metadata " + source + ": " + why);
+  };
+  auto eol = bytes.find('\n');
+  if (eol == std::string_view::npos || eol > 128) return corrupt("no header line");
+  std::string header(bytes.substr(0, eol));
+  char magic[16] = {};
+  int version = 0;
+  char sum_hex[17] = {};
+  unsigned long long length = 0;
+  if (std::sscanf(header.c_str(), "%15s %d %16s %llu", magic, &version, sum_hex, &length) != 4 ||
+      std::string(magic) != kMagic) {
+    return corrupt("bad header '" + header + "'");
+  }
+  if (version != kVersion) return corrupt("unsupported version " + std::to_string(version));
+  std::string_view json = bytes.substr(eol + 1);
+  if (json.size() != length) {
+    return corrupt("length " + std::to_string(json.size()) + " but header says " +
+                   std::to_string(length));
+  }
+  if (hex64(XXH64(json.data(), json.size(), 0)) != sum_hex) return corrupt("checksum mismatch");
+
+  nlohmann::json body = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded() || !body.is_object()) return corrupt("body is not a JSON object");
+  RegionMetadata meta;
+  auto gen = body.find("generation");
+  auto uuid = body.find("region_uuid");
+  auto list = body.find("namespaces");
+  if (gen == body.end() || !gen->is_number_unsigned() || uuid == body.end() ||
+      !uuid->is_string() || list == body.end() || !list->is_array()) {
+    return corrupt("missing generation, region_uuid or namespaces");
+  }
+  meta.generation = gen->get<uint64_t>();
+  meta.region_uuid = uuid->get<std::string>();
+  for (const auto& entry : *list) {
+    if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() ||
+        !entry.contains("uuid") || !entry["uuid"].is_string() || !entry.contains("size") ||
+        !entry["size"].is_number_unsigned() || !entry.contains("mode") ||
+        !entry["mode"].is_string()) {
+      return corrupt("malformed namespace entry");
+    }
+    NamespaceInfo ns;
+    ns.name = entry["name"].get<std::string>();
+    ns.uuid = entry["uuid"].get<std::string>();
+    ns.size = entry["size"].get<uint64_t>();
+    ns.mode = entry["mode"].get<std::string>();
+    if (!validate_namespace_name(ns.name)) return corrupt("bad namespace name '" + ns.name + "'");
+    if (!is_uuid(ns.uuid)) return corrupt("bad uuid for namespace " + ns.name);
+    if (ns.size == 0) return corrupt("zero size for namespace " + ns.name);
+    for (const auto& seen : meta.namespaces) {
+      if (seen.name == ns.name || seen.uuid == ns.uuid) {
+        return corrupt("duplicate namespace " + ns.name);
+      }
+    }
+    meta.namespaces.push_back(std::move(ns));
+  }
+  return meta;
+}
+
+}  // namespace rawdax

@@ -1,0 +1,58 @@
+#include "tools/cli_common.h"
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "common/units.h"
+
+namespace rawdax::cli {
+
+void add_global_options(CLI::App& verb, GlobalOptions& options) {
+  verb.add_option("--region", options.region,
+                  "Region: a directory, memfd: or devdax:PATH (created on first use)")
+      ->capture_default_str();
+  verb.add_flag("--json", options.json, "JSON output (the default for listings)");
+  verb.add_flag("--human", options.human, "Sizes as human-readable strings");
+}
+
+Result<std::unique_ptr<Region>> open_region(const GlobalOptions& options) {
+  return Region::open(options.region, {.create = true});
+}
+
+static nlohmann::json size_json(uint64_t bytes, bool human) {
+  if (human) return format_size(bytes);
+  return bytes;
+}
+
+nlohmann::json to_json(const NamespaceInfo& ns, bool human) {
+  return {{"name", ns.name},
+          {"uuid", ns.uuid},
+          {"size", size_json(ns.size, human)},
+          {"mode", ns.mode},
+          {"path", ns.path}};
+}
+
+nlohmann::json to_json(const Capabilities& caps, bool human) {
+  return {{"kind", to_string(caps.kind)},
+          {"filesystem", caps.filesystem},
+          {"persist", to_string(caps.persist)},
+          {"flush_instruction", to_string(caps.flush_instruction)},
+          {"page_size", size_json(caps.page_size, human)},
+          {"huge_page_size", size_json(caps.huge_page_size, human)},
+          {"alignment", size_json(caps.alignment, human)},
+          {"map_sync", caps.map_sync},
+          {"punch_hole", caps.punch_hole},
+          {"uffd_wp_sync", caps.uffd_wp_sync},
+          {"uffd_wp_async", caps.uffd_wp_async},
+          {"engine", to_string(caps.engine)}};
+}
+
+int fail(const Error& error) {
+  std::fprintf(stderr, "rawdax: error: %s\n", error.message().c_str());
+  return 1;
+}
+
+void print_json(const nlohmann::json& value) { std::cout << value.dump(2) << std::endl; }
+
+}  // namespace rawdax::cli

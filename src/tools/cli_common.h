@@ -1,0 +1,44 @@
+// Shared pieces of the rawdax CLI verbs: the options every verb takes,
+// region opening, JSON rendering, and the one-line error convention.
+#ifndef RAWDAX_TOOLS_CLI_COMMON_H_
+#define RAWDAX_TOOLS_CLI_COMMON_H_
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "rawdax/rawdax.h"
+
+namespace CLI {
+class App;
+}
+
+namespace rawdax::cli {
+
+inline constexpr const char* kDefaultRegion = "./rawdax-data";
+
+// Options shared by every verb. Verbs add their own.
+struct GlobalOptions {
+  std::string region = kDefaultRegion;
+  bool json = false;
+  bool human = false;
+};
+
+// Adds --region, --json and --human to a verb.
+void add_global_options(CLI::App& verb, GlobalOptions& options);
+
+// Opens (creating on first use) the region named by --region.
+Result<std::unique_ptr<Region>> open_region(const GlobalOptions& options);
+
+nlohmann::json to_json(const NamespaceInfo& ns, bool human);
+nlohmann::json to_json(const Capabilities& caps, bool human);
+
+// Prints "rawdax: error: MESSAGE" on stderr and returns the exit code 1.
+int fail(const Error& error);
+
+// Prints JSON to stdout, indented like ndctl.
+void print_json(const nlohmann::json& value);
+
+}  // namespace rawdax::cli
+
+#endif  // RAWDAX_TOOLS_CLI_COMMON_H_

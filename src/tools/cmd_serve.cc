@@ -1,0 +1,92 @@
+// Verb: serve. Owns the region (its flock), makes sure a namespace exists,
+// keeps every namespace open, logs one line per event, and exits 0 on
+// SIGINT or SIGTERM.
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <memory>
+#include <vector>
+
+#include "common/units.h"
+#include "tools/cli_common.h"
+#include "tools/commands.h"
+
+namespace rawdax::cli {
+namespace {
+
+struct ServeOptions {
+  GlobalOptions global;
+  std::string default_name = "default";
+  std::string default_size = "256M";
+};
+
+// One line per event on stderr: "2026-11-25T21:30:00Z rawdax serve: MESSAGE".
+void log_event(const std::string& message) {
+  std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  std::fprintf(stderr, "%s rawdax serve: %s\n", stamp, message.c_str());
+  std::fflush(stderr);
+}
+
+int run_serve(const ServeOptions& options) {
+  // Block the stop signals before anything else so sigwait() receives them.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+
+  auto default_size = parse_size(options.default_size);
+  if (!default_size) return fail(default_size.error());
+  auto region = open_region(options.global);
+  if (!region) return fail(region.error());
+  const Capabilities& caps = (*region)->capabilities();
+  log_event("region " + (*region)->spec() + " opened (" + caps.filesystem + ", persist " +
+            std::string(to_string(caps.persist)) + ", engine " +
+            std::string(to_string(caps.engine)) + ")");
+  if ((*region)->list().empty()) {
+    auto made = (*region)->create_namespace({.name = options.default_name, .size = *default_size});
+    if (!made) return fail(made.error());
+    log_event("namespace " + made->name + " created (" + format_size(made->size) + ")");
+  }
+  std::vector<std::unique_ptr<Device>> devices;
+  for (const auto& ns : (*region)->list()) {
+    auto dev = (*region)->open_device(ns.name);
+    if (!dev) return fail(dev.error());
+    log_event("namespace " + ns.name + " open (" + format_size(ns.size) + ", " + ns.path + ")");
+    devices.push_back(std::move(*dev));
+  }
+  log_event("ready: serving " + std::to_string(devices.size()) + " namespace(s)");
+
+  int sig = 0;
+  while (sigwait(&stop, &sig) != 0) {
+  }
+  log_event(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ", shutting down");
+  for (auto& dev : devices) {
+    Status st = dev->flush();
+    if (!st) log_event("flush failed: " + st.error().message());
+  }
+  devices.clear();
+  log_event("stopped");
+  return 0;
+}
+
+}  // namespace
+
+void register_serve_command(CLI::App& app, int* exit_code) {
+  auto options = std::make_shared<ServeOptions>();
+  CLI::App* serve = app.add_subcommand(
+      "serve", "Own the region and serve its namespaces until SIGINT or SIGTERM");
+  add_global_options(*serve, options->global);
+  serve->add_option("--default-name", options->default_name,
+                    "Namespace created when the region has none")
+      ->capture_default_str();
+  serve->add_option("--default-size", options->default_size, "Its size")->capture_default_str();
+  serve->callback([=] { *exit_code = run_serve(*options); });
+}
+
+}  // namespace rawdax::cli
