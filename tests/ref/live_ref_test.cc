@@ -5,10 +5,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
+#include <optional>
 #include <random>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace rawdax {
@@ -33,15 +36,39 @@ bool WaitFor(Pred pred, milliseconds limit = kEventually) {
   return true;
 }
 
+// Runs a callable at scope exit, so a failed ASSERT still joins threads.
+template <typename F>
+class Cleanup {
+ public:
+  explicit Cleanup(F f) : f_(std::move(f)) {}
+  ~Cleanup() { f_(); }
+  Cleanup(const Cleanup&) = delete;
+  Cleanup& operator=(const Cleanup&) = delete;
+
+ private:
+  F f_;
+};
+
+void JoinIfJoinable(std::thread& thread) {
+  if (thread.joinable()) thread.join();
+}
+
 // Runs ref.tryget(access) on its own thread. result(): -1 while it has not
 // returned, else 0/1. If the test fails with the call still blocked, the
-// destructor kills the ref to release it, so the test ends instead of hanging.
+// destructor kills the ref to release it (and, should kill() fail to wake
+// it, drops the freezes), so a failing test ends instead of hanging.
 class AsyncGet {
  public:
   AsyncGet(LiveRef& ref, Access access)
       : ref_(ref), thread_([this, access] { result_.store(ref_.tryget(access) ? 1 : 0); }) {}
   ~AsyncGet() {
-    if (result_.load() < 0) ref_.kill();
+    if (result_.load() < 0) {
+      ref_.kill();
+      if (!Finished(milliseconds(1000))) {
+        ADD_FAILURE() << "kill() did not release a parked writer";
+        while (ref_.freeze_depth() > 0) ref_.unfreeze();
+      }
+    }
     thread_.join();
   }
   int result() const { return result_.load(); }
@@ -155,7 +182,7 @@ TEST(LiveRefTest, ReadersPassFreeze) {
 
 TEST(LiveRefTest, WriterBlocksDuringFreezeAndResumesAfterUnfreeze) {
   LiveRef ref;
-  ASSERT_TRUE(ref.freeze());
+  ASSERT_TRUE(ref.freeze(kEventually));
   AsyncGet writer(ref, Access::kWrite);
   EXPECT_FALSE(writer.Finished(kStaysBlocked)) << "writer got through a freeze";
   EXPECT_EQ(ref.count_slow(Access::kWrite), 0);  // a parked writer holds nothing
@@ -170,7 +197,7 @@ TEST(LiveRefTest, FreezeWaitsForWritersInFlight) {
   LiveRef ref;
   ASSERT_TRUE(ref.tryget(Access::kWrite));
   std::atomic<int> frozen{-1};
-  std::thread freezer([&] { frozen.store(ref.freeze() ? 1 : 0); });
+  std::thread freezer([&] { frozen.store(ref.freeze(kEventually) ? 1 : 0); });
   EXPECT_FALSE(WaitFor([&] { return frozen.load() >= 0; }, kStaysBlocked))
       << "freeze returned with a writer in flight";
   ref.put(Access::kWrite);
@@ -183,7 +210,7 @@ TEST(LiveRefTest, FreezeWaitsForWritersInFlight) {
 
 TEST(LiveRefTest, NestedFreeze) {
   LiveRef ref;
-  ASSERT_TRUE(ref.freeze());
+  ASSERT_TRUE(ref.freeze(kEventually));
   // Already frozen and drained: returns at once even with a zero timeout.
   ASSERT_TRUE(ref.freeze(milliseconds(0)));
   EXPECT_EQ(ref.freeze_depth(), 2);
@@ -215,6 +242,10 @@ TEST(LiveRefTest, FreezeTimeoutUndoesItsDepth) {
     WaitFor([&] { return release.load(); });
     ref.put(Access::kWrite);
   });
+  Cleanup join_holder([&] {
+    release.store(true);
+    JoinIfJoinable(holder);
+  });
   ASSERT_TRUE(WaitFor([&] { return held.load(); }));
 
   constexpr milliseconds kTimeout{300};
@@ -227,6 +258,7 @@ TEST(LiveRefTest, FreezeTimeoutUndoesItsDepth) {
         std::chrono::duration_cast<milliseconds>(Clock::now() - start).count());
     freeze_result.store(status ? 0 : IsError(status, std::errc::timed_out) ? 1 : 2);
   });
+  Cleanup join_freezer([&] { JoinIfJoinable(freezer); });
   ASSERT_TRUE(WaitFor([&] { return ref.freeze_depth() == 1; }));
   // A writer arriving during the doomed freeze parks, then resumes when the
   // timeout undoes the freeze.
@@ -245,13 +277,13 @@ TEST(LiveRefTest, FreezeTimeoutUndoesItsDepth) {
   EXPECT_EQ(next.result(), 1);
   ref.put(Access::kWrite);
   release.store(true);
-  holder.join();
+  JoinIfJoinable(holder);
   EXPECT_TRUE(ref.wait_for_zero(milliseconds(0)));
 }
 
 TEST(LiveRefTest, KillWakesParkedWritersWhichFail) {
   LiveRef ref;
-  ASSERT_TRUE(ref.freeze());
+  ASSERT_TRUE(ref.freeze(kEventually));
   std::vector<std::unique_ptr<AsyncGet>> writers;
   for (int i = 0; i < 4; ++i) writers.push_back(std::make_unique<AsyncGet>(ref, Access::kWrite));
   for (auto& writer : writers) EXPECT_FALSE(writer->Finished(milliseconds(10)));
@@ -270,10 +302,10 @@ TEST(LiveRefTest, KillFailsDrainingFreeze) {
   ASSERT_TRUE(ref.tryget(Access::kWrite));
   std::atomic<int> result{-1};  // 0 ok, 1 ENXIO, 2 other
   std::thread freezer([&] {
-    Status status = ref.freeze();
+    Status status = ref.freeze(kEventually);
     result.store(status ? 0 : IsError(status, std::errc::no_such_device_or_address) ? 1 : 2);
   });
-  ASSERT_TRUE(WaitFor([&] { return ref.freeze_depth() == 1; }));
+  EXPECT_TRUE(WaitFor([&] { return ref.freeze_depth() == 1; }));
   ref.kill();
   EXPECT_TRUE(WaitFor([&] { return result.load() >= 0; }));
   ref.put(Access::kWrite);  // also lets a freezer that missed the kill finish
@@ -300,7 +332,7 @@ TEST(LiveRefTest, WaitForZeroWokenByPutOnAnotherThread) {
   ASSERT_TRUE(ref.tryget(Access::kWrite));
   ref.kill();
   std::atomic<int> result{-1};
-  std::thread waiter([&] { result.store(ref.wait_for_zero() ? 1 : 0); });
+  std::thread waiter([&] { result.store(ref.wait_for_zero(kEventually) ? 1 : 0); });
   std::thread([&ref] { ref.put(Access::kRead); }).join();
   EXPECT_FALSE(WaitFor([&] { return result.load() >= 0; }, kStaysBlocked))
       << "wait_for_zero returned with a writer held";
@@ -317,10 +349,10 @@ TEST(LiveRefTest, OwnerMayFreeRightAfterWaitForZero) {
     auto ref = std::make_unique<LiveRef>();
     ASSERT_TRUE(ref->tryget(Access::kWrite));
     std::thread putter([r = ref.get()] { r->put(Access::kWrite); });
+    Cleanup join_putter([&] { putter.join(); });
     ref->kill();
-    ASSERT_TRUE(ref->wait_for_zero());
+    ASSERT_TRUE(ref->wait_for_zero(kEventually));
     ref.reset();
-    putter.join();
   }
 }
 

@@ -1,0 +1,87 @@
+// Crash consistency: a child creates and destroys namespaces in a loop and is
+// killed with SIGKILL at a random moment; the region must always reopen with
+// whole metadata (old or new) and no leaked backing files.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <gtest/gtest.h>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "rawdax/rawdax.h"
+#include "test_util.h"
+
+namespace rawdax {
+namespace {
+
+using ::rawdax::testing::ScratchDir;
+
+[[noreturn]] void churn(const std::string& spec, int seed) {
+  auto region = Region::open(spec, {.create = true});
+  if (!region) _exit(3);
+  for (int i = 0;; ++i) {
+    std::string name = "ns" + std::to_string((seed * 7 + i) % 5);
+    if ((*region)->find(name)) {
+      (void)(*region)->destroy_namespace(name);
+    } else {
+      (void)(*region)->create_namespace({.name = name, .size = uint64_t(1 + i % 3) << 20});
+    }
+  }
+}
+
+void check_region(const std::string& spec, int round) {
+  auto region = Region::open(spec);
+  ASSERT_TRUE(region) << "round " << round << ": " << region.error().message();
+  std::set<std::string> named;
+  for (const auto& ns : (*region)->list()) {
+    ASSERT_TRUE(std::filesystem::exists(ns.path)) << "round " << round << ": " << ns.name;
+    EXPECT_GE(std::filesystem::file_size(ns.path), ns.size) << "round " << round;
+    named.insert(std::filesystem::path(ns.path).filename().string());
+  }
+  for (const auto& entry : std::filesystem::directory_iterator(spec + "/ns")) {
+    EXPECT_TRUE(named.count(entry.path().filename().string()))
+        << "round " << round << ": leaked " << entry.path();
+  }
+  for (const auto& entry : std::filesystem::directory_iterator(spec)) {
+    std::string name = entry.path().filename().string();
+    EXPECT_TRUE(name == "ns" || name == "rawdax.meta" || name == "rawdax.lock")
+        << "round " << round << ": stray " << name;
+  }
+}
+
+void kill_loop(const std::string& parent, int rounds) {
+  ScratchDir dir(parent);
+  std::string spec = dir.path() + "/region";
+  std::mt19937 rng(12345);
+  int killed_mid_work = 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  for (int round = 0; round < rounds && std::chrono::steady_clock::now() < deadline; ++round) {
+    pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) churn(spec, round);
+    std::this_thread::sleep_for(std::chrono::microseconds(2000 + rng() % 20000));
+    ::kill(child, SIGKILL);
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "round " << round << ": child exited " << status;
+    ++killed_mid_work;
+    check_region(spec, round);
+    if (::testing::Test::HasFailure()) return;
+  }
+  EXPECT_GE(killed_mid_work, 20);
+}
+
+TEST(CrashConsistency, KillDuringCreateAndDestroyOnDisk) {
+  kill_loop(::rawdax::testing::disk_parent(), 60);
+}
+
+TEST(CrashConsistency, KillDuringCreateAndDestroyOnTmpfs) {
+  kill_loop(::rawdax::testing::tmpfs_parent(), 60);
+}
+
+}  // namespace
+}  // namespace rawdax

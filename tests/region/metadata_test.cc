@@ -1,0 +1,60 @@
+#include "region/metadata.h"
+
+#include <gtest/gtest.h>
+
+#include "common/uuid.h"
+
+namespace rawdax {
+namespace {
+
+RegionMetadata sample() {
+  RegionMetadata meta;
+  meta.generation = 7;
+  meta.region_uuid = new_uuid();
+  meta.namespaces.push_back({"vm1", new_uuid(), 1 << 20, "raw", ""});
+  meta.namespaces.push_back({"vm2", new_uuid(), 2 << 20, "raw", ""});
+  return meta;
+}
+
+TEST(Metadata, RoundTrips) {
+  RegionMetadata meta = sample();
+  auto back = decode_metadata(encode_metadata(meta), "test");
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_EQ(back->generation, 7u);
+  EXPECT_EQ(back->region_uuid, meta.region_uuid);
+  ASSERT_EQ(back->namespaces.size(), 2u);
+  EXPECT_EQ(back->namespaces[1].name, "vm2");
+  EXPECT_EQ(back->namespaces[1].uuid, meta.namespaces[1].uuid);
+  EXPECT_EQ(back->namespaces[1].size, 2u << 20);
+}
+
+TEST(Metadata, EveryFlippedByteIsDetected) {
+  std::string bytes = encode_metadata(sample());
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    std::string bad = bytes;
+    bad[i] = static_cast<char>(bad[i] ^ 0x20);
+    auto r = decode_metadata(bad, "meta");
+    EXPECT_FALSE(r) << "flip at " << i << " went unnoticed";
+    if (!r) {
+      EXPECT_NE(r.error().message().find("corrupt region metadata meta"), std::string::npos);
+    }
+  }
+}
+
+TEST(Metadata, TruncationIsDetected) {
+  std::string bytes = encode_metadata(sample());
+  for (size_t len : {size_t{0}, size_t{5}, bytes.size() / 2, bytes.size() - 1}) {
+    EXPECT_FALSE(decode_metadata(bytes.substr(0, len), "meta")) << len;
+  }
+}
+
+TEST(Metadata, RejectsDuplicateNamesEvenWithAValidChecksum) {
+  RegionMetadata meta = sample();
+  meta.namespaces[1].name = "vm1";
+  auto r = decode_metadata(encode_metadata(meta), "meta");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("duplicate"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace rawdax

@@ -1,0 +1,91 @@
+// Helpers shared by the tests: scratch regions on each media kind.
+#ifndef RAWDAX_TESTS_TEST_UTIL_H_
+#define RAWDAX_TESTS_TEST_UTIL_H_
+
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <string>
+
+namespace rawdax::testing {
+
+// The media every device/region test runs on.
+enum class TestMedia { kTmpfs, kDisk, kMemfd };
+
+inline const char* media_name(TestMedia media) {
+  switch (media) {
+    case TestMedia::kTmpfs: return "tmpfs";
+    case TestMedia::kDisk: return "disk";
+    case TestMedia::kMemfd: return "memfd";
+  }
+  return "?";
+}
+
+// A fresh, empty directory that is removed with everything in it.
+class ScratchDir {
+ public:
+  explicit ScratchDir(const std::string& parent) {
+    static std::atomic<int> counter{0};
+    path_ = parent + "/rawdax-test-" + std::to_string(::getpid()) + "-" +
+            std::to_string(counter.fetch_add(1));
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+inline std::string tmpfs_parent() { return "/dev/shm"; }
+// A directory on a disk filesystem (the build tree; ext4 on our machines).
+inline std::string disk_parent() {
+  std::filesystem::create_directories(RAWDAX_TEST_DISK_DIR);
+  return RAWDAX_TEST_DISK_DIR;
+}
+
+// Where a region of `media` lives for one test: owns the scratch directory.
+class ScratchRegion {
+ public:
+  explicit ScratchRegion(TestMedia media) : media_(media) {
+    if (media == TestMedia::kMemfd) {
+      spec_ = "memfd:";
+    } else {
+      dir_ = std::make_unique<ScratchDir>(media == TestMedia::kTmpfs ? tmpfs_parent()
+                                                                     : disk_parent());
+      spec_ = dir_->path() + "/region";
+    }
+  }
+  const std::string& spec() const { return spec_; }
+  bool persistent() const { return media_ != TestMedia::kMemfd; }
+  TestMedia media() const { return media_; }
+
+ private:
+  TestMedia media_;
+  std::unique_ptr<ScratchDir> dir_;
+  std::string spec_;
+};
+
+inline std::string param_name(const ::testing::TestParamInfo<TestMedia>& info) {
+  return media_name(info.param);
+}
+
+// Media whose regions persist across Region objects (they have files).
+#define RAWDAX_FILE_MEDIA \
+  ::testing::Values(::rawdax::testing::TestMedia::kTmpfs, ::rawdax::testing::TestMedia::kDisk)
+
+#define RAWDAX_ALL_MEDIA \
+  ::testing::Values(::rawdax::testing::TestMedia::kTmpfs, \
+                    ::rawdax::testing::TestMedia::kDisk, ::rawdax::testing::TestMedia::kMemfd)
+
+}  // namespace rawdax::testing
+
+#endif  // RAWDAX_TESTS_TEST_UTIL_H_

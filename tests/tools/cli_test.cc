@@ -1,0 +1,182 @@
+// The rawdax binary, driven as a user would: verbs, JSON, errors, serve.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "test_util.h"
+
+namespace rawdax {
+namespace {
+
+using ::rawdax::testing::ScratchDir;
+
+struct CliRun {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  CliRun rawdax(const std::string& args) {
+    std::string out = dir_.path() + "/out", err = dir_.path() + "/err";
+    std::string cmd = std::string(RAWDAX_CLI_PATH) + " " + args + " >" + out + " 2>" + err +
+                      " </dev/null";
+    int status = std::system(cmd.c_str());
+    CliRun run;
+    run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    run.out = slurp(out);
+    run.err = slurp(err);
+    return run;
+  }
+  std::string region() const { return dir_.path() + "/region"; }
+
+  ScratchDir dir_{::rawdax::testing::disk_parent()};
+};
+
+TEST_F(CliTest, CreateListDestroy) {
+  CliRun made = rawdax("create-namespace --region " + region() + " --name vm1 --size 2M");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  auto created = nlohmann::json::parse(made.out);
+  EXPECT_EQ(created["name"], "vm1");
+  EXPECT_EQ(created["size"], 2u << 20);
+
+  CliRun list = rawdax("list --json --region " + region());
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  auto all = nlohmann::json::parse(list.out);
+  ASSERT_TRUE(all.is_array());
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0]["uuid"], created["uuid"]);
+
+  CliRun human = rawdax("list --human --region " + region());
+  ASSERT_EQ(human.exit_code, 0);
+  EXPECT_EQ(nlohmann::json::parse(human.out)[0]["size"], "2.00 MiB");
+
+  CliRun gone = rawdax("destroy-namespace vm1 --region " + region());
+  ASSERT_EQ(gone.exit_code, 0) << gone.err;
+  EXPECT_EQ(nlohmann::json::parse(rawdax("list --region " + region()).out).size(), 0u);
+}
+
+TEST_F(CliTest, CapabilitiesAsJson) {
+  CliRun run = rawdax("list --capabilities --json --region " + region());
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  auto caps = nlohmann::json::parse(run.out)[0]["capabilities"];
+  for (const char* key : {"persist", "page_size", "huge_page_size", "uffd_wp_sync",
+                          "uffd_wp_async", "engine", "flush_instruction"}) {
+    EXPECT_TRUE(caps.contains(key)) << key;
+  }
+  EXPECT_EQ(caps["persist"], "msync");
+}
+
+TEST_F(CliTest, BadInputGivesOneClearLineAndChangesNothing) {
+  ASSERT_EQ(rawdax("create-namespace --region " + region() + " -n keep -s 1M").exit_code, 0);
+  struct Case {
+    std::string args;
+    std::string text;
+  } cases[] = {
+      {"create-namespace -n a -s 0", "greater than 0"},
+      {"create-namespace -n a -s 12Q", "12Q"},
+      {"create-namespace -n a -s -5", "-5"},
+      {"create-namespace -n a -s 999999T", "does not fit"},
+      {"create-namespace -n '' -s 1M", "empty"},
+      {"create-namespace -n " + std::string(64, 'x') + " -s 1M", "63"},
+      {"create-namespace -n a/b -s 1M", "only"},
+      {"create-namespace -n .. -s 1M", "reserved"},
+      {"create-namespace -n 'a b' -s 1M", "only"},
+      {"create-namespace -n keep -s 1M", "already exists"},
+      {"destroy-namespace nothere", "not found"},
+  };
+  for (const auto& c : cases) {
+    CliRun run = rawdax(c.args + " --region " + region());
+    EXPECT_NE(run.exit_code, 0) << c.args;
+    EXPECT_NE(run.err.find(c.text), std::string::npos) << c.args << ": " << run.err;
+    EXPECT_EQ(run.out, "") << c.args;
+  }
+  CliRun missing = rawdax("create-namespace --region " + region() + " -n only-name");
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.err.find("--size"), std::string::npos) << missing.err;
+  auto all = nlohmann::json::parse(rawdax("list --region " + region()).out);
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0]["name"], "keep");
+}
+
+TEST_F(CliTest, EveryVerbHasHelp) {
+  for (const char* verb : {"list", "create-namespace", "destroy-namespace", "serve", "bench"}) {
+    CliRun run = rawdax(std::string(verb) + " --help");
+    EXPECT_EQ(run.exit_code, 0) << verb;
+    EXPECT_NE(run.out.find("--region"), std::string::npos) << verb << ": " << run.out;
+  }
+  EXPECT_NE(rawdax("no-such-verb").exit_code, 0);
+}
+
+TEST_F(CliTest, ServeCreatesDefaultOwnsRegionAndStopsOnSigterm) {
+  std::string log = dir_.path() + "/serve.log";
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    std::freopen(log.c_str(), "w", stderr);
+    std::string region_arg = region();
+    execl(RAWDAX_CLI_PATH, "rawdax", "serve", "--region", region_arg.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (slurp(log).find("ready") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::string text = slurp(log);
+  EXPECT_NE(text.find("namespace default created (256.00 MiB)"), std::string::npos) << text;
+  ASSERT_NE(text.find("ready"), std::string::npos) << text;
+
+  CliRun blocked = rawdax("list --region " + region());
+  EXPECT_NE(blocked.exit_code, 0);
+  EXPECT_NE(blocked.err.find("in use by pid " + std::to_string(child)), std::string::npos)
+      << blocked.err;
+
+  auto sent = std::chrono::steady_clock::now();
+  ASSERT_EQ(::kill(child, SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_LT(std::chrono::steady_clock::now() - sent, std::chrono::seconds(5));
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_NE(slurp(log).find("SIGTERM"), std::string::npos);
+
+  CliRun list = rawdax("list --region " + region());
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  auto all = nlohmann::json::parse(list.out);
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0]["name"], "default");
+  EXPECT_EQ(all[0]["size"], 256u << 20);
+}
+
+TEST_F(CliTest, BenchPrintsRatiosAsJson) {
+  CliRun run = rawdax("bench --json --size 4M --rounds 1");
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  auto pairs = nlohmann::json::parse(run.out);
+  ASSERT_EQ(pairs.size(), 3u);
+  for (const auto& p : pairs) {
+    EXPECT_GT(p["anchor_ns"].get<double>(), 0.0);
+    EXPECT_GT(p["rawdax_ns"].get<double>(), 0.0);
+    EXPECT_DOUBLE_EQ(p["ratio"].get<double>(),
+                     p["anchor_ns"].get<double>() / p["rawdax_ns"].get<double>());
+  }
+}
+
+}  // namespace
+}  // namespace rawdax
