@@ -1,0 +1,58 @@
+# rawdax: top-level entry points. See README.md.
+#   make run    deps, build, then `rawdax serve` on ./rawdax-data (namespace `default`, 256M)
+#   make test   deps, build, all tests
+#   make deps   install every Debian package the build, tests and peers need (apt-get)
+
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+WERROR     ?= OFF
+REGION     ?= ./rawdax-data
+CTEST_J    ?= 2
+
+# Build, test and peer packages. Peers (nbdkit, libnbd, qemu-img, fio) serve the
+# end-to-end tests, which never skip in CI because they are installed here.
+DEB_PACKAGES := cmake ninja-build g++ clang libclang-rt-14-dev pkg-config \
+  libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev \
+  libxxhash-dev liburing-dev \
+  nbdkit libnbd-bin python3-libnbd qemu-utils fio
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps build run test test-unit test-asan install-check bench clean
+
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "make deps: all packages present"; fi
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja -DRAWDAX_WERROR=$(WERROR)
+
+build: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD)
+
+run: build
+	$(BUILD)/rawdax serve --region $(REGION)
+
+test: build
+	cd $(BUILD) && ctest -j$(CTEST_J) --output-on-failure
+
+# Unit and integration tests under ASan+UBSan (clang, so clang's warnings count too).
+test-asan: deps
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ \
+	  -DRAWDAX_SANITIZE=address,undefined -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_BENCHMARKS=OFF
+	cmake --build $(ASAN_BUILD)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest -j$(CTEST_J) --output-on-failure
+
+bench: build
+	$(BUILD)/rawdax bench
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)
