@@ -69,7 +69,7 @@ Status DeviceCore::check_range(const char* op, uint64_t offset, uint64_t length,
 
 Status DeviceCore::read(uint64_t offset, std::span<std::byte> out) {
   RAWDAX_RETURN_IF_ERROR(check_range("read", offset, out.size(), false));
-  std::memcpy(out.data(), view_.data() + offset, out.size());
+  if (!out.empty()) std::memcpy(out.data(), view_.data() + offset, out.size());
   reads_.fetch_add(1, kRelaxed);
   bytes_read_.fetch_add(out.size(), kRelaxed);
   return ok();
@@ -78,7 +78,7 @@ Status DeviceCore::read(uint64_t offset, std::span<std::byte> out) {
 Status DeviceCore::write(uint64_t offset, std::span<const std::byte> data,
                          WriteOptions options) {
   RAWDAX_RETURN_IF_ERROR(check_range("write", offset, data.size(), true));
-  std::memcpy(view_.data() + offset, data.data(), data.size());
+  if (!data.empty()) std::memcpy(view_.data() + offset, data.data(), data.size());
   writes_.fetch_add(1, kRelaxed);
   bytes_written_.fetch_add(data.size(), kRelaxed);
   if (options.fua) {

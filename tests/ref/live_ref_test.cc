@@ -332,7 +332,9 @@ TEST(LiveRefTest, WaitForZeroWokenByPutOnAnotherThread) {
   ASSERT_TRUE(ref.tryget(Access::kWrite));
   ref.kill();
   std::atomic<int> result{-1};
-  std::thread waiter([&] { result.store(ref.wait_for_zero(kEventually) ? 1 : 0); });
+  // The waiter's own limit exceeds kEventually: a lost wake-up must show as a
+  // failure below, not as a late success.
+  std::thread waiter([&] { result.store(ref.wait_for_zero(2 * kEventually) ? 1 : 0); });
   std::thread([&ref] { ref.put(Access::kRead); }).join();
   EXPECT_FALSE(WaitFor([&] { return result.load() >= 0; }, kStaysBlocked))
       << "wait_for_zero returned with a writer held";
@@ -345,7 +347,10 @@ TEST(LiveRefTest, WaitForZeroWokenByPutOnAnotherThread) {
 // put() must not touch the LiveRef once its decrement is visible, so the
 // owner may free it right after wait_for_zero(). ASan flags a violation.
 TEST(LiveRefTest, OwnerMayFreeRightAfterWaitForZero) {
+  const Clock::time_point start = Clock::now();
   for (int round = 0; round < 200; ++round) {
+    // Liveness bound: each round takes microseconds unless a wake-up is lost.
+    ASSERT_LT(Clock::now() - start, kEventually) << "round " << round;
     auto ref = std::make_unique<LiveRef>();
     ASSERT_TRUE(ref->tryget(Access::kWrite));
     std::thread putter([r = ref.get()] { r->put(Access::kWrite); });
@@ -365,13 +370,15 @@ TEST(LiveRefDeathTest, UnfreezeWithoutFreezeAborts) {
 // Stress: getters of both kinds, freezers and a final kill, over several
 // rounds. Checks the three promises that matter to callers:
 //  - no tryget that starts after kill() returned succeeds;
-//  - wait_for_zero() success means nobody holds a reference;
+//  - wait_for_zero() success means nobody holds a reference, and (since
+//    kill() came first) nobody will: a getter that succeeds and then sees
+//    the "zero observed" flag proves a get counted after the kill;
 //  - between freeze() success and unfreeze(), no writer is inside.
 TEST(LiveRefStressTest, GetsFreezesAndKill) {
   constexpr int kGetters = 4;
   constexpr int kFreezers = 2;
-  constexpr int kMaxRounds = 12;
-  constexpr milliseconds kRunPerRound{60};
+  constexpr int kMaxRounds = 40;
+  constexpr milliseconds kRunPerRound{15};
   constexpr milliseconds kBudget{4000};
 
   int64_t total_gets = 0;
@@ -381,6 +388,8 @@ TEST(LiveRefStressTest, GetsFreezesAndKill) {
   for (; rounds < kMaxRounds && (rounds < 2 || Clock::now() - test_start < kBudget); ++rounds) {
     LiveRef ref(rounds % 2 == 0 ? 0 : 2);  // also exercise threads sharing a shard
     std::atomic<bool> kill_done{false};
+    std::atomic<bool> zero_seen{false};
+    std::atomic<int64_t> gets_after_zero{0};
     std::atomic<bool> stop{false};
     std::atomic<int> writers_inside{0};
     std::atomic<int64_t> late_gets{0};        // succeeded though started after kill
@@ -399,6 +408,7 @@ TEST(LiveRefStressTest, GetsFreezesAndKill) {
           const bool after_kill = kill_done.load();
           if (!ref.tryget(access)) continue;
           if (after_kill) late_gets.fetch_add(1);
+          if (zero_seen.load()) gets_after_zero.fetch_add(1);
           holding[t].store(true);
           if (access == Access::kWrite) writers_inside.fetch_add(1);
           if (rng() % 8 == 0) std::this_thread::yield();
@@ -438,6 +448,7 @@ TEST(LiveRefStressTest, GetsFreezesAndKill) {
     Status zero = ref.wait_for_zero(std::chrono::seconds(10));
     EXPECT_TRUE(zero) << "round " << rounds;
     if (zero) {
+      zero_seen.store(true);
       for (int t = 0; t < kGetters; ++t) {
         EXPECT_FALSE(holding[t].load()) << "wait_for_zero returned early, round " << rounds;
       }
@@ -448,6 +459,7 @@ TEST(LiveRefStressTest, GetsFreezesAndKill) {
     for (std::thread& thread : threads) thread.join();
 
     EXPECT_EQ(late_gets.load(), 0) << "round " << rounds;
+    EXPECT_EQ(gets_after_zero.load(), 0) << "round " << rounds;
     EXPECT_EQ(frozen_violations.load(), 0) << "round " << rounds;
     EXPECT_EQ(freeze_errors.load(), 0) << "round " << rounds;
     EXPECT_EQ(ref.count_slow(), 0) << "round " << rounds;
