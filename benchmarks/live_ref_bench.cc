@@ -6,6 +6,7 @@
 //   2 threads on ONE shared object: the same pair  (goal: LiveRef >= 2x faster)
 // After the run a summary prints the ratios computed from this run's results.
 #include <benchmark/benchmark.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -71,6 +72,10 @@ BENCHMARK(BM_LiveRef_Shared)->Threads(2)->UseRealTime()->Unit(benchmark::kNanose
 // Prints as usual and keeps real/cpu time per iteration of each run.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
+  // A display reporter passed in by hand does not get --benchmark_color, so
+  // decide like its "auto" default does: colour only on a terminal.
+  RatioReporter() : ConsoleReporter(isatty(STDOUT_FILENO) ? OO_ColorTabular : OO_Tabular) {}
+
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& run : runs) {
@@ -85,8 +90,8 @@ class RatioReporter : public benchmark::ConsoleReporter {
 
   void PrintSummary() const {
     std::printf("\nSummary (real time per iteration; median over repetitions):\n");
-    PrintPair("uncontended", "BM_Atomic_Uncontended", "BM_LiveRef_Uncontended",
-              "atomic/LiveRef", nullptr);
+    PrintPair("uncontended", "BM_Atomic_Uncontended", "BM_LiveRef_Uncontended", "atomic/LiveRef",
+              nullptr);
     const double uncontended = Median("BM_LiveRef_Uncontended");
     if (uncontended > 0) {
       std::printf("  LiveRef uncontended tryget+put: %.2f ns (goal <= 20 ns: %s)\n", uncontended,
@@ -104,10 +109,14 @@ class RatioReporter : public benchmark::ConsoleReporter {
 
   static double ToNs(double value, benchmark::TimeUnit unit) {
     switch (unit) {
-      case benchmark::kNanosecond: return value;
-      case benchmark::kMicrosecond: return value * 1e3;
-      case benchmark::kMillisecond: return value * 1e6;
-      case benchmark::kSecond: return value * 1e9;
+      case benchmark::kNanosecond:
+        return value;
+      case benchmark::kMicrosecond:
+        return value * 1e3;
+      case benchmark::kMillisecond:
+        return value * 1e6;
+      case benchmark::kSecond:
+        return value * 1e9;
     }
     return value;
   }

@@ -39,6 +39,10 @@ struct WriteOptions {
   bool fua = false;  // durable by the media's method when write() returns
 };
 
+struct ResizeOptions {
+  bool force = false;  // revoke mappings that cover a cut instead of failing
+};
+
 struct ZeroOptions {
   bool no_hole = false;  // keep the space allocated (memset, never punch)
 };
@@ -55,18 +59,19 @@ struct DeviceStats {
   uint64_t flushes = 0;
   uint64_t maps = 0;
   uint64_t live_mappings = 0;
+  uint64_t revoked_mappings = 0;
 };
 
 class Device {
  public:
   // Made by Region::open_device(); not for direct use.
-  explicit Device(std::shared_ptr<internal::DeviceCore> core);
+  Device(std::shared_ptr<internal::DeviceCore> core, DeviceOptions options);
   Device(const Device&) = delete;
   Device& operator=(const Device&) = delete;
   ~Device();
 
   const std::string& name() const;
-  const NamespaceInfo& info() const;
+  NamespaceInfo info() const;  // with the current size
   uint64_t size() const;
   const Capabilities& capabilities() const;
 
@@ -85,10 +90,27 @@ class Device {
   // and devdax); the length must be > 0 and inside the namespace.
   Result<Mapping> map(uint64_t offset, uint64_t length, Access access);
 
+  // Changes the namespace's size (rounded up to the alignment) and records it
+  // crash-consistently. Growing is always allowed, under load. Shrinking fails
+  // with EBUSY while a Mapping covers the cut, unless options.force, which
+  // revokes those mappings first (their accesses then raise SIGBUS). Block
+  // writes wait while a resize runs; I/O past the new end fails. ENOTSUP on
+  // devdax; ENXIO after remove().
+  Status resize(uint64_t new_size, ResizeOptions options = {});
+
+  // Tears the namespace down in this process, as the kernel's device removal
+  // does. When it returns: new block I/O and map() fail with ENXIO; every
+  // Mapping is revoked (loads and stores raise SIGBUS, while the address
+  // range stays reserved until the Mapping is destroyed); in-flight requests
+  // have drained; the backing media is released. Idempotent. Every Device
+  // handle of the namespace sees the removal.
+  Status remove();
+
   DeviceStats stats() const;
 
  private:
   std::shared_ptr<internal::DeviceCore> core_;
+  bool read_only_;
 };
 
 }  // namespace rawdax

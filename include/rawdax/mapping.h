@@ -6,7 +6,8 @@
 // The memory is page-backed, so it may be the target of O_DIRECT reads and
 // other get_user_pages users.
 //
-// Ownership: move-only; the destructor unmaps. A Mapping keeps the device's
+// Ownership: move-only; the destructor unmaps (also after revocation, when
+// it releases the reserved range). A Mapping keeps the device's
 // internals alive, so it may outlive the Device object it came from.
 // Thread safety: data() may be used from any number of threads; persist() is
 // thread-safe; moving or destroying a Mapping must not race with its use.
@@ -25,13 +26,13 @@ enum class Access { ReadOnly, ReadWrite };
 
 namespace internal {
 class DeviceCore;
-}
+struct MappingRecord;
+}  // namespace internal
 
 class Mapping {
  public:
   // Made by Device::map(); not for direct use.
-  Mapping(std::shared_ptr<internal::DeviceCore> core, std::byte* data, uint64_t offset,
-          size_t size, size_t mapped_size, Access access);
+  Mapping(std::shared_ptr<internal::DeviceCore> core, internal::MappingRecord* record);
   Mapping(Mapping&& other) noexcept;
   Mapping& operator=(Mapping&& other) noexcept;
   Mapping(const Mapping&) = delete;
@@ -43,6 +44,10 @@ class Mapping {
   uint64_t offset() const { return offset_; }  // offset of data() in the namespace
   Access access() const { return access_; }
 
+  // True once the device was removed (or a forced shrink cut this mapping):
+  // the range is still reserved, but any access raises SIGBUS.
+  bool revoked() const;
+
   // Makes stores in [ptr, ptr+n) durable by the media's persistence method
   // (cache-line flush + fence, msync, or nothing on volatile media). EINVAL
   // when the range is not inside this mapping.
@@ -52,10 +57,10 @@ class Mapping {
   void release();
 
   std::shared_ptr<internal::DeviceCore> core_;
+  internal::MappingRecord* record_ = nullptr;  // owned by the core's registry
   std::byte* data_ = nullptr;
   uint64_t offset_ = 0;
   size_t size_ = 0;
-  size_t mapped_size_ = 0;
   Access access_ = Access::ReadOnly;
 };
 

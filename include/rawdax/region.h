@@ -62,19 +62,23 @@ class Region {
   // EINVAL (name, size), EEXIST, ENOSPC (names the size and the space free).
   Result<NamespaceInfo> create_namespace(const NamespaceSpec& spec);
   // ENOENT when absent. EBUSY while a Device or Mapping of the namespace
-  // (opened through this Region) is alive.
+  // (opened through this Region) is alive, unless options.force: then the
+  // device is removed first (Device::remove(): I/O fails with ENXIO, mappings
+  // are revoked and raise SIGBUS), and then destroyed.
   Status destroy_namespace(std::string_view name, DestroyOptions options = {});
 
+  // Every Device of one namespace opened through this Region shares one
+  // state: a resize or remove through any of them is seen by all.
   Result<std::unique_ptr<Device>> open_device(std::string_view name, DeviceOptions options = {});
 
  private:
   explicit Region(std::shared_ptr<Catalog> catalog);
   std::shared_ptr<Catalog> catalog_;
   mutable std::mutex mu_;
-  // Devices opened through this Region, by name; expired once the Device and
-  // all its Mappings are gone. Guarded by mu_.
-  std::map<std::string, std::vector<std::weak_ptr<internal::DeviceCore>>> open_;
-  bool is_open_locked(std::string_view name) const;
+  // The open state of each namespace, by name; expired once every Device and
+  // Mapping of it is gone. Guarded by mu_.
+  std::map<std::string, std::weak_ptr<internal::DeviceCore>> open_;
+  std::shared_ptr<internal::DeviceCore> live_core_locked(std::string_view name) const;
 };
 
 }  // namespace rawdax

@@ -5,8 +5,6 @@
 #include "device/device_core.h"
 #include "region/catalog.h"
 
-#include <vector>
-
 namespace rawdax {
 
 Result<std::unique_ptr<Region>> Region::open(std::string_view spec, RegionOptions options) {
@@ -28,37 +26,40 @@ Result<NamespaceInfo> Region::create_namespace(const NamespaceSpec& spec) {
   return catalog_->create(spec);
 }
 
-Status Region::destroy_namespace(std::string_view name, DestroyOptions options) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (is_open_locked(name)) {
-      return Error(std::errc::device_or_resource_busy,
-                   "namespace " + std::string(name) +
-                       " is open (a Device or Mapping of it is alive)" +
-                       (options.force ? "; close it before destroying" : ""));
-    }
-  }
-  return catalog_->destroy(name);
+std::shared_ptr<internal::DeviceCore> Region::live_core_locked(std::string_view name) const {
+  auto it = open_.find(std::string(name));
+  if (it == open_.end()) return nullptr;
+  auto core = it->second.lock();
+  if (core == nullptr || core->removed()) return nullptr;
+  return core;
 }
 
-bool Region::is_open_locked(std::string_view name) const {
-  auto it = open_.find(std::string(name));
-  if (it == open_.end()) return false;
-  for (const auto& weak : it->second) {
-    if (!weak.expired()) return true;
+Status Region::destroy_namespace(std::string_view name, DestroyOptions options) {
+  // Holding mu_ keeps open_device() from reopening the namespace meanwhile.
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto core = live_core_locked(name)) {
+    if (!options.force) {
+      return Error(std::errc::device_or_resource_busy,
+                   "namespace " + std::string(name) +
+                       " is open (a Device or Mapping of it is alive); force removes it first");
+    }
+    RAWDAX_RETURN_IF_ERROR(core->remove());
   }
-  return false;
+  open_.erase(std::string(name));
+  return catalog_->destroy(name);
 }
 
 Result<std::unique_ptr<Device>> Region::open_device(std::string_view name,
                                                     DeviceOptions options) {
-  auto core = internal::DeviceCore::open(catalog_, name, options);
-  if (!core) return core.error();
   std::lock_guard<std::mutex> lock(mu_);
-  auto& cores = open_[std::string(name)];
-  std::erase_if(cores, [](const auto& weak) { return weak.expired(); });
-  cores.push_back(*core);
-  return std::make_unique<Device>(std::move(*core));
+  auto core = live_core_locked(name);
+  if (core == nullptr) {
+    auto opened = internal::DeviceCore::open(catalog_, name, options);
+    if (!opened) return opened.error();
+    core = std::move(*opened);
+    open_[std::string(name)] = core;
+  }
+  return std::make_unique<Device>(std::move(core), options);
 }
 
 }  // namespace rawdax

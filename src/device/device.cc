@@ -1,7 +1,5 @@
-// The public Device and Mapping: thin forwarding to DeviceCore.
+// The public Device and Mapping: thin handles over DeviceCore.
 #include "rawdax/device.h"
-
-#include <sys/mman.h>
 
 #include <utility>
 
@@ -10,11 +8,12 @@
 
 namespace rawdax {
 
-Device::Device(std::shared_ptr<internal::DeviceCore> core) : core_(std::move(core)) {}
+Device::Device(std::shared_ptr<internal::DeviceCore> core, DeviceOptions options)
+    : core_(std::move(core)), read_only_(options.read_only) {}
 Device::~Device() = default;
 
-const std::string& Device::name() const { return core_->info().name; }
-const NamespaceInfo& Device::info() const { return core_->info(); }
+const std::string& Device::name() const { return core_->name(); }
+NamespaceInfo Device::info() const { return core_->info(); }
 uint64_t Device::size() const { return core_->size(); }
 const Capabilities& Device::capabilities() const { return core_->capabilities(); }
 
@@ -22,45 +21,52 @@ Status Device::read(uint64_t offset, std::span<std::byte> out) const {
   return core_->read(offset, out);
 }
 Status Device::write(uint64_t offset, std::span<const std::byte> data, WriteOptions options) {
-  return core_->write(offset, data, options);
+  return core_->write(offset, data, options, read_only_);
 }
 Status Device::write_zeroes(uint64_t offset, uint64_t length, ZeroOptions options) {
-  return core_->write_zeroes(offset, length, options, /*is_discard=*/false);
+  return core_->write_zeroes(offset, length, options, /*is_discard=*/false, read_only_);
 }
 Status Device::discard(uint64_t offset, uint64_t length) {
-  return core_->write_zeroes(offset, length, ZeroOptions{}, /*is_discard=*/true);
+  return core_->write_zeroes(offset, length, ZeroOptions{}, /*is_discard=*/true, read_only_);
 }
 Status Device::flush() { return core_->flush(); }
 Result<Mapping> Device::map(uint64_t offset, uint64_t length, Access access) {
-  return core_->map(core_, offset, length, access);
+  return core_->map(offset, length, access, read_only_);
 }
+Status Device::resize(uint64_t new_size, ResizeOptions options) {
+  if (read_only_) {
+    return Error(std::errc::read_only_file_system,
+                 "namespace " + name() + ": resize on a read-only device");
+  }
+  return core_->resize(new_size, options);
+}
+Status Device::remove() { return core_->remove(); }
 DeviceStats Device::stats() const { return core_->stats(); }
 
-Mapping::Mapping(std::shared_ptr<internal::DeviceCore> core, std::byte* data, uint64_t offset,
-                 size_t size, size_t mapped_size, Access access)
+Mapping::Mapping(std::shared_ptr<internal::DeviceCore> core, internal::MappingRecord* record)
     : core_(std::move(core)),
-      data_(data),
-      offset_(offset),
-      size_(size),
-      mapped_size_(mapped_size),
-      access_(access) {}
+      record_(record),
+      data_(record->addr),
+      offset_(record->offset),
+      size_(static_cast<size_t>(record->length)),
+      access_(record->access) {}
 
 Mapping::Mapping(Mapping&& other) noexcept
     : core_(std::move(other.core_)),
+      record_(std::exchange(other.record_, nullptr)),
       data_(std::exchange(other.data_, nullptr)),
       offset_(other.offset_),
       size_(std::exchange(other.size_, 0)),
-      mapped_size_(std::exchange(other.mapped_size_, 0)),
       access_(other.access_) {}
 
 Mapping& Mapping::operator=(Mapping&& other) noexcept {
   if (this != &other) {
     release();
     core_ = std::move(other.core_);
+    record_ = std::exchange(other.record_, nullptr);
     data_ = std::exchange(other.data_, nullptr);
     offset_ = other.offset_;
     size_ = std::exchange(other.size_, 0);
-    mapped_size_ = std::exchange(other.mapped_size_, 0);
     access_ = other.access_;
   }
   return *this;
@@ -69,12 +75,13 @@ Mapping& Mapping::operator=(Mapping&& other) noexcept {
 Mapping::~Mapping() { release(); }
 
 void Mapping::release() {
-  if (data_ == nullptr) return;
-  ::munmap(data_, mapped_size_);
+  if (record_ == nullptr) return;
+  core_->unmap(std::exchange(record_, nullptr));
   data_ = nullptr;
-  core_->on_unmap();
   core_.reset();
 }
+
+bool Mapping::revoked() const { return record_ != nullptr && core_->is_revoked(record_); }
 
 Status Mapping::persist(const void* ptr, size_t n) const {
   auto p = static_cast<const std::byte*>(ptr);
@@ -82,6 +89,10 @@ Status Mapping::persist(const void* ptr, size_t n) const {
     return Error(std::errc::invalid_argument,
                  "persist of " + std::to_string(n) + " bytes is outside the mapping at offset " +
                      std::to_string(offset_) + " of " + std::to_string(size_) + " bytes");
+  }
+  if (revoked()) {
+    return Error(std::errc::no_such_device_or_address,
+                 "namespace " + core_->name() + ": persist on a revoked mapping");
   }
   return persist_range(core_->capabilities().persist, ptr, n);
 }

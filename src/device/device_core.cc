@@ -1,7 +1,9 @@
 #include "device/device_core.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -9,144 +11,325 @@
 #include "media/files.h"
 #include "media/persist.h"
 #include "media/probe.h"
+#include "region/names.h"
 
 namespace rawdax::internal {
 namespace {
 
 constexpr auto kRelaxed = std::memory_order_relaxed;
+constexpr uint64_t kMinViewCapacity = uint64_t{1} << 30;
+using RefAccess = LiveRef::Access;
+
+// A zero-length memory object. A shared mapping of it keeps an address range
+// reserved while raising SIGBUS on every access, like a truncated file.
+int revoked_backing_fd() {
+  static const int fd = ::memfd_create("rawdax-revoked", MFD_CLOEXEC);
+  return fd;
+}
 
 }  // namespace
 
 Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> catalog,
                                                      std::string_view name,
-                                                     DeviceOptions options) {
+                                                     DeviceOptions /*options*/) {
   auto info = catalog->find(name);
   if (!info) return info.error();
-  auto fd = catalog->open_backing(name, !options.read_only);
+  auto fd = catalog->open_backing(name, /*writable=*/true);
   if (!fd) return fd.error();
-  std::shared_ptr<DeviceCore> core(new DeviceCore());
-  core->catalog_ = std::move(catalog);
-  core->info_ = std::move(*info);
-  core->options_ = options;
+  std::shared_ptr<DeviceCore> core(new DeviceCore(catalog));
+  core->name_ = info->name;
+  core->info_ = *info;
   core->fd_ = std::move(*fd);
-  if (core->capabilities().kind != MediaKind::kDevdax) {
+  core->size_.store(info->size);
+  const Capabilities& caps = core->capabilities();
+  uint64_t capacity = info->size;
+  if (caps.kind != MediaKind::kDevdax) {
     auto actual = file_size(core->fd_.get());
     if (!actual) return actual.error();
-    if (*actual < core->info_.size) {
+    if (*actual < info->size) {
       return Error(std::errc::illegal_byte_sequence,
-                   "namespace " + core->info_.name + ": backing " + core->info_.path + " has " +
+                   "namespace " + info->name + ": backing " + info->path + " has " +
                        std::to_string(*actual) + " bytes, metadata says " +
-                       std::to_string(core->info_.size));
+                       std::to_string(info->size));
     }
+    // A larger file is what a crash in the middle of a resize leaves behind.
+    if (*actual > info->size && ::ftruncate(core->fd_.get(), static_cast<off_t>(info->size)) != 0) {
+      return errno_error(errno, "namespace " + info->name + ": cannot trim " + info->path);
+    }
+    capacity = *round_up(std::max(info->size * 2, kMinViewCapacity), caps.alignment);
   }
-  int prot = PROT_READ | (options.read_only ? 0 : PROT_WRITE);
-  void* addr = ::mmap(nullptr, core->info_.size, prot, shared_map_flags(core->capabilities()),
-                      core->fd_.get(), 0);
-  if (addr == MAP_FAILED) {
-    return errno_error(errno, "namespace " + core->info_.name + ": cannot map " +
-                                  std::to_string(core->info_.size) + " bytes of " +
-                                  core->info_.path);
-  }
-  core->view_ = MappedRange(addr, core->info_.size);
+  auto view = core->map_view(capacity);
+  if (!view) return view.error();
+  core->view_.store(view->data());
+  core->view_capacity_ = capacity;
+  core->views_.push_back(std::move(*view));
   return core;
 }
 
-Status DeviceCore::check_range(const char* op, uint64_t offset, uint64_t length,
-                               bool is_write) const {
-  if (is_write && options_.read_only) {
-    return Error(std::errc::read_only_file_system,
-                 "namespace " + info_.name + ": " + op + " on a read-only device");
+DeviceCore::~DeviceCore() { release_media(); }
+
+NamespaceInfo DeviceCore::info() const {
+  NamespaceInfo out = info_;
+  out.size = size();
+  return out;
+}
+
+Result<MappedRange> DeviceCore::map_view(uint64_t capacity) const {
+  void* addr = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE,
+                      shared_map_flags(capabilities()) | MAP_NORESERVE, fd_.get(), 0);
+  if (addr == MAP_FAILED) {
+    return errno_error(errno, "namespace " + name_ + ": cannot map " + std::to_string(capacity) +
+                                  " bytes of " + info_.path);
   }
-  if (range_fits(offset, length, info_.size)) return ok();
+  return MappedRange(addr, capacity);
+}
+
+Error DeviceCore::removed_error(const char* op) const {
+  return Error(std::errc::no_such_device_or_address,
+               "namespace " + name_ + ": " + op + " after the device was removed");
+}
+
+Status DeviceCore::check_range(const char* op, uint64_t offset, uint64_t length, uint64_t size,
+                               bool is_write, bool read_only) const {
+  if (is_write && read_only) {
+    return Error(std::errc::read_only_file_system,
+                 "namespace " + name_ + ": " + op + " on a read-only device");
+  }
+  if (range_fits(offset, length, size)) return ok();
   bool overflow = length > UINT64_MAX - offset;
   std::errc code = (is_write && !overflow) ? std::errc::no_space_on_device
                                            : std::errc::invalid_argument;
-  return Error(code, "namespace " + info_.name + ": " + op + " at offset " +
-                         std::to_string(offset) + " length " + std::to_string(length) +
+  return Error(code, "namespace " + name_ + ": " + op + " at offset " + std::to_string(offset) +
+                         " length " + std::to_string(length) +
                          (overflow ? " overflows" : " is outside the namespace") + " (size " +
-                         std::to_string(info_.size) + ")");
+                         std::to_string(size) + ")");
 }
 
 Status DeviceCore::read(uint64_t offset, std::span<std::byte> out) {
-  RAWDAX_RETURN_IF_ERROR(check_range("read", offset, out.size(), false));
-  if (!out.empty()) std::memcpy(out.data(), view_.data() + offset, out.size());
+  auto hold = ref_.hold(RefAccess::kRead);
+  if (!hold) return removed_error("read");
+  RAWDAX_RETURN_IF_ERROR(check_range("read", offset, out.size(), size(), false, false));
+  std::byte* view = view_.load(std::memory_order_acquire);
+  if (!out.empty()) std::memcpy(out.data(), view + offset, out.size());
   reads_.fetch_add(1, kRelaxed);
   bytes_read_.fetch_add(out.size(), kRelaxed);
   return ok();
 }
 
-Status DeviceCore::write(uint64_t offset, std::span<const std::byte> data,
-                         WriteOptions options) {
-  RAWDAX_RETURN_IF_ERROR(check_range("write", offset, data.size(), true));
-  if (!data.empty()) std::memcpy(view_.data() + offset, data.data(), data.size());
+Status DeviceCore::write(uint64_t offset, std::span<const std::byte> data, WriteOptions options,
+                         bool read_only) {
+  auto hold = ref_.hold(RefAccess::kWrite);
+  if (!hold) return removed_error("write");
+  RAWDAX_RETURN_IF_ERROR(check_range("write", offset, data.size(), size(), true, read_only));
+  std::byte* view = view_.load(std::memory_order_acquire);
+  if (!data.empty()) std::memcpy(view + offset, data.data(), data.size());
   writes_.fetch_add(1, kRelaxed);
   bytes_written_.fetch_add(data.size(), kRelaxed);
-  if (options.fua) {
-    return persist_range(capabilities().persist, view_.data() + offset, data.size());
-  }
+  if (options.fua) return persist_range(capabilities().persist, view + offset, data.size());
   return ok();
 }
 
 Status DeviceCore::write_zeroes(uint64_t offset, uint64_t length, ZeroOptions options,
-                                bool is_discard) {
+                                bool is_discard, bool read_only) {
   const char* op = is_discard ? "discard" : "write-zeroes";
-  RAWDAX_RETURN_IF_ERROR(check_range(op, offset, length, true));
+  auto hold = ref_.hold(RefAccess::kWrite);
+  if (!hold) return removed_error(op);
+  RAWDAX_RETURN_IF_ERROR(check_range(op, offset, length, size(), true, read_only));
   (is_discard ? discards_ : write_zeroes_).fetch_add(1, kRelaxed);
-  std::byte* base = view_.data();
+  return zero_range(offset, length, !options.no_hole);
+}
+
+// Punches the aligned interior where the media can; memsets the rest.
+Status DeviceCore::zero_range(uint64_t offset, uint64_t length, bool allow_hole) {
+  std::byte* base = view_.load(std::memory_order_acquire);
   const Capabilities& caps = capabilities();
-  // Punch the aligned interior; memset the unaligned edges (or all of it).
   uint64_t hole_begin = *round_up(offset, caps.alignment);
   uint64_t hole_end = (offset + length) & ~(caps.alignment - 1);
-  if (options.no_hole || !caps.punch_hole || caps.kind == MediaKind::kDevdax ||
-      hole_begin >= hole_end) {
-    std::memset(base + offset, 0, length);
+  bool punched = false;
+  if (allow_hole && caps.punch_hole && caps.kind != MediaKind::kDevdax && hole_begin < hole_end) {
+    auto done = punch_hole(fd_.get(), hole_begin, hole_end - hole_begin);
+    if (!done) return done.error().with_context("namespace " + name_ + ": ");
+    punched = *done;
+  }
+  if (punched) {
+    std::memset(base + offset, 0, hole_begin - offset);
+    std::memset(base + hole_end, 0, offset + length - hole_end);
   } else {
-    auto punched = punch_hole(fd_.get(), hole_begin, hole_end - hole_begin);
-    if (!punched) return punched.error().with_context("namespace " + info_.name + ": ");
-    if (*punched) {
-      std::memset(base + offset, 0, hole_begin - offset);
-      std::memset(base + hole_end, 0, offset + length - hole_end);
-    } else {
-      std::memset(base + offset, 0, length);
-    }
+    std::memset(base + offset, 0, length);
   }
   return persist_range(caps.persist, base + offset, length);
 }
 
 Status DeviceCore::flush() {
+  auto hold = ref_.hold(RefAccess::kRead);
+  if (!hold) return removed_error("flush");
   flushes_.fetch_add(1, kRelaxed);
-  Status st = persist_range(capabilities().persist, view_.data(), view_.size());
-  if (!st) return st.error().with_context("namespace " + info_.name + ": flush: ");
+  Status st = persist_range(capabilities().persist, view_.load(std::memory_order_acquire), size());
+  if (!st) return st.error().with_context("namespace " + name_ + ": flush: ");
   return st;
 }
 
-Result<Mapping> DeviceCore::map(std::shared_ptr<DeviceCore> self, uint64_t offset,
-                                uint64_t length, Access access) {
+Result<Mapping> DeviceCore::map(uint64_t offset, uint64_t length, Access access,
+                                bool read_only) {
+  auto hold = ref_.hold(RefAccess::kRead);
+  if (!hold) return removed_error("map");
   const Capabilities& caps = capabilities();
   if (length == 0) {
-    return Error(std::errc::invalid_argument,
-                 "namespace " + info_.name + ": map of length 0 at offset " +
-                     std::to_string(offset));
+    return Error(std::errc::invalid_argument, "namespace " + name_ + ": map of length 0 at offset " +
+                                                  std::to_string(offset));
   }
   if (offset % caps.alignment != 0) {
     return Error(std::errc::invalid_argument,
-                 "namespace " + info_.name + ": map offset " + std::to_string(offset) +
+                 "namespace " + name_ + ": map offset " + std::to_string(offset) +
                      " is not a multiple of the alignment " + std::to_string(caps.alignment));
   }
-  RAWDAX_RETURN_IF_ERROR(check_range("map", offset, length, access == Access::ReadWrite));
+  // The size is checked under maps_mu_, which a shrink holds while it checks
+  // for mappings in the cut, so no mapping can slip into a cut.
+  std::lock_guard<std::mutex> lock(maps_mu_);
+  // remove() kills the ref before it revokes under maps_mu_: a map() that got
+  // its hold earlier but the lock later must not register a live mapping.
+  if (ref_.killed()) return removed_error("map");
+  RAWDAX_RETURN_IF_ERROR(check_range("map", offset, length, size(), access == Access::ReadWrite,
+                                     read_only));
   // Whole pages; the namespace size is aligned, so this stays inside it.
   size_t mapped = static_cast<size_t>(*round_up(length, caps.page_size));
   int prot = PROT_READ | (access == Access::ReadWrite ? PROT_WRITE : 0);
   void* addr = ::mmap(nullptr, mapped, prot, shared_map_flags(caps), fd_.get(),
                       static_cast<off_t>(offset));
   if (addr == MAP_FAILED) {
-    return errno_error(errno, "namespace " + info_.name + ": mmap offset " +
-                                  std::to_string(offset) + " length " + std::to_string(length));
+    return errno_error(errno, "namespace " + name_ + ": mmap offset " + std::to_string(offset) +
+                                  " length " + std::to_string(length));
   }
+  MappingRecord& record = mappings_.emplace_back();
+  record.addr = static_cast<std::byte*>(addr);
+  record.mapped_len = mapped;
+  record.offset = offset;
+  record.length = length;
+  record.access = access;
   maps_.fetch_add(1, kRelaxed);
-  live_mappings_.fetch_add(1, kRelaxed);
-  return Mapping(std::move(self), static_cast<std::byte*>(addr), offset,
-                 static_cast<size_t>(length), mapped, access);
+  return Mapping(shared_from_this(), &record);
+}
+
+void DeviceCore::unmap(MappingRecord* record) {
+  std::lock_guard<std::mutex> lock(maps_mu_);
+  ::munmap(record->addr, record->mapped_len);
+  mappings_.remove_if([&](const MappingRecord& r) { return &r == record; });
+}
+
+bool DeviceCore::is_revoked(const MappingRecord* record) const {
+  std::lock_guard<std::mutex> lock(maps_mu_);
+  return record->revoked;
+}
+
+void DeviceCore::revoke_locked(MappingRecord& record) {
+  if (record.revoked) return;
+  int prot = PROT_READ | (record.access == Access::ReadWrite ? PROT_WRITE : 0);
+  // MAP_FIXED replaces the pages atomically: the range is never unmapped, so
+  // nothing else can be placed there before the Mapping is destroyed.
+  void* addr = ::mmap(record.addr, record.mapped_len, prot, MAP_SHARED | MAP_FIXED,
+                      revoked_backing_fd(), 0);
+  if (addr == MAP_FAILED) {
+    // Out of mappings or memory: still cut access off, at the cost of SIGSEGV
+    // instead of SIGBUS.
+    ::mprotect(record.addr, record.mapped_len, PROT_NONE);
+  }
+  record.revoked = true;
+  revoked_.fetch_add(1, kRelaxed);
+}
+
+Status DeviceCore::resize(uint64_t new_size, ResizeOptions options) {
+  const Capabilities& caps = capabilities();
+  if (caps.kind == MediaKind::kDevdax) {
+    return Error(std::errc::operation_not_supported,
+                 "namespace " + name_ + ": a devdax namespace has the device's fixed size");
+  }
+  auto rounded = validate_namespace_size(name_, new_size, caps.alignment);
+  if (!rounded) return rounded.error();
+  std::lock_guard<std::mutex> lifecycle(lifecycle_mu_);
+  auto hold = ref_.hold(RefAccess::kRead);
+  if (!hold) return removed_error("resize");
+  // Block writes wait while the size moves; block reads go on.
+  Status frozen = ref_.freeze();
+  if (!frozen) return frozen.error().with_context("namespace " + name_ + ": resize: ");
+  struct Thaw {
+    LiveRef& ref;
+    ~Thaw() { ref.unfreeze(); }
+  } thaw{ref_};
+
+  const uint64_t old_size = size();
+  const uint64_t target = *rounded;
+  if (target == old_size) return ok();
+  if (target > old_size) {
+    RAWDAX_RETURN_IF_ERROR(catalog_->check_space(name_, target - old_size));
+    auto actual = file_size(fd_.get());
+    if (!actual) return actual.error();
+    if (*actual < target && ::ftruncate(fd_.get(), static_cast<off_t>(target)) != 0) {
+      return errno_error(errno, "namespace " + name_ + ": cannot grow " + info_.path + " to " +
+                                    std::to_string(target));
+    }
+    if (target > view_capacity_) {
+      uint64_t capacity = *round_up(target * 2, caps.alignment);
+      auto view = map_view(capacity);
+      if (!view) return view.error();
+      view_.store(view->data(), std::memory_order_release);
+      view_capacity_ = capacity;
+      views_.push_back(std::move(*view));
+    }
+    // Metadata first: a crash before it leaves a longer file, trimmed at open.
+    RAWDAX_RETURN_IF_ERROR(catalog_->set_size(name_, target));
+    size_.store(target, std::memory_order_release);
+    return ok();
+  }
+  {
+    std::lock_guard<std::mutex> lock(maps_mu_);
+    std::vector<MappingRecord*> cut;
+    for (auto& record : mappings_) {
+      if (!record.revoked && record.offset + record.length > target) cut.push_back(&record);
+    }
+    if (!cut.empty() && !options.force) {
+      return Error(std::errc::device_or_resource_busy,
+                   "namespace " + name_ + ": cannot shrink to " + std::to_string(target) +
+                       ": a mapping at offset " + std::to_string(cut.front()->offset) +
+                       " length " + std::to_string(cut.front()->length) +
+                       " covers the cut (" + std::to_string(cut.size()) +
+                       " in all; force revokes them)");
+    }
+    RAWDAX_RETURN_IF_ERROR(catalog_->set_size(name_, target));
+    for (MappingRecord* record : cut) revoke_locked(*record);
+    size_.store(target, std::memory_order_release);
+  }
+  // The cut stays mapped and in the file until the media is released, so a
+  // late reader cannot fault; zeroing it frees its space and means a later
+  // grow exposes zeros.
+  return zero_range(target, old_size - target, /*allow_hole=*/true);
+}
+
+Status DeviceCore::remove() {
+  std::lock_guard<std::mutex> lifecycle(lifecycle_mu_);
+  if (ref_.killed()) return ok();
+  ref_.kill();  // from here on, new I/O and map() fail with ENXIO
+  {
+    std::lock_guard<std::mutex> lock(maps_mu_);
+    for (auto& record : mappings_) revoke_locked(record);
+  }
+  Status drained = ref_.wait_for_zero();
+  if (!drained) return drained.error().with_context("namespace " + name_ + ": remove: ");
+  release_media();
+  return ok();
+}
+
+void DeviceCore::release_media() {
+  if (views_.empty()) return;
+  if (capabilities().kind != MediaKind::kDevdax) {
+    auto actual = file_size(fd_.get());
+    if (actual && *actual > size()) {
+      // Best effort: a failure leaves a longer file, which the next open trims.
+      (void)::ftruncate(fd_.get(), static_cast<off_t>(size()));
+    }
+  }
+  view_.store(nullptr, std::memory_order_release);
+  views_.clear();
+  fd_.reset();
 }
 
 DeviceStats DeviceCore::stats() const {
@@ -159,7 +342,10 @@ DeviceStats DeviceCore::stats() const {
   s.discards = discards_.load(kRelaxed);
   s.flushes = flushes_.load(kRelaxed);
   s.maps = maps_.load(kRelaxed);
-  s.live_mappings = live_mappings_.load(kRelaxed);
+  s.revoked_mappings = revoked_.load(kRelaxed);
+  std::lock_guard<std::mutex> lock(maps_mu_);
+  s.live_mappings = static_cast<uint64_t>(
+      std::count_if(mappings_.begin(), mappings_.end(), [](auto& r) { return !r.revoked; }));
   return s;
 }
 

@@ -1,58 +1,122 @@
-// DeviceCore: the shared internals of an open namespace. The public Device
-// and every Mapping hold it by shared_ptr, so the backing fd and the block
-// face's mapping live until the last of them is gone.
+// DeviceCore: the one shared state of an open namespace in this process.
+// Every Device handle and every Mapping of the namespace holds it by
+// shared_ptr, so the backing fd and the views live until the last is gone.
 //
-// Thread safety: every method is thread-safe. Counters are relaxed atomics:
-// they order nothing, they only count.
+// Lifecycle gate. A LiveRef guards everything that touches the namespace's
+// bytes or mappings: block reads take a reader ref, block writes a writer ref,
+// map() and resize() a reader ref. remove() kills the ref (new work fails with
+// ENXIO), revokes every Mapping, waits for in-flight work to drain, and only
+// then releases the media. resize() freezes writers for its duration.
+//
+// Views. The block face works on a "view": one shared mapping of the backing
+// object whose capacity may exceed the current size (mapping past EOF is
+// allowed; only touching it faults, and bounds checks prevent that). Growing
+// past the capacity publishes a new, larger view; old views stay mapped until
+// the media is released, so a request that loaded the old pointer still
+// works (all views are shared mappings of the same pages: coherent). The
+// backing file only shrinks when the media is released (remove() or the last
+// reference going away); before that a shrink punches the cut instead, so no
+// in-flight request can hit SIGBUS.
+//
+// Ordering of size and view: resize stores a new view (release) before the new
+// size (release); requests load the size (acquire) and then the view
+// (acquire), so a request that sees a size also sees a view that covers it.
+//
+// Thread safety: every method is thread-safe. lifecycle_mu_ serializes remove
+// and resize; maps_mu_ guards the mapping registry and is held across mmap,
+// munmap and revocation so that no address range changes owner unobserved.
+// Counters are relaxed atomics: they order nothing.
 #ifndef RAWDAX_DEVICE_DEVICE_CORE_H_
 #define RAWDAX_DEVICE_DEVICE_CORE_H_
 
 #include <atomic>
 #include <cstdint>
+#include <list>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/mapped_range.h"
 #include "common/unique_fd.h"
 #include "rawdax/device.h"
+#include "ref/live_ref.h"
 #include "region/catalog.h"
 
 namespace rawdax::internal {
 
-class DeviceCore {
+// One live user mapping, owned by the registry; its Mapping points at it.
+struct MappingRecord {
+  std::byte* addr = nullptr;
+  size_t mapped_len = 0;  // whole pages
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  Access access = Access::ReadOnly;
+  bool revoked = false;  // now a SIGBUS-raising placeholder over the same range
+};
+
+class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
  public:
   static Result<std::shared_ptr<DeviceCore>> open(std::shared_ptr<Catalog> catalog,
                                                   std::string_view name, DeviceOptions options);
+  ~DeviceCore();
+  DeviceCore(const DeviceCore&) = delete;
+  DeviceCore& operator=(const DeviceCore&) = delete;
 
-  const NamespaceInfo& info() const { return info_; }
+  NamespaceInfo info() const;
+  const std::string& name() const { return name_; }
   const Capabilities& capabilities() const { return catalog_->capabilities(); }
-  uint64_t size() const { return info_.size; }
+  uint64_t size() const { return size_.load(std::memory_order_acquire); }
+  bool removed() const { return ref_.killed(); }
 
   Status read(uint64_t offset, std::span<std::byte> out);
-  Status write(uint64_t offset, std::span<const std::byte> data, WriteOptions options);
-  Status write_zeroes(uint64_t offset, uint64_t length, ZeroOptions options, bool is_discard);
+  Status write(uint64_t offset, std::span<const std::byte> data, WriteOptions options,
+               bool read_only);
+  Status write_zeroes(uint64_t offset, uint64_t length, ZeroOptions options, bool is_discard,
+                      bool read_only);
   Status flush();
-  Result<Mapping> map(std::shared_ptr<DeviceCore> self, uint64_t offset, uint64_t length,
-                      Access access);
-  void on_unmap() { live_mappings_.fetch_sub(1, std::memory_order_relaxed); }
+  Result<Mapping> map(uint64_t offset, uint64_t length, Access access, bool read_only);
+  void unmap(MappingRecord* record);
+  bool is_revoked(const MappingRecord* record) const;
+  Status resize(uint64_t new_size, ResizeOptions options);
+  Status remove();
   DeviceStats stats() const;
 
  private:
-  DeviceCore() = default;
-  // EINVAL/ENOSPC with the namespace, operation, offset, length and size.
-  Status check_range(const char* op, uint64_t offset, uint64_t length, bool is_write) const;
+  explicit DeviceCore(std::shared_ptr<Catalog> catalog) : catalog_(std::move(catalog)) {}
+
+  // EINVAL/ENOSPC/EROFS with the namespace, operation, offset, length and size.
+  Status check_range(const char* op, uint64_t offset, uint64_t length, uint64_t size,
+                     bool is_write, bool read_only) const;
+  Error removed_error(const char* op) const;
+  // Maps `capacity` bytes of the backing object as a new block-face view.
+  Result<MappedRange> map_view(uint64_t capacity) const;
+  // Replaces a mapping's pages with a placeholder that raises SIGBUS.
+  void revoke_locked(MappingRecord& record);
+  Status zero_range(uint64_t offset, uint64_t length, bool allow_hole);
+  // Trims the backing file to the final size, unmaps the views, closes the fd.
+  void release_media();
 
   std::shared_ptr<Catalog> catalog_;
-  NamespaceInfo info_;
-  DeviceOptions options_;
+  std::string name_;
+  NamespaceInfo info_;  // name, uuid, mode, path; size_ holds the live size
   UniqueFd fd_;
-  MappedRange view_;  // the block face's own shared mapping of the whole namespace
+  LiveRef ref_;
+
+  std::atomic<uint64_t> size_{0};
+  std::atomic<std::byte*> view_{nullptr};  // current view; capacity in view_capacity_
+  uint64_t view_capacity_ = 0;             // guarded by lifecycle_mu_
+  std::vector<MappedRange> views_;         // all views, newest last; guarded by lifecycle_mu_
+
+  std::mutex lifecycle_mu_;
+  mutable std::mutex maps_mu_;
+  std::list<MappingRecord> mappings_;  // guarded by maps_mu_
 
   std::atomic<uint64_t> reads_{0}, writes_{0}, bytes_read_{0}, bytes_written_{0};
   std::atomic<uint64_t> write_zeroes_{0}, discards_{0}, flushes_{0}, maps_{0};
-  std::atomic<uint64_t> live_mappings_{0};
+  std::atomic<uint64_t> revoked_{0};
 };
 
 }  // namespace rawdax::internal

@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -18,7 +17,7 @@ namespace rawdax {
 
 namespace live_ref_internal {
 
-uint32_t AssignThreadSlot() {
+uint32_t assign_thread_slot() {
   static std::atomic<uint32_t> next_slot{0};
   // Masking keeps the slot away from kNoSlot after (absurdly many) threads.
   const uint32_t slot = next_slot.fetch_add(1, std::memory_order_relaxed) & 0x7fffffffu;
@@ -34,19 +33,17 @@ static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t) &&
                   std::atomic<uint32_t>::is_always_lock_free,
               "futex words must be plain 32-bit atomics");
 
-uint32_t* FutexAddr(std::atomic<uint32_t>* word) {
-  return reinterpret_cast<uint32_t*>(word);
-}
+uint32_t* futex_addr(std::atomic<uint32_t>* word) { return reinterpret_cast<uint32_t*>(word); }
 
 // Sleeps while *word == expected, at most `timeout` (nullptr: no limit).
 // Spurious returns (EINTR, EAGAIN, timeout, stray wakes) are fine: every
 // caller re-checks its condition in a loop.
-void FutexWait(std::atomic<uint32_t>* word, uint32_t expected, const struct timespec* timeout) {
-  syscall(SYS_futex, FutexAddr(word), FUTEX_WAIT_PRIVATE, expected, timeout, nullptr, 0);
+void futex_wait(std::atomic<uint32_t>* word, uint32_t expected, const struct timespec* timeout) {
+  syscall(SYS_futex, futex_addr(word), FUTEX_WAIT_PRIVATE, expected, timeout, nullptr, 0);
 }
 
-void FutexWakeAll(std::atomic<uint32_t>* word) {
-  syscall(SYS_futex, FutexAddr(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+void futex_wake_all(std::atomic<uint32_t>* word) {
+  syscall(SYS_futex, futex_addr(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
 }
 
 // Wake words for sleeping waiters live outside any LiveRef so that a put()
@@ -58,23 +55,27 @@ struct alignas(64) WakeWord {
 constexpr int kWakeWordBits = 6;
 WakeWord g_wake_words[1 << kWakeWordBits];
 
-std::atomic<uint32_t>* WakeWordFor(const void* ref) {
+std::atomic<uint32_t>* wake_word_for(const void* ref) {
   const uint64_t key = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(ref));
   const uint64_t hash = (key >> 6) * 0x9e3779b97f4a7c15ull;  // Fibonacci hashing
   return &g_wake_words[hash >> (64 - kWakeWordBits)].seq;
 }
 
-uint32_t NextPow2(uint32_t n) {
+uint32_t next_pow2(uint32_t n) {
   uint32_t p = 1;
   while (p < n) p <<= 1;
   return p;
 }
 
-uint32_t ShardCount(int requested) {
-  if (requested > 0) return NextPow2(static_cast<uint32_t>(std::min(requested, 4096)));
-  unsigned ncpu = std::thread::hardware_concurrency();
-  if (ncpu == 0) ncpu = 4;
-  return NextPow2(std::clamp(2 * ncpu, 8u, 1024u));
+uint32_t shard_count(int requested) {
+  if (requested > 0) return next_pow2(static_cast<uint32_t>(std::min(requested, 4096)));
+  // hardware_concurrency() may read /sys; ask once per process.
+  static const uint32_t automatic = [] {
+    unsigned ncpu = std::thread::hardware_concurrency();
+    if (ncpu == 0) ncpu = 4;
+    return next_pow2(std::clamp(2 * ncpu, 8u, 1024u));
+  }();
+  return automatic;
 }
 
 struct Deadline {
@@ -82,19 +83,17 @@ struct Deadline {
   bool infinite;
 };
 
-Deadline MakeDeadline(std::chrono::nanoseconds timeout) {
+Deadline make_deadline(std::chrono::nanoseconds timeout) {
   using Clock = std::chrono::steady_clock;
   const Clock::time_point now = Clock::now();
   if (timeout <= std::chrono::nanoseconds::zero()) return {now, false};
   // nanoseconds::max() (the default) and anything past the clock's range
   // mean "no limit"; adding them to now would overflow.
-  const auto room = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::time_point::max() -
-                                                                         now);
-  if (timeout >= room) return {now, true};
+  if (timeout >= Clock::time_point::max() - now) return {now, true};
   return {now + std::chrono::duration_cast<Clock::duration>(timeout), false};
 }
 
-[[noreturn]] void Die(const char* what) {
+[[noreturn]] void die(const char* what) {
   std::fprintf(stderr, "rawdax: LiveRef: %s\n", what);
   std::abort();
 }
@@ -102,36 +101,36 @@ Deadline MakeDeadline(std::chrono::nanoseconds timeout) {
 }  // namespace
 
 LiveRef::LiveRef(int num_shards) {
-  const uint32_t n = ShardCount(num_shards);
+  const uint32_t n = shard_count(num_shards);
   shards_ = std::make_unique<Shard[]>(n);
   mask_ = n - 1;
 }
 
 LiveRef::~LiveRef() = default;
 
-bool LiveRef::TrygetSlow(Access access, Shard& shard) {
-  const int k = Index(access);
+bool LiveRef::tryget_slow(Access access, Shard& shard) {
+  const int k = kind_index(access);
   for (;;) {
     // Holds the increment from [A]. Re-reading state is still step [B]: if
     // the ref was unfrozen meanwhile, the get is valid. Deciding before the
     // back-out keeps the back-out our last touch of *this when we fail.
     const uint64_t state = state_.load();
-    if ((state & BlockMask(access)) == 0) return true;
+    if ((state & block_mask(access)) == 0) return true;
     const bool park = (state & kKilled) == 0;  // only a frozen writer gets here
     const uint64_t old = shard.puts[k].fetch_add(1);
-    if ((old & kWakeFlag) != 0) WakeWaiters(this);
-    if (!park || !WaitUnfrozen()) return false;
+    if ((old & kWakeFlag) != 0) wake_waiters(this);
+    if (!park || !wait_unfrozen()) return false;
     shard.gets[k].fetch_add(1);  // [A] again
   }
 }
 
-void LiveRef::WakeWaiters(const void* self) {
-  std::atomic<uint32_t>* word = WakeWordFor(self);
+void LiveRef::wake_waiters(const void* self) {
+  std::atomic<uint32_t>* word = wake_word_for(self);
   word->fetch_add(1);
-  FutexWakeAll(word);
+  futex_wake_all(word);
 }
 
-bool LiveRef::WaitUnfrozen() {
+bool LiveRef::wait_unfrozen() {
   for (;;) {
     // Sequence first, state second: an unfreeze/kill that lands after the
     // state load bumps the sequence, so the futex does not sleep on it.
@@ -139,30 +138,30 @@ bool LiveRef::WaitUnfrozen() {
     const uint64_t state = state_.load();
     if ((state & kKilled) != 0) return false;
     if (state == 0) return true;
-    FutexWait(&gate_seq_, seq, nullptr);
+    futex_wait(&gate_seq_, seq, nullptr);
   }
 }
 
 void LiveRef::kill() {
   if ((state_.fetch_or(kKilled) & kKilled) != 0) return;  // [C]; idempotent
   gate_seq_.fetch_add(1);
-  FutexWakeAll(&gate_seq_);  // parked writers fail
-  WakeWaiters(this);         // draining freezes return ENXIO
+  futex_wake_all(&gate_seq_);  // parked writers fail
+  wake_waiters(this);          // draining freezes return ENXIO
 }
 
-void LiveRef::AddWaiter(Drain drain) {
+void LiveRef::add_waiter(Drain drain) {
   std::lock_guard<std::mutex> lock(waiters_mu_);
   ++(drain == Drain::kAll ? all_waiters_ : writer_waiters_);
-  ApplyWakeFlagsLocked();
+  apply_wake_flags_locked();
 }
 
-void LiveRef::RemoveWaiter(Drain drain) {
+void LiveRef::remove_waiter(Drain drain) {
   std::lock_guard<std::mutex> lock(waiters_mu_);
   --(drain == Drain::kAll ? all_waiters_ : writer_waiters_);
-  ApplyWakeFlagsLocked();
+  apply_wake_flags_locked();
 }
 
-void LiveRef::ApplyWakeFlagsLocked() {
+void LiveRef::apply_wake_flags_locked() {
   // Readers' puts only matter to wait_for_zero(); a freeze never wants a
   // wake-up per reader put (readers run at full speed through a freeze).
   const bool want[2] = {all_waiters_ > 0, all_waiters_ > 0 || writer_waiters_ > 0};
@@ -181,25 +180,25 @@ void LiveRef::ApplyWakeFlagsLocked() {
   }
 }
 
-bool LiveRef::ObservedZero(Drain drain) const {
+bool LiveRef::observed_zero(Drain drain) const {
   // Zero detection: all puts first, then all gets (see live_ref.h).
   const bool readers = drain == Drain::kAll;
   uint64_t puts = 0;
   for (uint32_t i = 0; i <= mask_; ++i) {
-    puts += shards_[i].puts[Index(Access::kWrite)].load() & ~kWakeFlag;
-    if (readers) puts += shards_[i].puts[Index(Access::kRead)].load() & ~kWakeFlag;
+    puts += shards_[i].puts[kind_index(Access::kWrite)].load() & ~kWakeFlag;
+    if (readers) puts += shards_[i].puts[kind_index(Access::kRead)].load() & ~kWakeFlag;
   }
   uint64_t gets = 0;
   for (uint32_t i = 0; i <= mask_; ++i) {
-    gets += shards_[i].gets[Index(Access::kWrite)].load();
-    if (readers) gets += shards_[i].gets[Index(Access::kRead)].load();
+    gets += shards_[i].gets[kind_index(Access::kWrite)].load();
+    if (readers) gets += shards_[i].gets[kind_index(Access::kRead)].load();
   }
   return gets == puts;
 }
 
-Status LiveRef::DrainUntilZero(Drain drain, std::chrono::steady_clock::time_point deadline,
-                               bool infinite, bool fail_if_killed) {
-  std::atomic<uint32_t>* word = WakeWordFor(this);
+Status LiveRef::drain_until_zero(Drain drain, std::chrono::steady_clock::time_point deadline,
+                                 bool infinite, bool fail_if_killed) {
+  std::atomic<uint32_t>* word = wake_word_for(this);
   for (;;) {
     // The wake word is read before the checks: a put or kill after them
     // bumps it, and the futex then refuses to sleep.
@@ -207,7 +206,7 @@ Status LiveRef::DrainUntilZero(Drain drain, std::chrono::steady_clock::time_poin
     if (fail_if_killed && killed()) {
       return Error(std::errc::no_such_device_or_address, "live ref killed while draining");
     }
-    if (ObservedZero(drain)) return ok();
+    if (observed_zero(drain)) return ok();
     struct timespec ts;
     const struct timespec* timeout = nullptr;
     if (!infinite) {
@@ -222,49 +221,49 @@ Status LiveRef::DrainUntilZero(Drain drain, std::chrono::steady_clock::time_poin
       ts.tv_nsec = static_cast<long>(ns % 1000000000);
       timeout = &ts;
     }
-    FutexWait(word, seq, timeout);
+    futex_wait(word, seq, timeout);
   }
 }
 
 Status LiveRef::wait_for_zero(std::chrono::nanoseconds timeout) {
-  const Deadline deadline = MakeDeadline(timeout);
-  if (ObservedZero(Drain::kAll)) return ok();  // skips the wake-flag round trip
-  AddWaiter(Drain::kAll);
-  Status status = DrainUntilZero(Drain::kAll, deadline.at, deadline.infinite, false);
-  RemoveWaiter(Drain::kAll);
+  const Deadline deadline = make_deadline(timeout);
+  if (observed_zero(Drain::kAll)) return ok();  // skips the wake-flag round trip
+  add_waiter(Drain::kAll);
+  Status status = drain_until_zero(Drain::kAll, deadline.at, deadline.infinite, false);
+  remove_waiter(Drain::kAll);
   return status;
 }
 
 Status LiveRef::freeze(std::chrono::nanoseconds timeout) {
-  const Deadline deadline = MakeDeadline(timeout);
+  const Deadline deadline = make_deadline(timeout);
   const uint64_t old = state_.fetch_add(kDepthOne);  // [C]: new writer gets park
   if ((old & kKilled) != 0) {
-    DropDepth();
+    drop_depth();
     return Error(std::errc::no_such_device_or_address, "live ref killed");
   }
   // A nested freeze over a drained ref returns here at once.
-  if (ObservedZero(Drain::kWriters)) return ok();  // [D]
-  AddWaiter(Drain::kWriters);
-  Status status = DrainUntilZero(Drain::kWriters, deadline.at, deadline.infinite, true);
-  RemoveWaiter(Drain::kWriters);
-  if (!status) DropDepth();
+  if (observed_zero(Drain::kWriters)) return ok();  // [D]
+  add_waiter(Drain::kWriters);
+  Status status = drain_until_zero(Drain::kWriters, deadline.at, deadline.infinite, true);
+  remove_waiter(Drain::kWriters);
+  if (!status) drop_depth();
   return status;
 }
 
-void LiveRef::unfreeze() { DropDepth(); }
+void LiveRef::unfreeze() { drop_depth(); }
 
-void LiveRef::DropDepth() {
+void LiveRef::drop_depth() {
   const uint64_t old = state_.fetch_sub(kDepthOne);
   const uint64_t depth = old >> kDepthShift;
-  if (depth == 0) Die("unfreeze() without a matching successful freeze()");
+  if (depth == 0) die("unfreeze() without a matching successful freeze()");
   if (depth == 1) {
     gate_seq_.fetch_add(1);
-    FutexWakeAll(&gate_seq_);
+    futex_wake_all(&gate_seq_);
   }
 }
 
 int64_t LiveRef::count_slow(Access access) const {
-  const int k = Index(access);
+  const int k = kind_index(access);
   uint64_t puts = 0;
   uint64_t gets = 0;
   for (uint32_t i = 0; i <= mask_; ++i) puts += shards_[i].puts[k].load() & ~kWakeFlag;

@@ -32,20 +32,24 @@
 // fails after incrementing backs out by incrementing `puts` on the same shard,
 // so a failed tryget is briefly counted; waits are therefore conservative.
 //
-// Memory ordering. All the atomics below use memory_order_seq_cst, so all of
-// them lie in one total order S, and a load returns the last store before it
-// in S. Three arguments rest on that:
+// Memory ordering. Every access to the shard counters, the state word and
+// the wake words is memory_order_seq_cst (all modifications of them too), so
+// these accesses lie in one total order S that agrees with program order and
+// with happens-before, and a load returns the last store before it in S.
+// Three arguments rest on that:
 //
 //  1. get vs kill/freeze (Dekker, store->load on both sides). A getter does
 //     [A] gets.fetch_add on its shard, then [B] state.load. A killer or
 //     freezer does [C] a read-modify-write of state (set KILLED, or depth+1),
-//     then [D] loads every shard. If B precedes C in S, then A precedes D, so
-//     the scan counts the getter's increment. Otherwise B follows C and the
-//     getter sees KILLED / depth > 0 and backs out (never returning true
-//     while killed; a writer then parks). With weaker orders (an acquire load
-//     after a release increment) both sides could miss each other. Hence a
-//     tryget() that returns true incremented before kill()'s RMW of state,
-//     i.e. before kill()'s linearization point.
+//     then [D] loads every shard. If B precedes C in S, then A < B < C < D,
+//     so the scan counts the getter's increment (and keeps waiting for its
+//     put). Otherwise B follows C and the getter sees KILLED (never cleared)
+//     or the depth (unless that freeze was already undone) and backs out; a
+//     writer then parks. At least one side sees the other. With weaker
+//     orders (a release increment then an acquire load: the store-buffering
+//     litmus test) both sides could miss each other. Hence a tryget() that
+//     returns true incremented before kill()'s RMW of state, i.e. before
+//     kill()'s linearization point.
 //
 //  2. Zero detection (wait_for_zero, and freeze's drain of writers). The
 //     waiter first loads every `puts` counter, then every `gets` counter.
@@ -64,10 +68,11 @@
 //     modification order it either follows the flag (put sees the flag in
 //     the returned old value and wakes the waiter) or precedes it (the
 //     waiter's flag RMW, and so its later scan, already includes the put).
-//     The waiter reads a wake sequence word before scanning and futex-waits
-//     on that value, so a wake that lands between its scan and its sleep is
-//     not lost. The flag only ever costs a put a futex wake while a waiter
-//     exists; it never costs a load.
+//     The put then bumps a wake sequence word and futex-wakes it. The waiter
+//     reads that word before scanning and futex-waits on the value read: a
+//     bump after the read makes the futex return, and a bump before it is
+//     read, so its put is visible to the scan. No wake-up is lost. The flag
+//     costs a put a wake only while a waiter exists; it never costs a load.
 //
 // Lifetime. The LiveRef must outlive every call into it, as usual. put() is
 // the one exception that makes teardown possible: after the put's increment
@@ -79,14 +84,14 @@
 //
 // Thread safety: every method may be called concurrently from any thread.
 // Each put(kind) must pair with an earlier successful tryget(kind) of the
-// same kind (it may run on another thread); each unfreeze() must pair with a
+// same kind; it may run on another thread if the handover synchronizes
+// (the get must happen-before the put). Each unfreeze() must pair with a
 // successful freeze(). Breaking either pairing is a programming error.
 #ifndef RAWDAX_REF_LIVE_REF_H_
 #define RAWDAX_REF_LIVE_REF_H_
 
 #include <atomic>
 #include <chrono>
-#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -105,12 +110,12 @@ inline constexpr uint32_t kNoSlot = UINT32_MAX;
 inline thread_local uint32_t t_slot = kNoSlot;
 
 // Assigns t_slot from a process-wide counter and returns it.
-uint32_t AssignThreadSlot();
+uint32_t assign_thread_slot();
 
-inline uint32_t ThreadSlot() {
+inline uint32_t thread_slot() {
   const uint32_t slot = t_slot;
   if (slot != kNoSlot) [[likely]] return slot;
-  return AssignThreadSlot();
+  return assign_thread_slot();
 }
 
 }  // namespace live_ref_internal
@@ -159,9 +164,10 @@ class LiveRef {
   LiveRef(const LiveRef&) = delete;
   LiveRef& operator=(const LiveRef&) = delete;
 
-  // Takes a reference. Fails once kill() has begun to take effect. A writer
-  // blocks while the ref is frozen, then succeeds after the last unfreeze()
-  // or fails if kill() comes first. A reader ignores freezes.
+  // Takes a reference; false means none was taken. Every tryget() that
+  // starts after kill() returned fails (one racing with kill() may go either
+  // way). A writer blocks while the ref is frozen, then succeeds after the
+  // last unfreeze() or fails if kill() comes first. Readers ignore freezes.
   [[nodiscard]] bool tryget(Access access);
 
   // Drops a reference taken by a successful tryget(access).
@@ -181,7 +187,7 @@ class LiveRef {
   // Waits until no reference of either kind is outstanding. Returns
   // std::errc::timed_out if that was not observed within `timeout`. Without
   // kill() new gets may follow at once; success only says there was a moment
-  // with none.
+  // with none. A caller holding a reference itself waits out its timeout.
   Status wait_for_zero(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max());
 
   // Blocks new writer gets, then waits until the writer references already
@@ -190,6 +196,8 @@ class LiveRef {
   // writers if the depth returns to 0) and std::errc::timed_out is returned.
   // Returns std::errc::no_such_device_or_address if the ref is or becomes
   // killed before the drain completes (the depth increment is undone too).
+  // As in the kernel, a caller holding a writer reference itself cannot
+  // drain; it waits out its timeout.
   Status freeze(std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max());
 
   // Undoes one successful freeze(); at depth 0 parked writers resume.
@@ -222,27 +230,27 @@ class LiveRef {
   // Which kinds a drain waits for.
   enum class Drain { kWriters, kAll };
 
-  static constexpr uint64_t BlockMask(Access access) {
+  static constexpr uint64_t block_mask(Access access) {
     return access == Access::kRead ? kKilled : ~uint64_t{0};
   }
-  static constexpr int Index(Access access) { return static_cast<int>(access); }
+  static constexpr int kind_index(Access access) { return static_cast<int>(access); }
 
-  Shard& MyShard() const { return shards_[live_ref_internal::ThreadSlot() & mask_]; }
+  Shard& my_shard() const { return shards_[live_ref_internal::thread_slot() & mask_]; }
 
-  bool TrygetSlow(Access access, Shard& shard);
+  bool tryget_slow(Access access, Shard& shard);
   // put()'s tail when the old `puts` value carried kWakeFlag. Static: by then
   // the LiveRef may already be gone; `self` is only a hash key.
-  static void WakeWaiters(const void* self);
+  static void wake_waiters(const void* self);
   // Waits, without a count held, until depth is 0 (true) or killed (false).
-  bool WaitUnfrozen();
+  bool wait_unfrozen();
   // Registers/unregisters a sleeping waiter and maintains the wake flags.
-  void AddWaiter(Drain drain);
-  void RemoveWaiter(Drain drain);
-  void ApplyWakeFlagsLocked();
-  Status DrainUntilZero(Drain drain, std::chrono::steady_clock::time_point deadline,
-                        bool infinite, bool fail_if_killed);
-  bool ObservedZero(Drain drain) const;
-  void DropDepth();
+  void add_waiter(Drain drain);
+  void remove_waiter(Drain drain);
+  void apply_wake_flags_locked();
+  Status drain_until_zero(Drain drain, std::chrono::steady_clock::time_point deadline,
+                          bool infinite, bool fail_if_killed);
+  bool observed_zero(Drain drain) const;
+  void drop_depth();
 
   // Read-mostly line: what the hot path reads.
   alignas(64) std::atomic<uint64_t> state_{0};
@@ -257,16 +265,16 @@ class LiveRef {
 };
 
 inline bool LiveRef::tryget(Access access) {
-  Shard& shard = MyShard();
-  shard.gets[Index(access)].fetch_add(1);  // [A] in the header comment
-  if ((state_.load() & BlockMask(access)) == 0) [[likely]] return true;  // [B]
-  return TrygetSlow(access, shard);
+  Shard& shard = my_shard();
+  shard.gets[kind_index(access)].fetch_add(1);  // [A] in the header comment
+  if ((state_.load() & block_mask(access)) == 0) [[likely]] return true;  // [B]
+  return tryget_slow(access, shard);
 }
 
 inline void LiveRef::put(Access access) {
-  const uint64_t old = MyShard().puts[Index(access)].fetch_add(1);
+  const uint64_t old = my_shard().puts[kind_index(access)].fetch_add(1);
   // Do not touch *this below: a waiter may have seen the put and freed us.
-  if ((old & kWakeFlag) != 0) [[unlikely]] WakeWaiters(this);
+  if ((old & kWakeFlag) != 0) [[unlikely]] wake_waiters(this);
 }
 
 }  // namespace rawdax

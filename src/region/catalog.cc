@@ -206,8 +206,8 @@ Status Catalog::check_space(const std::string& name, uint64_t size) const {
   }
   if (size > available) {
     return Error(std::errc::no_space_on_device,
-                 "namespace " + name + ": size " + std::to_string(size) + " (" +
-                     format_size(size) + ") does not fit: " + where + " has " +
+                 "namespace " + name + ": " + std::to_string(size) + " bytes (" +
+                     format_size(size) + ") do not fit: " + where + " has " +
                      std::to_string(available) + " (" + format_size(available) + ") free");
   }
   return ok();
@@ -289,6 +289,19 @@ Status Catalog::destroy(std::string_view name) {
     return errno_error(errno, "namespace " + std::string(name) + ": cannot remove " + path);
   }
   return fsync_directory(backing_dir(dir_));
+}
+
+Status Catalog::set_size(std::string_view name, uint64_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (lookup(name) == nullptr) {
+    return Error(std::errc::no_such_file_or_directory,
+                 "namespace " + std::string(name) + " not found in region " + spec_);
+  }
+  RegionMetadata next = meta_;
+  for (auto& ns : next.namespaces) {
+    if (ns.name == name) ns.size = size;
+  }
+  return commit(std::move(next));
 }
 
 Result<UniqueFd> Catalog::open_backing(std::string_view name, bool writable) const {

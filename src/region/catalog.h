@@ -54,6 +54,14 @@ class Catalog {
   Result<NamespaceInfo> create(const NamespaceSpec& spec);
   Status destroy(std::string_view name);
 
+  // Records a new size (the caller has sized the backing object). ENOENT when
+  // the namespace is gone.
+  Status set_size(std::string_view name, uint64_t size);
+
+  // ENOSPC, naming the namespace, `bytes` and the space free, when the media
+  // cannot hold `bytes` more.
+  Status check_space(const std::string& name, uint64_t bytes) const;
+
   // A new fd on the namespace's backing object, for mapping it.
   Result<UniqueFd> open_backing(std::string_view name, bool writable) const;
 
@@ -62,7 +70,6 @@ class Catalog {
   Status open_directory(bool create);
   Status open_devdax(const std::string& path);
   Status remove_orphans();
-  Status check_space(const std::string& name, uint64_t size) const;
   Status commit(RegionMetadata next);  // persists, then installs `next`
   NamespaceInfo with_path(NamespaceInfo ns) const;
   const NamespaceInfo* lookup(std::string_view name) const;

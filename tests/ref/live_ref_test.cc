@@ -254,8 +254,7 @@ TEST(LiveRefTest, FreezeTimeoutUndoesItsDepth) {
   std::thread freezer([&] {
     const Clock::time_point start = Clock::now();
     Status status = ref.freeze(kTimeout);
-    freeze_ms.store(
-        std::chrono::duration_cast<milliseconds>(Clock::now() - start).count());
+    freeze_ms.store(std::chrono::duration_cast<milliseconds>(Clock::now() - start).count());
     freeze_result.store(status ? 0 : IsError(status, std::errc::timed_out) ? 1 : 2);
   });
   Cleanup join_freezer([&] { JoinIfJoinable(freezer); });
@@ -392,9 +391,9 @@ TEST(LiveRefStressTest, GetsFreezesAndKill) {
     std::atomic<int64_t> gets_after_zero{0};
     std::atomic<bool> stop{false};
     std::atomic<int> writers_inside{0};
-    std::atomic<int64_t> late_gets{0};        // succeeded though started after kill
+    std::atomic<int64_t> late_gets{0};  // succeeded though started after kill
     std::atomic<int64_t> frozen_violations{0};
-    std::atomic<int64_t> freeze_errors{0};    // neither ok, timed_out nor ENXIO
+    std::atomic<int64_t> freeze_errors{0};  // neither ok, timed_out nor ENXIO
     std::atomic<int64_t> gets{0};
     std::atomic<int64_t> freezes{0};
     std::atomic<bool> holding[kGetters] = {};
@@ -433,7 +432,9 @@ TEST(LiveRefStressTest, GetsFreezesAndKill) {
           }
           freezes.fetch_add(1, std::memory_order_relaxed);
           for (int i = 0; i < 20; ++i) {
-            if (writers_inside.load() != 0 || ref.freeze_depth() < 1) frozen_violations.fetch_add(1);
+            if (writers_inside.load() != 0 || ref.freeze_depth() < 1) {
+              frozen_violations.fetch_add(1);
+            }
             std::this_thread::yield();
           }
           ref.unfreeze();

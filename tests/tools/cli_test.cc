@@ -91,7 +91,7 @@ TEST_F(CliTest, BadInputGivesOneClearLineAndChangesNothing) {
       {"create-namespace -n a -s 0", "greater than 0"},
       {"create-namespace -n a -s 12Q", "12Q"},
       {"create-namespace -n a -s -5", "-5"},
-      {"create-namespace -n a -s 999999T", "does not fit"},
+      {"create-namespace -n a -s 999999T", "do not fit"},
       {"create-namespace -n '' -s 1M", "empty"},
       {"create-namespace -n " + std::string(64, 'x') + " -s 1M", "63"},
       {"create-namespace -n a/b -s 1M", "only"},
