@@ -1,0 +1,179 @@
+// Device::remove() and forced destroy: refuse, revoke, drain (the seed's
+// percpu_ref contract), under load.
+#include <sys/mman.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <gtest/gtest.h>
+#include <sstream>
+#include <thread>
+
+#include "fault_catcher.h"
+#include "rawdax/rawdax.h"
+#include "test_util.h"
+
+namespace rawdax {
+namespace {
+
+using ::rawdax::testing::run_catching_faults;
+using ::rawdax::testing::ScratchRegion;
+using ::rawdax::testing::TestMedia;
+
+constexpr uint64_t kSize = 4 << 20;
+
+bool range_is_reserved(void* addr) {
+  void* probe = ::mmap(addr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                       -1, 0);
+  if (probe == MAP_FAILED) return errno == EEXIST;
+  ::munmap(probe, 4096);
+  return false;
+}
+
+std::string self_maps() {
+  std::ifstream in("/proc/self/maps");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class TeardownTest : public ::testing::TestWithParam<TestMedia> {
+ protected:
+  void SetUp() override {
+    auto region = Region::open(scratch_.spec(), {.create = true});
+    ASSERT_TRUE(region) << region.error().message();
+    region_ = std::move(*region);
+  }
+  std::unique_ptr<Device> make_device(const std::string& name) {
+    auto info = region_->create_namespace({.name = name, .size = kSize});
+    EXPECT_TRUE(info) << info.error().message();
+    auto dev = region_->open_device(name);
+    EXPECT_TRUE(dev) << dev.error().message();
+    return dev ? std::move(*dev) : nullptr;
+  }
+
+  ScratchRegion scratch_{GetParam()};
+  std::unique_ptr<Region> region_;
+};
+
+// One thread writes through the block face, another stores through a
+// mapping, while remove() runs. The writer must end with ENXIO, the storer
+// with SIGBUS, and nothing else may fail.
+TEST_P(TeardownTest, RemoveUnderLoadRefusesRevokesAndDrains) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  int rounds = 0;
+  for (; rounds < 100 && std::chrono::steady_clock::now() < deadline; ++rounds) {
+    std::string name = "t" + std::to_string(rounds);
+    auto dev = make_device(name);
+    ASSERT_TRUE(dev);
+    auto mapping = dev->map(0, kSize, Access::ReadWrite);
+    ASSERT_TRUE(mapping);
+    auto* words = reinterpret_cast<volatile uint64_t*>(mapping->data());
+    std::atomic<uint64_t> writes{0}, stores{0};
+    std::atomic<bool> stop{false};
+
+    auto writer = std::async(std::launch::async, [&]() -> std::error_code {
+      std::vector<std::byte> buf(4096, std::byte{1});
+      for (uint64_t i = 0; !stop.load(); ++i) {
+        Status st = dev->write((i * 4096) % kSize, buf);
+        if (!st) return st.error().code();
+        writes.fetch_add(1);
+      }
+      return {};
+    });
+    auto storer = std::async(std::launch::async, [&]() {
+      return run_catching_faults([&] {
+        for (uint64_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+          words[(i * 513) % (kSize / 8)] = i;
+          stores.fetch_add(1, std::memory_order_relaxed);
+        }
+      });
+    });
+    while (writes.load() < 10 || stores.load() < 10) std::this_thread::yield();
+
+    Status removed = dev->remove();
+    ASSERT_TRUE(removed) << removed.error().message();
+
+    bool writer_done = writer.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+    bool storer_done = storer.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+    stop.store(true);
+    ASSERT_TRUE(writer_done) << "round " << rounds << ": block writer still running";
+    ASSERT_TRUE(storer_done) << "round " << rounds << ": mapping stores still landing";
+    EXPECT_EQ(writer.get(), std::errc::no_such_device_or_address) << "round " << rounds;
+    EXPECT_EQ(storer.get(), SIGBUS) << "round " << rounds;
+
+    // Refuse: new work fails fast with ENXIO.
+    std::vector<std::byte> buf(16);
+    EXPECT_EQ(dev->read(0, buf).error().code(), std::errc::no_such_device_or_address);
+    EXPECT_EQ(dev->map(0, 4096, Access::ReadOnly).error().code(),
+              std::errc::no_such_device_or_address);
+    // Revoke: loads fault too; the range stays reserved until the Mapping goes.
+    EXPECT_TRUE(mapping->revoked());
+    EXPECT_EQ(run_catching_faults([&] { (void)words[1]; }), SIGBUS);
+    void* addr = mapping->data();
+    EXPECT_TRUE(range_is_reserved(addr));
+    // Release: no view of the backing file is left in this process.
+    std::string path = dev->info().path;
+    if (GetParam() != TestMedia::kMemfd) {
+      EXPECT_EQ(self_maps().find(path), std::string::npos) << path;
+    }
+    mapping = Error(std::errc::operation_canceled, "destroys the Mapping");
+    EXPECT_FALSE(range_is_reserved(addr));
+    dev.reset();
+    ASSERT_TRUE(region_->destroy_namespace(name));
+    if (HasFailure()) break;
+  }
+  EXPECT_GE(rounds, 100);
+}
+
+TEST_P(TeardownTest, ForcedDestroyWithTwoLiveMappings) {
+  auto dev = make_device("busy");
+  ASSERT_TRUE(dev);
+  auto first = dev->map(0, 1 << 20, Access::ReadWrite);
+  auto second = dev->map(1 << 20, 1 << 20, Access::ReadOnly);
+  ASSERT_TRUE(first && second);
+  first->data()[0] = std::byte{7};
+  std::string path = dev->info().path;
+
+  auto refused = region_->destroy_namespace("busy");
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code(), std::errc::device_or_resource_busy);
+  EXPECT_FALSE(first->revoked());
+  EXPECT_EQ(first->data()[0], std::byte{7});  // a refusal changes nothing
+
+  ASSERT_TRUE(region_->destroy_namespace("busy", {.force = true}));
+  EXPECT_TRUE(first->revoked());
+  EXPECT_TRUE(second->revoked());
+  EXPECT_EQ(run_catching_faults([&] { first->data()[0] = std::byte{1}; }), SIGBUS);
+  EXPECT_EQ(run_catching_faults([&] { (void)*(volatile std::byte*)second->data(); }), SIGBUS);
+  EXPECT_EQ(dev->write(0, std::vector<std::byte>(8)).error().code(),
+            std::errc::no_such_device_or_address);
+  EXPECT_FALSE(region_->find("busy"));
+  if (GetParam() != TestMedia::kMemfd) {
+    EXPECT_FALSE(std::filesystem::exists(path));
+  }
+  EXPECT_EQ(dev->stats().revoked_mappings, 2u);
+  EXPECT_TRUE(dev->remove());  // idempotent
+}
+
+TEST_P(TeardownTest, AllHandlesOfANamespaceShareItsRemoval) {
+  auto dev = make_device("shared");
+  ASSERT_TRUE(dev);
+  auto other = region_->open_device("shared", {.read_only = true});
+  ASSERT_TRUE(other);
+  ASSERT_TRUE(dev->remove());
+  std::vector<std::byte> buf(8);
+  EXPECT_EQ((*other)->read(0, buf).error().code(), std::errc::no_such_device_or_address);
+  // After removal the namespace can be opened afresh.
+  auto again = region_->open_device("shared");
+  ASSERT_TRUE(again) << again.error().message();
+  EXPECT_TRUE((*again)->read(0, buf));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllMedia, TeardownTest, RAWDAX_ALL_MEDIA, testing::param_name);
+
+}  // namespace
+}  // namespace rawdax
