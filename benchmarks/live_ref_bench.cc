@@ -79,32 +79,60 @@ class RatioReporter : public benchmark::ConsoleReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& run : runs) {
-      if (run.error_occurred || run.run_type != Run::RT_Iteration) continue;
-      // Names look like "BM_LiveRef_Shared/real_time/threads:2".
-      const std::string name = run.benchmark_name();
-      Times& times = times_[name.substr(0, name.find('/'))];
-      times.real_ns.push_back(ToNs(run.GetAdjustedRealTime(), run.time_unit));
-      times.cpu_ns.push_back(ToNs(run.GetAdjustedCPUTime(), run.time_unit));
+      if (run.error_occurred) continue;
+      // Each repetition's own run; with --benchmark_report_aggregates_only
+      // only the aggregates arrive, and their "median" stands in.
+      Times& times = times_[run.run_name.function_name];
+      std::vector<Sample>* into = nullptr;
+      if (run.run_type == Run::RT_Iteration) {
+        into = &times.runs;
+      } else if (run.aggregate_name == "median") {
+        into = &times.medians;
+      }
+      if (into == nullptr) continue;
+      into->push_back({ToNs(run.GetAdjustedRealTime(), run.time_unit),
+                       ToNs(run.GetAdjustedCPUTime(), run.time_unit)});
     }
   }
 
   void PrintSummary() const {
-    std::printf("\nSummary (real time per iteration; median over repetitions):\n");
-    PrintPair("uncontended", "BM_Atomic_Uncontended", "BM_LiveRef_Uncontended", "atomic/LiveRef",
-              nullptr);
-    const double uncontended = Median("BM_LiveRef_Uncontended");
-    if (uncontended > 0) {
-      std::printf("  LiveRef uncontended tryget+put: %.2f ns (goal <= 20 ns: %s)\n", uncontended,
-                  uncontended <= 20.0 ? "met" : "MISSED");
+    std::printf("\nSummary (ns per iteration, median over repetitions; ratio = anchor/LiveRef):\n");
+    Sample anchor, live;
+    if (Find("BM_Atomic_Uncontended", &anchor) && Find("BM_LiveRef_Uncontended", &live)) {
+      std::printf("  uncontended: atomic %.2f ns, LiveRef %.2f ns (goal <= 20 ns: %s)\n",
+                  anchor.real_ns, live.real_ns, live.real_ns <= 20.0 ? "met" : "MISSED");
+      std::printf("  ratio uncontended atomic/LiveRef: %.2fx\n", anchor.real_ns / live.real_ns);
+    } else {
+      std::printf("  uncontended: n/a (filtered out or failed)\n");
     }
-    PrintPair("2 threads, one shared object", "BM_Atomic_Shared", "BM_LiveRef_Shared",
-              "2-thread shared-atomic/LiveRef", "2");
+    if (Find("BM_Atomic_Shared", &anchor) && Find("BM_LiveRef_Shared", &live)) {
+      const double ratio = anchor.real_ns / live.real_ns;
+      std::printf("  2 threads, one shared object: atomic %.2f ns, LiveRef %.2f ns (aggregate)\n",
+                  anchor.real_ns, live.real_ns);
+      std::printf("  ratio 2-thread shared-atomic/LiveRef: %.1fx (goal >= 2: %s)\n", ratio,
+                  ratio >= 2.0 ? "met" : "MISSED");
+      // cpu/real is how many threads really ran at once. Near 1 means another
+      // process held the second core: there was no contention to measure.
+      const double overlap = std::min(anchor.cpu_ns / anchor.real_ns, live.cpu_ns / live.real_ns);
+      if (overlap < 1.5) {
+        std::printf(
+            "  WARNING: the 2 threads overlapped only %.1fx (cpu/real); the machine is "
+            "busy and the 2-thread ratio is not meaningful\n",
+            overlap);
+      }
+    } else {
+      std::printf("  2 threads: n/a (filtered out or failed)\n");
+    }
   }
 
  private:
+  struct Sample {
+    double real_ns = 0;
+    double cpu_ns = 0;
+  };
   struct Times {
-    std::vector<double> real_ns;
-    std::vector<double> cpu_ns;
+    std::vector<Sample> runs;
+    std::vector<Sample> medians;
   };
 
   static double ToNs(double value, benchmark::TimeUnit unit) {
@@ -121,32 +149,16 @@ class RatioReporter : public benchmark::ConsoleReporter {
     return value;
   }
 
-  // Median ns/iteration (real or cpu) of a benchmark, or -1 if it did not run.
-  double Median(const std::string& name, bool cpu = false) const {
+  // The median sample (by real time) of a benchmark; false if it did not run.
+  bool Find(const std::string& name, Sample* out) const {
     auto it = times_.find(name);
-    if (it == times_.end() || it->second.real_ns.empty()) return -1;
-    std::vector<double> v = cpu ? it->second.cpu_ns : it->second.real_ns;
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  }
-
-  void PrintPair(const char* what, const std::string& anchor, const std::string& subject,
-                 const char* label, const char* goal) const {
-    const double anchor_ns = Median(anchor);
-    const double subject_ns = Median(subject);
-    if (anchor_ns <= 0 || subject_ns <= 0) {
-      std::printf("  %s: n/a (filtered out or failed)\n", what);
-      return;
-    }
-    const double ratio = anchor_ns / subject_ns;
-    std::printf("  %s: anchor %.2f ns (cpu %.2f), LiveRef %.2f ns (cpu %.2f)\n", what, anchor_ns,
-                Median(anchor, true), subject_ns, Median(subject, true));
-    if (goal != nullptr) {
-      std::printf("  ratio %s: %.1fx (goal >= %s: %s)\n", label, ratio, goal,
-                  ratio >= std::stod(goal) ? "met" : "MISSED");
-    } else {
-      std::printf("  ratio %s: %.2fx\n", label, ratio);
-    }
+    if (it == times_.end()) return false;
+    std::vector<Sample> v = it->second.runs.empty() ? it->second.medians : it->second.runs;
+    if (v.empty()) return false;
+    std::sort(v.begin(), v.end(),
+              [](const Sample& a, const Sample& b) { return a.real_ns < b.real_ns; });
+    *out = v[v.size() / 2];
+    return true;
   }
 
   std::map<std::string, Times> times_;

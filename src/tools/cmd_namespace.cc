@@ -1,4 +1,4 @@
-// Verbs: list, create-namespace, destroy-namespace.
+// Verbs: list, create-namespace, destroy-namespace, resize-namespace.
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <memory>
@@ -67,6 +67,26 @@ int run_destroy(const DestroyOptions& options) {
   return 0;
 }
 
+struct ResizeOptions {
+  GlobalOptions global;
+  std::string name;
+  std::string size;
+  bool force = false;
+};
+
+int run_resize(const ResizeOptions& options) {
+  auto size = parse_size(options.size);
+  if (!size) return fail(size.error().with_context("namespace " + options.name + ": "));
+  auto region = open_region(options.global);
+  if (!region) return fail(region.error());
+  auto dev = (*region)->open_device(options.name);
+  if (!dev) return fail(dev.error());
+  Status st = (*dev)->resize(*size, {.force = options.force});
+  if (!st) return fail(st.error());
+  print_json(to_json((*dev)->info(), options.global.human));
+  return 0;
+}
+
 }  // namespace
 
 void register_namespace_commands(CLI::App& app, int* exit_code) {
@@ -90,8 +110,19 @@ void register_namespace_commands(CLI::App& app, int* exit_code) {
   CLI::App* destroy = app.add_subcommand("destroy-namespace", "Destroy a namespace");
   add_global_options(*destroy, destroy_options->global);
   destroy->add_option("name", destroy_options->name, "Namespace to destroy")->required();
-  destroy->add_flag("--force,-f", destroy_options->force, "Destroy even if it is in use");
+  destroy->add_flag("--force,-f", destroy_options->force,
+                    "Destroy even if it is open: remove it first (I/O fails, mappings revoked)");
   destroy->callback([=] { *exit_code = run_destroy(*destroy_options); });
+
+  auto resize_options = std::make_shared<ResizeOptions>();
+  CLI::App* resize = app.add_subcommand("resize-namespace", "Grow or shrink a namespace");
+  add_global_options(*resize, resize_options->global);
+  resize->add_option("name", resize_options->name, "Namespace to resize")->required();
+  resize->add_option("--size,-s", resize_options->size, "New size, with K/M/G/T suffixes")
+      ->required();
+  resize->add_flag("--force,-f", resize_options->force,
+                   "Shrink even under live mappings (they are revoked)");
+  resize->callback([=] { *exit_code = run_resize(*resize_options); });
 }
 
 }  // namespace rawdax::cli

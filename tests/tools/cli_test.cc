@@ -71,6 +71,23 @@ TEST_F(CliTest, CreateListDestroy) {
   EXPECT_EQ(nlohmann::json::parse(rawdax("list --region " + region()).out).size(), 0u);
 }
 
+TEST_F(CliTest, ResizeNamespace) {
+  ASSERT_EQ(rawdax("create-namespace --region " + region() + " -n r -s 1M").exit_code, 0);
+  CliRun grown = rawdax("resize-namespace r --size 3M --region " + region());
+  ASSERT_EQ(grown.exit_code, 0) << grown.err;
+  EXPECT_EQ(nlohmann::json::parse(grown.out)["size"], 3u << 20);
+  EXPECT_EQ(nlohmann::json::parse(rawdax("list --region " + region()).out)[0]["size"], 3u << 20);
+  CliRun shrunk = rawdax("resize-namespace r --size 2M --force --region " + region());
+  ASSERT_EQ(shrunk.exit_code, 0) << shrunk.err;
+  EXPECT_EQ(nlohmann::json::parse(rawdax("list --region " + region()).out)[0]["size"], 2u << 20);
+  CliRun bad = rawdax("resize-namespace r --size 0 --region " + region());
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("greater than 0"), std::string::npos) << bad.err;
+  CliRun missing = rawdax("resize-namespace nope --size 1M --region " + region());
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.err.find("nope"), std::string::npos);
+}
+
 TEST_F(CliTest, CapabilitiesAsJson) {
   CliRun run = rawdax("list --capabilities --json --region " + region());
   ASSERT_EQ(run.exit_code, 0) << run.err;
@@ -115,7 +132,8 @@ TEST_F(CliTest, BadInputGivesOneClearLineAndChangesNothing) {
 }
 
 TEST_F(CliTest, EveryVerbHasHelp) {
-  for (const char* verb : {"list", "create-namespace", "destroy-namespace", "serve", "bench"}) {
+  for (const char* verb :
+       {"list", "create-namespace", "destroy-namespace", "resize-namespace", "serve", "bench"}) {
     CliRun run = rawdax(std::string(verb) + " --help");
     EXPECT_EQ(run.exit_code, 0) << verb;
     EXPECT_NE(run.out.find("--region"), std::string::npos) << verb << ": " << run.out;
@@ -166,10 +184,10 @@ TEST_F(CliTest, ServeCreatesDefaultOwnsRegionAndStopsOnSigterm) {
 }
 
 TEST_F(CliTest, BenchPrintsRatiosAsJson) {
-  CliRun run = rawdax("bench --json --size 4M --rounds 1");
+  CliRun run = rawdax("bench --json --size 4M --teardown-size 16M --rounds 1");
   ASSERT_EQ(run.exit_code, 0) << run.err;
   auto pairs = nlohmann::json::parse(run.out);
-  ASSERT_EQ(pairs.size(), 3u);
+  ASSERT_EQ(pairs.size(), 6u);
   for (const auto& p : pairs) {
     EXPECT_GT(p["anchor_ns"].get<double>(), 0.0);
     EXPECT_GT(p["rawdax_ns"].get<double>(), 0.0);
