@@ -12,15 +12,57 @@
 #include <cstdlib>
 #include <ctime>
 #include <thread>
+#include <vector>
 
 namespace rawdax {
 
 namespace live_ref_internal {
+namespace {
+
+// Slots are handed out lowest-free-first and returned at thread exit, so the
+// threads alive at any time hold the slots 0..n-1: with n <= shards, no two
+// live threads share a shard, however many threads came and went before.
+// (A plain round-robin counter would pair a new thread with an old one
+// after every `shards` thread creations.)
+struct SlotTable {
+  std::mutex mu;
+  std::vector<bool> used;  // guarded by mu
+};
+
+SlotTable& slot_table() {
+  static SlotTable* table = new SlotTable;  // never freed: threads exit late
+  return *table;
+}
+
+// Returns the slot at thread exit. A separate thread_local from t_slot so
+// that the hot path's t_slot stays trivially destructible (no TLS wrapper).
+struct SlotLease {
+  uint32_t slot = kNoSlot;
+  ~SlotLease() {
+    if (slot == kNoSlot) return;
+    SlotTable& table = slot_table();
+    std::lock_guard<std::mutex> lock(table.mu);
+    table.used[slot] = false;
+  }
+};
+thread_local SlotLease t_lease;
+
+}  // namespace
 
 uint32_t assign_thread_slot() {
-  static std::atomic<uint32_t> next_slot{0};
-  // Masking keeps the slot away from kNoSlot after (absurdly many) threads.
-  const uint32_t slot = next_slot.fetch_add(1, std::memory_order_relaxed) & 0x7fffffffu;
+  SlotTable& table = slot_table();
+  uint32_t slot;
+  {
+    std::lock_guard<std::mutex> lock(table.mu);
+    auto it = std::find(table.used.begin(), table.used.end(), false);
+    slot = static_cast<uint32_t>(it - table.used.begin());
+    if (it == table.used.end()) {
+      table.used.push_back(true);
+    } else {
+      *it = true;
+    }
+  }
+  t_lease.slot = slot;
   t_slot = slot;
   return slot;
 }

@@ -20,7 +20,8 @@
 //
 // Hot path. tryget() and put() each do one atomic read-modify-write on a
 // counter shard that is private to the calling thread in the common case
-// (shards are cache-line sized and chosen once per thread, round-robin), plus
+// (shards are cache-line sized; a thread's shard is fixed at its first use,
+// lowest free slot first, so live threads spread over the shards), plus
 // in tryget() one load of a read-mostly state word. Nothing is written to a
 // cache line shared between threads. Everything else (kill, freeze, waits,
 // count_slow) sums all shards and may sleep; those calls are slow on purpose.
@@ -104,12 +105,14 @@ namespace rawdax {
 
 namespace live_ref_internal {
 
-// Round-robin slot of the calling thread; kNoSlot until first use. A plain
-// constant-initialized thread_local, so reading it needs no TLS init call.
+// Slot of the calling thread, picking its shard (slot & mask) in every
+// LiveRef; kNoSlot until first use. A plain constant-initialized
+// thread_local, so reading it needs no TLS init call.
 inline constexpr uint32_t kNoSlot = UINT32_MAX;
 inline thread_local uint32_t t_slot = kNoSlot;
 
-// Assigns t_slot from a process-wide counter and returns it.
+// Assigns t_slot, once per thread: the lowest slot no live thread holds (it
+// is returned at thread exit), so live threads get distinct dense slots.
 uint32_t assign_thread_slot();
 
 inline uint32_t thread_slot() {

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
@@ -167,6 +168,32 @@ TEST(LiveRefTest, PutOnAnotherThread) {
   std::thread([&ref] { ref.put(Access::kWrite); }).join();
   EXPECT_EQ(ref.count_slow(), 0);
   EXPECT_TRUE(ref.wait_for_zero(milliseconds(0)));
+}
+
+// Live threads must not share a shard because of threads that came before:
+// an exited thread's slot goes to the next new thread.
+TEST(LiveRefTest, ThreadSlotsAreReusedAndDistinct) {
+  auto slot_of_new_thread = [] {
+    uint32_t slot = 0;
+    std::thread([&slot] { slot = live_ref_internal::thread_slot(); }).join();
+    return slot;
+  };
+  const uint32_t first = slot_of_new_thread();
+  for (int i = 0; i < 20; ++i) EXPECT_LE(slot_of_new_thread(), first) << "thread " << i;
+
+  std::atomic<uint32_t> a{0}, b{0};
+  std::atomic<int> ready{0};
+  auto body = [&ready](std::atomic<uint32_t>& out) {
+    out.store(live_ref_internal::thread_slot());
+    ready.fetch_add(1);
+    WaitFor([&ready] { return ready.load() == 2; });  // both alive at once
+  };
+  std::thread ta(body, std::ref(a));
+  std::thread tb(body, std::ref(b));
+  ta.join();
+  tb.join();
+  EXPECT_NE(a.load(), b.load());
+  EXPECT_EQ(live_ref_internal::thread_slot(), live_ref_internal::thread_slot());
 }
 
 TEST(LiveRefTest, ReadersPassFreeze) {
