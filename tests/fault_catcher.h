@@ -1,5 +1,6 @@
-// Runs code that may fault (SIGBUS, SIGSEGV) and reports the signal instead
-// of dying: the test-side equivalent of catching a revoked mapping's fault.
+// Runs code that may raise SIGBUS and reports it instead of dying: the
+// test-side equivalent of catching a revoked mapping's fault. SIGSEGV is left
+// alone: the mprotect engine's parking handler owns it.
 #ifndef RAWDAX_TESTS_FAULT_CATCHER_H_
 #define RAWDAX_TESTS_FAULT_CATCHER_H_
 
@@ -27,11 +28,10 @@ inline void install_fault_handlers() {
     sa.sa_flags = SA_SIGINFO | SA_NODEFER;
     sigemptyset(&sa.sa_mask);
     ::sigaction(SIGBUS, &sa, nullptr);
-    ::sigaction(SIGSEGV, &sa, nullptr);
   });
 }
 
-// Returns 0 if fn() returned, or the signal it raised.
+// Returns 0 if fn() returned, or SIGBUS if it raised that.
 template <typename Fn>
 int run_catching_faults(Fn&& fn) {
   install_fault_handlers();

@@ -18,6 +18,7 @@
 #define RAWDAX_DEVICE_H_
 
 #include <cstddef>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -30,9 +31,24 @@
 
 namespace rawdax {
 
+// Which protection engine write-protects the mappings (freeze, tracking).
+enum class EngineChoice {
+  kAuto,      // the region's capabilities().engine
+  kUffd,      // sync userfaultfd write-protect; ENOTSUP where the media refuses it
+  kMprotect,  // mprotect + SIGSEGV parking; works on every media
+};
+
+// The first open of a namespace (per Region) fixes its engine and tracking;
+// a later open that asks for different ones fails with EBUSY.
 struct DeviceOptions {
-  bool track_dirty = false;  // page-granular dirty tracking (protection engine)
-  bool read_only = false;    // refuse writes and writable mappings
+  bool track_dirty = false;  // page-granular dirty bitmap fed by both faces
+  bool read_only = false;    // this handle refuses writes and writable mappings
+  EngineChoice engine = EngineChoice::kAuto;
+};
+
+struct FreezeOptions {
+  // Longest wait for in-flight block writes to drain; then ETIMEDOUT.
+  std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max();
 };
 
 struct WriteOptions {
@@ -60,6 +76,31 @@ struct DeviceStats {
   uint64_t maps = 0;
   uint64_t live_mappings = 0;
   uint64_t revoked_mappings = 0;
+  uint64_t dirty_pages = 0;     // set in the dirty bitmap now (tracking only)
+  uint64_t synced_pages = 0;    // persisted by sync() since open
+  uint64_t write_faults = 0;    // write faults the engine handled (tracking or parking)
+  uint64_t freezes = 0;         // outermost freezes taken
+  uint64_t stall_total_ns = 0;  // time writers (stores and block writes) waited on freezes
+  uint64_t stall_max_ns = 0;    // the longest single wait
+};
+
+class Device;
+
+// Holds a device frozen; destroying it (or calling thaw()) thaws. Move-only.
+// Freezes nest: the device thaws when the last guard goes.
+class FreezeGuard {
+ public:
+  FreezeGuard(FreezeGuard&& other) noexcept;
+  FreezeGuard& operator=(FreezeGuard&& other) noexcept;
+  FreezeGuard(const FreezeGuard&) = delete;
+  FreezeGuard& operator=(const FreezeGuard&) = delete;
+  ~FreezeGuard();
+  void thaw();  // idempotent
+
+ private:
+  friend class Device;
+  explicit FreezeGuard(std::shared_ptr<internal::DeviceCore> core) : core_(std::move(core)) {}
+  std::shared_ptr<internal::DeviceCore> core_;
 };
 
 class Device {
@@ -105,6 +146,28 @@ class Device {
   // have drained; the backing media is released. Idempotent. Every Device
   // handle of the namespace sees the removal.
   Status remove();
+
+  // Freezes the device. When it returns: no block write is in flight and new
+  // ones wait; no store through any mapping lands (the writer waits: parked
+  // in the uffd engine, which also holds kernel-mode writes such as read(2)
+  // into a mapping; parked in a SIGSEGV handler in the mprotect engine, where
+  // kernel-mode writes fail with EFAULT instead); loads and block reads go
+  // on; and everything written before is persisted by the media's method.
+  // New mappings made while frozen start write-protected. Freezes nest and
+  // may come from several threads. ETIMEDOUT (device left unfrozen) when
+  // block writes take longer than options.timeout to drain; ENXIO after
+  // remove(). remove() while frozen wakes every writer: stores raise SIGBUS,
+  // block writes fail with ENXIO.
+  Result<FreezeGuard> freeze(FreezeOptions options = {});
+
+  // Persists what was written since the last sync: exactly the dirty pages
+  // with tracking, otherwise the whole namespace. With tracking it then
+  // re-arms: write-protect, clear, flush, per dirty page (the kernel's order
+  // for writeback), so a store racing the sync is never lost to tracking.
+  Status sync();
+
+  // The engine in use: kUffd or kMprotect.
+  ProtectionEngine engine() const;
 
   DeviceStats stats() const;
 

@@ -3,6 +3,7 @@
 #include "rawdax/region.h"
 
 #include "device/device_core.h"
+#include "engine/protector.h"
 #include "region/catalog.h"
 
 namespace rawdax {
@@ -56,8 +57,17 @@ Result<std::unique_ptr<Device>> Region::open_device(std::string_view name,
   if (core == nullptr) {
     auto opened = internal::DeviceCore::open(catalog_, name, options);
     if (!opened) return opened.error();
+    auto engine = internal::Protector::create(**opened, options.engine);
+    if (!engine) return engine.error();
+    (*opened)->set_observer(std::move(*engine));
     core = std::move(*opened);
     open_[std::string(name)] = core;
+  } else if (options.track_dirty != core->options().track_dirty ||
+             (options.engine != EngineChoice::kAuto &&
+              options.engine != core->options().engine)) {
+    return Error(std::errc::device_or_resource_busy,
+                 "namespace " + std::string(name) +
+                     " is already open with other tracking or engine options");
   }
   return std::make_unique<Device>(std::move(core), options);
 }

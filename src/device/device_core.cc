@@ -31,7 +31,7 @@ int revoked_backing_fd() {
 
 Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> catalog,
                                                      std::string_view name,
-                                                     DeviceOptions /*options*/) {
+                                                     DeviceOptions options) {
   auto info = catalog->find(name);
   if (!info) return info.error();
   auto fd = catalog->open_backing(name, /*writable=*/true);
@@ -40,6 +40,7 @@ Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> ca
   core->name_ = info->name;
   core->info_ = *info;
   core->fd_ = std::move(*fd);
+  core->options_ = options;
   core->size_.store(info->size);
   const Capabilities& caps = core->capabilities();
   uint64_t capacity = info->size;
@@ -63,7 +64,28 @@ Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> ca
   core->view_.store(view->data());
   core->view_capacity_ = capacity;
   core->views_.push_back(std::move(*view));
+  if (options.track_dirty) core->dirty_ = std::make_unique<DirtyBitmap>();
   return core;
+}
+
+void DeviceCore::set_observer(std::unique_ptr<MappingObserver> observer) {
+  std::lock_guard<std::mutex> lock(maps_mu_);
+  observer_ = std::move(observer);
+}
+
+Status DeviceCore::freeze_block_writes(std::chrono::nanoseconds timeout) {
+  Status st = ref_.freeze(timeout);
+  if (!st) return st.error().with_context("namespace " + name_ + ": freeze: ");
+  return st;
+}
+
+void DeviceCore::thaw_block_writes() { ref_.unfreeze(); }
+
+Status DeviceCore::persist(uint64_t offset, uint64_t length) {
+  auto hold = ref_.hold(RefAccess::kRead);
+  if (!hold) return removed_error("persist");
+  std::byte* view = view_.load(std::memory_order_acquire);
+  return persist_range(capabilities().persist, view + offset, length);
 }
 
 DeviceCore::~DeviceCore() { release_media(); }
@@ -116,13 +138,35 @@ Status DeviceCore::read(uint64_t offset, std::span<std::byte> out) {
   return ok();
 }
 
+std::optional<LiveRef::Hold> DeviceCore::hold_for_write() {
+  if (ref_.freeze_depth() == 0) [[likely]] return ref_.hold(RefAccess::kWrite);
+  // Frozen: the hold parks until thaw; account for the stall.
+  auto start = std::chrono::steady_clock::now();
+  auto hold = ref_.hold(RefAccess::kWrite);
+  auto ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                      std::chrono::steady_clock::now() - start)
+                                      .count());
+  block_stall_total_ns_.fetch_add(ns, kRelaxed);
+  uint64_t max = block_stall_max_ns_.load(kRelaxed);
+  while (ns > max && !block_stall_max_ns_.compare_exchange_weak(max, ns, kRelaxed)) {
+  }
+  return hold;
+}
+
+void DeviceCore::mark_dirty(uint64_t offset, uint64_t length) {
+  if (dirty_ == nullptr || length == 0) return;
+  uint64_t page = page_size();
+  dirty_->set_range(offset / page, (offset + length - 1) / page - offset / page + 1);
+}
+
 Status DeviceCore::write(uint64_t offset, std::span<const std::byte> data, WriteOptions options,
                          bool read_only) {
-  auto hold = ref_.hold(RefAccess::kWrite);
+  auto hold = hold_for_write();
   if (!hold) return removed_error("write");
   RAWDAX_RETURN_IF_ERROR(check_range("write", offset, data.size(), size(), true, read_only));
   std::byte* view = view_.load(std::memory_order_acquire);
   if (!data.empty()) std::memcpy(view + offset, data.data(), data.size());
+  mark_dirty(offset, data.size());
   writes_.fetch_add(1, kRelaxed);
   bytes_written_.fetch_add(data.size(), kRelaxed);
   if (options.fua) return persist_range(capabilities().persist, view + offset, data.size());
@@ -132,9 +176,10 @@ Status DeviceCore::write(uint64_t offset, std::span<const std::byte> data, Write
 Status DeviceCore::write_zeroes(uint64_t offset, uint64_t length, ZeroOptions options,
                                 bool is_discard, bool read_only) {
   const char* op = is_discard ? "discard" : "write-zeroes";
-  auto hold = ref_.hold(RefAccess::kWrite);
+  auto hold = hold_for_write();
   if (!hold) return removed_error(op);
   RAWDAX_RETURN_IF_ERROR(check_range(op, offset, length, size(), true, read_only));
+  mark_dirty(offset, length);
   (is_discard ? discards_ : write_zeroes_).fetch_add(1, kRelaxed);
   return zero_range(offset, length, !options.no_hole);
 }
@@ -206,12 +251,21 @@ Result<Mapping> DeviceCore::map(uint64_t offset, uint64_t length, Access access,
   record.offset = offset;
   record.length = length;
   record.access = access;
+  if (observer_ != nullptr) {
+    Status observed = observer_->on_map(record);
+    if (!observed) {
+      ::munmap(addr, mapped);
+      mappings_.pop_back();
+      return observed.error();
+    }
+  }
   maps_.fetch_add(1, kRelaxed);
   return Mapping(shared_from_this(), &record);
 }
 
 void DeviceCore::unmap(MappingRecord* record) {
   std::lock_guard<std::mutex> lock(maps_mu_);
+  if (observer_ != nullptr) observer_->on_unmap(*record);
   ::munmap(record->addr, record->mapped_len);
   mappings_.remove_if([&](const MappingRecord& r) { return &r == record; });
 }
@@ -235,6 +289,7 @@ void DeviceCore::revoke_locked(MappingRecord& record) {
   }
   record.revoked = true;
   revoked_.fetch_add(1, kRelaxed);
+  if (observer_ != nullptr) observer_->on_revoked(record);
 }
 
 Status DeviceCore::resize(uint64_t new_size, ResizeOptions options) {
@@ -343,6 +398,9 @@ DeviceStats DeviceCore::stats() const {
   s.flushes = flushes_.load(kRelaxed);
   s.maps = maps_.load(kRelaxed);
   s.revoked_mappings = revoked_.load(kRelaxed);
+  s.stall_total_ns = block_stall_total_ns_.load(kRelaxed);
+  s.stall_max_ns = block_stall_max_ns_.load(kRelaxed);
+  if (dirty_ != nullptr) s.dirty_pages = dirty_->count();
   std::lock_guard<std::mutex> lock(maps_mu_);
   s.live_mappings = static_cast<uint64_t>(
       std::count_if(mappings_.begin(), mappings_.end(), [](auto& r) { return !r.revoked; }));

@@ -30,10 +30,12 @@
 #define RAWDAX_DEVICE_DEVICE_CORE_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -41,6 +43,8 @@
 
 #include "common/mapped_range.h"
 #include "common/unique_fd.h"
+#include "device/dirty_bitmap.h"
+#include "device/mapping_observer.h"
 #include "rawdax/device.h"
 #include "ref/live_ref.h"
 #include "region/catalog.h"
@@ -84,6 +88,22 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   Status remove();
   DeviceStats stats() const;
 
+  // --- For the protection engine (the layer above) ---
+
+  // Installs the observer of every mapping event; once, before any map().
+  void set_observer(std::unique_ptr<MappingObserver> observer);
+  MappingObserver* observer() const { return observer_.get(); }
+  // The dirty bitmap fed by block writes; null unless opened with track_dirty.
+  DirtyBitmap* dirty() const { return dirty_.get(); }
+  const DeviceOptions& options() const { return options_; }
+  // Page granularity of dirty tracking and write-protection.
+  uint64_t page_size() const { return capabilities().alignment; }
+  // Block writers wait (and the ones inside drain) while frozen.
+  Status freeze_block_writes(std::chrono::nanoseconds timeout);
+  void thaw_block_writes();
+  // Persists [offset, offset+length) of the namespace by the media's method.
+  Status persist(uint64_t offset, uint64_t length);
+
  private:
   explicit DeviceCore(std::shared_ptr<Catalog> catalog) : catalog_(std::move(catalog)) {}
 
@@ -91,6 +111,9 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   Status check_range(const char* op, uint64_t offset, uint64_t length, uint64_t size,
                      bool is_write, bool read_only) const;
   Error removed_error(const char* op) const;
+  // A writer hold; while frozen it parks, and the wait counts as a stall.
+  std::optional<LiveRef::Hold> hold_for_write();
+  void mark_dirty(uint64_t offset, uint64_t length);
   // Maps `capacity` bytes of the backing object as a new block-face view.
   Result<MappedRange> map_view(uint64_t capacity) const;
   // Replaces a mapping's pages with a placeholder that raises SIGBUS.
@@ -102,6 +125,7 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   std::shared_ptr<Catalog> catalog_;
   std::string name_;
   NamespaceInfo info_;  // name, uuid, mode, path; size_ holds the live size
+  DeviceOptions options_;  // of the first open
   UniqueFd fd_;
   LiveRef ref_;
 
@@ -117,6 +141,10 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   std::atomic<uint64_t> reads_{0}, writes_{0}, bytes_read_{0}, bytes_written_{0};
   std::atomic<uint64_t> write_zeroes_{0}, discards_{0}, flushes_{0}, maps_{0};
   std::atomic<uint64_t> revoked_{0};
+  std::atomic<uint64_t> block_stall_total_ns_{0}, block_stall_max_ns_{0};
+
+  std::unique_ptr<DirtyBitmap> dirty_;           // set at open, never replaced
+  std::unique_ptr<MappingObserver> observer_;    // set once before any map()
 };
 
 }  // namespace rawdax::internal

@@ -1,12 +1,22 @@
-// The public Device and Mapping: thin handles over DeviceCore.
+// The public Device, FreezeGuard and Mapping: handles over the device core
+// and its protection engine. Like Region, this facade sits above both layers.
 #include "rawdax/device.h"
 
 #include <utility>
 
 #include "device/device_core.h"
+#include "engine/protector.h"
 #include "media/persist.h"
 
 namespace rawdax {
+namespace {
+
+// The engine is installed by Region::open_device before any handle exists.
+internal::Protector& engine_of(internal::DeviceCore& core) {
+  return *static_cast<internal::Protector*>(core.observer());
+}
+
+}  // namespace
 
 Device::Device(std::shared_ptr<internal::DeviceCore> core, DeviceOptions options)
     : core_(std::move(core)), read_only_(options.read_only) {}
@@ -41,7 +51,43 @@ Status Device::resize(uint64_t new_size, ResizeOptions options) {
   return core_->resize(new_size, options);
 }
 Status Device::remove() { return core_->remove(); }
-DeviceStats Device::stats() const { return core_->stats(); }
+
+Result<FreezeGuard> Device::freeze(FreezeOptions options) {
+  RAWDAX_RETURN_IF_ERROR(engine_of(*core_).freeze(options.timeout));
+  return FreezeGuard(core_);
+}
+
+Status Device::sync() {
+  Status st = engine_of(*core_).sync();
+  if (!st) return st.error().with_context("namespace " + name() + ": sync: ");
+  return st;
+}
+
+ProtectionEngine Device::engine() const { return engine_of(*core_).kind(); }
+
+DeviceStats Device::stats() const {
+  DeviceStats stats = core_->stats();
+  engine_of(*core_).add_stats(stats);
+  return stats;
+}
+
+FreezeGuard::FreezeGuard(FreezeGuard&& other) noexcept : core_(std::move(other.core_)) {}
+
+FreezeGuard& FreezeGuard::operator=(FreezeGuard&& other) noexcept {
+  if (this != &other) {
+    thaw();
+    core_ = std::move(other.core_);
+  }
+  return *this;
+}
+
+FreezeGuard::~FreezeGuard() { thaw(); }
+
+void FreezeGuard::thaw() {
+  if (core_ == nullptr) return;
+  engine_of(*core_).thaw();
+  core_.reset();
+}
 
 Mapping::Mapping(std::shared_ptr<internal::DeviceCore> core, internal::MappingRecord* record)
     : core_(std::move(core)),

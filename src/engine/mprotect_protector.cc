@@ -1,0 +1,120 @@
+#include "engine/mprotect_protector.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "engine/segv_parking.h"
+
+namespace rawdax::internal {
+
+Result<std::unique_ptr<Protector>> MprotectProtector::create(DeviceCore& core) {
+  std::unique_ptr<MprotectProtector> engine(new MprotectProtector(core));
+  if (engine->tracking()) {
+    auto tracker = WriteTracker::create();
+    if (tracker) engine->tracker_ = std::move(*tracker);  // else whole-range tracking
+  }
+  return std::unique_ptr<Protector>(std::move(engine));
+}
+
+Status MprotectProtector::on_map(MappingRecord& record) {
+  if (record.access != Access::ReadWrite) return ok();
+  auto slot = SegvParking::register_range(record.addr, record.mapped_len);
+  if (!slot) return slot.error().with_context("namespace " + core_.name() + ": ");
+  std::lock_guard<std::mutex> lock(mu_);
+  if (tracker_ != nullptr) {
+    Status tracked = tracker_->add_range(record.addr, record.mapped_len);
+    if (!tracked) {
+      SegvParking::unregister_range(*slot);
+      return tracked.error().with_context("namespace " + core_.name() + ": ");
+    }
+  }
+  if (frozen_) {  // born read-only: it must not take stores until thaw
+    SegvParking::set_frozen(*slot, true);
+    if (::mprotect(record.addr, record.mapped_len, PROT_READ) != 0) {
+      int err = errno;
+      if (tracker_ != nullptr) tracker_->remove_range(record.addr, record.mapped_len);
+      SegvParking::unregister_range(*slot);
+      return errno_error(err, "namespace " + core_.name() + ": mprotect");
+    }
+  }
+  writable_[record.addr] = {&record, *slot};
+  return ok();
+}
+
+void MprotectProtector::forget_locked(MappingRecord& record) {
+  auto it = writable_.find(record.addr);
+  if (it == writable_.end()) return;
+  SegvParking::Stats s = SegvParking::stats(it->second.slot);
+  gone_parked_ += s.parked;
+  gone_stall_total_ns_ += s.stall_total_ns;
+  gone_stall_max_ns_ = std::max(gone_stall_max_ns_, s.stall_max_ns);
+  // Wakes parked stores; they retry into whatever is mapped there now.
+  SegvParking::unregister_range(it->second.slot);
+  if (tracker_ != nullptr) tracker_->remove_range(record.addr, record.mapped_len);
+  writable_.erase(it);
+}
+
+void MprotectProtector::on_unmap(MappingRecord& record) {
+  std::lock_guard<std::mutex> lock(mu_);
+  forget_locked(record);
+}
+
+void MprotectProtector::on_revoked(MappingRecord& record) {
+  std::lock_guard<std::mutex> lock(mu_);
+  forget_locked(record);
+}
+
+Status MprotectProtector::protect_all_locked() {
+  for (auto& [addr, watched] : writable_) {
+    // Frozen before read-only: a store faulting from here on finds it frozen.
+    SegvParking::set_frozen(watched.slot, true);
+    if (::mprotect(watched.record->addr, watched.record->mapped_len, PROT_READ) != 0) {
+      return errno_error(errno, "namespace " + core_.name() + ": mprotect");
+    }
+  }
+  return ok();
+}
+
+void MprotectProtector::release_all_locked() {
+  for (auto& [addr, watched] : writable_) {
+    // Writable before unfrozen: a woken store retries and lands.
+    ::mprotect(watched.record->addr, watched.record->mapped_len, PROT_READ | PROT_WRITE);
+    SegvParking::set_frozen(watched.slot, false);
+  }
+}
+
+Status MprotectProtector::collect_dirty_locked() {
+  const uint64_t page = core_.page_size();
+  for (auto& [addr, watched] : writable_) {
+    MappingRecord& record = *watched.record;
+    if (tracker_ == nullptr) {  // whole-range: every mapped page may be dirty
+      core_.dirty()->set_range(record.offset / page, record.mapped_len / page);
+      continue;
+    }
+    auto found = tracker_->scan_and_reprotect(
+        record.addr, record.mapped_len, [&](void* start, size_t bytes) {
+          uint64_t offset = offset_of(record, static_cast<std::byte*>(start));
+          core_.dirty()->set_range(offset / page, bytes / page);
+        });
+    if (!found) return found.error().with_context("namespace " + core_.name() + ": ");
+    faults_.fetch_add(*found / page, std::memory_order_relaxed);
+  }
+  return ok();
+}
+
+void MprotectProtector::add_engine_stats_locked(DeviceStats& stats) const {
+  uint64_t parked = gone_parked_, total = gone_stall_total_ns_, max = gone_stall_max_ns_;
+  for (const auto& [addr, watched] : writable_) {
+    SegvParking::Stats s = SegvParking::stats(watched.slot);
+    parked += s.parked;
+    total += s.stall_total_ns;
+    max = std::max(max, s.stall_max_ns);
+  }
+  stats.write_faults += parked;
+  stats.stall_total_ns += total;
+  stats.stall_max_ns = std::max(stats.stall_max_ns, max);
+}
+
+}  // namespace rawdax::internal

@@ -1,0 +1,64 @@
+// MprotectProtector: the protection engine where sync userfaultfd
+// write-protect is refused (regular files such as ext4, devdax); it also
+// works on shmem when forced.
+//
+// Freeze: each writable mapping's parking slot is marked frozen, then the
+// mapping is mprotect()ed read-only. A store then raises SIGSEGV, and the
+// process-wide handler (segv_parking.h) parks the thread on a futex until
+// thaw; faults that are not ours go to the previous handler. Thaw restores
+// PROT_WRITE first and clears the slot after, so a woken store always lands.
+// Kernel-mode writes (read(2) into a frozen mapping) are not stores by the
+// thread: they fail with EFAULT. That is a documented limit of this engine.
+//
+// Tracking: async userfaultfd write-protect plus PAGEMAP_SCAN (write_tracker.h)
+// reports and re-protects written pages in one ioctl where the kernel allows
+// it; otherwise every writable mapped page counts as dirty at each sync
+// ("whole-range").
+//
+// Thread safety: as Protector.
+#ifndef RAWDAX_ENGINE_MPROTECT_PROTECTOR_H_
+#define RAWDAX_ENGINE_MPROTECT_PROTECTOR_H_
+
+#include <map>
+#include <memory>
+
+#include "engine/protector.h"
+#include "engine/write_tracker.h"
+
+namespace rawdax::internal {
+
+class MprotectProtector : public Protector {
+ public:
+  static Result<std::unique_ptr<Protector>> create(DeviceCore& core);
+  ~MprotectProtector() override = default;
+
+  Status on_map(MappingRecord& record) override;
+  void on_unmap(MappingRecord& record) override;
+  void on_revoked(MappingRecord& record) override;
+
+  // True when tracking falls back to "every mapped page is dirty".
+  bool whole_range_tracking() const { return tracking() && tracker_ == nullptr; }
+
+ protected:
+  Status protect_all_locked() override;
+  void release_all_locked() override;
+  Status collect_dirty_locked() override;
+  void add_engine_stats_locked(DeviceStats& stats) const override;
+
+ private:
+  explicit MprotectProtector(DeviceCore& core) : Protector(core, ProtectionEngine::kMprotect) {}
+  void forget_locked(MappingRecord& record);
+
+  struct Watched {
+    MappingRecord* record;
+    int slot;  // SegvParking slot
+  };
+  std::map<const std::byte*, Watched> writable_;  // guarded by mu_
+  std::unique_ptr<WriteTracker> tracker_;          // null: untracked or whole-range
+  // Parking stats of slots already gone, so stats() keeps counting them.
+  uint64_t gone_parked_ = 0, gone_stall_total_ns_ = 0, gone_stall_max_ns_ = 0;
+};
+
+}  // namespace rawdax::internal
+
+#endif  // RAWDAX_ENGINE_MPROTECT_PROTECTOR_H_

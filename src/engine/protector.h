@@ -1,0 +1,98 @@
+// Protector: the protection engine of one open namespace. It write-protects
+// every writable mapping of the device to freeze it, parks the writers until
+// thaw, and feeds the dirty bitmap from write faults for sync().
+//
+// Two implementations, chosen from the region's capabilities (tests may force
+// either where the media allows both):
+//  - UffdProtector (uffd_protector.h): sync userfaultfd write-protect, on
+//    shmem/tmpfs, memfd and hugetlbfs. Parks user-mode stores and kernel-mode
+//    writes alike.
+//  - MprotectProtector (mprotect_protector.h): mprotect(PROT_READ) plus a
+//    SIGSEGV handler that parks the faulting thread, on regular files and
+//    devdax. Kernel-mode writes into a frozen mapping fail with EFAULT.
+//
+// The device owns its Protector (as its MappingObserver), so the engine lives
+// exactly as long as the mappings it watches.
+//
+// Freeze protocol (outermost freeze; inner ones only count depth):
+//   1. block writers: the device's live ref is frozen (new ones wait, the
+//      ones inside drain), bounded by the timeout;
+//   2. mappings: frozen_ is set, then every writable mapping is
+//      write-protected; from here a store faults and parks;
+//   3. persistence: what was written before is persisted by the media's
+//      method (the dirty pages with tracking, else the whole namespace).
+// Thaw undoes 2 (releasing parked stores) and then 1.
+//
+// Thread safety: all public methods are thread-safe. freeze_mu_ serializes
+// freezers and thawers (depth_); mu_ guards the engine's mapping list and
+// frozen_, and is taken inside the device's registry lock by the observer
+// calls, never the other way round.
+#ifndef RAWDAX_ENGINE_PROTECTOR_H_
+#define RAWDAX_ENGINE_PROTECTOR_H_
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "device/device_core.h"
+#include "device/mapping_observer.h"
+#include "rawdax/device.h"
+
+namespace rawdax::internal {
+
+class Protector : public MappingObserver {
+ public:
+  // ENOTSUP, naming the namespace and media, when `choice` cannot work here.
+  static Result<std::unique_ptr<Protector>> create(DeviceCore& core, EngineChoice choice);
+  ~Protector() override = default;
+
+  ProtectionEngine kind() const { return kind_; }
+  Status freeze(std::chrono::nanoseconds timeout);
+  void thaw();
+  Status sync();
+  void add_stats(DeviceStats& stats) const;
+
+ protected:
+  Protector(DeviceCore& core, ProtectionEngine kind) : core_(core), kind_(kind) {}
+
+  // Engine-specific steps, all called with mu_ held.
+  // Freeze step 2: every writable mapping stops taking stores.
+  virtual Status protect_all_locked() = 0;
+  // Thaw: parked stores go on (with tracking, their pages count as dirty).
+  virtual void release_all_locked() = 0;
+  // Sync: moves the pages written through mappings into the dirty bitmap and
+  // write-protects them again, so later stores are seen.
+  virtual Status collect_dirty_locked() = 0;
+  // Stats the engine keeps itself (stall of parked stores, faults).
+  virtual void add_engine_stats_locked(DeviceStats& stats) const = 0;
+
+  bool tracking() const { return core_.dirty() != nullptr; }
+  // Namespace offset of page-aligned `addr` inside `record`.
+  static uint64_t offset_of(const MappingRecord& record, const std::byte* addr) {
+    return record.offset + static_cast<uint64_t>(addr - record.addr);
+  }
+  void record_stall(uint64_t ns);
+
+  DeviceCore& core_;
+  const ProtectionEngine kind_;
+  mutable std::mutex mu_;
+  bool frozen_ = false;  // guarded by mu_
+  std::atomic<uint64_t> faults_{0};
+  std::atomic<uint64_t> stall_total_ns_{0}, stall_max_ns_{0};
+
+ private:
+  // Persists and clears the dirty pages. mu_ held.
+  Status flush_dirty_locked();
+
+  std::mutex freeze_mu_;
+  int depth_ = 0;  // guarded by freeze_mu_
+  std::atomic<uint64_t> freezes_{0}, synced_{0};
+};
+
+uint64_t elapsed_ns(std::chrono::steady_clock::time_point since);
+
+}  // namespace rawdax::internal
+
+#endif  // RAWDAX_ENGINE_PROTECTOR_H_

@@ -1,0 +1,174 @@
+#include "engine/uffd_protector.h"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
+#endif
+
+namespace rawdax::internal {
+
+Result<std::unique_ptr<Protector>> UffdProtector::create(DeviceCore& core) {
+  std::unique_ptr<UffdProtector> engine(new UffdProtector(core));
+  engine->uffd_.reset(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
+  if (!engine->uffd_.valid()) {
+    return errno_error(errno, "namespace " + core.name() + ": userfaultfd");
+  }
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+  if (::ioctl(engine->uffd_.get(), UFFDIO_API, &api) != 0) {
+    return errno_error(errno, "namespace " + core.name() + ": UFFDIO_API");
+  }
+  engine->stop_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!engine->stop_.valid()) return errno_error(errno, "eventfd");
+  engine->handler_ = std::thread([e = engine.get()] { e->handle_faults(); });
+  return std::unique_ptr<Protector>(std::move(engine));
+}
+
+UffdProtector::~UffdProtector() {
+  uint64_t one = 1;
+  (void)::write(stop_.get(), &one, sizeof one);
+  if (handler_.joinable()) handler_.join();
+  // Closing the userfaultfd wakes any fault still waiting on it.
+}
+
+Status UffdProtector::write_protect(std::byte* addr, uint64_t len, bool protect) const {
+  uffdio_writeprotect wp{};
+  wp.range.start = reinterpret_cast<uint64_t>(addr);
+  wp.range.len = len;
+  wp.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0;  // unprotecting also wakes
+  if (::ioctl(uffd_.get(), UFFDIO_WRITEPROTECT, &wp) != 0) {
+    return errno_error(errno, "namespace " + core_.name() + ": UFFDIO_WRITEPROTECT");
+  }
+  return ok();
+}
+
+void UffdProtector::wake(std::byte* addr, uint64_t len) const {
+  uffdio_range range{reinterpret_cast<uint64_t>(addr), len};
+  ::ioctl(uffd_.get(), UFFDIO_WAKE, &range);
+}
+
+Status UffdProtector::on_map(MappingRecord& record) {
+  if (record.access != Access::ReadWrite) return ok();
+  uffdio_register reg{};
+  reg.range.start = reinterpret_cast<uint64_t>(record.addr);
+  reg.range.len = record.mapped_len;
+  reg.mode = UFFDIO_REGISTER_MODE_WP;
+  if (::ioctl(uffd_.get(), UFFDIO_REGISTER, &reg) != 0) {
+    return errno_error(errno, "namespace " + core_.name() + ": UFFDIO_REGISTER");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  // Born protected while frozen (it must not take stores) or tracking (its
+  // first store to each page must be seen).
+  if (frozen_ || tracking()) RAWDAX_RETURN_IF_ERROR(write_protect(record.addr, record.mapped_len, true));
+  writable_[record.addr] = &record;
+  return ok();
+}
+
+void UffdProtector::forget_locked(MappingRecord& record) {
+  if (writable_.erase(record.addr) == 0) return;
+  std::byte* end = record.addr + record.mapped_len;
+  std::erase_if(parked_, [&](const Parked& p) { return p.page >= record.addr && p.page < end; });
+  wake(record.addr, record.mapped_len);
+}
+
+void UffdProtector::on_unmap(MappingRecord& record) {
+  std::lock_guard<std::mutex> lock(mu_);
+  forget_locked(record);
+}
+
+void UffdProtector::on_revoked(MappingRecord& record) {
+  // The placeholder is in place: woken writers retry into it and get SIGBUS.
+  std::lock_guard<std::mutex> lock(mu_);
+  forget_locked(record);
+}
+
+MappingRecord* UffdProtector::find_locked(const std::byte* addr) const {
+  auto it = writable_.upper_bound(addr);
+  if (it == writable_.begin()) return nullptr;
+  --it;
+  MappingRecord* record = it->second;
+  return addr < record->addr + record->mapped_len ? record : nullptr;
+}
+
+Status UffdProtector::protect_all_locked() {
+  for (auto& [addr, record] : writable_) {
+    RAWDAX_RETURN_IF_ERROR(write_protect(record->addr, record->mapped_len, true));
+  }
+  return ok();
+}
+
+void UffdProtector::release_all_locked() {
+  const uint64_t page = core_.page_size();
+  for (const Parked& p : parked_) record_stall(elapsed_ns(p.since));
+  if (tracking()) {
+    // Unparked stores land now: their pages are dirty. Pages nobody wrote stay
+    // protected, and their first store will be tracked as usual.
+    for (const Parked& p : parked_) {
+      if (MappingRecord* record = find_locked(p.page)) {
+        core_.dirty()->set(offset_of(*record, p.page) / page);
+        (void)write_protect(p.page, page, false);
+      }
+    }
+  } else {
+    for (auto& [addr, record] : writable_) (void)write_protect(record->addr, record->mapped_len, false);
+  }
+  parked_.clear();
+}
+
+Status UffdProtector::collect_dirty_locked() {
+  // Faults already put mapping stores in the bitmap; protect those pages again.
+  const uint64_t page = core_.page_size();
+  Status result;
+  core_.dirty()->for_each_run([&](uint64_t first, uint64_t count) {
+    uint64_t begin = first * page, end = (first + count) * page;
+    for (auto& [addr, record] : writable_) {
+      uint64_t lo = std::max(begin, record->offset);
+      uint64_t hi = std::min(end, record->offset + record->mapped_len);
+      if (lo >= hi || !result) continue;
+      result = write_protect(record->addr + (lo - record->offset), hi - lo, true);
+    }
+  });
+  return result;
+}
+
+void UffdProtector::handle_faults() {
+  const uint64_t page = core_.page_size();
+  pollfd fds[2] = {{uffd_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
+  for (;;) {
+    if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
+    if (fds[1].revents != 0) return;
+    uffd_msg msgs[32];
+    ssize_t n = ::read(uffd_.get(), msgs, sizeof msgs);
+    if (n <= 0) continue;  // EAGAIN: another wake-up raced us
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < static_cast<size_t>(n) / sizeof(uffd_msg); ++i) {
+      const uffd_msg& msg = msgs[i];
+      if (msg.event != UFFD_EVENT_PAGEFAULT) continue;
+      auto* addr = reinterpret_cast<std::byte*>(msg.arg.pagefault.address & ~(page - 1));
+      MappingRecord* record = find_locked(addr);
+      if (record == nullptr) {
+        wake(addr, page);  // unmapped or revoked meanwhile: let it retry
+        continue;
+      }
+      faults_.fetch_add(1, std::memory_order_relaxed);
+      if (frozen_) {
+        parked_.push_back({addr, std::chrono::steady_clock::now()});
+        continue;
+      }
+      if (tracking()) core_.dirty()->set(offset_of(*record, addr) / page);
+      (void)write_protect(addr, page, false);
+    }
+  }
+}
+
+}  // namespace rawdax::internal

@@ -1,0 +1,71 @@
+// UffdProtector: the protection engine on media where sync userfaultfd
+// write-protect works (shmem/tmpfs, memfd, hugetlbfs).
+//
+// One userfaultfd per device, every writable mapping registered in WP mode,
+// and one handler thread. A write fault on a protected page is, by state:
+//  - frozen: parked (left unanswered, so the writer, user-mode store or
+//    kernel-mode copy alike, sleeps in the kernel) until thaw;
+//  - tracking, not frozen: the page is marked dirty and unprotected;
+//  - neither: unprotected (a page left protected by an earlier freeze).
+// Unprotecting a page also wakes the faults waiting on it.
+//
+// Ordering: the handler decides under mu_, and freeze sets frozen_ under mu_
+// before it write-protects, so a fault is either resolved before the freeze
+// protects its page again (the retried store faults anew and parks) or seen
+// as frozen. Revocation wakes the range after the placeholder is in place, so
+// a woken writer retries into the placeholder and gets SIGBUS.
+//
+// Thread safety: as Protector. The handler thread is owned by the object and
+// joined by its destructor.
+#ifndef RAWDAX_ENGINE_UFFD_PROTECTOR_H_
+#define RAWDAX_ENGINE_UFFD_PROTECTOR_H_
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "common/unique_fd.h"
+#include "engine/protector.h"
+
+namespace rawdax::internal {
+
+class UffdProtector : public Protector {
+ public:
+  static Result<std::unique_ptr<Protector>> create(DeviceCore& core);
+  ~UffdProtector() override;
+
+  Status on_map(MappingRecord& record) override;
+  void on_unmap(MappingRecord& record) override;
+  void on_revoked(MappingRecord& record) override;
+
+ protected:
+  Status protect_all_locked() override;
+  void release_all_locked() override;
+  Status collect_dirty_locked() override;
+  void add_engine_stats_locked(DeviceStats&) const override {}
+
+ private:
+  explicit UffdProtector(DeviceCore& core) : Protector(core, ProtectionEngine::kUffd) {}
+  void handle_faults();
+  void forget_locked(MappingRecord& record);
+  Status write_protect(std::byte* addr, uint64_t len, bool protect) const;
+  void wake(std::byte* addr, uint64_t len) const;
+  MappingRecord* find_locked(const std::byte* addr) const;
+
+  struct Parked {
+    std::byte* page;
+    std::chrono::steady_clock::time_point since;
+  };
+
+  UniqueFd uffd_;
+  UniqueFd stop_;  // eventfd: tells the handler to exit
+  std::thread handler_;
+  std::map<const std::byte*, MappingRecord*> writable_;  // by address; guarded by mu_
+  std::vector<Parked> parked_;                           // guarded by mu_
+};
+
+}  // namespace rawdax::internal
+
+#endif  // RAWDAX_ENGINE_UFFD_PROTECTOR_H_

@@ -1,0 +1,391 @@
+// Device::freeze(), dirty tracking and sync(), on each engine the media
+// allows: freeze really stops stores, the image is one cut, nothing is lost.
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <future>
+#include <gtest/gtest.h>
+#include <thread>
+#include <vector>
+
+#include "fault_catcher.h"
+#include "rawdax/rawdax.h"
+#include "test_util.h"
+
+namespace rawdax {
+namespace {
+
+using namespace std::chrono_literals;
+using ::rawdax::testing::run_catching_faults;
+using ::rawdax::testing::ScratchDir;
+using ::rawdax::testing::ScratchRegion;
+using ::rawdax::testing::TestMedia;
+
+constexpr uint64_t kSize = 4 << 20;
+constexpr uint64_t kPage = 4096;
+
+struct EngineCase {
+  TestMedia media;
+  EngineChoice engine;
+};
+
+std::string case_name(const ::testing::TestParamInfo<EngineCase>& info) {
+  return std::string(::rawdax::testing::media_name(info.param.media)) +
+         (info.param.engine == EngineChoice::kUffd ? "_uffd" : "_mprotect");
+}
+
+// Waits up to `limit` for pred(); true if it held.
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = 5000ms) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+class FreezeTest : public ::testing::TestWithParam<EngineCase> {
+ protected:
+  void open(bool track_dirty = false) {
+    auto region = Region::open(scratch_.spec(), {.create = true});
+    ASSERT_TRUE(region) << region.error().message();
+    region_ = std::move(*region);
+    ASSERT_TRUE(region_->create_namespace({.name = "f", .size = kSize}));
+    auto dev = region_->open_device("f", {.track_dirty = track_dirty, .engine = GetParam().engine});
+    ASSERT_TRUE(dev) << dev.error().message();
+    dev_ = std::move(*dev);
+    ASSERT_EQ(dev_->engine(), GetParam().engine == EngineChoice::kUffd ? ProtectionEngine::kUffd
+                                                                       : ProtectionEngine::kMprotect);
+  }
+  uint64_t read_u64(uint64_t offset) {
+    uint64_t v = 0;
+    EXPECT_TRUE(dev_->read(offset, std::as_writable_bytes(std::span(&v, 1))));
+    return v;
+  }
+  bool uffd() const { return GetParam().engine == EngineChoice::kUffd; }
+
+  ScratchRegion scratch_{GetParam().media};
+  std::unique_ptr<Region> region_;
+  std::unique_ptr<Device> dev_;
+};
+
+// Two threads store sequence numbers through mappings, one through the block
+// face. Each freeze's image holds every acknowledged write and stays still.
+TEST_P(FreezeTest, EveryFreezeIsOneStableCut) {
+  open();
+  auto m1 = dev_->map(0, kSize / 2, Access::ReadWrite);
+  auto m2 = dev_->map(kSize / 2, kSize / 2, Access::ReadWrite);
+  ASSERT_TRUE(m1 && m2);
+  const uint64_t slot[3] = {10 * kPage, kSize / 2 + 20 * kPage, 30 * kPage};
+  std::atomic<uint64_t> acked[3] = {0, 0, 0};
+  std::atomic<bool> stop{false};
+  auto store_writer = [&](int w, std::byte* base, uint64_t offset_in_map) {
+    auto* word = reinterpret_cast<volatile uint64_t*>(base + offset_in_map);
+    for (uint64_t seq = 1; !stop.load(std::memory_order_relaxed); ++seq) {
+      *word = seq;
+      acked[w].store(seq, std::memory_order_release);
+    }
+  };
+  std::thread w0(store_writer, 0, m1->data(), slot[0]);
+  std::thread w1(store_writer, 1, m2->data(), slot[1] - kSize / 2);
+  std::thread w2([&] {
+    for (uint64_t seq = 1; !stop.load(std::memory_order_relaxed); ++seq) {
+      ASSERT_TRUE(dev_->write(slot[2], std::as_bytes(std::span(&seq, 1))));
+      acked[2].store(seq, std::memory_order_release);
+    }
+  });
+  ASSERT_TRUE(eventually([&] { return acked[0] > 0 && acked[1] > 0 && acked[2] > 0; }));
+
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  int freezes = 0;
+  uint64_t last[3] = {0, 0, 0};
+  for (; freezes < 1000 && std::chrono::steady_clock::now() < deadline; ++freezes) {
+    auto frozen = dev_->freeze();
+    ASSERT_TRUE(frozen) << frozen.error().message();
+    uint64_t image[3], ack[3];
+    for (int w = 0; w < 3; ++w) {
+      ack[w] = acked[w].load(std::memory_order_acquire);
+      image[w] = read_u64(slot[w]);
+      ASSERT_GE(image[w], ack[w]) << "freeze " << freezes << " writer " << w
+                                  << ": an acknowledged write is missing from the image";
+    }
+    for (int spin = 0; spin < 20; ++spin) std::this_thread::yield();
+    for (int w = 0; w < 3; ++w) {
+      ASSERT_EQ(read_u64(slot[w]), image[w]) << "freeze " << freezes << " writer " << w
+                                             << ": the image changed while frozen";
+      ASSERT_GE(image[w], last[w]);
+      last[w] = image[w];
+    }
+    frozen->thaw();
+    if (freezes % 50 == 0) {  // writers resume after thaw
+      for (int w = 0; w < 3; ++w) {
+        uint64_t before = acked[w].load();
+        ASSERT_TRUE(eventually([&] { return acked[w].load() > before; }))
+            << "writer " << w << " did not resume";
+      }
+    }
+  }
+  stop.store(true);
+  w0.join();
+  w1.join();
+  w2.join();
+  for (int w = 0; w < 3; ++w) EXPECT_EQ(read_u64(slot[w]), acked[w].load()) << "writer " << w;
+  EXPECT_GE(freezes, 100);
+  DeviceStats stats = dev_->stats();
+  EXPECT_EQ(stats.freezes, static_cast<uint64_t>(freezes));
+  EXPECT_GT(stats.write_faults, 0u);
+  std::printf("%d freezes; writer stall total %.1f ms, max %.3f ms\n", freezes,
+              stats.stall_total_ns / 1e6, stats.stall_max_ns / 1e6);
+}
+
+TEST_P(FreezeTest, StoresWaitLoadsAndBlockReadsGoOn) {
+  open();
+  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  ASSERT_TRUE(m);
+  auto* words = reinterpret_cast<volatile uint64_t*>(m->data());
+  words[0] = 1;
+  auto frozen = dev_->freeze();
+  ASSERT_TRUE(frozen);
+  std::atomic<bool> stored{false};
+  std::thread writer([&] {
+    words[512] = 42;  // page 1
+    stored.store(true);
+  });
+  std::atomic<uint64_t> loads{0};
+  std::atomic<bool> stop{false};
+  std::thread reader([&] {
+    while (!stop.load()) {
+      if (words[0] == 1) loads.fetch_add(1);
+    }
+  });
+  std::this_thread::sleep_for(100ms);
+  EXPECT_FALSE(stored.load()) << "a store landed while frozen";
+  EXPECT_EQ(read_u64(512 * 8), 0u);
+  EXPECT_TRUE(eventually([&] { return loads.load() > 1000; })) << "loads stalled while frozen";
+  std::vector<std::byte> buf(kPage);
+  EXPECT_TRUE(dev_->read(0, buf));
+  frozen->thaw();
+  ASSERT_TRUE(eventually([&] { return stored.load(); }));
+  writer.join();
+  stop.store(true);
+  reader.join();
+  EXPECT_EQ(read_u64(512 * 8), 42u);
+  EXPECT_GT(dev_->stats().stall_max_ns, 0u);
+}
+
+TEST_P(FreezeTest, KernelModeWriteIntoAFrozenMapping) {
+  open();
+  ScratchDir dir(::rawdax::testing::disk_parent());
+  std::string path = dir.path() + "/src";
+  std::vector<char> data(kPage, 'k');
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::pwrite(fd, data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
+  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  ASSERT_TRUE(m);
+  auto frozen = dev_->freeze();
+  ASSERT_TRUE(frozen);
+  auto reader = std::async(std::launch::async, [&] {
+    ssize_t n = ::pread(fd, m->data() + 8 * kPage, kPage, 0);
+    return n < 0 ? -errno : n;
+  });
+  if (uffd()) {
+    // The copy into the mapping waits in the kernel until thaw.
+    EXPECT_EQ(reader.wait_for(200ms), std::future_status::timeout);
+    frozen->thaw();
+    EXPECT_EQ(reader.get(), static_cast<ssize_t>(kPage));
+    EXPECT_EQ(std::memcmp(m->data() + 8 * kPage, data.data(), kPage), 0);
+  } else {
+    // The mprotect engine cannot hold kernel-mode writes: EFAULT (documented).
+    EXPECT_EQ(reader.get(), -EFAULT);
+    frozen->thaw();
+    EXPECT_EQ(read_u64(8 * kPage), 0u);
+  }
+  ::close(fd);
+}
+
+TEST_P(FreezeTest, FreezesNestAcrossThreads) {
+  open();
+  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  ASSERT_TRUE(m);
+  auto outer = dev_->freeze();
+  ASSERT_TRUE(outer);
+  auto inner = std::async(std::launch::async, [&] { return dev_->freeze(); }).get();
+  ASSERT_TRUE(inner);
+  std::atomic<bool> stored{false};
+  std::thread writer([&] {
+    m->data()[3 * kPage] = std::byte{5};
+    stored.store(true);
+  });
+  outer->thaw();
+  std::this_thread::sleep_for(100ms);
+  EXPECT_FALSE(stored.load()) << "thawed while an inner freeze was still held";
+  inner->thaw();
+  ASSERT_TRUE(eventually([&] { return stored.load(); }));
+  writer.join();
+  EXPECT_EQ(dev_->stats().freezes, 1u);
+}
+
+TEST_P(FreezeTest, NewMappingsWhileFrozenStartProtected) {
+  open();
+  auto frozen = dev_->freeze();
+  ASSERT_TRUE(frozen);
+  auto m = dev_->map(kPage, kPage, Access::ReadWrite);
+  ASSERT_TRUE(m) << m.error().message();
+  std::atomic<bool> stored{false};
+  std::thread writer([&] {
+    m->data()[7] = std::byte{7};
+    stored.store(true);
+  });
+  std::this_thread::sleep_for(100ms);
+  EXPECT_FALSE(stored.load());
+  frozen->thaw();
+  ASSERT_TRUE(eventually([&] { return stored.load(); }));
+  writer.join();
+  std::byte b{};
+  ASSERT_TRUE(dev_->read(kPage + 7, std::span(&b, 1)));
+  EXPECT_EQ(b, std::byte{7});
+}
+
+TEST_P(FreezeTest, BlockWritesWaitForThaw) {
+  open();
+  auto frozen = dev_->freeze();
+  ASSERT_TRUE(frozen);
+  uint64_t v = 99;
+  auto writer = std::async(std::launch::async,
+                           [&] { return dev_->write(0, std::as_bytes(std::span(&v, 1))); });
+  EXPECT_EQ(writer.wait_for(100ms), std::future_status::timeout);
+  EXPECT_EQ(read_u64(0), 0u);
+  frozen->thaw();
+  EXPECT_TRUE(writer.get());
+  EXPECT_EQ(read_u64(0), 99u);
+}
+
+TEST_P(FreezeTest, RemoveWhileFrozenWakesEveryWriter) {
+  open();
+  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  ASSERT_TRUE(m);
+  auto frozen = dev_->freeze();
+  ASSERT_TRUE(frozen);
+  auto storer = std::async(std::launch::async, [&] {
+    return run_catching_faults([&] { m->data()[kPage] = std::byte{1}; });
+  });
+  uint64_t v = 1;
+  auto block = std::async(std::launch::async,
+                          [&] { return dev_->write(0, std::as_bytes(std::span(&v, 1))); });
+  std::this_thread::sleep_for(50ms);
+  ASSERT_TRUE(dev_->remove());
+  ASSERT_EQ(storer.wait_for(5s), std::future_status::ready) << "parked store not woken";
+  ASSERT_EQ(block.wait_for(5s), std::future_status::ready) << "parked block write not woken";
+  EXPECT_EQ(storer.get(), SIGBUS);
+  Status written = block.get();
+  ASSERT_FALSE(written);
+  EXPECT_EQ(written.error().code(), std::errc::no_such_device_or_address);
+  frozen->thaw();  // thawing a removed device is harmless
+}
+
+// A block write stuck in flight (its source page faults on a userfaultfd we
+// never answer) makes a timed freeze give up and leave the device unfrozen.
+TEST_P(FreezeTest, FreezeTimesOutAndLeavesTheDeviceUnfrozen) {
+  open();
+  int uffd = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC));
+  ASSERT_GE(uffd, 0);
+  uffdio_api api{};
+  api.api = UFFD_API;
+  ASSERT_EQ(::ioctl(uffd, UFFDIO_API, &api), 0);
+  void* src = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(src, MAP_FAILED);
+  uffdio_register reg{};
+  reg.range = {reinterpret_cast<uint64_t>(src), kPage};
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+  ASSERT_EQ(::ioctl(uffd, UFFDIO_REGISTER, &reg), 0);
+  auto stuck = std::async(std::launch::async, [&] {
+    return dev_->write(0, std::span(static_cast<const std::byte*>(src), kPage));
+  });
+  std::this_thread::sleep_for(50ms);
+  auto t0 = std::chrono::steady_clock::now();
+  auto frozen = dev_->freeze({.timeout = 100ms});
+  ASSERT_FALSE(frozen);
+  EXPECT_EQ(frozen.error().code(), std::errc::timed_out);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  // Not frozen: other writes and stores go through at once.
+  uint64_t v = 7;
+  EXPECT_TRUE(dev_->write(kPage, std::as_bytes(std::span(&v, 1))));
+  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  ASSERT_TRUE(m);
+  m->data()[2 * kPage] = std::byte{1};
+  EXPECT_EQ(dev_->stats().freezes, 0u);
+  uffdio_zeropage zero{};
+  zero.range = {reinterpret_cast<uint64_t>(src), kPage};
+  ASSERT_EQ(::ioctl(uffd, UFFDIO_ZEROPAGE, &zero), 0);
+  EXPECT_TRUE(stuck.get());
+  ::munmap(src, kPage);
+  ::close(uffd);
+}
+
+TEST_P(FreezeTest, SyncPersistsExactlyTheDirtyPages) {
+  open(/*track_dirty=*/true);
+  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  ASSERT_TRUE(m);
+  ASSERT_TRUE(dev_->sync());  // a clean start
+  uint64_t before = dev_->stats().synced_pages;
+  for (uint64_t page : {1, 2, 10}) std::memset(m->data() + page * kPage, int(page), 100);
+  std::vector<std::byte> block(2 * kPage, std::byte{0x77});
+  ASSERT_TRUE(dev_->write(20 * kPage, block));
+  EXPECT_GE(dev_->stats().dirty_pages, 2u);
+  ASSERT_TRUE(dev_->sync());
+  EXPECT_EQ(dev_->stats().synced_pages - before, 5u);
+  EXPECT_EQ(dev_->stats().dirty_pages, 0u);
+  ASSERT_TRUE(dev_->sync());
+  EXPECT_EQ(dev_->stats().synced_pages - before, 5u) << "a sync with nothing written persisted pages";
+  m->data()[10 * kPage + 1] = std::byte{1};  // re-armed: the next store is seen again
+  ASSERT_TRUE(dev_->sync());
+  EXPECT_EQ(dev_->stats().synced_pages - before, 6u);
+
+  if (GetParam().media == TestMedia::kDisk) {
+    int fd = ::open(dev_->info().path.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    std::vector<char> got(100);
+    ASSERT_EQ(::pread(fd, got.data(), got.size(), 2 * kPage), 100);
+    EXPECT_EQ(got, std::vector<char>(100, 2));
+    ASSERT_EQ(::pread(fd, got.data(), got.size(), 20 * kPage), 100);
+    EXPECT_EQ(got, std::vector<char>(100, 0x77));
+    ::close(fd);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Engines, FreezeTest,
+    ::testing::Values(EngineCase{TestMedia::kTmpfs, EngineChoice::kUffd},
+                      EngineCase{TestMedia::kTmpfs, EngineChoice::kMprotect},
+                      EngineCase{TestMedia::kDisk, EngineChoice::kMprotect},
+                      EngineCase{TestMedia::kMemfd, EngineChoice::kUffd}),
+    case_name);
+
+TEST(EngineChoice, UffdIsRefusedWhereTheMediaRefusesSyncWriteProtect) {
+  ScratchRegion scratch(TestMedia::kDisk);
+  auto region = Region::open(scratch.spec(), {.create = true});
+  ASSERT_TRUE(region);
+  ASSERT_TRUE((*region)->create_namespace({.name = "e", .size = kSize}));
+  if ((*region)->capabilities().uffd_wp_sync) {
+    GTEST_SKIP() << "this disk filesystem accepts sync uffd-wp";
+  }
+  auto dev = (*region)->open_device("e", {.engine = EngineChoice::kUffd});
+  ASSERT_FALSE(dev);
+  EXPECT_EQ(dev.error().code(), std::errc::operation_not_supported);
+  EXPECT_NE(dev.error().message().find("uffd"), std::string::npos);
+  auto fine = (*region)->open_device("e");
+  ASSERT_TRUE(fine);
+  EXPECT_EQ((*fine)->engine(), ProtectionEngine::kMprotect);
+}
+
+}  // namespace
+}  // namespace rawdax
