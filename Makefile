@@ -6,8 +6,8 @@
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
-# The concurrency tests: live ref, teardown, resize (more join as they land).
-TSAN_TESTS ?= LiveRef|Teardown|Resize
+# The concurrency tests: live ref, teardown, resize, freeze and the engines.
+TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker
 WERROR     ?= OFF
 REGION     ?= ./rawdax-data
 CTEST_J    ?= 2

@@ -28,33 +28,42 @@
 //
 // Why a write racing a scan is never lost: PAGEMAP_SCAN with
 // PM_SCAN_WP_MATCHING tests and re-protects each page-table entry under that
-// page table's lock, atomically replacing the entry (so a hardware dirty-bit
+// page table's lock, replacing the entry atomically (a hardware dirty-bit
 // update cannot slip between test and protect), and flushes the TLB for the
-// range before it drops the lock; the write-fault path that clears the
-// protection takes the same lock. So for each page, each write lands either
-//  (a) before its entry is examined: the page is reported by this scan, or
-//  (b) after it is re-protected: the write faults, the kernel un-protects,
-//      and the next scan reports the page, or
+// range before it drops the lock; the write fault that lifts the protection
+// takes the same lock. So a write to a tracked page lands either
+//  (a) before the scan examines the entry: the page is reported by this scan;
+//  (b) after it is re-protected: the write faults, the kernel lifts the
+//      protection, and the next scan reports the page; or
 //  (c) through a stale TLB entry between re-protect and flush: the page was
-//      already reported by this scan (it was writable, hence written), and the
-//      flush completes before the ioctl returns, i.e. before `fn` sees the
-//      run, so whoever reads the page contents in `fn` or later sees it.
-// Hence: a page written once is reported by exactly one scan (also when two
-// threads scan overlapping ranges), and after fn(run) returns, every write
-// not yet visible in the run's contents will be reported by a later scan.
+//      writable, so this scan reports it, and the flush completes before the
+//      ioctl returns, i.e. before fn sees the run, so whoever reads the page
+//      in fn or later sees the write.
+// Each lifting of a page's protection is reported by exactly one scan, also
+// when threads scan overlapping ranges. A page may be reported with unchanged
+// contents: a store that faults is retried after the fault, and if a scan
+// re-protected the page in between, the retry faults again. Scans run
+// back-to-back can so starve a writer of that page (measured here: a tight
+// scan loop over 256 pages cut a writer from ~80M to ~300 stores/s), so
+// scan periodically, not in a spin.
+//
+// Huge pages (hugetlbfs) are tracked and reported whole: keep ranges
+// huge-page aligned there.
 //
 // What may fail (Result/Status, never exceptions):
 //  - create(): operation_not_supported (message says which feature) when the
 //    kernel lacks async uffd-wp or PAGEMAP_SCAN; errno errors opening
-//    userfaultfd (EPERM when unprivileged userfaultfd is disabled) or
-//    /proc/self/pagemap.
+//    userfaultfd or /proc/self/pagemap (e.g. EPERM from a seccomp or LSM
+//    policy; no privilege is needed otherwise).
 //  - add_range(): invalid_argument for an unaligned or empty range; EINVAL
 //    (a hole, or not a mapping userfaultfd accepts) or EBUSY (the range is
 //    registered by another userfaultfd, e.g. another WriteTracker) from the
 //    kernel.
 //  - scan_and_reprotect(): invalid_argument for an unaligned range; EPERM
-//    when part of the range is mapped but not registered with this kind of
-//    tracker (never added, or removed); unmapped holes are skipped silently.
+//    when part of the range is mapped but not registered with an async-WP
+//    userfaultfd (never added, or removed); unmapped holes are skipped
+//    silently; io_error if the kernel stops short without progress (a huge
+//    page only partly inside the range).
 #ifndef RAWDAX_ENGINE_WRITE_TRACKER_H_
 #define RAWDAX_ENGINE_WRITE_TRACKER_H_
 
@@ -62,6 +71,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <utility>
 
 #include "common/unique_fd.h"
 #include "rawdax/result.h"
@@ -84,7 +94,8 @@ class WriteTracker {
   // Registers [addr, addr+len) (page-aligned, inside MAP_SHARED mappings) in
   // write-protect mode and write-protects it, so every page written after this
   // call returns is reported by the next scan; writes before it are not.
-  // Unpopulated pages count too. Adding a range again re-arms it.
+  // Unpopulated pages count too. Adding a range that is already added
+  // re-protects it, forgetting writes not yet reported.
   Status add_range(void* addr, size_t len);
 
   // Unregisters [addr, addr+len) and drops its protection. Tolerates a range
