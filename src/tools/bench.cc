@@ -20,59 +20,43 @@
 #include "common/unique_fd.h"
 #include "common/units.h"
 #include "ref/live_ref.h"
+#include "tools/bench.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 
 namespace rawdax::cli {
-namespace {
 
-using Clock = std::chrono::steady_clock;
+double time_ns(const std::function<void()>& work) {
+  auto start = std::chrono::steady_clock::now();
+  work();
+  return std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+
+void measure(Pair& pair, int rounds, double units, const std::function<void()>& anchor,
+             const std::function<void()>& subject) {
+  anchor();  // warm-up: faults pages in, fills caches
+  subject();
+  pair.anchor_ns = pair.rawdax_ns = 1e300;
+  for (int r = 0; r < rounds; ++r) {
+    pair.anchor_ns = std::min(pair.anchor_ns, time_ns(anchor) / units);
+    pair.rawdax_ns = std::min(pair.rawdax_ns, time_ns(subject) / units);
+  }
+}
+
+namespace {
 
 struct BenchOptions {
   GlobalOptions global;
   std::string size = "64M";
   std::string teardown_size = "1G";
+  std::string freeze_size = "256M";
+  std::string only;  // "" or one of: core, live-ref, teardown, engine
   int rounds = 5;
   bool region_given = false;
 };
 
-// What a pair's goal bounds: the ratio, rawdax's time per unit, or (for
-// teardown) rawdax's milliseconds per GiB torn down.
-enum class GoalKind { kMinRatio, kMaxNs, kMaxMsPerGib };
 
-struct Pair {
-  std::string name;
-  std::string anchor;
-  double anchor_ns = 0;  // best time of one unit of work
-  double rawdax_ns = 0;
-  double goal = 0;
-  std::string unit;
-  GoalKind kind = GoalKind::kMinRatio;
-  double gib = 0;  // kMaxMsPerGib: GiB per unit
-  double ratio() const { return anchor_ns / rawdax_ns; }
-  double ms_per_gib() const { return rawdax_ns / 1e6 / gib; }
-  bool met() const {
-    switch (kind) {
-      case GoalKind::kMinRatio: return ratio() >= goal;
-      case GoalKind::kMaxNs: return rawdax_ns <= goal;
-      case GoalKind::kMaxMsPerGib: return ms_per_gib() <= goal;
-    }
-    return false;
-  }
-  std::string goal_text() const {
-    char buf[48];
-    switch (kind) {
-      case GoalKind::kMinRatio: std::snprintf(buf, sizeof buf, "ratio >= %.2f", goal); break;
-      case GoalKind::kMaxNs: std::snprintf(buf, sizeof buf, "rawdax <= %.0f ns", goal); break;
-      case GoalKind::kMaxMsPerGib:
-        std::snprintf(buf, sizeof buf, "%.1f ms/GiB <= %.0f", ms_per_gib(), goal);
-        break;
-    }
-    return buf;
-  }
-};
-
-void compiler_barrier() { asm volatile("" ::: "memory"); }
 
 // The same code runs over both memories, so only the memory differs.
 __attribute__((noinline)) void store_pass(uint64_t* p, size_t words, uint64_t seed) {
@@ -85,24 +69,6 @@ __attribute__((noinline)) uint64_t load_pass(const uint64_t* p, size_t words) {
   for (size_t i = 0; i < words; ++i) sum += p[i];
   compiler_barrier();
   return sum;
-}
-
-double time_ns(const std::function<void()>& work) {
-  auto start = Clock::now();
-  work();
-  return std::chrono::duration<double, std::nano>(Clock::now() - start).count();
-}
-
-// Runs anchor and subject alternately; keeps each side's best per-unit time.
-void measure(Pair& pair, int rounds, double units, const std::function<void()>& anchor,
-             const std::function<void()>& subject) {
-  anchor();  // warm-up: faults pages in, fills caches
-  subject();
-  pair.anchor_ns = pair.rawdax_ns = 1e300;
-  for (int r = 0; r < rounds; ++r) {
-    pair.anchor_ns = std::min(pair.anchor_ns, time_ns(anchor) / units);
-    pair.rawdax_ns = std::min(pair.rawdax_ns, time_ns(subject) / units);
-  }
 }
 
 Result<MappedRange> anonymous(size_t size) {
@@ -319,6 +285,9 @@ int run_bench(const BenchOptions& options) {
   if (!size) return fail(size.error());
   auto teardown_size = parse_size(options.teardown_size);
   if (!teardown_size) return fail(teardown_size.error());
+  auto freeze_size = parse_size(options.freeze_size);
+  if (!freeze_size) return fail(freeze_size.error());
+  auto want = [&](const char* group) { return options.only.empty() || options.only == group; };
   if (*size < (4u << 20) || *size % (1 << 20) != 0) {
     return fail(Error(std::errc::invalid_argument,
                       "bench size " + options.size + " must be a multiple of 1M, at least 4M"));
@@ -330,26 +299,39 @@ int run_bench(const BenchOptions& options) {
   if (!options.region_given) global.region = "memfd:";
   auto region = open_region(global);
   if (!region) return fail(region.error());
-  std::string name = "bench-" + std::to_string(::getpid());
-  auto info = (*region)->create_namespace({.name = name, .size = *size});
-  if (!info) return fail(info.error());
-  Result<std::vector<Pair>> pairs = Error(std::errc::invalid_argument, "not run");
-  {
-    auto dev = (*region)->open_device(name);
-    if (!dev) return fail(dev.error());
-    pairs = run_pairs(**dev, *size, options.rounds);
+  std::vector<Pair> pairs;
+  if (want("core")) {
+    std::string name = "bench-" + std::to_string(::getpid());
+    auto info = (*region)->create_namespace({.name = name, .size = *size});
+    if (!info) return fail(info.error());
+    Result<std::vector<Pair>> core = Error(std::errc::invalid_argument, "not run");
+    {
+      auto dev = (*region)->open_device(name);
+      if (!dev) return fail(dev.error());
+      core = run_pairs(**dev, *size, options.rounds);
+    }
+    Status destroyed = (*region)->destroy_namespace(name);
+    if (!core) return fail(core.error());
+    if (!destroyed) return fail(destroyed.error());
+    pairs = std::move(*core);
   }
-  Status destroyed = (*region)->destroy_namespace(name);
-  if (!pairs) return fail(pairs.error());
-  if (!destroyed) return fail(destroyed.error());
-  for (auto& p : run_live_ref_pairs(options.rounds)) pairs->push_back(p);
-  auto teardown = run_teardown_pair(**region, *teardown_size, options.rounds);
-  if (!teardown) return fail(teardown.error());
-  pairs->push_back(*teardown);
+  if (want("live-ref")) {
+    for (auto& p : run_live_ref_pairs(options.rounds)) pairs.push_back(p);
+  }
+  if (want("teardown")) {
+    auto teardown = run_teardown_pair(**region, *teardown_size, options.rounds);
+    if (!teardown) return fail(teardown.error());
+    pairs.push_back(*teardown);
+  }
+  if (want("engine")) {
+    auto engine = run_engine_pairs(**region, *freeze_size, options.rounds);
+    if (!engine) return fail(engine.error());
+    for (auto& p : *engine) pairs.push_back(p);
+  }
 
   if (options.global.json) {
     nlohmann::json out = nlohmann::json::array();
-    for (const auto& p : *pairs) {
+    for (const auto& p : pairs) {
       out.push_back({{"name", p.name},
                      {"anchor", p.anchor},
                      {"unit", p.unit},
@@ -358,7 +340,7 @@ int run_bench(const BenchOptions& options) {
                      {"ratio", p.ratio()},
                      {"goal", p.goal_text()},
                      {"met", p.met()}});
-      if (p.kind == GoalKind::kMaxMsPerGib) out.back()["ms_per_gib"] = p.ms_per_gib();
+      if (p.gib > 0) out.back()["ms_per_gib"] = p.ms_per_gib();
     }
     print_json(out);
     return 0;
@@ -369,7 +351,7 @@ int run_bench(const BenchOptions& options) {
   std::printf("ratio = anchor time / rawdax time (above 1: rawdax is faster)\n\n");
   std::printf("%-52s %-38s %11s %11s %7s  %s\n", "benchmark", "anchor", "anchor", "rawdax",
               "ratio", "goal");
-  for (const auto& p : *pairs) {
+  for (const auto& p : pairs) {
     std::printf("%-52s %-38s %11s %11s %7.2f  %s %s\n", p.name.c_str(), p.anchor.c_str(),
                 ns_text(p.anchor_ns).c_str(), ns_text(p.rawdax_ns).c_str(), p.ratio(),
                 p.goal_text().c_str(), p.met() ? "met" : "MISSED");
@@ -388,6 +370,11 @@ void register_bench_command(CLI::App& app, int* exit_code) {
   bench->add_option("--teardown-size", options->teardown_size,
                     "Mapped size torn down by the teardown benchmark")
       ->capture_default_str();
+  bench->add_option("--freeze-size", options->freeze_size,
+                    "Mapped size for freeze+thaw latency (also measured at 4x)")
+      ->capture_default_str();
+  bench->add_option("--only", options->only, "Run one group: core, live-ref, teardown, engine")
+      ->check(CLI::IsMember({"core", "live-ref", "teardown", "engine"}));
   bench->add_option("--rounds", options->rounds, "Rounds per measurement (best is kept)")
       ->capture_default_str();
   bench->callback([=] {

@@ -183,11 +183,21 @@ TEST_F(CliTest, ServeCreatesDefaultOwnsRegionAndStopsOnSigterm) {
   EXPECT_EQ(all[0]["size"], 256u << 20);
 }
 
-TEST_F(CliTest, BenchPrintsRatiosAsJson) {
-  CliRun run = rawdax("bench --json --size 4M --teardown-size 16M --rounds 1");
+TEST_F(CliTest, BenchRunsOneGroup) {
+  CliRun run = rawdax("bench --json --only live-ref --rounds 1");
   ASSERT_EQ(run.exit_code, 0) << run.err;
   auto pairs = nlohmann::json::parse(run.out);
-  ASSERT_EQ(pairs.size(), 6u);
+  ASSERT_EQ(pairs.size(), 2u);
+  EXPECT_NE(pairs[0]["name"].get<std::string>().find("live ref"), std::string::npos);
+  EXPECT_NE(rawdax("bench --only nothing").exit_code, 0);
+}
+
+TEST_F(CliTest, BenchPrintsRatiosAsJson) {
+  CliRun run = rawdax("bench --json --size 4M --teardown-size 16M --freeze-size 8M --rounds 1");
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  auto pairs = nlohmann::json::parse(run.out);
+  // 3 core + 2 live ref + 1 teardown + per engine (2 on memfd): 2 freeze, 1 fault, 2 sync.
+  ASSERT_EQ(pairs.size(), 16u) << run.out;
   for (const auto& p : pairs) {
     EXPECT_GT(p["anchor_ns"].get<double>(), 0.0);
     EXPECT_GT(p["rawdax_ns"].get<double>(), 0.0);

@@ -1,0 +1,75 @@
+// Shared pieces of `rawdax bench`: a measured pair (rawdax against an anchor
+// in the same run), its goal, and the alternating best-of-N measurement.
+#ifndef RAWDAX_TOOLS_BENCH_H_
+#define RAWDAX_TOOLS_BENCH_H_
+
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "rawdax/rawdax.h"
+
+namespace rawdax::cli {
+
+// What a pair's goal bounds: the ratio, rawdax's time per unit, or (for
+// teardown) rawdax's milliseconds per GiB torn down.
+enum class GoalKind { kMinRatio, kMaxNs, kMaxMsPerGib, kMaxMsPerGibAndSlowdown };
+
+struct Pair {
+  std::string name;
+  std::string anchor;
+  double anchor_ns = 0;  // best time of one unit of work
+  double rawdax_ns = 0;
+  double goal = 0;
+  std::string unit;
+  GoalKind kind = GoalKind::kMinRatio;
+  double gib = 0;       // kMaxMsPerGib*: GiB per unit
+  double slowdown = 0;  // kMaxMsPerGibAndSlowdown: rawdax may take this many times the anchor
+  double ratio() const { return anchor_ns / rawdax_ns; }
+  double ms_per_gib() const { return rawdax_ns / 1e6 / gib; }
+  bool met() const {
+    switch (kind) {
+      case GoalKind::kMinRatio: return ratio() >= goal;
+      case GoalKind::kMaxNs: return rawdax_ns <= goal;
+      case GoalKind::kMaxMsPerGib: return ms_per_gib() <= goal;
+      case GoalKind::kMaxMsPerGibAndSlowdown:
+        return ms_per_gib() <= goal && ratio() >= 1.0 / slowdown;
+    }
+    return false;
+  }
+  std::string goal_text() const {
+    char buf[48];
+    switch (kind) {
+      case GoalKind::kMinRatio: std::snprintf(buf, sizeof buf, "ratio >= %.2f", goal); break;
+      case GoalKind::kMaxNs: std::snprintf(buf, sizeof buf, "rawdax <= %.0f ns", goal); break;
+      case GoalKind::kMaxMsPerGib:
+        std::snprintf(buf, sizeof buf, "%.1f ms/GiB <= %.0f", ms_per_gib(), goal);
+        break;
+      case GoalKind::kMaxMsPerGibAndSlowdown:
+        std::snprintf(buf, sizeof buf, "%.1f ms/GiB <= %.0f, ratio >= %.2f", ms_per_gib(), goal,
+                      1.0 / slowdown);
+        break;
+    }
+    return buf;
+  }
+};
+
+inline void compiler_barrier() { asm volatile("" ::: "memory"); }
+
+// Wall time of one call of work(), in nanoseconds.
+double time_ns(const std::function<void()>& work);
+
+// Runs anchor and subject alternately, `rounds` times after one warm-up each,
+// and keeps each side's best time per unit (`units` units per call).
+void measure(Pair& pair, int rounds, double units, const std::function<void()>& anchor,
+             const std::function<void()>& subject);
+
+// Freeze/thaw latency per engine and size, first-write fault cost with
+// tracking, and sync() cost per dirty page (bench_engine.cc).
+Result<std::vector<Pair>> run_engine_pairs(Region& region, uint64_t size, int rounds);
+
+}  // namespace rawdax::cli
+
+#endif  // RAWDAX_TOOLS_BENCH_H_

@@ -1,0 +1,305 @@
+// `rawdax bench`, engine part: freeze+thaw latency against the raw
+// write-protect primitive, the first-write fault with tracking against the
+// bare fault mechanism, and sync() per dirty page against the bare re-protect.
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+
+#include "common/mapped_range.h"
+#include "common/unique_fd.h"
+#include "common/units.h"
+#include "engine/write_tracker.h"
+#include "tools/bench.h"
+
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
+#endif
+
+namespace rawdax::cli {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+// A populated shared memfd mapping: the anchor's own copy of the same work.
+struct RawMapping {
+  UniqueFd fd;
+  MappedRange range;
+};
+
+Result<RawMapping> raw_mapping(uint64_t size) {
+  RawMapping m;
+  m.fd.reset(::memfd_create("rawdax-bench-raw", MFD_CLOEXEC));
+  if (!m.fd.valid() || ::ftruncate(m.fd.get(), static_cast<off_t>(size)) != 0) {
+    return errno_error(errno, "bench memfd");
+  }
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, m.fd.get(), 0);
+  if (p == MAP_FAILED) return errno_error(errno, "bench mmap");
+  std::memset(p, 1, size);
+  m.range = MappedRange(p, size);
+  return m;
+}
+
+// A userfaultfd registered in WP mode on one range, optionally with a handler
+// thread that unprotects each faulting page: the bare sync-WP mechanism.
+class RawUffd {
+ public:
+  static Result<std::unique_ptr<RawUffd>> create(std::byte* addr, uint64_t len, bool handle) {
+    auto u = std::unique_ptr<RawUffd>(new RawUffd());
+    u->fd_.reset(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
+    if (!u->fd_.valid()) return errno_error(errno, "userfaultfd");
+    uffdio_api api{};
+    api.api = UFFD_API;
+    api.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+    if (::ioctl(u->fd_.get(), UFFDIO_API, &api) != 0) return errno_error(errno, "UFFDIO_API");
+    uffdio_register reg{};
+    reg.range = {reinterpret_cast<uint64_t>(addr), len};
+    reg.mode = UFFDIO_REGISTER_MODE_WP;
+    if (::ioctl(u->fd_.get(), UFFDIO_REGISTER, &reg) != 0) {
+      return errno_error(errno, "UFFDIO_REGISTER");
+    }
+    if (handle) u->handler_ = std::thread([p = u.get()] { p->serve(); });
+    return u;
+  }
+  ~RawUffd() {
+    stop_.store(true);
+    if (handler_.joinable()) handler_.join();
+  }
+  void protect(std::byte* addr, uint64_t len, bool on) const {
+    uffdio_writeprotect wp{};
+    wp.range = {reinterpret_cast<uint64_t>(addr), len};
+    wp.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0;
+    ::ioctl(fd_.get(), UFFDIO_WRITEPROTECT, &wp);
+  }
+
+ private:
+  void serve() {
+    pollfd pfd{fd_.get(), POLLIN, 0};
+    while (!stop_.load()) {
+      if (::poll(&pfd, 1, 10) <= 0) continue;
+      uffd_msg msgs[32];
+      ssize_t n = ::read(fd_.get(), msgs, sizeof msgs);
+      for (ssize_t i = 0; i < n / static_cast<ssize_t>(sizeof(uffd_msg)); ++i) {
+        auto* page = reinterpret_cast<std::byte*>(msgs[i].arg.pagefault.address & ~(kPage - 1));
+        protect(page, kPage, false);
+      }
+    }
+  }
+  UniqueFd fd_;
+  std::thread handler_;
+  std::atomic<bool> stop_{false};
+};
+
+const char* engine_name(EngineChoice engine) {
+  return engine == EngineChoice::kUffd ? "uffd" : "mprotect";
+}
+
+struct BenchDevice {
+  std::unique_ptr<Device> dev;
+  Result<Mapping> mapping = Error(std::errc::invalid_argument, "unmapped");
+};
+
+Result<BenchDevice> open_bench_device(Region& region, const std::string& name, uint64_t size,
+                                      EngineChoice engine, bool track) {
+  (void)region.destroy_namespace(name);
+  auto info = region.create_namespace({.name = name, .size = size});
+  if (!info) return info.error();
+  BenchDevice b;
+  auto dev = region.open_device(name, {.track_dirty = track, .engine = engine});
+  if (!dev) return dev.error();
+  b.dev = std::move(*dev);
+  b.mapping = b.dev->map(0, size, Access::ReadWrite);
+  if (!b.mapping) return b.mapping.error();
+  std::memset(b.mapping->data(), 1, size);
+  return b;
+}
+
+Result<Pair> freeze_pair(Region& region, EngineChoice engine, uint64_t size, int rounds) {
+  const std::string name = "bench-freeze-" + std::to_string(::getpid());
+  auto dev = open_bench_device(region, name, size, engine, false);
+  if (!dev) return dev.error();
+  auto raw = raw_mapping(size);
+  if (!raw) return raw.error();
+  std::unique_ptr<RawUffd> uffd;
+  if (engine == EngineChoice::kUffd) {
+    auto made = RawUffd::create(raw->range.data(), size, false);
+    if (!made) return made.error();
+    uffd = std::move(*made);
+  }
+  Pair pair{"freeze+thaw, " + std::string(engine_name(engine)) + ", " + format_size(size) +
+                " mapped (4K pages)",
+            engine == EngineChoice::kUffd ? "UFFDIO_WRITEPROTECT on+off, same size"
+                                          : "mprotect RO+RW, same size",
+            0, 0, 25, "per freeze+thaw", GoalKind::kMaxMsPerGibAndSlowdown};
+  pair.gib = static_cast<double>(size) / (1 << 30);
+  pair.slowdown = 1.2;
+  bool failed = false;
+  measure(
+      pair, rounds, 1,
+      [&] {
+        if (uffd) {
+          uffd->protect(raw->range.data(), size, true);
+          uffd->protect(raw->range.data(), size, false);
+        } else {
+          ::mprotect(raw->range.data(), size, PROT_READ);
+          ::mprotect(raw->range.data(), size, PROT_READ | PROT_WRITE);
+        }
+      },
+      [&] {
+        auto frozen = dev->dev->freeze();
+        failed |= !frozen;
+      });
+  dev->mapping = Error(std::errc::operation_canceled, "done");
+  dev->dev.reset();
+  RAWDAX_RETURN_IF_ERROR(region.destroy_namespace(name));
+  if (failed) return Error(std::errc::io_error, "freeze benchmark: a freeze failed");
+  return pair;
+}
+
+// The first store to each of `pages` pages after tracking was re-armed.
+Result<Pair> first_write_pair(Region& region, EngineChoice engine, int rounds) {
+  constexpr uint64_t kPages = 4096;
+  const uint64_t size = kPages * kPage;
+  const std::string name = "bench-fault-" + std::to_string(::getpid());
+  auto dev = open_bench_device(region, name, size, engine, true);
+  if (!dev) return dev.error();
+  auto raw = raw_mapping(size);
+  if (!raw) return raw.error();
+  // The bare mechanism each engine tracks with: sync uffd-wp faults answered
+  // by a thread, or async uffd-wp faults the kernel resolves itself.
+  std::unique_ptr<RawUffd> uffd;
+  std::unique_ptr<internal::WriteTracker> tracker;
+  if (engine == EngineChoice::kUffd) {
+    auto made = RawUffd::create(raw->range.data(), size, /*handle=*/true);
+    if (!made) return made.error();
+    uffd = std::move(*made);
+  } else {
+    auto made = internal::WriteTracker::create();
+    if (!made) return made.error();
+    tracker = std::move(*made);
+    RAWDAX_RETURN_IF_ERROR(tracker->add_range(raw->range.data(), size));
+  }
+  auto touch = [](std::byte* base, uint64_t round) {
+    for (uint64_t p = 0; p < kPages; ++p) {
+      *reinterpret_cast<volatile uint64_t*>(base + p * kPage) = round;
+    }
+  };
+  Pair pair{"first write per page with tracking, " + std::string(engine_name(engine)),
+            uffd ? "bare sync uffd-wp fault + unprotect" : "bare async uffd-wp fault", 0, 0,
+            1.0 / 1.2, "per page"};
+  pair.anchor_ns = pair.rawdax_ns = 1e300;
+  for (int r = 0; r <= rounds; ++r) {  // round 0 warms up
+    if (uffd) {
+      uffd->protect(raw->range.data(), size, true);
+    } else {
+      auto rearmed = tracker->scan_and_reprotect(raw->range.data(), size, [](void*, size_t) {});
+      if (!rearmed) return rearmed.error();
+    }
+    double anchor = time_ns([&] { touch(raw->range.data(), r); }) / kPages;
+    RAWDAX_RETURN_IF_ERROR(dev->dev->sync());  // re-arms every page written before
+    double subject = time_ns([&] { touch(dev->mapping->data(), r); }) / kPages;
+    if (r == 0) continue;
+    pair.anchor_ns = std::min(pair.anchor_ns, anchor);
+    pair.rawdax_ns = std::min(pair.rawdax_ns, subject);
+  }
+  if (tracker) tracker->remove_range(raw->range.data(), size);
+  dev->mapping = Error(std::errc::operation_canceled, "done");
+  dev->dev.reset();
+  RAWDAX_RETURN_IF_ERROR(region.destroy_namespace(name));
+  return pair;
+}
+
+// sync() of `dirty` scattered dirty pages (every other page), per page,
+// against re-protecting the same pages with the raw primitive.
+Result<Pair> sync_pair(Region& region, EngineChoice engine, uint64_t dirty, int rounds) {
+  const uint64_t size = dirty * 2 * kPage;
+  const std::string name = "bench-sync-" + std::to_string(::getpid());
+  auto dev = open_bench_device(region, name, size, engine, true);
+  if (!dev) return dev.error();
+  auto raw = raw_mapping(size);
+  if (!raw) return raw.error();
+  // The bare re-protect of the same written pages: one UFFDIO_WRITEPROTECT
+  // per page (uffd), or one PAGEMAP_SCAN get+reprotect (mprotect engine).
+  std::unique_ptr<RawUffd> uffd;
+  std::unique_ptr<internal::WriteTracker> tracker;
+  if (engine == EngineChoice::kUffd) {
+    auto made = RawUffd::create(raw->range.data(), size, false);
+    if (!made) return made.error();
+    uffd = std::move(*made);
+  } else {
+    auto made = internal::WriteTracker::create();
+    if (!made) return made.error();
+    tracker = std::move(*made);
+    RAWDAX_RETURN_IF_ERROR(tracker->add_range(raw->range.data(), size));
+  }
+  Pair pair{"sync() of " + std::to_string(dirty) + " scattered dirty pages, " +
+                engine_name(engine),
+            uffd ? "UFFDIO_WRITEPROTECT of each page" : "PAGEMAP_SCAN get+reprotect", 0, 0,
+            500, "per dirty page", GoalKind::kMaxNs};
+  pair.anchor_ns = pair.rawdax_ns = 1e300;
+  for (int r = 0; r <= rounds; ++r) {
+    for (uint64_t p = 0; p < dirty; ++p) {
+      dev->mapping->data()[2 * p * kPage] = std::byte{1};
+      raw->range.data()[2 * p * kPage] = std::byte{1};
+    }
+    double subject = time_ns([&] { (void)dev->dev->sync(); }) / static_cast<double>(dirty);
+    double anchor = time_ns([&] {
+                      if (uffd) {
+                        for (uint64_t p = 0; p < dirty; ++p) {
+                          uffd->protect(raw->range.data() + 2 * p * kPage, kPage, true);
+                        }
+                      } else {
+                        (void)tracker->scan_and_reprotect(raw->range.data(), size,
+                                                          [](void*, size_t) {});
+                      }
+                    }) /
+                    static_cast<double>(dirty);
+    if (uffd) uffd->protect(raw->range.data(), size, false);
+    if (r == 0) continue;
+    pair.anchor_ns = std::min(pair.anchor_ns, anchor);
+    pair.rawdax_ns = std::min(pair.rawdax_ns, subject);
+  }
+  if (tracker) tracker->remove_range(raw->range.data(), size);
+  dev->mapping = Error(std::errc::operation_canceled, "done");
+  dev->dev.reset();
+  RAWDAX_RETURN_IF_ERROR(region.destroy_namespace(name));
+  return pair;
+}
+
+}  // namespace
+
+Result<std::vector<Pair>> run_engine_pairs(Region& region, uint64_t size, int rounds) {
+  std::vector<Pair> pairs;
+  std::vector<EngineChoice> engines;
+  if (region.capabilities().uffd_wp_sync) engines.push_back(EngineChoice::kUffd);
+  engines.push_back(EngineChoice::kMprotect);
+  for (EngineChoice engine : engines) {
+    for (uint64_t bytes : {size, size * 4}) {
+      auto pair = freeze_pair(region, engine, bytes, rounds);
+      if (!pair) return pair.error();
+      pairs.push_back(*pair);
+    }
+  }
+  for (EngineChoice engine : engines) {
+    auto pair = first_write_pair(region, engine, rounds);
+    if (!pair) return pair.error();
+    pairs.push_back(*pair);
+  }
+  for (EngineChoice engine : engines) {
+    for (uint64_t dirty : {uint64_t{1024}, uint64_t{16384}}) {
+      auto pair = sync_pair(region, engine, dirty, rounds);
+      if (!pair) return pair.error();
+      pairs.push_back(*pair);
+    }
+  }
+  return pairs;
+}
+
+}  // namespace rawdax::cli
