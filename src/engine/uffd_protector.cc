@@ -1,7 +1,6 @@
 #include "engine/uffd_protector.h"
 
 #include <fcntl.h>
-#include <linux/userfaultfd.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -10,9 +9,7 @@
 
 #include <cerrno>
 
-#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
-#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
-#endif
+#include "media/uffd_compat.h"
 
 namespace rawdax::internal {
 

@@ -1,7 +1,6 @@
 #include "engine/write_tracker.h"
 
 #include <fcntl.h>
-#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -12,10 +11,9 @@
 #include <cstring>
 #include <string>
 
+#include "media/uffd_compat.h"
+
 // Linux 5.11+; in Debian 12's headers, but cheap to keep building without.
-#ifndef UFFD_USER_MODE_ONLY
-#define UFFD_USER_MODE_ONLY 1
-#endif
 
 namespace rawdax::internal {
 namespace {

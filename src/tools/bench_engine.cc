@@ -2,7 +2,6 @@
 // write-protect primitive, the first-write fault with tracking against the
 // bare fault mechanism, and sync() per dirty page against the bare re-protect.
 #include <fcntl.h>
-#include <linux/userfaultfd.h>
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -17,11 +16,8 @@
 #include "common/unique_fd.h"
 #include "common/units.h"
 #include "engine/write_tracker.h"
+#include "media/uffd_compat.h"
 #include "tools/bench.h"
-
-#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
-#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
-#endif
 
 namespace rawdax::cli {
 namespace {
@@ -97,6 +93,46 @@ class RawUffd {
   std::atomic<bool> stop_{false};
 };
 
+// The bare mechanism an engine tracks writes with, on the anchor's mapping:
+// sync uffd-wp (answered by a thread that unprotects, when `handle`), or
+// async uffd-wp read back with PAGEMAP_SCAN.
+struct BareTracking {
+  std::unique_ptr<RawUffd> uffd;
+  std::unique_ptr<internal::WriteTracker> tracker;
+  MappedRange* range = nullptr;
+
+  ~BareTracking() {
+    if (tracker) tracker->remove_range(range->data(), range->size());
+  }
+  // Write-protects the whole range again.
+  Status rearm() {
+    if (uffd) {
+      uffd->protect(range->data(), range->size(), true);
+      return ok();
+    }
+    auto scanned = tracker->scan_and_reprotect(range->data(), range->size(), [](void*, size_t) {});
+    if (!scanned) return scanned.error();
+    return ok();
+  }
+};
+
+Result<std::unique_ptr<BareTracking>> bare_tracking(EngineChoice engine, MappedRange& range,
+                                                    bool handle) {
+  auto bare = std::make_unique<BareTracking>();
+  if (engine == EngineChoice::kUffd) {
+    auto made = RawUffd::create(range.data(), range.size(), handle);
+    if (!made) return made.error();
+    bare->uffd = std::move(*made);
+  } else {
+    auto made = internal::WriteTracker::create();
+    if (!made) return made.error();
+    RAWDAX_RETURN_IF_ERROR((*made)->add_range(range.data(), range.size()));
+    bare->tracker = std::move(*made);
+  }
+  bare->range = &range;
+  return bare;
+}
+
 const char* engine_name(EngineChoice engine) {
   return engine == EngineChoice::kUffd ? "uffd" : "mprotect";
 }
@@ -119,6 +155,12 @@ Result<BenchDevice> open_bench_device(Region& region, const std::string& name, u
   if (!b.mapping) return b.mapping.error();
   std::memset(b.mapping->data(), 1, size);
   return b;
+}
+
+Status close_bench_device(Region& region, const std::string& name, BenchDevice& b) {
+  b.mapping = Error(std::errc::operation_canceled, "closed");
+  b.dev.reset();
+  return region.destroy_namespace(name);
 }
 
 Result<Pair> freeze_pair(Region& region, EngineChoice engine, uint64_t size, int rounds) {
@@ -156,9 +198,7 @@ Result<Pair> freeze_pair(Region& region, EngineChoice engine, uint64_t size, int
         auto frozen = dev->dev->freeze();
         failed |= !frozen;
       });
-  dev->mapping = Error(std::errc::operation_canceled, "done");
-  dev->dev.reset();
-  RAWDAX_RETURN_IF_ERROR(region.destroy_namespace(name));
+  RAWDAX_RETURN_IF_ERROR(close_bench_device(region, name, *dev));
   if (failed) return Error(std::errc::io_error, "freeze benchmark: a freeze failed");
   return pair;
 }
@@ -172,36 +212,19 @@ Result<Pair> first_write_pair(Region& region, EngineChoice engine, int rounds) {
   if (!dev) return dev.error();
   auto raw = raw_mapping(size);
   if (!raw) return raw.error();
-  // The bare mechanism each engine tracks with: sync uffd-wp faults answered
-  // by a thread, or async uffd-wp faults the kernel resolves itself.
-  std::unique_ptr<RawUffd> uffd;
-  std::unique_ptr<internal::WriteTracker> tracker;
-  if (engine == EngineChoice::kUffd) {
-    auto made = RawUffd::create(raw->range.data(), size, /*handle=*/true);
-    if (!made) return made.error();
-    uffd = std::move(*made);
-  } else {
-    auto made = internal::WriteTracker::create();
-    if (!made) return made.error();
-    tracker = std::move(*made);
-    RAWDAX_RETURN_IF_ERROR(tracker->add_range(raw->range.data(), size));
-  }
+  auto bare = bare_tracking(engine, raw->range, /*handle=*/true);
+  if (!bare) return bare.error();
   auto touch = [](std::byte* base, uint64_t round) {
     for (uint64_t p = 0; p < kPages; ++p) {
       *reinterpret_cast<volatile uint64_t*>(base + p * kPage) = round;
     }
   };
   Pair pair{"first write per page with tracking, " + std::string(engine_name(engine)),
-            uffd ? "bare sync uffd-wp fault + unprotect" : "bare async uffd-wp fault", 0, 0,
+            (*bare)->uffd ? "bare sync uffd-wp fault + unprotect" : "bare async uffd-wp fault", 0, 0,
             1.0 / 1.2, "per page"};
   pair.anchor_ns = pair.rawdax_ns = 1e300;
   for (int r = 0; r <= rounds; ++r) {  // round 0 warms up
-    if (uffd) {
-      uffd->protect(raw->range.data(), size, true);
-    } else {
-      auto rearmed = tracker->scan_and_reprotect(raw->range.data(), size, [](void*, size_t) {});
-      if (!rearmed) return rearmed.error();
-    }
+    RAWDAX_RETURN_IF_ERROR((*bare)->rearm());
     double anchor = time_ns([&] { touch(raw->range.data(), r); }) / kPages;
     RAWDAX_RETURN_IF_ERROR(dev->dev->sync());  // re-arms every page written before
     double subject = time_ns([&] { touch(dev->mapping->data(), r); }) / kPages;
@@ -209,10 +232,7 @@ Result<Pair> first_write_pair(Region& region, EngineChoice engine, int rounds) {
     pair.anchor_ns = std::min(pair.anchor_ns, anchor);
     pair.rawdax_ns = std::min(pair.rawdax_ns, subject);
   }
-  if (tracker) tracker->remove_range(raw->range.data(), size);
-  dev->mapping = Error(std::errc::operation_canceled, "done");
-  dev->dev.reset();
-  RAWDAX_RETURN_IF_ERROR(region.destroy_namespace(name));
+  RAWDAX_RETURN_IF_ERROR(close_bench_device(region, name, *dev));
   return pair;
 }
 
@@ -227,18 +247,9 @@ Result<Pair> sync_pair(Region& region, EngineChoice engine, uint64_t dirty, int 
   if (!raw) return raw.error();
   // The bare re-protect of the same written pages: one UFFDIO_WRITEPROTECT
   // per page (uffd), or one PAGEMAP_SCAN get+reprotect (mprotect engine).
-  std::unique_ptr<RawUffd> uffd;
-  std::unique_ptr<internal::WriteTracker> tracker;
-  if (engine == EngineChoice::kUffd) {
-    auto made = RawUffd::create(raw->range.data(), size, false);
-    if (!made) return made.error();
-    uffd = std::move(*made);
-  } else {
-    auto made = internal::WriteTracker::create();
-    if (!made) return made.error();
-    tracker = std::move(*made);
-    RAWDAX_RETURN_IF_ERROR(tracker->add_range(raw->range.data(), size));
-  }
+  auto bare = bare_tracking(engine, raw->range, /*handle=*/false);
+  if (!bare) return bare.error();
+  RawUffd* uffd = (*bare)->uffd.get();
   Pair pair{"sync() of " + std::to_string(dirty) + " scattered dirty pages, " +
                 engine_name(engine),
             uffd ? "UFFDIO_WRITEPROTECT of each page" : "PAGEMAP_SCAN get+reprotect", 0, 0,
@@ -256,8 +267,7 @@ Result<Pair> sync_pair(Region& region, EngineChoice engine, uint64_t dirty, int 
                           uffd->protect(raw->range.data() + 2 * p * kPage, kPage, true);
                         }
                       } else {
-                        (void)tracker->scan_and_reprotect(raw->range.data(), size,
-                                                          [](void*, size_t) {});
+                        (void)(*bare)->rearm();
                       }
                     }) /
                     static_cast<double>(dirty);
@@ -266,10 +276,7 @@ Result<Pair> sync_pair(Region& region, EngineChoice engine, uint64_t dirty, int 
     pair.anchor_ns = std::min(pair.anchor_ns, anchor);
     pair.rawdax_ns = std::min(pair.rawdax_ns, subject);
   }
-  if (tracker) tracker->remove_range(raw->range.data(), size);
-  dev->mapping = Error(std::errc::operation_canceled, "done");
-  dev->dev.reset();
-  RAWDAX_RETURN_IF_ERROR(region.destroy_namespace(name));
+  RAWDAX_RETURN_IF_ERROR(close_bench_device(region, name, *dev));
   return pair;
 }
 

@@ -27,20 +27,8 @@
 
 #include "common/mapped_range.h"
 #include "common/unique_fd.h"
+#include "media/uffd_compat.h"
 
-// Later than Debian 12's 6.1 uapi headers; values from the kernel.
-#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
-#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
-#endif
-#ifndef UFFD_FEATURE_WP_UNPOPULATED
-#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
-#endif
-#ifndef UFFD_FEATURE_WP_ASYNC
-#define UFFD_FEATURE_WP_ASYNC (1 << 15)
-#endif
-#ifndef UFFD_USER_MODE_ONLY
-#define UFFD_USER_MODE_ONLY 1
-#endif
 
 namespace rawdax::internal {
 namespace {
