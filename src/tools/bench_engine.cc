@@ -163,18 +163,10 @@ Status close_bench_device(Region& region, const std::string& name, BenchDevice& 
   return region.destroy_namespace(name);
 }
 
+// Which of two equal mappings is populated first changes the cost of
+// write-protecting it by up to 1.5x on our machines, so the pair is measured
+// in both orders and each side keeps its best.
 Result<Pair> freeze_pair(Region& region, EngineChoice engine, uint64_t size, int rounds) {
-  const std::string name = "bench-freeze-" + std::to_string(::getpid());
-  auto dev = open_bench_device(region, name, size, engine, false);
-  if (!dev) return dev.error();
-  auto raw = raw_mapping(size);
-  if (!raw) return raw.error();
-  std::unique_ptr<RawUffd> uffd;
-  if (engine == EngineChoice::kUffd) {
-    auto made = RawUffd::create(raw->range.data(), size, false);
-    if (!made) return made.error();
-    uffd = std::move(*made);
-  }
   Pair pair{"freeze+thaw, " + std::string(engine_name(engine)) + ", " + format_size(size) +
                 " mapped (4K pages)",
             engine == EngineChoice::kUffd ? "UFFDIO_WRITEPROTECT on+off, same size"
@@ -182,24 +174,45 @@ Result<Pair> freeze_pair(Region& region, EngineChoice engine, uint64_t size, int
             0, 0, 25, "per freeze+thaw", GoalKind::kMaxMsPerGibAndSlowdown};
   pair.gib = static_cast<double>(size) / (1 << 30);
   pair.slowdown = 1.2;
-  bool failed = false;
-  measure(
-      pair, rounds, 1,
-      [&] {
-        if (uffd) {
-          uffd->protect(raw->range.data(), size, true);
-          uffd->protect(raw->range.data(), size, false);
-        } else {
-          ::mprotect(raw->range.data(), size, PROT_READ);
-          ::mprotect(raw->range.data(), size, PROT_READ | PROT_WRITE);
-        }
-      },
-      [&] {
-        auto frozen = dev->dev->freeze();
-        failed |= !frozen;
-      });
-  RAWDAX_RETURN_IF_ERROR(close_bench_device(region, name, *dev));
-  if (failed) return Error(std::errc::io_error, "freeze benchmark: a freeze failed");
+  double best_anchor = 1e300, best_rawdax = 1e300;
+  const std::string name = "bench-freeze-" + std::to_string(::getpid());
+  for (bool device_first : {true, false}) {
+    Result<RawMapping> raw = Error(std::errc::invalid_argument, "not made");
+    if (!device_first) raw = raw_mapping(size);
+    auto dev = open_bench_device(region, name, size, engine, false);
+    if (!dev) return dev.error();
+    if (device_first) raw = raw_mapping(size);
+    if (!raw) return raw.error();
+    std::unique_ptr<RawUffd> uffd;
+    if (engine == EngineChoice::kUffd) {
+      auto made = RawUffd::create(raw->range.data(), size, false);
+      if (!made) return made.error();
+      uffd = std::move(*made);
+    }
+    bool failed = false;
+    measure(
+        pair, rounds, 1,
+        [&] {
+          if (uffd) {
+            uffd->protect(raw->range.data(), size, true);
+            uffd->protect(raw->range.data(), size, false);
+          } else {
+            ::mprotect(raw->range.data(), size, PROT_READ);
+            ::mprotect(raw->range.data(), size, PROT_READ | PROT_WRITE);
+          }
+        },
+        [&] {
+          auto frozen = dev->dev->freeze();
+          failed |= !frozen;
+        });
+    uffd.reset();
+    RAWDAX_RETURN_IF_ERROR(close_bench_device(region, name, *dev));
+    if (failed) return Error(std::errc::io_error, "freeze benchmark: a freeze failed");
+    best_anchor = std::min(best_anchor, pair.anchor_ns);
+    best_rawdax = std::min(best_rawdax, pair.rawdax_ns);
+  }
+  pair.anchor_ns = best_anchor;
+  pair.rawdax_ns = best_rawdax;
   return pair;
 }
 
