@@ -27,6 +27,31 @@ int revoked_backing_fd() {
   return fd;
 }
 
+// mmap()s `len` bytes of `fd` at `offset`, placed so that the address is
+// congruent to the offset modulo `huge`: the kernel can then map whole huge
+// pages with one PMD each (shmem THP, DAX). huge == 0 maps anywhere.
+void* map_huge_aligned(int fd, uint64_t offset, size_t len, int prot, int flags, uint64_t huge) {
+  if (huge == 0 || len < huge) {
+    return ::mmap(nullptr, len, prot, flags, fd, static_cast<off_t>(offset));
+  }
+  size_t span = len + 2 * huge;
+  void* reserved = ::mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                          -1, 0);
+  if (reserved == MAP_FAILED) return MAP_FAILED;
+  uintptr_t base = reinterpret_cast<uintptr_t>(reserved);
+  uintptr_t at = ((base + huge - 1) & ~(huge - 1)) + (offset & (huge - 1));
+  // MAP_FIXED only ever lands inside our own reservation.
+  void* addr = ::mmap(reinterpret_cast<void*>(at), len, prot, flags | MAP_FIXED, fd,
+                      static_cast<off_t>(offset));
+  if (addr == MAP_FAILED) {
+    ::munmap(reserved, span);
+    return MAP_FAILED;
+  }
+  if (at > base) ::munmap(reserved, at - base);
+  if (base + span > at + len) ::munmap(reinterpret_cast<void*>(at + len), base + span - at - len);
+  return addr;
+}
+
 }  // namespace
 
 Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> catalog,
@@ -239,11 +264,15 @@ Result<Mapping> DeviceCore::map(uint64_t offset, uint64_t length, Access access,
   // Whole pages; the namespace size is aligned, so this stays inside it.
   size_t mapped = static_cast<size_t>(*round_up(length, caps.page_size));
   int prot = PROT_READ | (access == Access::ReadWrite ? PROT_WRITE : 0);
-  void* addr = ::mmap(nullptr, mapped, prot, shared_map_flags(caps), fd_.get(),
-                      static_cast<off_t>(offset));
+  // hugetlbfs places its mappings itself; elsewhere ask for huge alignment.
+  uint64_t huge = caps.filesystem == "hugetlbfs" ? 0 : caps.huge_page_size;
+  void* addr = map_huge_aligned(fd_.get(), offset, mapped, prot, shared_map_flags(caps), huge);
   if (addr == MAP_FAILED) {
     return errno_error(errno, "namespace " + name_ + ": mmap offset " + std::to_string(offset) +
                                   " length " + std::to_string(length));
+  }
+  if (huge != 0 && caps.persist == PersistMethod::kNone) {
+    ::madvise(addr, mapped, MADV_HUGEPAGE);  // shmem THP in "advise" mode needs it
   }
   MappingRecord& record = mappings_.emplace_back();
   record.addr = static_cast<std::byte*>(addr);

@@ -52,6 +52,7 @@ struct BenchOptions {
   std::string teardown_size = "1G";
   std::string freeze_size = "256M";
   std::string only;  // "" or one of: core, live-ref, teardown, engine
+  bool huge_pages = false;
   int rounds = 5;
   bool region_given = false;
 };
@@ -324,7 +325,7 @@ int run_bench(const BenchOptions& options) {
     pairs.push_back(*teardown);
   }
   if (want("engine")) {
-    auto engine = run_engine_pairs(**region, *freeze_size, options.rounds);
+    auto engine = run_engine_pairs(**region, *freeze_size, options.rounds, options.huge_pages);
     if (!engine) return fail(engine.error());
     for (auto& p : *engine) pairs.push_back(p);
   }
@@ -375,6 +376,8 @@ void register_bench_command(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   bench->add_option("--only", options->only, "Run one group: core, live-ref, teardown, engine")
       ->check(CLI::IsMember({"core", "live-ref", "teardown", "engine"}));
+  bench->add_flag("--huge-pages", options->huge_pages,
+                  "Set shmem THP to 'advise' for the run (root) to measure 2M pages");
   bench->add_option("--rounds", options->rounds, "Rounds per measurement (best is kept)")
       ->capture_default_str();
   bench->callback([=] {

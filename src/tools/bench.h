@@ -48,7 +48,7 @@ struct Pair {
         std::snprintf(buf, sizeof buf, "%.1f ms/GiB <= %.0f", ms_per_gib(), goal);
         break;
       case GoalKind::kMaxMsPerGibAndSlowdown:
-        std::snprintf(buf, sizeof buf, "%.1f ms/GiB <= %.0f, ratio >= %.2f", ms_per_gib(), goal,
+        std::snprintf(buf, sizeof buf, "%.2f ms/GiB <= %.0f, ratio >= %.2f", ms_per_gib(), goal,
                       1.0 / slowdown);
         break;
     }
@@ -66,9 +66,12 @@ double time_ns(const std::function<void()>& work);
 void measure(Pair& pair, int rounds, double units, const std::function<void()>& anchor,
              const std::function<void()>& subject);
 
-// Freeze/thaw latency per engine and size, first-write fault cost with
-// tracking, and sync() cost per dirty page (bench_engine.cc).
-Result<std::vector<Pair>> run_engine_pairs(Region& region, uint64_t size, int rounds);
+// Freeze/thaw latency per engine and size (and on 2 MiB shmem THP pages when
+// enabled; `enable_huge_pages` switches shmem THP to "advise" for the run
+// when root, restoring it after), first-write fault cost with tracking, and
+// sync() cost per dirty page (bench_engine.cc).
+Result<std::vector<Pair>> run_engine_pairs(Region& region, uint64_t size, int rounds,
+                                           bool enable_huge_pages);
 
 }  // namespace rawdax::cli
 

@@ -30,17 +30,49 @@ struct RawMapping {
   MappedRange range;
 };
 
-Result<RawMapping> raw_mapping(uint64_t size) {
+// With `huge`, the mapping is 2 MiB-aligned and advised for shmem THP.
+Result<RawMapping> raw_mapping(uint64_t size, uint64_t huge = 0) {
   RawMapping m;
   m.fd.reset(::memfd_create("rawdax-bench-raw", MFD_CLOEXEC));
   if (!m.fd.valid() || ::ftruncate(m.fd.get(), static_cast<off_t>(size)) != 0) {
     return errno_error(errno, "bench memfd");
   }
-  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, m.fd.get(), 0);
+  size_t span = size + huge;
+  void* reserved = ::mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (reserved == MAP_FAILED) return errno_error(errno, "bench mmap");
+  uintptr_t at = huge ? (reinterpret_cast<uintptr_t>(reserved) + huge - 1) & ~(huge - 1)
+                      : reinterpret_cast<uintptr_t>(reserved);
+  void* p = ::mmap(reinterpret_cast<void*>(at), size, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_FIXED, m.fd.get(), 0);
   if (p == MAP_FAILED) return errno_error(errno, "bench mmap");
+  if (huge) ::madvise(p, size, MADV_HUGEPAGE);
   std::memset(p, 1, size);
   m.range = MappedRange(p, size);
   return m;
+}
+
+// Bytes of [addr, addr+len) mapped by PMDs (huge pages), from /proc/self/smaps.
+uint64_t pmd_mapped_bytes(const void* addr, uint64_t len) {
+  FILE* smaps = std::fopen("/proc/self/smaps", "r");
+  if (smaps == nullptr) return 0;
+  char line[512];
+  bool inside = false;
+  uint64_t total = 0;
+  auto lo = reinterpret_cast<uintptr_t>(addr), hi = lo + len;
+  while (std::fgets(line, sizeof line, smaps)) {
+    unsigned long start = 0, end = 0;
+    if (std::sscanf(line, "%lx-%lx ", &start, &end) == 2 && std::strchr(line, '-') < std::strchr(line, ' ')) {
+      inside = start < hi && end > lo;
+      continue;
+    }
+    unsigned long kb = 0;
+    if (inside && (std::sscanf(line, "ShmemPmdMapped: %lu kB", &kb) == 1 ||
+                   std::sscanf(line, "FilePmdMapped: %lu kB", &kb) == 1)) {
+      total += uint64_t{kb} * 1024;
+    }
+  }
+  std::fclose(smaps);
+  return total;
 }
 
 // A userfaultfd registered in WP mode on one range, optionally with a handler
@@ -167,22 +199,29 @@ Status close_bench_device(Region& region, const std::string& name, BenchDevice& 
 // write-protecting it by up to 1.5x on our machines, so the pair is measured
 // in both orders and each side keeps its best.
 Result<Pair> freeze_pair(Region& region, EngineChoice engine, uint64_t size, int rounds) {
+  const uint64_t huge = region.capabilities().huge_page_size;
   Pair pair{"freeze+thaw, " + std::string(engine_name(engine)) + ", " + format_size(size) +
-                " mapped (4K pages)",
+                (huge ? " mapped (2M pages)" : " mapped (4K pages)"),
             engine == EngineChoice::kUffd ? "UFFDIO_WRITEPROTECT on+off, same size"
                                           : "mprotect RO+RW, same size",
             0, 0, 25, "per freeze+thaw", GoalKind::kMaxMsPerGibAndSlowdown};
   pair.gib = static_cast<double>(size) / (1 << 30);
   pair.slowdown = 1.2;
+  pair.goal = huge ? 1 : 25;  // ms per GiB
   double best_anchor = 1e300, best_rawdax = 1e300;
+  bool mostly_small = false;
   const std::string name = "bench-freeze-" + std::to_string(::getpid());
   for (bool device_first : {true, false}) {
     Result<RawMapping> raw = Error(std::errc::invalid_argument, "not made");
-    if (!device_first) raw = raw_mapping(size);
+    if (!device_first) raw = raw_mapping(size, huge);
     auto dev = open_bench_device(region, name, size, engine, false);
     if (!dev) return dev.error();
-    if (device_first) raw = raw_mapping(size);
+    if (device_first) raw = raw_mapping(size, huge);
     if (!raw) return raw.error();
+    if (huge != 0 && (pmd_mapped_bytes(dev->mapping->data(), size) < size / 2 ||
+                      pmd_mapped_bytes(raw->range.data(), size) < size / 2)) {
+      mostly_small = true;
+    }
     std::unique_ptr<RawUffd> uffd;
     if (engine == EngineChoice::kUffd) {
       auto made = RawUffd::create(raw->range.data(), size, false);
@@ -213,8 +252,51 @@ Result<Pair> freeze_pair(Region& region, EngineChoice engine, uint64_t size, int
   }
   pair.anchor_ns = best_anchor;
   pair.rawdax_ns = best_rawdax;
+  if (mostly_small) pair.name += ", but mostly 4K-mapped";
   return pair;
 }
+
+constexpr const char* kShmemThp = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+// The bracketed word of the shmem THP setting, e.g. "never".
+std::string shmem_thp_mode() {
+  FILE* f = std::fopen(kShmemThp, "r");
+  if (f == nullptr) return "";
+  char buf[256] = {};
+  size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  std::string all(buf, n);
+  auto open = all.find('['), close = all.find(']');
+  if (open == std::string::npos || close == std::string::npos) return "";
+  return all.substr(open + 1, close - open - 1);
+}
+
+bool set_shmem_thp_mode(const std::string& mode) {
+  FILE* f = std::fopen(kShmemThp, "w");
+  if (f == nullptr) return false;
+  bool ok = std::fputs(mode.c_str(), f) >= 0;
+  return std::fclose(f) == 0 && ok;
+}
+
+// Turns shmem THP to "advise" for its lifetime when it is off, then restores it.
+class ShmemThpForBench {
+ public:
+  explicit ShmemThpForBench(bool allowed) : before_(shmem_thp_mode()) {
+    if (allowed && (before_ == "never" || before_ == "deny")) changed_ = set_shmem_thp_mode("advise");
+  }
+  ~ShmemThpForBench() {
+    if (changed_) set_shmem_thp_mode(before_);
+  }
+  bool on() const {
+    std::string now = shmem_thp_mode();
+    return !now.empty() && now != "never" && now != "deny";
+  }
+  const std::string& before() const { return before_; }
+
+ private:
+  std::string before_;
+  bool changed_ = false;
+};
 
 // The first store to each of `pages` pages after tracking was re-armed.
 Result<Pair> first_write_pair(Region& region, EngineChoice engine, int rounds) {
@@ -295,7 +377,8 @@ Result<Pair> sync_pair(Region& region, EngineChoice engine, uint64_t dirty, int 
 
 }  // namespace
 
-Result<std::vector<Pair>> run_engine_pairs(Region& region, uint64_t size, int rounds) {
+Result<std::vector<Pair>> run_engine_pairs(Region& region, uint64_t size, int rounds,
+                                           bool enable_huge_pages) {
   std::vector<Pair> pairs;
   std::vector<EngineChoice> engines;
   if (region.capabilities().uffd_wp_sync) engines.push_back(EngineChoice::kUffd);
@@ -305,6 +388,23 @@ Result<std::vector<Pair>> run_engine_pairs(Region& region, uint64_t size, int ro
       auto pair = freeze_pair(region, engine, bytes, rounds);
       if (!pair) return pair.error();
       pairs.push_back(*pair);
+    }
+  }
+  {  // 2 MiB pages, on a fresh memfd region that probes the THP setting anew.
+    ShmemThpForBench thp(enable_huge_pages && ::geteuid() == 0);
+    if (thp.on()) {
+      auto huge_region = Region::open("memfd:");
+      if (!huge_region) return huge_region.error();
+      for (EngineChoice engine : engines) {
+        auto pair = freeze_pair(**huge_region, engine, size * 4, rounds);
+        if (!pair) return pair.error();
+        pairs.push_back(*pair);
+      }
+    } else {
+      std::fprintf(stderr, "rawdax bench: 2M pages not measured: shmem THP is '%s'%s\n",
+                   thp.before().c_str(),
+                   enable_huge_pages ? " and could not be set to 'advise' (not root?)"
+                                     : " (--huge-pages sets it to 'advise' for the run)");
     }
   }
   for (EngineChoice engine : engines) {
