@@ -28,6 +28,7 @@
 #include "rawdax/mapping.h"
 #include "rawdax/namespace.h"
 #include "rawdax/result.h"
+#include "rawdax/snapshot.h"
 
 namespace rawdax {
 
@@ -165,6 +166,14 @@ class Device {
   // re-arms: write-protect, clear, flush, per dirty page (the kernel's order
   // for writeback), so a store racing the sync is never lost to tracking.
   Status sync();
+
+  // Writes a point-in-time image of the namespace to `path` (see
+  // docs/snapshot.md): the contents at the instant the device froze. Writers
+  // wait while the pages are copied (max_writer_stall_ns says how long).
+  // With options.base, only pages written since that snapshot are stored; it
+  // must be the last snapshot taken of this device, opened with track_dirty.
+  // The file appears complete or not at all. ENXIO after remove().
+  Result<SnapshotInfo> snapshot(const std::string& path, SnapshotOptions options = {});
 
   // The engine in use: kUffd or kMprotect.
   ProtectionEngine engine() const;

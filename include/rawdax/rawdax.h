@@ -10,5 +10,6 @@
 #include "rawdax/namespace.h"
 #include "rawdax/region.h"
 #include "rawdax/result.h"
+#include "rawdax/snapshot.h"
 
 #endif  // RAWDAX_RAWDAX_H_

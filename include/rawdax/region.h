@@ -44,6 +44,10 @@ struct DestroyOptions {
   bool force = false;
 };
 
+struct RestoreOptions {
+  bool force = false;  // resize an existing namespace of another size
+};
+
 class Region {
  public:
   static Result<std::unique_ptr<Region>> open(std::string_view spec, RegionOptions options = {});
@@ -66,6 +70,14 @@ class Region {
   // device is removed first (Device::remove(): I/O fails with ENXIO, mappings
   // are revoked and raise SIGBUS), and then destroyed.
   Status destroy_namespace(std::string_view name, DestroyOptions options = {});
+
+  // Restores snapshot `path` (and its base chain) into namespace `name`,
+  // creating it when missing. The whole chain is verified (checksums, base
+  // ids) before anything is written; on any error nothing is created or
+  // changed. EINVAL on a size mismatch unless options.force. EBUSY while the
+  // namespace is open.
+  Result<NamespaceInfo> restore_namespace(std::string_view name, const std::string& path,
+                                          RestoreOptions options = {});
 
   // Every Device of one namespace opened through this Region shares one
   // state: a resize or remove through any of them is seen by all.

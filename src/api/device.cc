@@ -7,6 +7,7 @@
 #include "device/device_core.h"
 #include "engine/protector.h"
 #include "media/persist.h"
+#include "snapshot/snapshot.h"
 
 namespace rawdax {
 namespace {
@@ -61,6 +62,10 @@ Status Device::sync() {
   Status st = engine_of(*core_).sync();
   if (!st) return st.error().with_context("namespace " + name() + ": sync: ");
   return st;
+}
+
+Result<SnapshotInfo> Device::snapshot(const std::string& path, SnapshotOptions options) {
+  return internal::take_snapshot(*core_, engine_of(*core_), path, options);
 }
 
 ProtectionEngine Device::engine() const { return engine_of(*core_).kind(); }

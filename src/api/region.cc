@@ -5,6 +5,7 @@
 #include "device/device_core.h"
 #include "engine/protector.h"
 #include "region/catalog.h"
+#include "snapshot/snapshot_file.h"
 
 namespace rawdax {
 
@@ -70,6 +71,61 @@ Result<std::unique_ptr<Device>> Region::open_device(std::string_view name,
                      " is already open with other tracking or engine options");
   }
   return std::make_unique<Device>(std::move(core), options);
+}
+
+Result<NamespaceInfo> Region::restore_namespace(std::string_view name, const std::string& path,
+                                                RestoreOptions options) {
+  const std::string what = "restore of " + path + " into namespace " + std::string(name) + ": ";
+  // Everything is checked before anything changes.
+  auto chain = internal::open_chain(path);
+  if (!chain) return chain.error().with_context(what);
+  for (const auto& file : *chain) RAWDAX_RETURN_IF_ERROR(file.verify_pages());
+  const internal::SnapshotHeader& newest = chain->front().header();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (live_core_locked(name)) {
+      return Error(std::errc::device_or_resource_busy, what + "the namespace is open");
+    }
+  }
+  bool created = false;
+  auto existing = find(name);
+  if (!existing) {
+    auto made = create_namespace({.name = std::string(name), .size = newest.namespace_size});
+    if (!made) return made.error().with_context(what);
+    created = true;
+  } else if (existing->size != newest.namespace_size && !options.force) {
+    return Error(std::errc::invalid_argument,
+                 what + "the namespace has " + std::to_string(existing->size) +
+                     " bytes, the snapshot " + std::to_string(newest.namespace_size) +
+                     " (force resizes it)");
+  }
+  auto apply = [&]() -> Status {
+    auto dev = open_device(name);
+    if (!dev) return dev.error();
+    if ((*dev)->size() != newest.namespace_size) {
+      RAWDAX_RETURN_IF_ERROR((*dev)->resize(newest.namespace_size, {.force = true}));
+    }
+    std::vector<std::byte> page(newest.page_size);
+    // Oldest (the full one) first; each later file overwrites its pages.
+    RAWDAX_RETURN_IF_ERROR((*dev)->write_zeroes(0, newest.namespace_size));
+    for (auto it = chain->rbegin(); it != chain->rend(); ++it) {
+      for (uint64_t p = 0; p < it->header().page_count(); ++p) {
+        if (!it->has_page(p)) continue;
+        uint64_t offset = p * newest.page_size;
+        std::span<std::byte> buf(page.data(),
+                                 std::min<uint64_t>(newest.page_size, newest.namespace_size - offset));
+        RAWDAX_RETURN_IF_ERROR(it->read_page(p, buf));
+        RAWDAX_RETURN_IF_ERROR((*dev)->write(offset, buf));
+      }
+    }
+    return (*dev)->flush();
+  };
+  Status applied = apply();
+  if (!applied) {
+    if (created) (void)destroy_namespace(name);
+    return applied.error().with_context(what);
+  }
+  return find(name);
 }
 
 }  // namespace rawdax

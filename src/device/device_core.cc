@@ -89,7 +89,10 @@ Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> ca
   core->view_.store(view->data());
   core->view_capacity_ = capacity;
   core->views_.push_back(std::move(*view));
-  if (options.track_dirty) core->dirty_ = std::make_unique<DirtyBitmap>();
+  if (options.track_dirty) {
+    core->dirty_ = std::make_unique<DirtyBitmap>();
+    core->snapshot_dirty_ = std::make_unique<DirtyBitmap>();
+  }
   return core;
 }
 
@@ -181,7 +184,23 @@ std::optional<LiveRef::Hold> DeviceCore::hold_for_write() {
 void DeviceCore::mark_dirty(uint64_t offset, uint64_t length) {
   if (dirty_ == nullptr || length == 0) return;
   uint64_t page = page_size();
-  dirty_->set_range(offset / page, (offset + length - 1) / page - offset / page + 1);
+  mark_pages(offset / page, (offset + length - 1) / page - offset / page + 1);
+}
+
+void DeviceCore::mark_pages(uint64_t first_page, uint64_t count) {
+  if (dirty_ == nullptr) return;
+  dirty_->set_range(first_page, count);
+  snapshot_dirty_->set_range(first_page, count);
+}
+
+DeviceCore::SnapshotRef DeviceCore::last_snapshot() const {
+  std::lock_guard<std::mutex> lock(snapshot_mu_);
+  return last_snapshot_;
+}
+
+void DeviceCore::set_last_snapshot(SnapshotRef ref) {
+  std::lock_guard<std::mutex> lock(snapshot_mu_);
+  last_snapshot_ = std::move(ref);
 }
 
 Status DeviceCore::write(uint64_t offset, std::span<const std::byte> data, WriteOptions options,

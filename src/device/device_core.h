@@ -94,7 +94,20 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   void set_observer(std::unique_ptr<MappingObserver> observer);
   MappingObserver* observer() const { return observer_.get(); }
   // The dirty bitmap fed by block writes; null unless opened with track_dirty.
+  // sync() consumes it.
   DirtyBitmap* dirty() const { return dirty_.get(); }
+  // The same pages, consumed by snapshots instead (pages since the last one).
+  DirtyBitmap* snapshot_dirty() const { return snapshot_dirty_.get(); }
+  // Marks pages dirty for both consumers.
+  void mark_pages(uint64_t first_page, uint64_t count);
+
+  // The last snapshot taken of this device in this process, the base an
+  // incremental must name. Empty id: none, or the last one failed.
+  struct SnapshotRef {
+    std::string id, checksum;
+  };
+  SnapshotRef last_snapshot() const;
+  void set_last_snapshot(SnapshotRef ref);
   const DeviceOptions& options() const { return options_; }
   // Page granularity of dirty tracking and write-protection.
   uint64_t page_size() const { return capabilities().alignment; }
@@ -144,6 +157,9 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   std::atomic<uint64_t> block_stall_total_ns_{0}, block_stall_max_ns_{0};
 
   std::unique_ptr<DirtyBitmap> dirty_;           // set at open, never replaced
+  std::unique_ptr<DirtyBitmap> snapshot_dirty_;  // likewise
+  mutable std::mutex snapshot_mu_;
+  SnapshotRef last_snapshot_;                     // guarded by snapshot_mu_
   std::unique_ptr<MappingObserver> observer_;    // set once before any map()
 };
 

@@ -90,13 +90,13 @@ Status MprotectProtector::collect_dirty_locked() {
   for (auto& [addr, watched] : writable_) {
     MappingRecord& record = *watched.record;
     if (tracker_ == nullptr) {  // whole-range: every mapped page may be dirty
-      core_.dirty()->set_range(record.offset / page, record.mapped_len / page);
+      core_.mark_pages(record.offset / page, record.mapped_len / page);
       continue;
     }
     auto found = tracker_->scan_and_reprotect(
         record.addr, record.mapped_len, [&](void* start, size_t bytes) {
           uint64_t offset = offset_of(record, static_cast<std::byte*>(start));
-          core_.dirty()->set_range(offset / page, bytes / page);
+          core_.mark_pages(offset / page, bytes / page);
         });
     if (!found) return found.error().with_context("namespace " + core_.name() + ": ");
     faults_.fetch_add(*found / page, std::memory_order_relaxed);

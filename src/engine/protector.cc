@@ -82,6 +82,12 @@ Status Protector::sync() {
   return flush_dirty_locked();
 }
 
+Status Protector::collect_dirty() {
+  if (!tracking()) return ok();
+  std::lock_guard<std::mutex> lock(mu_);
+  return collect_dirty_locked();
+}
+
 Status Protector::flush_dirty_locked() {
   const uint64_t page = core_.page_size();
   const uint64_t size = core_.size();

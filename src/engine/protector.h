@@ -52,6 +52,9 @@ class Protector : public MappingObserver {
   Status freeze(std::chrono::nanoseconds timeout);
   void thaw();
   Status sync();
+  // Moves pages written through mappings into the dirty bitmaps and
+  // write-protects them again (what sync does before it flushes).
+  Status collect_dirty();
   void add_stats(DeviceStats& stats) const;
 
  protected:

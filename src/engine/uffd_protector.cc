@@ -112,7 +112,7 @@ void UffdProtector::release_all_locked() {
     // protected, and their first store will be tracked as usual.
     for (const Parked& p : parked_) {
       if (MappingRecord* record = find_locked(p.page)) {
-        core_.dirty()->set(offset_of(*record, p.page) / page);
+        core_.mark_pages(offset_of(*record, p.page) / page, 1);
         (void)write_protect(p.page, page, false);
       }
     }
@@ -174,7 +174,7 @@ void UffdProtector::handle_faults() {
         parked_.push_back({addr, std::chrono::steady_clock::now()});
         continue;
       }
-      if (tracking()) core_.dirty()->set(offset_of(*record, addr) / page);
+      if (tracking()) core_.mark_pages(offset_of(*record, addr) / page, 1);
       (void)write_protect(addr, page, false);
     }
   }

@@ -11,6 +11,7 @@ namespace rawdax::cli {
 
 void register_namespace_commands(CLI::App& app, int* exit_code);  // list, create, destroy
 void register_serve_command(CLI::App& app, int* exit_code);
+void register_snapshot_commands(CLI::App& app, int* exit_code);  // snapshot, restore, verify
 void register_bench_command(CLI::App& app, int* exit_code);
 
 }  // namespace rawdax::cli

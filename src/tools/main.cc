@@ -9,6 +9,7 @@ int main(int argc, char** argv) {
   app.set_help_all_flag("--help-all", "Show help for every verb");
   int exit_code = 0;
   rawdax::cli::register_namespace_commands(app, &exit_code);
+  rawdax::cli::register_snapshot_commands(app, &exit_code);
   rawdax::cli::register_serve_command(app, &exit_code);
   rawdax::cli::register_bench_command(app, &exit_code);
   try {

@@ -1,0 +1,44 @@
+// Point-in-time snapshots of a namespace: options and results.
+// Plain value types. See Device::snapshot(), Region::restore_namespace() and
+// verify_snapshot().
+#ifndef RAWDAX_SNAPSHOT_H_
+#define RAWDAX_SNAPSHOT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "rawdax/result.h"
+
+namespace rawdax {
+
+struct SnapshotOptions {
+  // Empty: a full snapshot. Otherwise the path of this device's previous
+  // snapshot: only the pages written since it are stored (needs a device
+  // opened with track_dirty).
+  std::string base;
+};
+
+struct SnapshotInfo {
+  std::string path;
+  std::string id;
+  std::string base_id;         // empty for a full snapshot
+  std::string base_path;       // as recorded in the file
+  std::string source_uuid;
+  uint64_t namespace_size = 0;
+  uint64_t page_size = 0;
+  uint64_t pages = 0;          // pages stored in this file
+  uint64_t bytes_written = 0;  // page bytes stored
+  uint64_t duration_ns = 0;    // taking it (0 when read back from a file)
+  uint64_t max_writer_stall_ns = 0;
+};
+
+// Checks a snapshot file and its whole base chain: header and data
+// checksums, the page bitmap, and that each base has the recorded id and
+// checksum. Returns the chain, newest first; the error names the file and
+// what is wrong.
+Result<std::vector<SnapshotInfo>> verify_snapshot(const std::string& path);
+
+}  // namespace rawdax
+
+#endif  // RAWDAX_SNAPSHOT_H_

@@ -1,0 +1,111 @@
+// The snapshot file format (docs/snapshot.md): writing and reading one file.
+//
+//   [0, 4096)              header: "RAWDAXSNAP 1\n" + JSON (padded with zeros)
+//   [4096, …)              page bitmap: one bit per page of the namespace
+//   then, 8-aligned        page checksum table: xxh64 of each stored page, by page
+//   then, page-aligned     data area: page i at data_offset + i * page_size;
+//                          pages not in the bitmap are holes (not stored)
+//
+// The header's JSON holds the geometry, ids, the base's id/checksum/path,
+// xxh64 of the bitmap and of the checksum table, and header_checksum: xxh64
+// of the JSON without that field. header_checksum identifies the whole file:
+// it covers the bitmap and table checksums, which cover every stored page.
+//
+// SnapshotWriter writes to PATH.tmp.<pid> and renames it over PATH only in
+// finish(), after an fsync, so a crash never leaves a complete-looking file.
+// Neither class is thread-safe; SnapshotWriter::write_page may be called in
+// any page order.
+#ifndef RAWDAX_SNAPSHOT_SNAPSHOT_FILE_H_
+#define RAWDAX_SNAPSHOT_SNAPSHOT_FILE_H_
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/unique_fd.h"
+#include "rawdax/result.h"
+#include "rawdax/snapshot.h"
+
+namespace rawdax::internal {
+
+struct SnapshotHeader {
+  uint64_t version = 1;
+  std::string id;
+  std::string source_uuid;
+  uint64_t namespace_size = 0;
+  uint64_t page_size = 0;
+  std::string base_id;
+  std::string base_checksum;  // hex; empty for a full snapshot
+  std::string base_path;
+  uint64_t stored_pages = 0;
+  std::string bitmap_checksum;
+  std::string table_checksum;
+  std::string header_checksum;
+
+  uint64_t page_count() const { return (namespace_size + page_size - 1) / page_size; }
+  uint64_t bitmap_offset() const { return 4096; }
+  uint64_t bitmap_bytes() const { return (page_count() + 7) / 8; }
+  uint64_t table_offset() const { return (bitmap_offset() + bitmap_bytes() + 7) & ~uint64_t{7}; }
+  uint64_t data_offset() const {
+    uint64_t end = table_offset() + 8 * page_count();
+    return (end + page_size - 1) / page_size * page_size;
+  }
+  uint64_t file_size() const { return data_offset() + page_count() * page_size; }
+};
+
+class SnapshotWriter {
+ public:
+  static Result<SnapshotWriter> create(const std::string& path, SnapshotHeader header);
+  SnapshotWriter(SnapshotWriter&&) = default;
+  SnapshotWriter& operator=(SnapshotWriter&&) = default;
+  ~SnapshotWriter();  // removes the temporary file unless finish() succeeded
+
+  Status write_page(uint64_t page, std::span<const std::byte> data);
+  bool has_page(uint64_t page) const { return (bitmap_[page / 8] >> (page % 8)) & 1; }
+  // Writes bitmap, table and header, fsyncs, renames into place.
+  Result<SnapshotHeader> finish();
+
+ private:
+  SnapshotWriter() = default;
+  std::string path_, tmp_path_;
+  UniqueFd fd_;
+  SnapshotHeader header_;
+  std::vector<uint8_t> bitmap_;
+  std::vector<uint64_t> checksums_;
+  bool done_ = false;
+};
+
+class SnapshotFile {
+ public:
+  // Reads and checks the header, bitmap and checksum table (not the pages).
+  static Result<SnapshotFile> open(const std::string& path);
+  const SnapshotHeader& header() const { return header_; }
+  const std::string& path() const { return path_; }
+  bool has_page(uint64_t page) const { return (bitmap_[page / 8] >> (page % 8)) & 1; }
+  // Reads a stored page and checks its checksum.
+  Status read_page(uint64_t page, std::span<std::byte> out) const;
+  // Reads every stored page and checks its checksum.
+  Status verify_pages() const;
+  // The base's path, resolved against this file's directory when relative.
+  std::string resolved_base_path() const;
+  SnapshotInfo info() const;
+
+ private:
+  SnapshotFile() = default;
+  std::string path_;
+  UniqueFd fd_;
+  SnapshotHeader header_;
+  std::vector<uint8_t> bitmap_;
+  std::vector<uint64_t> checksums_;
+};
+
+// Opens `path` and its base chain, checking that each base has the recorded
+// id and checksum. Returns the chain newest first. Does not read pages.
+Result<std::vector<SnapshotFile>> open_chain(const std::string& path);
+
+std::string hex64(uint64_t value);
+
+}  // namespace rawdax::internal
+
+#endif  // RAWDAX_SNAPSHOT_SNAPSHOT_FILE_H_

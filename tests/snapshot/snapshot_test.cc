@@ -1,0 +1,210 @@
+// Snapshots: one cut, full and incremental chains, restore, verify, and
+// refusal of every kind of damage with nothing created.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <gtest/gtest.h>
+#include <random>
+#include <vector>
+
+#include "rawdax/rawdax.h"
+#include "test_util.h"
+
+namespace rawdax {
+namespace {
+
+using ::rawdax::testing::ScratchDir;
+using ::rawdax::testing::ScratchRegion;
+using ::rawdax::testing::TestMedia;
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kSize = 256 * kPage;
+
+class SnapshotTest : public ::testing::TestWithParam<TestMedia> {
+ protected:
+  void SetUp() override {
+    auto region = Region::open(scratch_.spec(), {.create = true});
+    ASSERT_TRUE(region) << region.error().message();
+    region_ = std::move(*region);
+    ASSERT_TRUE(region_->create_namespace({.name = "src", .size = kSize}));
+    auto dev = region_->open_device("src", {.track_dirty = true});
+    ASSERT_TRUE(dev) << dev.error().message();
+    dev_ = std::move(*dev);
+  }
+  std::string file(const std::string& name) const { return files_.path() + "/" + name; }
+  void fill_page(uint64_t page, uint8_t value) {
+    std::vector<std::byte> buf(kPage, std::byte{value});
+    ASSERT_TRUE(dev_->write(page * kPage, buf));
+  }
+  std::vector<std::byte> contents(const std::string& name) {
+    auto dev = region_->open_device(name);
+    EXPECT_TRUE(dev) << dev.error().message();
+    std::vector<std::byte> out(dev ? (*dev)->size() : 0);
+    if (dev) {
+      EXPECT_TRUE((*dev)->read(0, out));
+    }
+    return out;
+  }
+  std::vector<std::byte> source() {
+    std::vector<std::byte> out(kSize);
+    EXPECT_TRUE(dev_->read(0, out));
+    return out;
+  }
+  void flip_byte(const std::string& path, uint64_t offset) {
+    int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    char c;
+    ASSERT_EQ(::pread(fd, &c, 1, static_cast<off_t>(offset)), 1);
+    c = static_cast<char>(c ^ 0x40);
+    ASSERT_EQ(::pwrite(fd, &c, 1, static_cast<off_t>(offset)), 1);
+    ::close(fd);
+  }
+  // A restore that must fail with `text` and leave no namespace behind.
+  void expect_refused(const std::string& path, const std::string& text) {
+    auto restored = region_->restore_namespace("victim", path);
+    ASSERT_FALSE(restored) << path;
+    EXPECT_NE(restored.error().message().find(text), std::string::npos)
+        << restored.error().message();
+    EXPECT_FALSE(region_->find("victim")) << "a refused restore created the namespace";
+    auto verified = verify_snapshot(path);
+    ASSERT_FALSE(verified);
+    EXPECT_NE(verified.error().message().find(text), std::string::npos)
+        << verified.error().message();
+  }
+
+  ScratchRegion scratch_{GetParam()};
+  ScratchDir files_{::rawdax::testing::disk_parent()};
+  std::unique_ptr<Region> region_;
+  std::unique_ptr<Device> dev_;
+};
+
+TEST_P(SnapshotTest, FullSnapshotStoresNoHolesAndRestoresExactly) {
+  for (uint64_t page : {0, 3, 4, 100, 255}) fill_page(page, static_cast<uint8_t>(page % 200 + 1));
+  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  ASSERT_TRUE(m);
+  m->data()[50 * kPage + 7] = std::byte{9};  // a store through a mapping counts too
+  auto info = dev_->snapshot(file("full.snap"));
+  ASSERT_TRUE(info) << info.error().message();
+  EXPECT_EQ(info->pages, 6u);  // the hole pages of the sparse namespace are not stored
+  EXPECT_EQ(info->bytes_written, 6 * kPage);
+  EXPECT_TRUE(info->base_id.empty());
+  EXPECT_FALSE(std::filesystem::exists(file("full.snap") + ".tmp." + std::to_string(::getpid())));
+
+  auto chain = verify_snapshot(file("full.snap"));
+  ASSERT_TRUE(chain) << chain.error().message();
+  ASSERT_EQ(chain->size(), 1u);
+  EXPECT_EQ((*chain)[0].id, info->id);
+
+  auto restored = region_->restore_namespace("copy", file("full.snap"));
+  ASSERT_TRUE(restored) << restored.error().message();
+  EXPECT_EQ(restored->size, kSize);
+  EXPECT_EQ(contents("copy"), source());
+}
+
+TEST_P(SnapshotTest, IncrementalChainEqualsTheSource) {
+  for (uint64_t page = 0; page < 256; page += 2) fill_page(page, 1);
+  auto full = dev_->snapshot(file("a.snap"));
+  ASSERT_TRUE(full) << full.error().message();
+  fill_page(1, 2);
+  fill_page(2, 2);
+  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  ASSERT_TRUE(m);
+  m->data()[77 * kPage] = std::byte{3};
+  auto inc1 = dev_->snapshot(file("b.snap"), {.base = file("a.snap")});
+  ASSERT_TRUE(inc1) << inc1.error().message();
+  EXPECT_EQ(inc1->pages, 3u);  // exactly the pages written since the base
+  EXPECT_EQ(inc1->base_id, full->id);
+  std::vector<std::byte> zero(kPage);
+  ASSERT_TRUE(dev_->write(4 * kPage, zero));  // zeroing is a change too
+  m->data()[200 * kPage + 1] = std::byte{4};
+  auto inc2 = dev_->snapshot(file("c.snap"), {.base = file("b.snap")});
+  ASSERT_TRUE(inc2) << inc2.error().message();
+  EXPECT_EQ(inc2->pages, 2u);
+
+  EXPECT_EQ(inc2->base_path, "b.snap");  // recorded relative to its own directory
+
+  auto chain = verify_snapshot(file("c.snap"));
+  ASSERT_TRUE(chain) << chain.error().message();
+  EXPECT_EQ(chain->size(), 3u);
+  auto restored = region_->restore_namespace("copy", file("c.snap"));
+  ASSERT_TRUE(restored) << restored.error().message();
+  EXPECT_EQ(contents("copy"), source());
+}
+
+TEST_P(SnapshotTest, IncrementalNeedsTheLastSnapshotAsBase) {
+  fill_page(1, 1);
+  ASSERT_TRUE(dev_->snapshot(file("a.snap")));
+  ASSERT_TRUE(dev_->snapshot(file("b.snap"), {.base = file("a.snap")}));
+  auto stale = dev_->snapshot(file("c.snap"), {.base = file("a.snap")});
+  ASSERT_FALSE(stale);
+  EXPECT_NE(stale.error().message().find("not the last snapshot"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(file("c.snap")));
+  auto missing = dev_->snapshot(file("d.snap"), {.base = file("nope.snap")});
+  ASSERT_FALSE(missing);
+  EXPECT_NE(missing.error().message().find("nope.snap"), std::string::npos);
+}
+
+TEST_P(SnapshotTest, DamageIsRefusedAndNothingIsCreated) {
+  for (uint64_t page : {1, 2, 9}) fill_page(page, 7);
+  ASSERT_TRUE(dev_->snapshot(file("a.snap")));
+  fill_page(9, 8);
+  ASSERT_TRUE(dev_->snapshot(file("b.snap"), {.base = file("a.snap")}));
+
+  // A flipped byte in a stored page.
+  std::filesystem::copy_file(file("a.snap"), file("flip.snap"));
+  auto header = verify_snapshot(file("a.snap"));
+  ASSERT_TRUE(header);
+  uint64_t size = std::filesystem::file_size(file("flip.snap"));
+  flip_byte(file("flip.snap"), size - kSize + 2 * kPage + 100);  // data area: page 2
+  expect_refused(file("flip.snap"), "fails its checksum");
+
+  // A truncated file.
+  std::filesystem::copy_file(file("a.snap"), file("short.snap"));
+  std::filesystem::resize_file(file("short.snap"), size / 2);
+  expect_refused(file("short.snap"), "truncated");
+
+  // A flipped byte in the header.
+  std::filesystem::copy_file(file("a.snap"), file("head.snap"));
+  flip_byte(file("head.snap"), 40);
+  expect_refused(file("head.snap"), "snapshot");
+
+  // A wrong base: the incremental's recorded base replaced by another snapshot.
+  std::filesystem::rename(file("a.snap"), file("a.orig"));
+  ASSERT_TRUE(dev_->snapshot(file("a.snap")));  // a new full snapshot under the old name
+  expect_refused(file("b.snap"), "expected");
+
+  // The base changed after the incremental was made: its data is damaged.
+  std::filesystem::remove(file("a.snap"));
+  std::filesystem::copy_file(file("a.orig"), file("a.snap"));
+  flip_byte(file("a.snap"), size - kSize + 1 * kPage + 5);
+  expect_refused(file("b.snap"), "fails its checksum");
+}
+
+TEST_P(SnapshotTest, RestoreRefusesAnotherSizeUnlessForced) {
+  fill_page(5, 5);
+  ASSERT_TRUE(dev_->snapshot(file("a.snap")));
+  ASSERT_TRUE(region_->create_namespace({.name = "small", .size = 16 * kPage}));
+  auto refused = region_->restore_namespace("small", file("a.snap"));
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message().find("force"), std::string::npos);
+  EXPECT_EQ(region_->find("small")->size, 16 * kPage);
+  auto forced = region_->restore_namespace("small", file("a.snap"), {.force = true});
+  ASSERT_TRUE(forced) << forced.error().message();
+  EXPECT_EQ(forced->size, kSize);
+  EXPECT_EQ(contents("small"), source());
+}
+
+TEST_P(SnapshotTest, SnapshotAfterRemoveFailsClearly) {
+  ASSERT_TRUE(dev_->remove());
+  auto snap = dev_->snapshot(file("x.snap"));
+  ASSERT_FALSE(snap);
+  EXPECT_EQ(snap.error().code(), std::errc::no_such_device_or_address);
+  EXPECT_FALSE(std::filesystem::exists(file("x.snap")));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllMedia, SnapshotTest, RAWDAX_ALL_MEDIA, testing::param_name);
+
+}  // namespace
+}  // namespace rawdax
