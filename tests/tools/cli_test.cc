@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -88,6 +89,37 @@ TEST_F(CliTest, ResizeNamespace) {
   EXPECT_NE(missing.err.find("nope"), std::string::npos);
 }
 
+TEST_F(CliTest, SnapshotVerifyRestore) {
+  ASSERT_EQ(rawdax("create-namespace --region " + region() + " -n s -s 1M").exit_code, 0);
+  std::string snap = dir_.path() + "/s.snap";
+  CliRun taken = rawdax("snapshot s " + snap + " --json --region " + region());
+  ASSERT_EQ(taken.exit_code, 0) << taken.err;
+  auto info = nlohmann::json::parse(taken.out);
+  EXPECT_EQ(info["pages"], 0u);  // a fresh namespace is all holes
+  EXPECT_EQ(info["namespace_size"], 1u << 20);
+
+  CliRun verified = rawdax("verify " + snap + " --json");
+  ASSERT_EQ(verified.exit_code, 0) << verified.err;
+  EXPECT_EQ(nlohmann::json::parse(verified.out)[0]["id"], info["id"]);
+
+  CliRun restored = rawdax("restore t " + snap + " --region " + region());
+  ASSERT_EQ(restored.exit_code, 0) << restored.err;
+  EXPECT_EQ(nlohmann::json::parse(restored.out)["size"], 1u << 20);
+
+  std::filesystem::resize_file(snap, 100);
+  CliRun bad = rawdax("verify " + snap);
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("truncated"), std::string::npos) << bad.err;
+  CliRun refused = rawdax("restore u " + snap + " --region " + region());
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_EQ(nlohmann::json::parse(rawdax("list --region " + region()).out).size(), 2u);
+
+  CliRun no_base = rawdax("snapshot s " + dir_.path() + "/i.snap --base " + snap +
+                          " --region " + region());
+  EXPECT_NE(no_base.exit_code, 0);
+  EXPECT_NE(no_base.err.find("s.snap"), std::string::npos) << no_base.err;
+}
+
 TEST_F(CliTest, CapabilitiesAsJson) {
   CliRun run = rawdax("list --capabilities --json --region " + region());
   ASSERT_EQ(run.exit_code, 0) << run.err;
@@ -133,7 +165,8 @@ TEST_F(CliTest, BadInputGivesOneClearLineAndChangesNothing) {
 
 TEST_F(CliTest, EveryVerbHasHelp) {
   for (const char* verb :
-       {"list", "create-namespace", "destroy-namespace", "resize-namespace", "serve", "bench"}) {
+       {"list", "create-namespace", "destroy-namespace", "resize-namespace", "snapshot", "restore",
+        "verify", "serve", "bench"}) {
     CliRun run = rawdax(std::string(verb) + " --help");
     EXPECT_EQ(run.exit_code, 0) << verb;
     EXPECT_NE(run.out.find("--region"), std::string::npos) << verb << ": " << run.out;
