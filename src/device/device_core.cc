@@ -181,6 +181,22 @@ std::optional<LiveRef::Hold> DeviceCore::hold_for_write() {
   return hold;
 }
 
+void DeviceCore::set_copier(PageCopier* copier) {
+  copier_.store(copier, std::memory_order_release);
+  if (copier == nullptr) {
+    // A writer that loaded the old copier holds a writer ref: drain them.
+    if (ref_.freeze()) ref_.unfreeze();
+  }
+}
+
+// Before a block write changes pages, a live snapshot copies them.
+void DeviceCore::before_block_write(uint64_t offset, uint64_t length) {
+  PageCopier* copier = copier_.load(std::memory_order_acquire);
+  if (copier == nullptr || length == 0) [[likely]] return;
+  uint64_t page = page_size();
+  copier->before_write(offset / page, (offset + length - 1) / page - offset / page + 1);
+}
+
 void DeviceCore::mark_dirty(uint64_t offset, uint64_t length) {
   if (dirty_ == nullptr || length == 0) return;
   uint64_t page = page_size();
@@ -208,6 +224,7 @@ Status DeviceCore::write(uint64_t offset, std::span<const std::byte> data, Write
   auto hold = hold_for_write();
   if (!hold) return removed_error("write");
   RAWDAX_RETURN_IF_ERROR(check_range("write", offset, data.size(), size(), true, read_only));
+  before_block_write(offset, data.size());
   std::byte* view = view_.load(std::memory_order_acquire);
   if (!data.empty()) std::memcpy(view + offset, data.data(), data.size());
   mark_dirty(offset, data.size());
@@ -223,6 +240,7 @@ Status DeviceCore::write_zeroes(uint64_t offset, uint64_t length, ZeroOptions op
   auto hold = hold_for_write();
   if (!hold) return removed_error(op);
   RAWDAX_RETURN_IF_ERROR(check_range(op, offset, length, size(), true, read_only));
+  before_block_write(offset, length);
   mark_dirty(offset, length);
   (is_discard ? discards_ : write_zeroes_).fetch_add(1, kRelaxed);
   return zero_range(offset, length, !options.no_hole);

@@ -45,6 +45,7 @@
 #include "common/unique_fd.h"
 #include "device/dirty_bitmap.h"
 #include "device/mapping_observer.h"
+#include "device/page_copier.h"
 #include "rawdax/device.h"
 #include "ref/live_ref.h"
 #include "region/catalog.h"
@@ -101,6 +102,11 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   // Marks pages dirty for both consumers.
   void mark_pages(uint64_t first_page, uint64_t count);
 
+  // Installs (or, with nullptr, removes) the live snapshot's copier. Removal
+  // returns once no block write can still be inside the old one.
+  void set_copier(PageCopier* copier);
+  PageCopier* copier() const { return copier_.load(std::memory_order_acquire); }
+
   // The last snapshot taken of this device in this process, the base an
   // incremental must name. Empty id: none, or the last one failed.
   struct SnapshotRef {
@@ -127,6 +133,7 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   // A writer hold; while frozen it parks, and the wait counts as a stall.
   std::optional<LiveRef::Hold> hold_for_write();
   void mark_dirty(uint64_t offset, uint64_t length);
+  void before_block_write(uint64_t offset, uint64_t length);
   // Maps `capacity` bytes of the backing object as a new block-face view.
   Result<MappedRange> map_view(uint64_t capacity) const;
   // Replaces a mapping's pages with a placeholder that raises SIGBUS.
@@ -161,6 +168,7 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   mutable std::mutex snapshot_mu_;
   SnapshotRef last_snapshot_;                     // guarded by snapshot_mu_
   std::unique_ptr<MappingObserver> observer_;    // set once before any map()
+  std::atomic<PageCopier*> copier_{nullptr};
 };
 
 }  // namespace rawdax::internal

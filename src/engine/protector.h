@@ -55,6 +55,12 @@ class Protector : public MappingObserver {
   // Moves pages written through mappings into the dirty bitmaps and
   // write-protects them again (what sync does before it flushes).
   Status collect_dirty();
+  // Whether write faults can copy pages for a live snapshot (uffd engine).
+  bool supports_live_copy() const { return kind_ == ProtectionEngine::kUffd; }
+  // After a live snapshot: pages it left protected take stores again at once
+  // (untracked devices only; tracking wants them protected). Also waits out
+  // any fault handler still using the copier.
+  virtual Status unprotect_all_if_untracked() { return ok(); }
   void add_stats(DeviceStats& stats) const;
 
  protected:

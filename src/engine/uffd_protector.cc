@@ -66,7 +66,9 @@ Status UffdProtector::on_map(MappingRecord& record) {
   std::lock_guard<std::mutex> lock(mu_);
   // Born protected while frozen (it must not take stores) or tracking (its
   // first store to each page must be seen).
-  if (frozen_ || tracking()) RAWDAX_RETURN_IF_ERROR(write_protect(record.addr, record.mapped_len, true));
+  if (frozen_ || tracking() || core_.copier() != nullptr) {
+    RAWDAX_RETURN_IF_ERROR(write_protect(record.addr, record.mapped_len, true));
+  }
   writable_[record.addr] = &record;
   return ok();
 }
@@ -105,19 +107,17 @@ Status UffdProtector::protect_all_locked() {
 }
 
 void UffdProtector::release_all_locked() {
-  const uint64_t page = core_.page_size();
   for (const Parked& p : parked_) record_stall(elapsed_ns(p.since));
-  if (tracking()) {
-    // Unparked stores land now: their pages are dirty. Pages nobody wrote stay
-    // protected, and their first store will be tracked as usual.
+  if (tracking() || core_.copier() != nullptr) {
+    // Unparked stores land now, one page at a time, as in resolve_locked().
+    // Pages nobody wrote stay protected: their first store is still seen.
     for (const Parked& p : parked_) {
-      if (MappingRecord* record = find_locked(p.page)) {
-        core_.mark_pages(offset_of(*record, p.page) / page, 1);
-        (void)write_protect(p.page, page, false);
-      }
+      if (MappingRecord* record = find_locked(p.page)) resolve_locked(*record, p.page);
     }
   } else {
-    for (auto& [addr, record] : writable_) (void)write_protect(record->addr, record->mapped_len, false);
+    for (auto& [addr, record] : writable_) {
+      (void)write_protect(record->addr, record->mapped_len, false);
+    }
   }
   parked_.clear();
 }
@@ -150,6 +150,26 @@ Status UffdProtector::collect_dirty_locked() {
   return ok();
 }
 
+// Lets the first store to a protected page land: a live snapshot copies the
+// page first, tracking marks it dirty, then the page is unprotected (which
+// wakes the writer).
+void UffdProtector::resolve_locked(MappingRecord& record, std::byte* page_addr) {
+  const uint64_t page = core_.page_size();
+  const uint64_t index = offset_of(record, page_addr) / page;
+  if (PageCopier* copier = core_.copier()) copier->before_write(index, 1);
+  if (tracking()) core_.mark_pages(index, 1);
+  (void)write_protect(page_addr, page, false);
+}
+
+Status UffdProtector::unprotect_all_if_untracked() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (tracking() || frozen_) return ok();
+  for (auto& [addr, record] : writable_) {
+    RAWDAX_RETURN_IF_ERROR(write_protect(record->addr, record->mapped_len, false));
+  }
+  return ok();
+}
+
 void UffdProtector::handle_faults() {
   const uint64_t page = core_.page_size();
   pollfd fds[2] = {{uffd_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
@@ -174,8 +194,7 @@ void UffdProtector::handle_faults() {
         parked_.push_back({addr, std::chrono::steady_clock::now()});
         continue;
       }
-      if (tracking()) core_.mark_pages(offset_of(*record, addr) / page, 1);
-      (void)write_protect(addr, page, false);
+      resolve_locked(*record, addr);
     }
   }
 }

@@ -1,5 +1,7 @@
 // UffdProtector: the protection engine on media where sync userfaultfd
-// write-protect works (shmem/tmpfs, memfd, hugetlbfs).
+// write-protect works (shmem/tmpfs, memfd, hugetlbfs). It also carries live
+// snapshots: while the device has a PageCopier, a write fault copies the page
+// before unprotecting it (copy-before-write).
 //
 // One userfaultfd per device, every writable mapping registered in WP mode,
 // and one handler thread. A write fault on a protected page is, by state:
@@ -37,6 +39,7 @@ class UffdProtector : public Protector {
   ~UffdProtector() override;
 
   Status on_map(MappingRecord& record) override;
+  Status unprotect_all_if_untracked() override;
   void on_unmap(MappingRecord& record) override;
   void on_revoked(MappingRecord& record) override;
 
@@ -49,6 +52,7 @@ class UffdProtector : public Protector {
  private:
   explicit UffdProtector(DeviceCore& core) : Protector(core, ProtectionEngine::kUffd) {}
   void handle_faults();
+  void resolve_locked(MappingRecord& record, std::byte* page_addr);
   void forget_locked(MappingRecord& record);
   Status write_protect(std::byte* addr, uint64_t len, bool protect) const;
   void wake(std::byte* addr, uint64_t len) const;

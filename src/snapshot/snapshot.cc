@@ -26,6 +26,64 @@ bool all_zero(std::span<const std::byte> data) {
   return true;
 }
 
+// The pages of a live snapshot still to be copied, and the copying itself.
+// A writer about to change a page (write fault or block write) copies it
+// first; a background thread copies the rest. Each page is copied once, under
+// mu_, from the device's view, which write-protection or the copier hook
+// keeps unchanged until then.
+class LiveCopy : public PageCopier {
+ public:
+  LiveCopy(DeviceCore& core, SnapshotWriter& writer, std::vector<uint8_t> todo, bool skip_zero)
+      : core_(core), writer_(writer), todo_(std::move(todo)), skip_zero_(skip_zero),
+        page_(core.page_size()) {}
+
+  void before_write(uint64_t first_page, uint64_t count) override {
+    auto start = std::chrono::steady_clock::now();
+    std::lock_guard<std::mutex> lock(mu_);
+    for (uint64_t p = first_page; p < first_page + count && p < todo_.size(); ++p) copy_locked(p);
+    uint64_t ns = elapsed_ns(start);
+    if (ns > max_stall_ns_) max_stall_ns_ = ns;
+  }
+
+  // Copies every page not copied yet, in order.
+  void copy_rest() {
+    for (uint64_t p = 0; p < todo_.size(); ++p) {
+      std::lock_guard<std::mutex> lock(mu_);
+      copy_locked(p);
+    }
+  }
+
+  Status status() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return status_;
+  }
+  uint64_t max_stall_ns() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return max_stall_ns_;
+  }
+
+ private:
+  void copy_locked(uint64_t index) {
+    if (!todo_[index] || !status_) return;
+    todo_[index] = 0;
+    const uint64_t ps = page_.size(), size = core_.size();
+    uint64_t offset = index * ps;
+    if (offset >= size) return;
+    std::span<std::byte> buf(page_.data(), std::min<uint64_t>(ps, size - offset));
+    status_ = core_.read(offset, buf);
+    if (status_ && !(skip_zero_ && all_zero(buf))) status_ = writer_.write_page(index, buf);
+  }
+
+  DeviceCore& core_;
+  SnapshotWriter& writer_;
+  std::mutex mu_;
+  std::vector<uint8_t> todo_;  // guarded by mu_
+  const bool skip_zero_;
+  std::vector<std::byte> page_;  // guarded by mu_
+  Status status_;                // guarded by mu_
+  uint64_t max_stall_ns_ = 0;    // guarded by mu_
+};
+
 Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std::string& path,
                                  const SnapshotOptions& options) {
   const auto start = std::chrono::steady_clock::now();
@@ -85,27 +143,51 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
   RAWDAX_RETURN_IF_ERROR(engine.collect_dirty());
 
   const uint64_t ps = header.page_size;
-  std::vector<std::byte> page(ps);
-  Status copied;
-  auto copy = [&](uint64_t index, bool skip_zero) {
-    if (!copied) return;
-    uint64_t offset = index * ps;
-    if (offset >= header.namespace_size) return;
-    std::span<std::byte> buf(page.data(), std::min(ps, header.namespace_size - offset));
-    copied = core.read(offset, buf);
-    if (copied && !(skip_zero && all_zero(buf))) copied = writer->write_page(index, buf);
-  };
-  if (incremental) {
-    core.snapshot_dirty()->take([&](uint64_t first, uint64_t count) {
-      for (uint64_t i = first; i < first + count; ++i) copy(i, /*skip_zero=*/false);
-    });
+  uint64_t stall = 0;
+  if (engine.supports_live_copy()) {
+    // Live: the pages to copy are fixed now; a copier keeps each one until it
+    // is copied, and the device thaws at once.
+    std::vector<uint8_t> todo(header.page_count(), incremental ? 0 : 1);
+    if (incremental) {
+      core.snapshot_dirty()->take([&](uint64_t first, uint64_t count) {
+        for (uint64_t i = first; i < first + count && i < todo.size(); ++i) todo[i] = 1;
+      });
+    } else if (core.snapshot_dirty() != nullptr) {
+      core.snapshot_dirty()->take([](uint64_t, uint64_t) {});
+    }
+    LiveCopy live(core, *writer, std::move(todo), /*skip_zero=*/!incremental);
+    core.set_copier(&live);
+    stall = elapsed_ns(frozen_at);
+    thaw.now();
+    live.copy_rest();
+    core.set_copier(nullptr);
+    RAWDAX_RETURN_IF_ERROR(engine.unprotect_all_if_untracked());
+    if (Status st = live.status(); !st) return st.error().with_context(what);
+    stall = std::max(stall, live.max_stall_ns());
   } else {
-    if (core.snapshot_dirty() != nullptr) core.snapshot_dirty()->take([](uint64_t, uint64_t) {});
-    for (uint64_t i = 0; i < header.page_count(); ++i) copy(i, /*skip_zero=*/true);
+    // Frozen copy: writers wait until every page is copied.
+    std::vector<std::byte> page(ps);
+    Status copied;
+    auto copy = [&](uint64_t index, bool skip_zero) {
+      if (!copied) return;
+      uint64_t offset = index * ps;
+      if (offset >= header.namespace_size) return;
+      std::span<std::byte> buf(page.data(), std::min(ps, header.namespace_size - offset));
+      copied = core.read(offset, buf);
+      if (copied && !(skip_zero && all_zero(buf))) copied = writer->write_page(index, buf);
+    };
+    if (incremental) {
+      core.snapshot_dirty()->take([&](uint64_t first, uint64_t count) {
+        for (uint64_t i = first; i < first + count; ++i) copy(i, /*skip_zero=*/false);
+      });
+    } else {
+      if (core.snapshot_dirty() != nullptr) core.snapshot_dirty()->take([](uint64_t, uint64_t) {});
+      for (uint64_t i = 0; i < header.page_count(); ++i) copy(i, /*skip_zero=*/true);
+    }
+    if (!copied) return copied.error().with_context(what);
+    stall = elapsed_ns(frozen_at);
+    thaw.now();
   }
-  if (!copied) return copied.error().with_context(what);
-  uint64_t stall = elapsed_ns(frozen_at);
-  thaw.now();
   auto done = writer->finish();
   if (!done) return done.error().with_context(what);
   core.set_last_snapshot({done->id, done->header_checksum});

@@ -1,6 +1,13 @@
 // Taking a snapshot of an open device (the snapshot layer, above the
-// protection engine). The image is the device's contents at one instant:
-// the device is frozen while its pages are copied (writers wait for the copy).
+// protection engine). The image is the device's contents at one instant: the
+// instant the device froze.
+//  - Live (uffd engine): the freeze write-protects every mapping and lasts
+//    only while the page set is fixed and a copier is installed; then the
+//    device thaws, a writer about to change a page not yet copied copies it
+//    first (copy-before-write: its stall is one page copy), and this thread
+//    copies the rest.
+//  - Frozen copy (mprotect engine): the device stays frozen while every page
+//    is copied.
 // A full snapshot stores every page that is not all zeros; an incremental
 // stores the pages written since the base, which must be the last snapshot
 // taken of this device (the tracking epoch restarts at every snapshot).
