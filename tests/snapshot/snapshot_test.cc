@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <future>
 #include <optional>
 #include <thread>
 #include <gtest/gtest.h>
@@ -305,6 +306,27 @@ TEST_P(OneCutTest, IncrementalChainWhileAWriterSweeps) {
   ASSERT_TRUE(last) << last.error().message();
   EXPECT_LT(last->pages, kPages + 1);
   expect_one_cut(file("c.snap"), "copy");
+}
+
+TEST_P(SnapshotTest, RemoveDuringASnapshotEndsBothCleanly) {
+  const uint64_t big = 128ull << 20;
+  ASSERT_TRUE(region_->create_namespace({.name = "big", .size = big}));
+  auto dev = region_->open_device("big");
+  ASSERT_TRUE(dev);
+  std::vector<std::byte> data(1 << 20, std::byte{1});
+  for (uint64_t off = 0; off < big; off += data.size()) ASSERT_TRUE((*dev)->write(off, data));
+  auto snap = std::async(std::launch::async, [&] { return (*dev)->snapshot(file("big.snap")); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE((*dev)->remove());
+  auto result = snap.get();
+  if (result) {
+    // The copy won the race: the file must then be whole.
+    EXPECT_TRUE(verify_snapshot(file("big.snap")));
+  } else {
+    EXPECT_EQ(result.error().code(), std::errc::no_such_device_or_address)
+        << result.error().message();
+    EXPECT_FALSE(std::filesystem::exists(file("big.snap")));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllMedia, SnapshotTest, RAWDAX_ALL_MEDIA, testing::param_name);
