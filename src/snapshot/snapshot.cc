@@ -4,6 +4,8 @@
 #include <cstring>
 #include <filesystem>
 #include <mutex>
+#include <thread>
+#include <atomic>
 #include <vector>
 
 #include "common/uuid.h"
@@ -35,21 +37,35 @@ class LiveCopy : public PageCopier {
  public:
   LiveCopy(DeviceCore& core, SnapshotWriter& writer, std::vector<uint8_t> todo, bool skip_zero)
       : core_(core), writer_(writer), todo_(std::move(todo)), skip_zero_(skip_zero),
-        page_(core.page_size()) {}
+        buffer_(kBatchPages * core.page_size()) {}
 
   void before_write(uint64_t first_page, uint64_t count) override {
     auto start = std::chrono::steady_clock::now();
+    waiting_.fetch_add(1);
     std::lock_guard<std::mutex> lock(mu_);
-    for (uint64_t p = first_page; p < first_page + count && p < todo_.size(); ++p) copy_locked(p);
+    waiting_.fetch_sub(1);
+    for (uint64_t p = first_page; p < first_page + count && p < todo_.size(); ++p) {
+      copy_run_locked(p, p + 1);
+    }
     uint64_t ns = elapsed_ns(start);
     if (ns > max_stall_ns_) max_stall_ns_ = ns;
   }
 
-  // Copies every page not copied yet, in order.
+  // Copies every page not copied yet, in order, a short run at a time so a
+  // writer waiting on mu_ waits for one run at most.
   void copy_rest() {
-    for (uint64_t p = 0; p < todo_.size(); ++p) {
-      std::lock_guard<std::mutex> lock(mu_);
-      copy_locked(p);
+    for (uint64_t p = 0; p < todo_.size();) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        while (p < todo_.size() && !todo_[p]) ++p;
+        uint64_t end = p;
+        while (end < todo_.size() && todo_[end] && end - p < kBatchPages) ++end;
+        copy_run_locked(p, end);
+        p = end;
+      }
+      // std::mutex is not fair: without this a waiting writer could watch the
+      // copier take the lock back run after run, and stall for the whole copy.
+      while (waiting_.load() > 0) std::this_thread::yield();
     }
   }
 
@@ -63,23 +79,42 @@ class LiveCopy : public PageCopier {
   }
 
  private:
-  void copy_locked(uint64_t index) {
-    if (!todo_[index] || !status_) return;
-    todo_[index] = 0;
-    const uint64_t ps = page_.size(), size = core_.size();
-    uint64_t offset = index * ps;
-    if (offset >= size) return;
-    std::span<std::byte> buf(page_.data(), std::min<uint64_t>(ps, size - offset));
-    status_ = core_.read(offset, buf);
-    if (status_ && !(skip_zero_ && all_zero(buf))) status_ = writer_.write_page(index, buf);
+  // Copies pages [first, end), all still to do, in one read; stores the runs
+  // of them that are not all zeros (or all of them, for an incremental).
+  void copy_run_locked(uint64_t first, uint64_t end) {
+    if (first >= end || !todo_[first] || !status_) return;
+    const uint64_t ps = core_.page_size(), size = core_.size();
+    if (first * ps >= size) return;
+    end = std::min(end, (size + ps - 1) / ps);
+    std::span<std::byte> run(buffer_.data(), std::min((end - first) * ps, size - first * ps));
+    status_ = core_.read(first * ps, run);
+    for (uint64_t p = first; p < end; ++p) todo_[p] = 0;
+    auto page_of = [&](uint64_t p) {
+      uint64_t at = (p - first) * ps;
+      return run.subspan(at, std::min(ps, run.size() - at));
+    };
+    for (uint64_t p = first; p < end && status_;) {
+      if (skip_zero_ && all_zero(page_of(p))) {
+        ++p;
+        continue;
+      }
+      uint64_t q = p + 1;
+      while (q < end && !(skip_zero_ && all_zero(page_of(q)))) ++q;
+      uint64_t at = (p - first) * ps;
+      status_ = writer_.write_pages(p, run.subspan(at, std::min((q - p) * ps, run.size() - at)));
+      p = q;
+    }
   }
+
+  static constexpr uint64_t kBatchPages = 16;
 
   DeviceCore& core_;
   SnapshotWriter& writer_;
   std::mutex mu_;
   std::vector<uint8_t> todo_;  // guarded by mu_
   const bool skip_zero_;
-  std::vector<std::byte> page_;  // guarded by mu_
+  std::vector<std::byte> buffer_;  // guarded by mu_
+  std::atomic<int> waiting_{0};     // writers waiting for mu_
   Status status_;                // guarded by mu_
   uint64_t max_stall_ns_ = 0;    // guarded by mu_
 };
@@ -174,7 +209,7 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
       if (offset >= header.namespace_size) return;
       std::span<std::byte> buf(page.data(), std::min(ps, header.namespace_size - offset));
       copied = core.read(offset, buf);
-      if (copied && !(skip_zero && all_zero(buf))) copied = writer->write_page(index, buf);
+      if (copied && !(skip_zero && all_zero(buf))) copied = writer->write_pages(index, buf);
     };
     if (incremental) {
       core.snapshot_dirty()->take([&](uint64_t first, uint64_t count) {

@@ -97,21 +97,23 @@ SnapshotWriter::~SnapshotWriter() {
   if (!done_ && !tmp_path_.empty() && fd_.valid()) ::unlink(tmp_path_.c_str());
 }
 
-Status SnapshotWriter::write_page(uint64_t page, std::span<const std::byte> data) {
+Status SnapshotWriter::write_pages(uint64_t first_page, std::span<const std::byte> data) {
   const uint64_t ps = header_.page_size;
   RAWDAX_RETURN_IF_ERROR(pwrite_all(fd_.get(), data.data(), data.size(),
-                                    header_.data_offset() + page * ps, tmp_path_));
-  if (!has_page(page)) ++header_.stored_pages;
-  bitmap_[page / 8] = static_cast<uint8_t>(bitmap_[page / 8] | (1u << (page % 8)));
-  // A short last page is checked as if zero-padded, as it reads back.
-  std::vector<std::byte> padded;
-  std::span<const std::byte> whole = data;
-  if (data.size() < ps) {
-    padded.assign(ps, std::byte{0});
-    std::memcpy(padded.data(), data.data(), data.size());
-    whole = padded;
+                                    header_.data_offset() + first_page * ps, tmp_path_));
+  for (uint64_t done = 0, page = first_page; done < data.size(); done += ps, ++page) {
+    if (!has_page(page)) ++header_.stored_pages;
+    bitmap_[page / 8] = static_cast<uint8_t>(bitmap_[page / 8] | (1u << (page % 8)));
+    std::span<const std::byte> one = data.subspan(done, std::min<uint64_t>(ps, data.size() - done));
+    // A short last page is checked as if zero-padded, as it reads back.
+    std::vector<std::byte> padded;
+    if (one.size() < ps) {
+      padded.assign(ps, std::byte{0});
+      std::memcpy(padded.data(), one.data(), one.size());
+      one = padded;
+    }
+    checksums_[page] = XXH64(one.data(), one.size(), page);
   }
-  checksums_[page] = XXH64(whole.data(), whole.size(), page);
   return ok();
 }
 

@@ -13,7 +13,7 @@
 //
 // SnapshotWriter writes to PATH.tmp.<pid> and renames it over PATH only in
 // finish(), after an fsync, so a crash never leaves a complete-looking file.
-// Neither class is thread-safe; SnapshotWriter::write_page may be called in
+// Neither class is thread-safe; SnapshotWriter::write_pages may be called in
 // any page order.
 #ifndef RAWDAX_SNAPSHOT_SNAPSHOT_FILE_H_
 #define RAWDAX_SNAPSHOT_SNAPSHOT_FILE_H_
@@ -61,7 +61,8 @@ class SnapshotWriter {
   SnapshotWriter& operator=(SnapshotWriter&&) = default;
   ~SnapshotWriter();  // removes the temporary file unless finish() succeeded
 
-  Status write_page(uint64_t page, std::span<const std::byte> data);
+  // Stores consecutive pages starting at first_page (the last may be short).
+  Status write_pages(uint64_t first_page, std::span<const std::byte> data);
   bool has_page(uint64_t page) const { return (bitmap_[page / 8] >> (page % 8)) & 1; }
   // Writes bitmap, table and header, fsyncs, renames into place.
   Result<SnapshotHeader> finish();
