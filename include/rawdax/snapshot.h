@@ -1,10 +1,12 @@
 // Point-in-time snapshots of a namespace: options and results.
-// Plain value types. See Device::snapshot(), Region::restore_namespace() and
+// Plain value types. Option members have default initializers so that
+// designated initializers may omit any of them without -Wextra warnings. See Device::snapshot(), Region::restore_namespace() and
 // verify_snapshot().
 #ifndef RAWDAX_SNAPSHOT_H_
 #define RAWDAX_SNAPSHOT_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -16,7 +18,10 @@ struct SnapshotOptions {
   // Empty: a full snapshot. Otherwise the path of this device's previous
   // snapshot: only the pages written since it are stored (needs a device
   // opened with track_dirty).
-  std::string base;
+  std::string base = {};
+  // Called now and then from the snapshotting thread with pages examined so
+  // far and the total; for progress bars. May be empty.
+  std::function<void(uint64_t done, uint64_t total)> progress = nullptr;
 };
 
 struct SnapshotInfo {

@@ -53,8 +53,10 @@ class LiveCopy : public PageCopier {
 
   // Copies every page not copied yet, in order, a short run at a time so a
   // writer waiting on mu_ waits for one run at most.
-  void copy_rest() {
+  void copy_rest(const std::function<void(uint64_t, uint64_t)>& progress) {
+    uint64_t reported = 0;
     for (uint64_t p = 0; p < todo_.size();) {
+      if (progress && p - reported >= kProgressPages) progress(reported = p, todo_.size());
       {
         std::lock_guard<std::mutex> lock(mu_);
         while (p < todo_.size() && !todo_[p]) ++p;
@@ -107,6 +109,7 @@ class LiveCopy : public PageCopier {
   }
 
   static constexpr uint64_t kBatchPages = 16;
+  static constexpr uint64_t kProgressPages = 4096;
 
   DeviceCore& core_;
   SnapshotWriter& writer_;
@@ -194,7 +197,7 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
     core.set_copier(&live);
     stall = elapsed_ns(frozen_at);
     thaw.now();
-    live.copy_rest();
+    live.copy_rest(options.progress);
     core.set_copier(nullptr);
     RAWDAX_RETURN_IF_ERROR(engine.unprotect_all_if_untracked());
     if (Status st = live.status(); !st) return st.error().with_context(what);
@@ -217,12 +220,16 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
       });
     } else {
       if (core.snapshot_dirty() != nullptr) core.snapshot_dirty()->take([](uint64_t, uint64_t) {});
-      for (uint64_t i = 0; i < header.page_count(); ++i) copy(i, /*skip_zero=*/true);
+      for (uint64_t i = 0; i < header.page_count(); ++i) {
+        if (options.progress && i % 4096 == 0) options.progress(i, header.page_count());
+        copy(i, /*skip_zero=*/true);
+      }
     }
     if (!copied) return copied.error().with_context(what);
     stall = elapsed_ns(frozen_at);
     thaw.now();
   }
+  if (options.progress) options.progress(header.page_count(), header.page_count());
   auto done = writer->finish();
   if (!done) return done.error().with_context(what);
   core.set_last_snapshot({done->id, done->header_checksum});

@@ -1,5 +1,8 @@
 // Verbs: snapshot, restore, verify.
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <cstdio>
 #include <iostream>
 #include <memory>
 
@@ -45,7 +48,17 @@ int run_snapshot(const SnapshotVerbOptions& options) {
   // daemon that keeps the device open.
   auto dev = (*region)->open_device(options.name, {.track_dirty = !options.base.empty()});
   if (!dev) return fail(dev.error());
-  auto info = (*dev)->snapshot(options.file, {.base = options.base});
+  SnapshotOptions snap{.base = options.base};
+  if (::isatty(STDERR_FILENO)) {
+    snap.progress = [](uint64_t done, uint64_t total) {
+      int width = 40, filled = total ? static_cast<int>(width * done / total) : width;
+      std::fprintf(stderr, "\r[%s%s] %3d%%", std::string(filled, '#').c_str(),
+                   std::string(width - filled, ' ').c_str(),
+                   total ? static_cast<int>(100 * done / total) : 100);
+      if (done == total) std::fputc('\n', stderr);
+    };
+  }
+  auto info = (*dev)->snapshot(options.file, snap);
   if (!info) return fail(info.error());
   if (options.global.json) {
     print_json(to_json(*info, options.global.human));

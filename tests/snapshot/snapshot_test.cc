@@ -90,8 +90,17 @@ TEST_P(SnapshotTest, FullSnapshotStoresNoHolesAndRestoresExactly) {
   auto m = dev_->map(0, kSize, Access::ReadWrite);
   ASSERT_TRUE(m);
   m->data()[50 * kPage + 7] = std::byte{9};  // a store through a mapping counts too
-  auto info = dev_->snapshot(file("full.snap"));
+  uint64_t last_done = 0, last_total = 0, calls = 0;
+  auto info = dev_->snapshot(file("full.snap"), {.progress = [&](uint64_t done, uint64_t total) {
+                                                   EXPECT_GE(done, last_done);
+                                                   last_done = done;
+                                                   last_total = total;
+                                                   ++calls;
+                                                 }});
   ASSERT_TRUE(info) << info.error().message();
+  EXPECT_GE(calls, 1u);
+  EXPECT_EQ(last_done, kSize / kPage);  // the last report is complete
+  EXPECT_EQ(last_total, kSize / kPage);
   EXPECT_EQ(info->pages, 6u);  // the hole pages of the sparse namespace are not stored
   EXPECT_EQ(info->bytes_written, 6 * kPage);
   EXPECT_TRUE(info->base_id.empty());
