@@ -166,6 +166,33 @@ Status DeviceCore::read(uint64_t offset, std::span<std::byte> out) {
   return ok();
 }
 
+Status DeviceCore::read_for_copy(uint64_t offset, std::span<std::byte> out) {
+  auto hold = ref_.hold(RefAccess::kRead);
+  if (!hold) return removed_error("read");
+  RAWDAX_RETURN_IF_ERROR(check_range("read", offset, out.size(), size(), false, false));
+  for (size_t done = 0; done < out.size();) {
+    ssize_t n = ::pread(fd_.get(), out.data() + done, out.size() - done,
+                        static_cast<off_t>(offset + done));
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EINVAL && errno != ENODEV && errno != ESPIPE) {
+      return errno_error(errno, "namespace " + name_ + ": read at offset " +
+                                    std::to_string(offset + done));
+    }
+    // No read() on this media, or a short file (cannot happen while the
+    // size holds): copy from the view.
+    std::memcpy(out.data() + done, view_.load(std::memory_order_acquire) + offset + done,
+                out.size() - done);
+    break;
+  }
+  reads_.fetch_add(1, kRelaxed);
+  bytes_read_.fetch_add(out.size(), kRelaxed);
+  return ok();
+}
+
 std::optional<LiveRef::Hold> DeviceCore::hold_for_write() {
   if (ref_.freeze_depth() == 0) [[likely]] return ref_.hold(RefAccess::kWrite);
   // Frozen: the hold parks until thaw; account for the stall.

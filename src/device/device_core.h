@@ -77,6 +77,11 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   bool removed() const { return ref_.killed(); }
 
   Status read(uint64_t offset, std::span<std::byte> out);
+  // read() for bulk copiers (snapshots): through the backing file where the
+  // media allows it, so a copy of the whole namespace does not fault in the
+  // view's page tables one by one (on virtualised hosts each fault costs
+  // more than copying its page). Falls back to the view (devdax).
+  Status read_for_copy(uint64_t offset, std::span<std::byte> out);
   Status write(uint64_t offset, std::span<const std::byte> data, WriteOptions options,
                bool read_only);
   Status write_zeroes(uint64_t offset, uint64_t length, ZeroOptions options, bool is_discard,

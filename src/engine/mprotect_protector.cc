@@ -30,7 +30,9 @@ Status MprotectProtector::on_map(MappingRecord& record) {
       return tracked.error().with_context("namespace " + core_.name() + ": ");
     }
   }
-  if (frozen_) {  // born read-only: it must not take stores until thaw
+  // Born read-only while frozen (no stores until thaw) or during a live
+  // snapshot (no store before its chunk is copied).
+  if (frozen_ || core_.copier() != nullptr) {
     SegvParking::set_frozen(*slot, true);
     if (::mprotect(record.addr, record.mapped_len, PROT_READ) != 0) {
       int err = errno;
@@ -78,6 +80,8 @@ Status MprotectProtector::protect_all_locked() {
 }
 
 void MprotectProtector::release_all_locked() {
+  // A live snapshot keeps everything read-only; its copier releases chunks.
+  if (core_.copier() != nullptr) return;
   for (auto& [addr, watched] : writable_) {
     // Writable before unfrozen: a woken store retries and lands.
     ::mprotect(watched.record->addr, watched.record->mapped_len, PROT_READ | PROT_WRITE);
@@ -101,6 +105,54 @@ Status MprotectProtector::collect_dirty_locked() {
     if (!found) return found.error().with_context("namespace " + core_.name() + ": ");
     faults_.fetch_add(*found / page, std::memory_order_relaxed);
   }
+  return ok();
+}
+
+uint64_t MprotectProtector::live_chunk_pages() const {
+  return std::max<uint64_t>(1, (uint64_t{2} << 20) / core_.page_size());
+}
+
+void MprotectProtector::release_copied(uint64_t first_page, uint64_t count) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (frozen_) return;  // thaw of that freeze leaves them to the copier again
+  const uint64_t page = core_.page_size();
+  const uint64_t lo = first_page * page, hi = (first_page + count) * page;
+  for (auto& [addr, watched] : writable_) {
+    MappingRecord& record = *watched.record;
+    uint64_t from = std::max(lo, record.offset);
+    uint64_t to = std::min(hi, record.offset + record.mapped_len);
+    if (from >= to) continue;
+    // Writable before the wake-up: a woken store retries and lands.
+    ::mprotect(record.addr + (from - record.offset), to - from, PROT_READ | PROT_WRITE);
+    SegvParking::wake(watched.slot);
+  }
+}
+
+std::vector<uint64_t> MprotectProtector::take_demanded_pages() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<uint64_t> pages;
+  const uint64_t page = core_.page_size();
+  for (auto& [addr, watched] : writable_) {
+    uintptr_t at = SegvParking::take_demand(watched.slot);
+    MappingRecord& record = *watched.record;
+    auto* p = reinterpret_cast<std::byte*>(at & ~uintptr_t{page - 1});
+    if (at != 0 && p >= record.addr && p < record.addr + record.mapped_len) {
+      pages.push_back(offset_of(record, p) / page);
+    }
+  }
+  return pages;
+}
+
+bool MprotectProtector::demand_changed(uint32_t* seen) const {
+  uint32_t now = SegvParking::demand_count();
+  if (now == *seen) return false;
+  *seen = now;
+  return true;
+}
+
+Status MprotectProtector::end_live_copy() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!frozen_) release_all_locked();  // else that freeze's thaw does it
   return ok();
 }
 

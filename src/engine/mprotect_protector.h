@@ -10,6 +10,15 @@
 // Kernel-mode writes (read(2) into a frozen mapping) are not stores by the
 // thread: they fail with EFAULT. That is a documented limit of this engine.
 //
+// Live snapshot: at the instant the mappings are frozen as above, and thaw
+// leaves them so (slots frozen, read-only). The copier copies 2 MiB chunks in
+// order and makes each writable again; a store into a chunk not yet copied
+// parks and posts its address, and the copier serves that chunk next. So a
+// store waits for at most the chunk in flight plus its own chunk's copy
+// (about 2 ms at 2 GB/s), and the mapping splits into at most a few VMAs per
+// chunk served out of order. Kernel-mode writes get EFAULT until its chunk is
+// copied.
+//
 // Tracking: async userfaultfd write-protect plus PAGEMAP_SCAN (write_tracker.h)
 // reports and re-protects written pages in one ioctl where the kernel allows
 // it; otherwise every writable mapped page counts as dirty at each sync
@@ -35,6 +44,13 @@ class MprotectProtector : public Protector {
   Status on_map(MappingRecord& record) override;
   void on_unmap(MappingRecord& record) override;
   void on_revoked(MappingRecord& record) override;
+
+  // Live snapshots: 2 MiB chunks (or the page size, if larger).
+  uint64_t live_chunk_pages() const override;
+  void release_copied(uint64_t first_page, uint64_t count) override;
+  std::vector<uint64_t> take_demanded_pages() override;
+  bool demand_changed(uint32_t* seen) const override;
+  Status end_live_copy() override;
 
   // True when tracking falls back to "every mapped page is dirty".
   bool whole_range_tracking() const { return tracking() && tracker_ == nullptr; }

@@ -33,7 +33,7 @@ void Protector::record_stall(uint64_t ns) {
   }
 }
 
-Status Protector::freeze(std::chrono::nanoseconds timeout) {
+Status Protector::freeze(std::chrono::nanoseconds timeout, bool persist) {
   std::lock_guard<std::mutex> serial(freeze_mu_);
   if (depth_ > 0) {
     ++depth_;
@@ -44,7 +44,7 @@ Status Protector::freeze(std::chrono::nanoseconds timeout) {
     std::lock_guard<std::mutex> lock(mu_);
     frozen_ = true;
     Status st = protect_all_locked();
-    if (st) st = tracking() ? flush_dirty_locked() : core_.persist(0, core_.size());
+    if (st && persist) st = tracking() ? flush_dirty_locked() : core_.persist(0, core_.size());
     if (!st) {
       frozen_ = false;
       release_all_locked();

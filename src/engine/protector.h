@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "device/device_core.h"
 #include "device/mapping_observer.h"
@@ -49,18 +50,37 @@ class Protector : public MappingObserver {
   ~Protector() override = default;
 
   ProtectionEngine kind() const { return kind_; }
-  Status freeze(std::chrono::nanoseconds timeout);
+  // persist=false skips step 3 (a snapshot copies memory, not media; pages
+  // stay dirty for the next sync).
+  Status freeze(std::chrono::nanoseconds timeout, bool persist = true);
   void thaw();
   Status sync();
   // Moves pages written through mappings into the dirty bitmaps and
   // write-protects them again (what sync does before it flushes).
   Status collect_dirty();
-  // Whether write faults can copy pages for a live snapshot (uffd engine).
-  bool supports_live_copy() const { return kind_ == ProtectionEngine::kUffd; }
-  // After a live snapshot: pages it left protected take stores again at once
-  // (untracked devices only; tracking wants them protected). Also waits out
-  // any fault handler still using the copier.
-  virtual Status unprotect_all_if_untracked() { return ok(); }
+  // --- Live snapshots (src/snapshot drives these) ---
+  // While a PageCopier is installed, thaw leaves the mappings protected: a
+  // store to a page not yet copied waits for its copy. The uffd engine copies
+  // it from the fault handler (one page); the mprotect engine parks the store
+  // and posts a demand that the copier serves a chunk at a time.
+  //
+  // The copier's unit: pages per run, and the granularity release_copied()
+  // makes writable again (2 MiB on the mprotect engine, so that the mapping
+  // splits into few VMAs).
+  virtual uint64_t live_chunk_pages() const = 0;
+  // Pages [first_page, +count) are copied: their mappings may take stores
+  // without faulting, unless frozen meanwhile (or tracked on the uffd engine,
+  // where the first store must still be seen). Wakes stores parked on them.
+  virtual void release_copied(uint64_t first_page, uint64_t count) = 0;
+  // Pages that parked stores wait for (mprotect engine; none on uffd).
+  virtual std::vector<uint64_t> take_demanded_pages() { return {}; }
+  // Whether take_demanded_pages() may have something new since `*seen`
+  // (updated); cheap enough to call between runs.
+  virtual bool demand_changed(uint32_t* /*seen*/) const { return false; }
+  // After the copier is removed: what is still protected for the snapshot
+  // takes stores again (tracking's protection stays on the uffd engine).
+  // Also waits out any fault handler still using the copier.
+  virtual Status end_live_copy() = 0;
   void add_stats(DeviceStats& stats) const;
 
  protected:

@@ -33,12 +33,15 @@ struct alignas(64) Slot {
   std::atomic<uint64_t> parked{0};
   std::atomic<uint64_t> stall_total_ns{0};
   std::atomic<uint64_t> stall_max_ns{0};
+  std::atomic<uintptr_t> demand{0};  // an address a parked thread waits for
 };
 static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t) &&
                   std::atomic<uint32_t>::is_always_lock_free,
               "the futex syscall needs a plain 32-bit word");
 
 Slot g_slots[SegvParking::kMaxSlots];
+// Bumped (and futex-woken) whenever a thread parks: see wait_for_demand().
+std::atomic<uint32_t> g_demands{0};
 // One past the highest slot in use: the handler scans [0, g_high_water).
 // Raised before a slot is published, lowered after it is cleared.
 std::atomic<int> g_high_water{0};
@@ -120,6 +123,12 @@ Verdict handle_fault(const siginfo_t* info) {
     matched = true;
     const uint32_t ctl = slot.ctl.load(std::memory_order_acquire);
     if ((ctl & kFrozen) != 0) {
+      // Posted before sleeping, so a live copier serving demands learns which
+      // page this thread waits for (a later poster may overwrite it; the
+      // overwritten thread posts again after its next wake-up).
+      slot.demand.store(addr, std::memory_order_release);
+      g_demands.fetch_add(1, std::memory_order_release);
+      futex_wake_all(&g_demands);
       park(slot, reg, ctl);
       t_blind_retries = 0;
       return Verdict::kRetry;
@@ -228,6 +237,7 @@ Result<int> SegvParking::register_range(void* start, size_t len) {
   slot.parked.store(0, std::memory_order_relaxed);
   slot.stall_total_ns.store(0, std::memory_order_relaxed);
   slot.stall_max_ns.store(0, std::memory_order_relaxed);
+  slot.demand.store(0, std::memory_order_relaxed);
   // Not frozen; unregister already cleared it, this only guards against a
   // stale set_frozen() on the free slot.
   slot.ctl.fetch_and(~kFrozen, std::memory_order_relaxed);
@@ -279,6 +289,29 @@ void SegvParking::set_frozen(int slot_id, bool frozen) {
   if ((slot->ctl.fetch_and(~kFrozen, std::memory_order_seq_cst) & kFrozen) != 0) {
     futex_wake_all(&slot->ctl);
   }
+}
+
+void SegvParking::wake(int slot_id) {
+  Slot* slot = slot_at(slot_id);
+  if (slot == nullptr || (slot->reg.load(std::memory_order_acquire) & kInUse) == 0) return;
+  // A new epoch, still frozen: sleepers see the word change, retry their
+  // store, and park again (posting their demand anew) if it still faults.
+  slot->ctl.fetch_add(kCountStep, std::memory_order_seq_cst);
+  futex_wake_all(&slot->ctl);
+}
+
+uintptr_t SegvParking::take_demand(int slot_id) {
+  Slot* slot = slot_at(slot_id);
+  if (slot == nullptr) return 0;
+  return slot->demand.exchange(0, std::memory_order_acquire);
+}
+
+uint32_t SegvParking::demand_count() { return g_demands.load(std::memory_order_acquire); }
+
+void SegvParking::wait_for_demand(uint32_t seen, std::chrono::nanoseconds timeout) {
+  timespec ts{static_cast<time_t>(timeout.count() / 1000000000),
+              static_cast<long>(timeout.count() % 1000000000)};
+  futex_wait(&g_demands, seen, &ts);
 }
 
 SegvParking::Stats SegvParking::stats(int slot_id) {

@@ -62,6 +62,7 @@
 #ifndef RAWDAX_ENGINE_SEGV_PARKING_H_
 #define RAWDAX_ENGINE_SEGV_PARKING_H_
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 
@@ -91,6 +92,19 @@ class SegvParking {
   // frozen=true: call BEFORE mprotect(PROT_READ). frozen=false: call AFTER
   // restoring PROT_WRITE; wakes the parked threads. Ignores free slots.
   static void set_frozen(int slot, bool frozen);
+
+  // Live copy (a snapshot on this engine keeps slots frozen while a copier
+  // makes chunks writable again one by one):
+  // Wakes the slot's parked threads without thawing it; each retries its
+  // store and parks again if the page is still read-only.
+  static void wake(int slot);
+  // The address some thread parked on this slot is waiting for, or 0; taking
+  // it clears it. Parking posts the address, then bumps a process-wide
+  // counter (demand_count) and wakes wait_for_demand().
+  static uintptr_t take_demand(int slot);
+  static uint32_t demand_count();
+  // Sleeps until demand_count() differs from `seen`, or the timeout.
+  static void wait_for_demand(uint32_t seen, std::chrono::nanoseconds timeout);
 
   struct Stats {
     uint64_t parked = 0;          // stores parked and released while registered

@@ -123,6 +123,9 @@ void UffdProtector::release_all_locked() {
 }
 
 Status UffdProtector::collect_dirty_locked() {
+  // Frozen: every mapping is write-protected already, and faults have put
+  // the pages written before in the bitmap.
+  if (frozen_) return ok();
   // Faults already put mapping stores in the bitmap; protect those pages again.
   // One ioctl per dirty run costs about as much as protecting 64 pages in bulk
   // (it flushes the TLB each time), so many scattered runs are cheaper to
@@ -161,13 +164,25 @@ void UffdProtector::resolve_locked(MappingRecord& record, std::byte* page_addr) 
   (void)write_protect(page_addr, page, false);
 }
 
-Status UffdProtector::unprotect_all_if_untracked() {
+Status UffdProtector::end_live_copy() {
   std::lock_guard<std::mutex> lock(mu_);
   if (tracking() || frozen_) return ok();
   for (auto& [addr, record] : writable_) {
     RAWDAX_RETURN_IF_ERROR(write_protect(record->addr, record->mapped_len, false));
   }
   return ok();
+}
+
+void UffdProtector::release_copied(uint64_t first_page, uint64_t count) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (tracking() || frozen_) return;
+  const uint64_t page = core_.page_size();
+  const uint64_t lo = first_page * page, hi = (first_page + count) * page;
+  for (auto& [addr, record] : writable_) {
+    uint64_t from = std::max(lo, record->offset);
+    uint64_t to = std::min(hi, record->offset + record->mapped_len);
+    if (from < to) (void)write_protect(record->addr + (from - record->offset), to - from, false);
+  }
 }
 
 void UffdProtector::handle_faults() {

@@ -39,7 +39,9 @@ class UffdProtector : public Protector {
   ~UffdProtector() override;
 
   Status on_map(MappingRecord& record) override;
-  Status unprotect_all_if_untracked() override;
+  uint64_t live_chunk_pages() const override { return 64; }
+  void release_copied(uint64_t first_page, uint64_t count) override;
+  Status end_live_copy() override;
   void on_unmap(MappingRecord& record) override;
   void on_revoked(MappingRecord& record) override;
 

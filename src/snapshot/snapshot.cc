@@ -1,6 +1,7 @@
 #include "snapshot/snapshot.h"
 
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <mutex>
@@ -30,44 +31,50 @@ bool all_zero(std::span<const std::byte> data) {
 
 // The pages of a live snapshot still to be copied, and the copying itself.
 // A writer about to change a page (write fault or block write) copies it
-// first; a background thread copies the rest. Each page is copied once, under
-// mu_, from the device's view, which write-protection or the copier hook
-// keeps unchanged until then.
+// first; a background thread copies the rest, a run at a time, and lets the
+// mappings take stores on each run once it is safe.
+//
+// Ordering: each page moves kTodo -> kCopying -> kDone under mu_, exactly
+// once, and is copied by whoever moved it to kCopying, outside mu_. The
+// device's view cannot change a page before kDone: stores to it fault
+// (write-protection) and block writes call before_write(), which returns only
+// when every page it names is kDone. So a writer waits for at most its own
+// pages' copy, or for the one run in flight that holds its page.
 class LiveCopy : public PageCopier {
  public:
-  LiveCopy(DeviceCore& core, SnapshotWriter& writer, std::vector<uint8_t> todo, bool skip_zero)
-      : core_(core), writer_(writer), todo_(std::move(todo)), skip_zero_(skip_zero),
-        buffer_(kBatchPages * core.page_size()) {}
+  // `unchanged(page, data)`: the page need not be stored (a zero page of a
+  // full snapshot, a page equal to the base's); may be empty.
+  using Unchanged = std::function<bool(uint64_t page, std::span<const std::byte> data)>;
+  LiveCopy(DeviceCore& core, Protector& engine, SnapshotWriter& writer, std::vector<uint8_t> todo,
+           Unchanged unchanged)
+      : core_(core), engine_(engine), writer_(writer), state_(std::move(todo)),
+        unchanged_(std::move(unchanged)) {}
 
   void before_write(uint64_t first_page, uint64_t count) override {
     auto start = std::chrono::steady_clock::now();
-    waiting_.fetch_add(1);
-    std::lock_guard<std::mutex> lock(mu_);
-    waiting_.fetch_sub(1);
-    for (uint64_t p = first_page; p < first_page + count && p < todo_.size(); ++p) {
-      copy_run_locked(p, p + 1);
-    }
+    std::vector<std::byte> buffer;
+    std::unique_lock<std::mutex> lock(mu_);
+    copy_range_locked(lock, first_page, first_page + count, buffer);
     uint64_t ns = elapsed_ns(start);
     if (ns > max_stall_ns_) max_stall_ns_ = ns;
   }
 
-  // Copies every page not copied yet, in order, a short run at a time so a
-  // writer waiting on mu_ waits for one run at most.
+  // Copies every page not copied yet, a chunk at a time, in order except
+  // that chunks stores are parked on go first; makes each chunk writable
+  // again once copied.
   void copy_rest(const std::function<void(uint64_t, uint64_t)>& progress) {
+    const uint64_t chunk = engine_.live_chunk_pages();
+    const uint64_t chunks = (state_.size() + chunk - 1) / chunk;
+    uint32_t demand_seen = 0;
     uint64_t reported = 0;
-    for (uint64_t p = 0; p < todo_.size();) {
-      if (progress && p - reported >= kProgressPages) progress(reported = p, todo_.size());
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        while (p < todo_.size() && !todo_[p]) ++p;
-        uint64_t end = p;
-        while (end < todo_.size() && todo_[end] && end - p < kBatchPages) ++end;
-        copy_run_locked(p, end);
-        p = end;
+    for (uint64_t c = 0; c < chunks; ++c) {
+      if (engine_.demand_changed(&demand_seen)) {
+        for (uint64_t page : engine_.take_demanded_pages()) copy_chunk(page / chunk, chunk);
       }
-      // std::mutex is not fair: without this a waiting writer could watch the
-      // copier take the lock back run after run, and stall for the whole copy.
-      while (waiting_.load() > 0) std::this_thread::yield();
+      if (progress && c * chunk - reported >= kProgressPages) {
+        progress(reported = c * chunk, state_.size());
+      }
+      if (!copy_chunk(c, chunk)) return;
     }
   }
 
@@ -81,45 +88,87 @@ class LiveCopy : public PageCopier {
   }
 
  private:
-  // Copies pages [first, end), all still to do, in one read; stores the runs
-  // of them that are not all zeros (or all of them, for an incremental).
-  void copy_run_locked(uint64_t first, uint64_t end) {
-    if (first >= end || !todo_[first] || !status_) return;
+  enum : uint8_t { kDone = 0, kTodo = 1, kCopying = 2 };
+
+  // Claims the pages of [first, end) still to do, copies them in runs
+  // outside the lock, then waits for those another thread is copying.
+  void copy_range_locked(std::unique_lock<std::mutex>& lock, uint64_t first, uint64_t end,
+                         std::vector<std::byte>& buffer) {
+    end = std::min<uint64_t>(end, state_.size());
+    for (uint64_t p = first; p < end && status_;) {
+      if (state_[p] != kTodo) {
+        ++p;
+        continue;
+      }
+      uint64_t q = p;
+      while (q < end && state_[q] == kTodo && q - p < kBatchPages) state_[q++] = kCopying;
+      lock.unlock();
+      if (buffer.size() < (q - p) * core_.page_size()) buffer.resize((q - p) * core_.page_size());
+      Status copied = copy_run(p, q, buffer);
+      lock.lock();
+      for (uint64_t i = p; i < q; ++i) state_[i] = kDone;
+      if (!copied && status_) status_ = copied;
+      done_.notify_all();
+      p = q;
+    }
+    done_.wait(lock, [&] {
+      for (uint64_t p = first; p < end; ++p) {
+        if (state_[p] == kCopying) return false;
+      }
+      return true;
+    });
+  }
+
+  // Copies what is left of chunk c and releases it. False once copying failed.
+  bool copy_chunk(uint64_t c, uint64_t chunk) {
+    std::unique_lock<std::mutex> lock(mu_);
+    copy_range_locked(lock, c * chunk, (c + 1) * chunk, buffer_);
+    if (!status_) return false;
+    lock.unlock();
+    if (c * chunk < state_.size()) engine_.release_copied(c * chunk, chunk);
+    return true;
+  }
+
+  // Copies pages [first, end) in one read; stores the runs of them that are
+  // not unchanged.
+  Status copy_run(uint64_t first, uint64_t end, std::vector<std::byte>& buffer) {
     const uint64_t ps = core_.page_size(), size = core_.size();
-    if (first * ps >= size) return;
-    end = std::min(end, (size + ps - 1) / ps);
-    std::span<std::byte> run(buffer_.data(), std::min((end - first) * ps, size - first * ps));
-    status_ = core_.read(first * ps, run);
-    for (uint64_t p = first; p < end; ++p) todo_[p] = 0;
+    if (first * ps >= size) return ok();
+    std::span<std::byte> run(buffer.data(), std::min((end - first) * ps, size - first * ps));
+    end = first + (run.size() + ps - 1) / ps;
+    RAWDAX_RETURN_IF_ERROR(core_.read_for_copy(first * ps, run));
     auto page_of = [&](uint64_t p) {
       uint64_t at = (p - first) * ps;
       return run.subspan(at, std::min(ps, run.size() - at));
     };
-    for (uint64_t p = first; p < end && status_;) {
-      if (skip_zero_ && all_zero(page_of(p))) {
+    for (uint64_t p = first; p < end;) {
+      if (unchanged_ && unchanged_(p, page_of(p))) {
         ++p;
         continue;
       }
       uint64_t q = p + 1;
-      while (q < end && !(skip_zero_ && all_zero(page_of(q)))) ++q;
+      while (q < end && !(unchanged_ && unchanged_(q, page_of(q)))) ++q;
       uint64_t at = (p - first) * ps;
-      status_ = writer_.write_pages(p, run.subspan(at, std::min((q - p) * ps, run.size() - at)));
+      RAWDAX_RETURN_IF_ERROR(
+          writer_.write_pages(p, run.subspan(at, std::min((q - p) * ps, run.size() - at))));
       p = q;
     }
+    return ok();
   }
 
-  static constexpr uint64_t kBatchPages = 16;
+  static constexpr uint64_t kBatchPages = 64;  // pages per read and write
   static constexpr uint64_t kProgressPages = 4096;
 
   DeviceCore& core_;
+  Protector& engine_;
   SnapshotWriter& writer_;
   std::mutex mu_;
-  std::vector<uint8_t> todo_;  // guarded by mu_
-  const bool skip_zero_;
-  std::vector<std::byte> buffer_;  // guarded by mu_
-  std::atomic<int> waiting_{0};     // writers waiting for mu_
-  Status status_;                // guarded by mu_
-  uint64_t max_stall_ns_ = 0;    // guarded by mu_
+  std::condition_variable done_;   // a run became kDone
+  std::vector<uint8_t> state_;     // per page; guarded by mu_
+  const Unchanged unchanged_;
+  std::vector<std::byte> buffer_;  // the background copier's own (copy_rest)
+  Status status_;                  // guarded by mu_
+  uint64_t max_stall_ns_ = 0;      // guarded by mu_
 };
 
 Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std::string& path,
@@ -132,25 +181,27 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
   header.source_uuid = core.info().uuid;
   header.namespace_size = core.size();
   header.page_size = core.page_size();
+  // An incremental stores the pages written since its base: from dirty
+  // tracking when the base is this device's last snapshot, else by comparing
+  // every page with the base chain's checksums (a fresh process, such as the
+  // CLI without a daemon, has no tracking history).
+  bool by_tracking = false;
+  std::vector<SnapshotFile> chain;
   if (incremental) {
-    if (core.snapshot_dirty() == nullptr) {
+    auto opened = open_chain(options.base);
+    if (!opened) return opened.error().with_context(what + "base: ");
+    chain = std::move(*opened);
+    const SnapshotFile* base = &chain.front();
+    if (base->header().namespace_size != header.namespace_size ||
+        base->header().page_size != header.page_size) {
       return Error(std::errc::invalid_argument,
-                   what + "an incremental snapshot needs a device opened with track_dirty");
+                   what + "base " + options.base + " is of a namespace of " +
+                       std::to_string(base->header().namespace_size) + " bytes, this one has " +
+                       std::to_string(header.namespace_size) + " (resized since?)");
     }
-    auto base = SnapshotFile::open(options.base);
-    if (!base) return base.error().with_context(what + "base: ");
     DeviceCore::SnapshotRef last = core.last_snapshot();
-    if (base->header().id != last.id || base->header().header_checksum != last.checksum) {
-      return Error(std::errc::invalid_argument,
-                   what + "base " + options.base + " (id " + base->header().id +
-                       ") is not the last snapshot taken of this device" +
-                       (last.id.empty() ? " (there is none): take a full snapshot"
-                                        : " (that is " + last.id + ")"));
-    }
-    if (base->header().namespace_size != header.namespace_size) {
-      return Error(std::errc::invalid_argument,
-                   what + "the namespace was resized since base " + options.base);
-    }
+    by_tracking = core.snapshot_dirty() != nullptr && base->header().id == last.id &&
+                  base->header().header_checksum == last.checksum;
     header.base_id = base->header().id;
     header.base_checksum = base->header().header_checksum;
     // Recorded relative to the new file's directory, so that a directory of
@@ -168,7 +219,7 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
   // base that the next incremental could wrongly build on.
   core.set_last_snapshot({});
   auto frozen_at = std::chrono::steady_clock::now();
-  RAWDAX_RETURN_IF_ERROR(engine.freeze(std::chrono::nanoseconds::max()));
+  RAWDAX_RETURN_IF_ERROR(engine.freeze(std::chrono::nanoseconds::max(), /*persist=*/false));
   struct Thaw {
     Protector& engine;
     bool frozen = true;
@@ -180,55 +231,36 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
   } thaw{engine};
   RAWDAX_RETURN_IF_ERROR(engine.collect_dirty());
 
-  const uint64_t ps = header.page_size;
-  uint64_t stall = 0;
-  if (engine.supports_live_copy()) {
-    // Live: the pages to copy are fixed now; a copier keeps each one until it
-    // is copied, and the device thaws at once.
-    std::vector<uint8_t> todo(header.page_count(), incremental ? 0 : 1);
-    if (incremental) {
-      core.snapshot_dirty()->take([&](uint64_t first, uint64_t count) {
-        for (uint64_t i = first; i < first + count && i < todo.size(); ++i) todo[i] = 1;
-      });
-    } else if (core.snapshot_dirty() != nullptr) {
-      core.snapshot_dirty()->take([](uint64_t, uint64_t) {});
-    }
-    LiveCopy live(core, *writer, std::move(todo), /*skip_zero=*/!incremental);
-    core.set_copier(&live);
-    stall = elapsed_ns(frozen_at);
-    thaw.now();
-    live.copy_rest(options.progress);
-    core.set_copier(nullptr);
-    RAWDAX_RETURN_IF_ERROR(engine.unprotect_all_if_untracked());
-    if (Status st = live.status(); !st) return st.error().with_context(what);
-    stall = std::max(stall, live.max_stall_ns());
-  } else {
-    // Frozen copy: writers wait until every page is copied.
-    std::vector<std::byte> page(ps);
-    Status copied;
-    auto copy = [&](uint64_t index, bool skip_zero) {
-      if (!copied) return;
-      uint64_t offset = index * ps;
-      if (offset >= header.namespace_size) return;
-      std::span<std::byte> buf(page.data(), std::min(ps, header.namespace_size - offset));
-      copied = core.read(offset, buf);
-      if (copied && !(skip_zero && all_zero(buf))) copied = writer->write_pages(index, buf);
-    };
-    if (incremental) {
-      core.snapshot_dirty()->take([&](uint64_t first, uint64_t count) {
-        for (uint64_t i = first; i < first + count; ++i) copy(i, /*skip_zero=*/false);
-      });
-    } else {
-      if (core.snapshot_dirty() != nullptr) core.snapshot_dirty()->take([](uint64_t, uint64_t) {});
-      for (uint64_t i = 0; i < header.page_count(); ++i) {
-        if (options.progress && i % 4096 == 0) options.progress(i, header.page_count());
-        copy(i, /*skip_zero=*/true);
-      }
-    }
-    if (!copied) return copied.error().with_context(what);
-    stall = elapsed_ns(frozen_at);
-    thaw.now();
+  // The pages to copy are fixed now; the copier keeps each one unchanged
+  // until it is copied, and the device thaws at once.
+  std::vector<uint8_t> todo(header.page_count(), by_tracking ? 0 : 1);
+  if (core.snapshot_dirty() != nullptr) {
+    core.snapshot_dirty()->take([&](uint64_t first, uint64_t count) {
+      if (!by_tracking) return;
+      for (uint64_t i = first; i < first + count && i < todo.size(); ++i) todo[i] = 1;
+    });
   }
+  LiveCopy::Unchanged unchanged;
+  if (!incremental) {
+    unchanged = [](uint64_t, std::span<const std::byte> data) { return all_zero(data); };
+  } else if (!by_tracking) {
+    const uint64_t ps = header.page_size;
+    unchanged = [&chain, ps](uint64_t page, std::span<const std::byte> data) {
+      for (const SnapshotFile& file : chain) {
+        if (file.has_page(page)) return page_checksum(data, page, ps) == file.stored_checksum(page);
+      }
+      return all_zero(data);  // stored nowhere in the chain: zeros
+    };
+  }
+  LiveCopy live(core, engine, *writer, std::move(todo), std::move(unchanged));
+  core.set_copier(&live);
+  uint64_t stall = elapsed_ns(frozen_at);
+  thaw.now();
+  live.copy_rest(options.progress);
+  core.set_copier(nullptr);
+  RAWDAX_RETURN_IF_ERROR(engine.end_live_copy());
+  if (Status st = live.status(); !st) return st.error().with_context(what);
+  stall = std::max(stall, live.max_stall_ns());
   if (options.progress) options.progress(header.page_count(), header.page_count());
   auto done = writer->finish();
   if (!done) return done.error().with_context(what);
@@ -243,7 +275,7 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
   info.namespace_size = done->namespace_size;
   info.page_size = done->page_size;
   info.pages = done->stored_pages;
-  info.bytes_written = done->stored_pages * ps;
+  info.bytes_written = done->stored_pages * header.page_size;
   info.duration_ns = elapsed_ns(start);
   info.max_writer_stall_ns = stall;
   return info;

@@ -97,22 +97,28 @@ SnapshotWriter::~SnapshotWriter() {
   if (!done_ && !tmp_path_.empty() && fd_.valid()) ::unlink(tmp_path_.c_str());
 }
 
+uint64_t page_checksum(std::span<const std::byte> data, uint64_t index, uint64_t page_size) {
+  if (data.size() >= page_size) return XXH64(data.data(), page_size, index);
+  // A short last page is checked as if zero-padded, as it reads back.
+  std::vector<std::byte> padded(page_size, std::byte{0});
+  std::memcpy(padded.data(), data.data(), data.size());
+  return XXH64(padded.data(), padded.size(), index);
+}
+
 Status SnapshotWriter::write_pages(uint64_t first_page, std::span<const std::byte> data) {
   const uint64_t ps = header_.page_size;
   RAWDAX_RETURN_IF_ERROR(pwrite_all(fd_.get(), data.data(), data.size(),
                                     header_.data_offset() + first_page * ps, tmp_path_));
-  for (uint64_t done = 0, page = first_page; done < data.size(); done += ps, ++page) {
+  std::vector<uint64_t> sums;
+  for (uint64_t done = 0; done < data.size(); done += ps) {
+    sums.push_back(page_checksum(data.subspan(done, std::min<uint64_t>(ps, data.size() - done)),
+                                 first_page + sums.size(), ps));
+  }
+  std::lock_guard<std::mutex> lock(*mu_);
+  for (uint64_t i = 0, page = first_page; i < sums.size(); ++i, ++page) {
     if (!has_page(page)) ++header_.stored_pages;
     bitmap_[page / 8] = static_cast<uint8_t>(bitmap_[page / 8] | (1u << (page % 8)));
-    std::span<const std::byte> one = data.subspan(done, std::min<uint64_t>(ps, data.size() - done));
-    // A short last page is checked as if zero-padded, as it reads back.
-    std::vector<std::byte> padded;
-    if (one.size() < ps) {
-      padded.assign(ps, std::byte{0});
-      std::memcpy(padded.data(), one.data(), one.size());
-      one = padded;
-    }
-    checksums_[page] = XXH64(one.data(), one.size(), page);
+    checksums_[page] = sums[i];
   }
   return ok();
 }

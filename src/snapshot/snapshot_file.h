@@ -13,12 +13,15 @@
 //
 // SnapshotWriter writes to PATH.tmp.<pid> and renames it over PATH only in
 // finish(), after an fsync, so a crash never leaves a complete-looking file.
-// Neither class is thread-safe; SnapshotWriter::write_pages may be called in
-// any page order.
+// SnapshotWriter::write_pages may be called in any page order, and from
+// several threads at once for disjoint pages; the rest of both classes is
+// not thread-safe.
 #ifndef RAWDAX_SNAPSHOT_SNAPSHOT_FILE_H_
 #define RAWDAX_SNAPSHOT_SNAPSHOT_FILE_H_
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -63,7 +66,6 @@ class SnapshotWriter {
 
   // Stores consecutive pages starting at first_page (the last may be short).
   Status write_pages(uint64_t first_page, std::span<const std::byte> data);
-  bool has_page(uint64_t page) const { return (bitmap_[page / 8] >> (page % 8)) & 1; }
   // Writes bitmap, table and header, fsyncs, renames into place.
   Result<SnapshotHeader> finish();
 
@@ -72,8 +74,11 @@ class SnapshotWriter {
   std::string path_, tmp_path_;
   UniqueFd fd_;
   SnapshotHeader header_;
-  std::vector<uint8_t> bitmap_;
-  std::vector<uint64_t> checksums_;
+  bool has_page(uint64_t page) const { return (bitmap_[page / 8] >> (page % 8)) & 1; }
+
+  std::unique_ptr<std::mutex> mu_ = std::make_unique<std::mutex>();  // movable
+  std::vector<uint8_t> bitmap_;      // guarded by *mu_ until finish()
+  std::vector<uint64_t> checksums_;  // likewise
   bool done_ = false;
 };
 
@@ -84,6 +89,8 @@ class SnapshotFile {
   const SnapshotHeader& header() const { return header_; }
   const std::string& path() const { return path_; }
   bool has_page(uint64_t page) const { return (bitmap_[page / 8] >> (page % 8)) & 1; }
+  // The stored page's checksum (page_checksum() of its contents).
+  uint64_t stored_checksum(uint64_t page) const { return checksums_[page]; }
   // Reads a stored page and checks its checksum.
   Status read_page(uint64_t page, std::span<std::byte> out) const;
   // Reads every stored page and checks its checksum.
@@ -106,6 +113,11 @@ class SnapshotFile {
 Result<std::vector<SnapshotFile>> open_chain(const std::string& path);
 
 std::string hex64(uint64_t value);
+
+// The checksum a snapshot records for page `index`: xxh64 seeded with the
+// index, over the page zero-padded to `page_size` (the namespace's last page
+// may be short).
+uint64_t page_checksum(std::span<const std::byte> data, uint64_t index, uint64_t page_size);
 
 }  // namespace rawdax::internal
 

@@ -51,7 +51,8 @@ struct BenchOptions {
   std::string size = "64M";
   std::string teardown_size = "1G";
   std::string freeze_size = "256M";
-  std::string only;  // "" or one of: core, live-ref, teardown, engine
+  std::string snapshot_size = "1G";
+  std::string only;  // "" or one of: core, live-ref, teardown, engine, snapshot
   bool huge_pages = false;
   int rounds = 5;
   bool region_given = false;
@@ -288,6 +289,8 @@ int run_bench(const BenchOptions& options) {
   if (!teardown_size) return fail(teardown_size.error());
   auto freeze_size = parse_size(options.freeze_size);
   if (!freeze_size) return fail(freeze_size.error());
+  auto snapshot_size = parse_size(options.snapshot_size);
+  if (!snapshot_size) return fail(snapshot_size.error());
   auto want = [&](const char* group) { return options.only.empty() || options.only == group; };
   if (*size < (4u << 20) || *size % (1 << 20) != 0) {
     return fail(Error(std::errc::invalid_argument,
@@ -328,6 +331,11 @@ int run_bench(const BenchOptions& options) {
     auto engine = run_engine_pairs(**region, *freeze_size, options.rounds, options.huge_pages);
     if (!engine) return fail(engine.error());
     for (auto& p : *engine) pairs.push_back(p);
+  }
+  if (want("snapshot")) {
+    auto snapshot = run_snapshot_pairs(**region, *snapshot_size, std::min(options.rounds, 3));
+    if (!snapshot) return fail(snapshot.error());
+    for (auto& p : *snapshot) pairs.push_back(p);
   }
 
   if (options.global.json) {
@@ -374,8 +382,12 @@ void register_bench_command(CLI::App& app, int* exit_code) {
   bench->add_option("--freeze-size", options->freeze_size,
                     "Mapped size for freeze+thaw latency (also measured at 4x)")
       ->capture_default_str();
-  bench->add_option("--only", options->only, "Run one group: core, live-ref, teardown, engine")
-      ->check(CLI::IsMember({"core", "live-ref", "teardown", "engine"}));
+  bench->add_option("--snapshot-size", options->snapshot_size,
+                    "Namespace size for the live snapshot benchmark")
+      ->capture_default_str();
+  bench->add_option("--only", options->only,
+                    "Run one group: core, live-ref, teardown, engine, snapshot")
+      ->check(CLI::IsMember({"core", "live-ref", "teardown", "engine", "snapshot"}));
   bench->add_flag("--huge-pages", options->huge_pages,
                   "Set shmem THP to 'advise' for the run (root) to measure 2M pages");
   bench->add_option("--rounds", options->rounds, "Rounds per measurement (best is kept)")

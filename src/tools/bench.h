@@ -15,7 +15,8 @@ namespace rawdax::cli {
 
 // What a pair's goal bounds: the ratio, rawdax's time per unit, or (for
 // teardown) rawdax's milliseconds per GiB torn down.
-enum class GoalKind { kMinRatio, kMaxNs, kMaxMsPerGib, kMaxMsPerGibAndSlowdown };
+// kReport: no goal, shown for the record.
+enum class GoalKind { kMinRatio, kMaxNs, kMaxMsPerGib, kMaxMsPerGibAndSlowdown, kReport };
 
 struct Pair {
   std::string name;
@@ -36,6 +37,7 @@ struct Pair {
       case GoalKind::kMaxMsPerGib: return ms_per_gib() <= goal;
       case GoalKind::kMaxMsPerGibAndSlowdown:
         return ms_per_gib() <= goal && ratio() >= 1.0 / slowdown;
+      case GoalKind::kReport: return true;
     }
     return false;
   }
@@ -51,6 +53,7 @@ struct Pair {
         std::snprintf(buf, sizeof buf, "%.2f ms/GiB <= %.0f, ratio >= %.2f", ms_per_gib(), goal,
                       1.0 / slowdown);
         break;
+      case GoalKind::kReport: std::snprintf(buf, sizeof buf, "(no goal)"); break;
     }
     return buf;
   }
@@ -72,6 +75,10 @@ void measure(Pair& pair, int rounds, double units, const std::function<void()>& 
 // sync() cost per dirty page (bench_engine.cc).
 Result<std::vector<Pair>> run_engine_pairs(Region& region, uint64_t size, int rounds,
                                            bool enable_huge_pages);
+
+// Live snapshot writer stall and time against fork-COW, and incremental
+// snapshot cost by dirty fraction (bench_snapshot.cc).
+Result<std::vector<Pair>> run_snapshot_pairs(Region& region, uint64_t size, int rounds);
 
 }  // namespace rawdax::cli
 
