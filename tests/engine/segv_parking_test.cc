@@ -163,6 +163,38 @@ TEST(SegvParkingTest, StoreIntoFrozenRangeParksUntilThaw) {
   EXPECT_EQ(stats.stall_max_ns, stats.stall_total_ns);
 }
 
+// The live-copy protocol: a parked store posts its address; waking without
+// making the page writable parks it again (posting anew); making only its
+// page writable and waking lets it land while the range stays frozen.
+TEST(SegvParkingTest, ParkedStorePostsItsDemandAndLandsWhenItsPageIsReleased) {
+  ParkedPages pages(4);
+  ASSERT_TRUE(pages.ok());
+  EXPECT_EQ(SegvParking::take_demand(pages.slot()), 0u);
+  const uint32_t before = SegvParking::demand_count();
+  pages.freeze();
+  uint64_t* target = pages.word(2 * page_size() / 8 + 3);  // page 2
+  Writer writer(target, 0xabc);
+  Cleanup thaw_first([&] { pages.thaw(); });
+  ASSERT_TRUE(writer.wait_parked());
+  EXPECT_NE(SegvParking::demand_count(), before);
+  EXPECT_EQ(SegvParking::take_demand(pages.slot()), reinterpret_cast<uintptr_t>(target));
+  EXPECT_EQ(SegvParking::take_demand(pages.slot()), 0u);  // taking clears it
+
+  const uint32_t seen = SegvParking::demand_count();
+  SegvParking::wake(pages.slot());  // still read-only: it parks again
+  ASSERT_TRUE(eventually([&] { return SegvParking::demand_count() != seen; }));
+  ASSERT_TRUE(writer.wait_parked());
+  EXPECT_FALSE(writer.done());
+  EXPECT_EQ(SegvParking::take_demand(pages.slot()), reinterpret_cast<uintptr_t>(target));
+
+  std::byte* page2 = pages.data() + 2 * page_size();
+  ASSERT_EQ(::mprotect(page2, page_size(), PROT_READ | PROT_WRITE), 0);
+  SegvParking::wake(pages.slot());
+  ASSERT_TRUE(writer.wait_done());
+  EXPECT_EQ(load(target), 0xabcu);
+  EXPECT_EQ(load(pages.word(0)), 0u);
+}
+
 TEST(SegvParkingTest, SharedMemfdMappingParksToo) {
   UniqueFd fd(::memfd_create("segv-parking-test", MFD_CLOEXEC));
   ASSERT_TRUE(fd.valid());
