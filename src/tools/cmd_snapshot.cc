@@ -43,10 +43,9 @@ struct SnapshotVerbOptions {
 int run_snapshot(const SnapshotVerbOptions& options) {
   auto region = open_region(options.global);
   if (!region) return fail(region.error());
-  // An incremental needs tracking; a fresh process has no previous snapshot of
-  // the device, so only a full snapshot can be taken from the CLI without a
-  // daemon that keeps the device open.
-  auto dev = (*region)->open_device(options.name, {.track_dirty = !options.base.empty()});
+  // A fresh process has no tracking history, so an incremental compares each
+  // page with the base chain (dirty tracking would not help here).
+  auto dev = (*region)->open_device(options.name);
   if (!dev) return fail(dev.error());
   SnapshotOptions snap{.base = options.base};
   if (::isatty(STDERR_FILENO)) {

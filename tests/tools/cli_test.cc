@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "rawdax/rawdax.h"
 #include "test_util.h"
 
 namespace rawdax {
@@ -118,6 +119,40 @@ TEST_F(CliTest, SnapshotVerifyRestore) {
                           " --region " + region());
   EXPECT_NE(no_base.exit_code, 0);
   EXPECT_NE(no_base.err.find("s.snap"), std::string::npos) << no_base.err;
+}
+
+// Without a daemon each CLI call is a fresh process with no tracking
+// history: the incremental compares pages with its base chain instead.
+TEST_F(CliTest, IncrementalSnapshotFromTheCli) {
+  ASSERT_EQ(rawdax("create-namespace --region " + region() + " -n s -s 1M").exit_code, 0);
+  auto write_page = [&](uint64_t page, uint8_t value) {
+    auto r = rawdax::Region::open(region());
+    ASSERT_TRUE(r) << r.error().message();
+    auto dev = (*r)->open_device("s");
+    ASSERT_TRUE(dev);
+    std::vector<std::byte> buf(4096, std::byte{value});
+    ASSERT_TRUE((*dev)->write(page * 4096, buf));
+  };
+  write_page(1, 1);
+  write_page(7, 7);
+  std::string a = dir_.path() + "/a.snap", b = dir_.path() + "/b.snap";
+  CliRun full = rawdax("snapshot s " + a + " --json --region " + region());
+  ASSERT_EQ(full.exit_code, 0) << full.err;
+  EXPECT_EQ(nlohmann::json::parse(full.out)["pages"], 2u);
+  write_page(7, 8);
+  write_page(9, 9);
+  CliRun inc = rawdax("snapshot s " + b + " --base " + a + " --json --region " + region());
+  ASSERT_EQ(inc.exit_code, 0) << inc.err;
+  auto info = nlohmann::json::parse(inc.out);
+  EXPECT_EQ(info["pages"], 2u);
+  EXPECT_EQ(info["base_id"], nlohmann::json::parse(full.out)["id"]);
+  ASSERT_EQ(rawdax("restore t " + b + " --region " + region()).exit_code, 0);
+  auto r = rawdax::Region::open(region());
+  ASSERT_TRUE(r);
+  std::vector<std::byte> s(1 << 20), t(1 << 20);
+  ASSERT_TRUE((*(*r)->open_device("s"))->read(0, s));
+  ASSERT_TRUE((*(*r)->open_device("t"))->read(0, t));
+  EXPECT_EQ(s, t);
 }
 
 TEST_F(CliTest, CapabilitiesAsJson) {
