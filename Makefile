@@ -12,12 +12,14 @@ WERROR     ?= OFF
 REGION     ?= ./rawdax-data
 CTEST_J    ?= 2
 
-# Build, test and peer packages. Peers (nbdkit, libnbd, qemu-img, fio) serve the
+# Build, test and peer packages. Peers (nbdkit, libnbd, qemu-img, fio, and QEMU
+# with a Debian kernel, busybox, ndctl and mke2fs for the guest) serve the
 # end-to-end tests, which never skip in CI because they are installed here.
 DEB_PACKAGES := cmake ninja-build g++ clang libclang-rt-14-dev pkg-config \
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev \
   libxxhash-dev liburing-dev \
-  nbdkit libnbd-bin python3-libnbd qemu-utils fio
+  nbdkit libnbd-bin python3-libnbd qemu-utils fio \
+  qemu-system-x86 linux-image-amd64 busybox-static ndctl e2fsprogs cpio xz-utils
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

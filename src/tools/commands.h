@@ -13,6 +13,7 @@ void register_namespace_commands(CLI::App& app, int* exit_code);  // list, creat
 void register_serve_command(CLI::App& app, int* exit_code);
 void register_snapshot_commands(CLI::App& app, int* exit_code);  // snapshot, restore, verify
 void register_bench_command(CLI::App& app, int* exit_code);
+void register_vm_commands(CLI::App& app, int* exit_code);  // vm-args
 
 }  // namespace rawdax::cli
 

@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   rawdax::cli::register_snapshot_commands(app, &exit_code);
   rawdax::cli::register_serve_command(app, &exit_code);
   rawdax::cli::register_bench_command(app, &exit_code);
+  rawdax::cli::register_vm_commands(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -155,6 +155,26 @@ TEST_F(CliTest, IncrementalSnapshotFromTheCli) {
   EXPECT_EQ(s, t);
 }
 
+TEST_F(CliTest, VmArgsNameTheNamespaceFile) {
+  ASSERT_EQ(rawdax("create-namespace --region " + region() + " -n vm -s 64M").exit_code, 0);
+  auto ns = nlohmann::json::parse(rawdax("list --json --region " + region()).out)[0];
+  CliRun nvdimm = rawdax("vm-args vm --region " + region());
+  ASSERT_EQ(nvdimm.exit_code, 0) << nvdimm.err;
+  EXPECT_NE(nvdimm.out.find("nvdimm=on"), std::string::npos) << nvdimm.out;
+  EXPECT_NE(nvdimm.out.find("share=on,mem-path=" + ns["path"].get<std::string>() +
+                            ",size=" + std::to_string(64 << 20)),
+            std::string::npos)
+      << nvdimm.out;
+  EXPECT_NE(nvdimm.out.find("-device nvdimm,memdev="), std::string::npos) << nvdimm.out;
+  CliRun virtio = rawdax("vm-args vm --virtio --json --region " + region());
+  ASSERT_EQ(virtio.exit_code, 0) << virtio.err;
+  auto args = nlohmann::json::parse(virtio.out)["args"];
+  EXPECT_EQ(args.back().get<std::string>().rfind("virtio-pmem-pci,memdev=", 0), 0u) << args;
+  CliRun missing = rawdax("vm-args nope --region " + region());
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.err.find("nope"), std::string::npos) << missing.err;
+}
+
 TEST_F(CliTest, CapabilitiesAsJson) {
   CliRun run = rawdax("list --capabilities --json --region " + region());
   ASSERT_EQ(run.exit_code, 0) << run.err;

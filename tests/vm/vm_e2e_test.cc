@@ -1,0 +1,195 @@
+// End to end with a real guest (QEMU TCG, the Debian kernel, a busybox
+// initramfs built by build_guest.sh): a rawdax namespace is the guest's
+// /dev/pmem0 (an nvdimm on a memory-backend-file with share=on, from
+// rawdax's own vm-args). The guest writes markers, converts to fsdax, makes
+// ext4, mounts it -o dax and writes a file. The host reads the markers
+// through the block face, snapshots the namespace while the guest runs,
+// paused through QMP for exactly the snapshot, restores it into a second
+// namespace, and a second boot mounts that and reads the file back.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "rawdax/rawdax.h"
+#include "test_util.h"
+#include "vm/qemu_args.h"
+#include "vm/qmp_client.h"
+
+extern char** environ;
+
+namespace rawdax {
+namespace {
+
+using ::rawdax::testing::ScratchDir;
+using namespace std::chrono_literals;
+
+constexpr uint64_t kSize = 256ull << 20;
+constexpr const char* kQemu = "qemu-system-x86_64";
+
+bool on_path(const std::string& tool) {
+  return std::system(("command -v " + tool + " >/dev/null 2>&1").c_str()) == 0;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// One QEMU process running a guest step; killed if still running at the end.
+class Guest {
+ public:
+  Guest(const std::string& guest_dir, const NamespaceInfo& ns, const std::string& step,
+        const std::string& serial, const std::string& qmp)
+      : serial_(serial) {
+    auto pmem = internal::qemu_pmem_args(ns, /*virtio=*/false, 512ull << 20);
+    EXPECT_TRUE(pmem) << pmem.error().message();
+    if (!pmem) return;
+    std::vector<std::string> args = {kQemu,
+                                     "-machine",
+                                     "pc,accel=tcg," + pmem->machine_option,
+                                     "-cpu",
+                                     "max",
+                                     "-m",
+                                     "512M," + pmem->memory_option,
+                                     "-kernel",
+                                     guest_dir + "/vmlinux",
+                                     "-initrd",
+                                     guest_dir + "/initramfs.cpio.gz",
+                                     "-append",
+                                     "console=ttyS0 quiet rawdax.step=" + step,
+                                     "-nographic",
+                                     "-no-reboot",
+                                     "-monitor",
+                                     "none",
+                                     "-serial",
+                                     "file:" + serial,
+                                     "-qmp",
+                                     "unix:" + qmp + ",server=on,wait=off"};
+    args.insert(args.end(), pmem->args.begin(), pmem->args.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    int rc = posix_spawnp(&pid_, kQemu, &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    EXPECT_EQ(rc, 0) << "cannot start " << kQemu;
+    if (rc != 0) pid_ = -1;
+  }
+  ~Guest() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  // Waits until the serial console shows "RAWDAX-GUEST: <what>"; fails fast
+  // on a FAILED line or an exited QEMU.
+  bool wait_for(const std::string& what, std::chrono::seconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::string out = read_file(serial_);
+      if (out.find("RAWDAX-GUEST: " + what) != std::string::npos) return true;
+      if (out.find("RAWDAX-GUEST: FAILED") != std::string::npos) return false;
+      if (pid_ > 0 && ::waitpid(pid_, &status_, WNOHANG) == pid_) {
+        pid_ = -1;
+        return read_file(serial_).find("RAWDAX-GUEST: " + what) != std::string::npos;
+      }
+      std::this_thread::sleep_for(100ms);
+    }
+    return false;
+  }
+  // Waits for QEMU to exit (the guest powers off).
+  bool wait_exit(std::chrono::seconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (pid_ > 0 && std::chrono::steady_clock::now() < deadline) {
+      if (::waitpid(pid_, &status_, WNOHANG) == pid_) pid_ = -1;
+      std::this_thread::sleep_for(100ms);
+    }
+    return pid_ < 0 && WIFEXITED(status_) && WEXITSTATUS(status_) == 0;
+  }
+  std::string console() const { return read_file(serial_); }
+
+ private:
+  std::string serial_;
+  pid_t pid_ = -1;
+  int status_ = 0;
+};
+
+// Block number of the guest's markers: the last 4 4K blocks of the namespace.
+uint64_t marker_offset(int i) { return kSize - (4 - i) * 4096ull; }
+
+TEST(VmEndToEnd, GuestOnANamespaceSnapshotRestoreAndSecondBoot) {
+  if (!on_path(kQemu)) GTEST_SKIP() << kQemu << " not installed (make deps installs it)";
+  const std::string guest_dir = std::string(RAWDAX_BUILD_DIR) + "/vm-guest";
+  int built = std::system(("bash " + std::string(RAWDAX_SOURCE_DIR) +
+                           "/tests/vm/build_guest.sh " + guest_dir).c_str());
+  if (WIFEXITED(built) && WEXITSTATUS(built) == 77) {
+    GTEST_SKIP() << "guest packages missing (see the reason above; make deps installs them)";
+  }
+  ASSERT_TRUE(WIFEXITED(built) && WEXITSTATUS(built) == 0) << "build_guest.sh failed";
+
+  ScratchDir dir(::rawdax::testing::disk_parent());
+  auto region = Region::open(dir.path() + "/region", {.create = true});
+  ASSERT_TRUE(region) << region.error().message();
+  auto ns = (*region)->create_namespace({.name = "vm1", .size = kSize});
+  ASSERT_TRUE(ns) << ns.error().message();
+  auto dev = (*region)->open_device("vm1");
+  ASSERT_TRUE(dev);
+  const std::string snap = dir.path() + "/vm1.snap";
+
+  {  // First boot: markers, fsdax, ext4 -o dax, a file; snapshot while running.
+    const std::string qmp = dir.path() + "/qmp1.sock";
+    Guest guest(guest_dir, *ns, "write", dir.path() + "/serial1.log", qmp);
+    ASSERT_TRUE(guest.wait_for("markers", 120s)) << guest.console();
+    for (int i = 0; i < 4; ++i) {
+      std::string want = "rawdax-marker-" + std::to_string(i) + "\n";
+      std::string got(want.size(), '\0');
+      ASSERT_TRUE((*dev)->read(marker_offset(i), std::as_writable_bytes(std::span(got))));
+      EXPECT_EQ(got, want) << "marker " << i << " through the block face";
+    }
+    ASSERT_TRUE(guest.wait_for("ready", 120s)) << guest.console();
+    auto vm = internal::QmpClient::connect(qmp);
+    ASSERT_TRUE(vm) << vm.error().message();
+    ASSERT_TRUE(vm->stop());
+    auto paused = vm->status();
+    ASSERT_TRUE(paused);
+    EXPECT_EQ(*paused, "paused");
+    auto info = (*dev)->snapshot(snap);
+    ASSERT_TRUE(vm->cont());
+    auto running = vm->status();
+    ASSERT_TRUE(running);
+    EXPECT_EQ(*running, "running");
+    ASSERT_TRUE(info) << info.error().message();
+    EXPECT_GT(info->pages, 0u);
+    ASSERT_TRUE(guest.wait_for("done", 120s)) << guest.console();
+    EXPECT_TRUE(guest.wait_exit(60s)) << guest.console();
+  }
+
+  // Restore into a second namespace and boot it: the file is there.
+  auto restored = (*region)->restore_namespace("vm2", snap);
+  ASSERT_TRUE(restored) << restored.error().message();
+  {
+    Guest guest(guest_dir, *restored, "read", dir.path() + "/serial2.log",
+                dir.path() + "/qmp2.sock");
+    ASSERT_TRUE(guest.wait_for("file: hello from the guest", 120s)) << guest.console();
+    EXPECT_TRUE(guest.wait_exit(60s)) << guest.console();
+  }
+}
+
+}  // namespace
+}  // namespace rawdax
