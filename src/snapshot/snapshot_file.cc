@@ -17,7 +17,14 @@
 namespace rawdax::internal {
 namespace {
 
-constexpr char kMagic[] = "RAWDAXSNAP 1\n";
+constexpr char kMagic[] = "RAWDAXSNAP 2\n";
+constexpr uint64_t kVersion = 2;  // 2: XXH3-64 checksums (1 had XXH64)
+
+// Every checksum of the format: XXH3-64, about twice XXH64's speed, which
+// matters when a snapshot streams at memory speed.
+uint64_t hash(const void* data, size_t size, uint64_t seed) {
+  return XXH3_64bits_withSeed(data, size, seed);
+}
 constexpr uint64_t kHeaderBytes = 4096;
 
 nlohmann::json header_json(const SnapshotHeader& h, bool with_checksum) {
@@ -38,7 +45,7 @@ nlohmann::json header_json(const SnapshotHeader& h, bool with_checksum) {
 
 std::string checksum_of_json(const SnapshotHeader& h) {
   std::string text = header_json(h, false).dump();
-  return hex64(XXH64(text.data(), text.size(), 0));
+  return hex64(hash(text.data(), text.size(), 0));
 }
 
 Status pwrite_all(int fd, const void* data, size_t len, uint64_t offset, const std::string& what) {
@@ -98,11 +105,11 @@ SnapshotWriter::~SnapshotWriter() {
 }
 
 uint64_t page_checksum(std::span<const std::byte> data, uint64_t index, uint64_t page_size) {
-  if (data.size() >= page_size) return XXH64(data.data(), page_size, index);
+  if (data.size() >= page_size) return hash(data.data(), page_size, index);
   // A short last page is checked as if zero-padded, as it reads back.
   std::vector<std::byte> padded(page_size, std::byte{0});
   std::memcpy(padded.data(), data.data(), data.size());
-  return XXH64(padded.data(), padded.size(), index);
+  return hash(padded.data(), padded.size(), index);
 }
 
 Status SnapshotWriter::write_pages(uint64_t first_page, std::span<const std::byte> data) {
@@ -124,9 +131,9 @@ Status SnapshotWriter::write_pages(uint64_t first_page, std::span<const std::byt
 }
 
 Result<SnapshotHeader> SnapshotWriter::finish() {
-  header_.bitmap_checksum = hex64(XXH64(bitmap_.data(), bitmap_.size(), 0));
+  header_.bitmap_checksum = hex64(hash(bitmap_.data(), bitmap_.size(), 0));
   header_.table_checksum =
-      hex64(XXH64(checksums_.data(), checksums_.size() * sizeof(uint64_t), 0));
+      hex64(hash(checksums_.data(), checksums_.size() * sizeof(uint64_t), 0));
   header_.header_checksum = checksum_of_json(header_);
   std::string text = kMagic + header_json(header_, true).dump();
   if (text.size() > kHeaderBytes) {
@@ -180,7 +187,7 @@ Result<SnapshotFile> SnapshotFile::open(const std::string& path) {
   } catch (const nlohmann::json::exception&) {
     return corrupt("header misses a field or has a wrong type");
   }
-  if (h.version != 1) return corrupt("unsupported version " + std::to_string(h.version));
+  if (h.version != kVersion) return corrupt("unsupported version " + std::to_string(h.version));
   if (checksum_of_json(h) != h.header_checksum) return corrupt("header checksum mismatch");
   if (h.page_size == 0 || (h.page_size & (h.page_size - 1)) != 0 || h.namespace_size == 0) {
     return corrupt("bad geometry");
@@ -194,14 +201,14 @@ Result<SnapshotFile> SnapshotFile::open(const std::string& path) {
   f.bitmap_.resize(h.bitmap_bytes());
   RAWDAX_RETURN_IF_ERROR(
       pread_all(f.fd_.get(), f.bitmap_.data(), f.bitmap_.size(), h.bitmap_offset(), path));
-  if (hex64(XXH64(f.bitmap_.data(), f.bitmap_.size(), 0)) != h.bitmap_checksum) {
+  if (hex64(hash(f.bitmap_.data(), f.bitmap_.size(), 0)) != h.bitmap_checksum) {
     return corrupt("page bitmap checksum mismatch");
   }
   f.checksums_.resize(h.page_count());
   RAWDAX_RETURN_IF_ERROR(pread_all(f.fd_.get(), f.checksums_.data(),
                                    f.checksums_.size() * sizeof(uint64_t), h.table_offset(),
                                    path));
-  if (hex64(XXH64(f.checksums_.data(), f.checksums_.size() * sizeof(uint64_t), 0)) !=
+  if (hex64(hash(f.checksums_.data(), f.checksums_.size() * sizeof(uint64_t), 0)) !=
       h.table_checksum) {
     return corrupt("page checksum table mismatch");
   }
@@ -211,7 +218,7 @@ Result<SnapshotFile> SnapshotFile::open(const std::string& path) {
 Status SnapshotFile::read_page(uint64_t page, std::span<std::byte> out) const {
   RAWDAX_RETURN_IF_ERROR(pread_all(fd_.get(), out.data(), out.size(),
                                    header_.data_offset() + page * header_.page_size, path_));
-  if (XXH64(out.data(), out.size(), page) != checksums_[page]) {
+  if (hash(out.data(), out.size(), page) != checksums_[page]) {
     return Error(std::errc::illegal_byte_sequence,
                  "snapshot " + path_ + ": page " + std::to_string(page) + " (offset " +
                      std::to_string(page * header_.page_size) + ") fails its checksum");

@@ -1,13 +1,13 @@
 // The snapshot file format (docs/snapshot.md): writing and reading one file.
 //
-//   [0, 4096)              header: "RAWDAXSNAP 1\n" + JSON (padded with zeros)
+//   [0, 4096)              header: "RAWDAXSNAP 2\n" + JSON (padded with zeros)
 //   [4096, …)              page bitmap: one bit per page of the namespace
-//   then, 8-aligned        page checksum table: xxh64 of each stored page, by page
+//   then, 8-aligned        page checksum table: XXH3-64 of each stored page, by page
 //   then, page-aligned     data area: page i at data_offset + i * page_size;
 //                          pages not in the bitmap are holes (not stored)
 //
 // The header's JSON holds the geometry, ids, the base's id/checksum/path,
-// xxh64 of the bitmap and of the checksum table, and header_checksum: xxh64
+// XXH3-64 of the bitmap and of the checksum table, and header_checksum: XXH3-64
 // of the JSON without that field. header_checksum identifies the whole file:
 // it covers the bitmap and table checksums, which cover every stored page.
 //
@@ -33,7 +33,7 @@
 namespace rawdax::internal {
 
 struct SnapshotHeader {
-  uint64_t version = 1;
+  uint64_t version = 2;
   std::string id;
   std::string source_uuid;
   uint64_t namespace_size = 0;
@@ -114,7 +114,7 @@ Result<std::vector<SnapshotFile>> open_chain(const std::string& path);
 
 std::string hex64(uint64_t value);
 
-// The checksum a snapshot records for page `index`: xxh64 seeded with the
+// The checksum a snapshot records for page `index`: XXH3-64 seeded with the
 // index, over the page zero-padded to `page_size` (the namespace's last page
 // may be short).
 uint64_t page_checksum(std::span<const std::byte> data, uint64_t index, uint64_t page_size);
