@@ -1,5 +1,6 @@
 #include "vm/qmp_client.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -8,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 namespace rawdax::internal {
 
@@ -21,10 +23,22 @@ Result<QmpClient> QmpClient::connect(const std::string& path, std::chrono::milli
     return Error(std::errc::filename_too_long, "QMP socket path " + path + " is too long");
   }
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  client.fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  // Non-blocking: QEMU's QMP server takes one client at a time, and a
+  // connect to a busy one would otherwise wait forever in its backlog.
+  client.fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!client.fd_.valid()) return errno_error(errno, "QMP socket");
-  if (::connect(client.fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    return errno_error(errno, "cannot connect to QMP socket " + path);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (::connect(client.fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN || std::chrono::steady_clock::now() >= deadline) {
+      return errno_error(errno, "cannot connect to QMP socket " + path +
+                                    (errno == EAGAIN ? " (another client holds it)" : ""));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  int flags = ::fcntl(client.fd_.get(), F_GETFL);
+  if (flags < 0 || ::fcntl(client.fd_.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    return errno_error(errno, "QMP socket " + path + ": fcntl");
   }
   auto greeting = client.read_line();
   if (!greeting) return greeting.error();
