@@ -2,8 +2,10 @@
 // It sits above the device layer so that open_device() is not an upward call.
 #include "rawdax/region.h"
 
+#include "common/crash_point.h"
 #include "device/device_core.h"
 #include "engine/protector.h"
+#include "media/files.h"
 #include "region/catalog.h"
 #include "snapshot/snapshot_file.h"
 
@@ -73,6 +75,52 @@ Result<std::unique_ptr<Device>> Region::open_device(std::string_view name,
   return std::make_unique<Device>(std::move(core), options);
 }
 
+namespace {
+
+Status write_chain(const std::vector<internal::SnapshotFile>& chain,
+                   const std::function<Status(uint64_t, std::span<const std::byte>)>& write) {
+  // Newest first, each page once: the newest file that stores a page wins.
+  const internal::SnapshotHeader& newest = chain.front().header();
+  std::vector<uint8_t> done(newest.page_count(), 0);
+  std::vector<std::byte> page(newest.page_size);
+  for (const auto& file : chain) {
+    for (uint64_t p = 0; p < file.header().page_count(); ++p) {
+      if (done[p] || !file.has_page(p)) continue;
+      done[p] = 1;
+      uint64_t offset = p * newest.page_size;
+      std::span<std::byte> buf(page.data(),
+                               std::min<uint64_t>(newest.page_size, newest.namespace_size - offset));
+      RAWDAX_RETURN_IF_ERROR(file.read_page(p, buf));
+      RAWDAX_RETURN_IF_ERROR(write(offset, buf));
+    }
+  }
+  return ok();
+}
+
+// devdax holds exactly one namespace: there is no room for a second copy,
+// so the restore overwrites it in place (not crash-atomic; docs/snapshot.md).
+Result<NamespaceInfo> restore_in_place(Region& region, std::string_view name,
+                                       const std::vector<internal::SnapshotFile>& chain,
+                                       const std::string& what) {
+  auto dev = region.open_device(name);
+  if (!dev) return dev.error().with_context(what);
+  const internal::SnapshotHeader& newest = chain.front().header();
+  if ((*dev)->size() != newest.namespace_size) {
+    return Error(std::errc::invalid_argument, what + "a devdax namespace cannot be resized");
+  }
+  Status done = (*dev)->write_zeroes(0, newest.namespace_size);
+  if (done) {
+    done = write_chain(chain, [&](uint64_t offset, std::span<const std::byte> data) {
+      return (*dev)->write(offset, data);
+    });
+  }
+  if (done) done = (*dev)->flush();
+  if (!done) return done.error().with_context(what);
+  return region.find(name);
+}
+
+}  // namespace
+
 Result<NamespaceInfo> Region::restore_namespace(std::string_view name, const std::string& path,
                                                 RestoreOptions options) {
   const std::string what = "restore of " + path + " into namespace " + std::string(name) + ": ";
@@ -87,45 +135,38 @@ Result<NamespaceInfo> Region::restore_namespace(std::string_view name, const std
       return Error(std::errc::device_or_resource_busy, what + "the namespace is open");
     }
   }
-  bool created = false;
   auto existing = find(name);
-  if (!existing) {
-    auto made = create_namespace({.name = std::string(name), .size = newest.namespace_size});
-    if (!made) return made.error().with_context(what);
-    created = true;
-  } else if (existing->size != newest.namespace_size && !options.force) {
+  if (existing && existing->size != newest.namespace_size && !options.force) {
     return Error(std::errc::invalid_argument,
                  what + "the namespace has " + std::to_string(existing->size) +
                      " bytes, the snapshot " + std::to_string(newest.namespace_size) +
                      " (force resizes it)");
   }
-  auto apply = [&]() -> Status {
-    auto dev = open_device(name);
-    if (!dev) return dev.error();
-    if ((*dev)->size() != newest.namespace_size) {
-      RAWDAX_RETURN_IF_ERROR((*dev)->resize(newest.namespace_size, {.force = true}));
-    }
-    std::vector<std::byte> page(newest.page_size);
-    // Oldest (the full one) first; each later file overwrites its pages.
-    RAWDAX_RETURN_IF_ERROR((*dev)->write_zeroes(0, newest.namespace_size));
-    for (auto it = chain->rbegin(); it != chain->rend(); ++it) {
-      for (uint64_t p = 0; p < it->header().page_count(); ++p) {
-        if (!it->has_page(p)) continue;
-        uint64_t offset = p * newest.page_size;
-        std::span<std::byte> buf(page.data(),
-                                 std::min<uint64_t>(newest.page_size, newest.namespace_size - offset));
-        RAWDAX_RETURN_IF_ERROR(it->read_page(p, buf));
-        RAWDAX_RETURN_IF_ERROR((*dev)->write(offset, buf));
-      }
-    }
-    return (*dev)->flush();
-  };
-  Status applied = apply();
-  if (!applied) {
-    if (created) (void)destroy_namespace(name);
-    return applied.error().with_context(what);
+  if (capabilities().kind == MediaKind::kDevdax) return restore_in_place(*this, name, *chain, what);
+
+  // Into a new backing object that the metadata names only once it is
+  // complete: a crash or failure leaves the namespace as it was (or absent).
+  auto object = catalog_->create_detached(std::string(name), newest.namespace_size);
+  if (!object) return object.error().with_context(what);
+  Status written = write_chain(*chain, [&](uint64_t offset, std::span<const std::byte> data) {
+    return pwrite_all(object->fd.get(), data.data(), data.size(), offset,
+                      "namespace " + std::string(name));
+  });
+  if (!written) {
+    catalog_->discard(std::move(*object));
+    return written.error().with_context(what);
   }
-  return find(name);
+  crash_point("restore data written");
+  // The namespace must still be closed: an open device keeps its old object.
+  std::lock_guard<std::mutex> lock(mu_);
+  if (live_core_locked(name)) {
+    catalog_->discard(std::move(*object));
+    return Error(std::errc::device_or_resource_busy, what + "the namespace was opened meanwhile");
+  }
+  open_.erase(std::string(name));
+  auto installed = catalog_->install(std::move(*object));
+  if (!installed) return installed.error().with_context(what);
+  return installed;
 }
 
 }  // namespace rawdax

@@ -8,16 +8,20 @@
 #include <cerrno>
 #include <cstdio>
 
+#include "common/crash_point.h"
+
 namespace rawdax {
 
 Result<UniqueFd> create_sized_file(const std::string& path, uint64_t size) {
   UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!fd.valid()) return errno_error(errno, "cannot create " + path);
+  crash_point("file created");
   if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0 || ::fsync(fd.get()) != 0) {
     int err = errno;
     ::unlink(path.c_str());
     return errno_error(err, "cannot size " + path + " to " + std::to_string(size) + " bytes");
   }
+  crash_point("file sized and fsynced");
   return fd;
 }
 
@@ -46,6 +50,7 @@ Status fsync_directory(const std::string& dir) {
   UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd.valid()) return errno_error(errno, "cannot open directory " + dir);
   if (::fsync(fd.get()) != 0) return errno_error(errno, "fsync " + dir);
+  crash_point("directory fsynced");
   return ok();
 }
 
@@ -71,18 +76,34 @@ Status replace_file_atomically(const std::string& path, std::string_view content
     }
     done += static_cast<size_t>(n);
   }
+  crash_point("replacement written");
   if (::fsync(fd.get()) != 0) {
     int err = errno;
     ::unlink(tmp.c_str());
     return errno_error(err, "fsync " + tmp);
   }
+  crash_point("replacement fsynced");
   fd.reset();
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     int err = errno;
     ::unlink(tmp.c_str());
     return errno_error(err, "cannot rename " + tmp + " to " + path);
   }
+  crash_point("replacement renamed");
   return fsync_directory(parent_of(path));
+}
+
+Status pwrite_all(int fd, const void* data, size_t len, uint64_t offset, const std::string& what) {
+  auto p = static_cast<const char*>(data);
+  while (len > 0) {
+    ssize_t n = ::pwrite(fd, p, len, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return errno_error(n < 0 ? errno : EIO, "cannot write " + what);
+    p += n;
+    len -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return ok();
 }
 
 Result<std::string> read_whole_file(const std::string& path) {

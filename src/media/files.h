@@ -36,6 +36,9 @@ Status replace_file_atomically(const std::string& path, std::string_view content
 
 Result<std::string> read_whole_file(const std::string& path);
 
+// pwrite(2) until all `len` bytes are written; the error names `what`.
+Status pwrite_all(int fd, const void* data, size_t len, uint64_t offset, const std::string& what);
+
 // Deallocates [offset, offset+len) keeping the size; reads then return zero.
 // Returns false (not an error) when the filesystem cannot punch holes.
 Result<bool> punch_hole(int fd, uint64_t offset, uint64_t len);

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "common/crash_point.h"
 #include "common/units.h"
 #include "common/uuid.h"
 #include "media/files.h"
@@ -284,11 +285,86 @@ Status Catalog::destroy(std::string_view name) {
     return ok();
   }
   std::string path = backing_dir(dir_) + "/" + uuid;
+  crash_point("namespace unnamed, file not yet removed");
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
     // The metadata no longer names it, so the next open removes it as an orphan.
     return errno_error(errno, "namespace " + std::string(name) + ": cannot remove " + path);
   }
   return fsync_directory(backing_dir(dir_));
+}
+
+Result<Catalog::DetachedObject> Catalog::create_detached(const std::string& name, uint64_t size) {
+  RAWDAX_RETURN_IF_ERROR(validate_namespace_name(name));
+  auto rounded = validate_namespace_size(name, size, caps_.alignment);
+  if (!rounded) return rounded.error();
+  if (caps_.kind == MediaKind::kDevdax) {
+    return Error(std::errc::operation_not_supported,
+                 "namespace " + name + ": a devdax region cannot hold a second copy");
+  }
+  RAWDAX_RETURN_IF_ERROR(check_space(name, *rounded));
+  DetachedObject object;
+  object.name = name;
+  object.uuid = new_uuid();
+  object.size = *rounded;
+  if (caps_.kind == MediaKind::kMemfd) {
+    auto fd = create_memfd("rawdax:" + name, object.size);
+    if (!fd) return fd.error().with_context("namespace " + name + ": ");
+    object.fd = std::move(*fd);
+    return object;
+  }
+  auto fd = create_sized_file(backing_dir(dir_) + "/" + object.uuid, object.size);
+  if (!fd) return fd.error().with_context("namespace " + name + ": ");
+  object.fd = std::move(*fd);
+  return object;
+}
+
+Result<NamespaceInfo> Catalog::install(DetachedObject object) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string path = backing_dir(dir_) + "/" + object.uuid;
+  if (caps_.kind == MediaKind::kDirectory) {
+    // The object's data must be durable before the metadata names it.
+    if (::fdatasync(object.fd.get()) != 0) return errno_error(errno, "fdatasync " + path);
+    crash_point("detached object synced");
+    RAWDAX_RETURN_IF_ERROR(fsync_directory(backing_dir(dir_)));
+  }
+  RegionMetadata next = meta_;
+  std::string replaced;
+  NamespaceInfo ns;
+  ns.name = object.name;
+  ns.uuid = object.uuid;
+  ns.size = object.size;
+  auto it = std::find_if(next.namespaces.begin(), next.namespaces.end(),
+                         [&](const NamespaceInfo& n) { return n.name == object.name; });
+  if (it != next.namespaces.end()) {
+    replaced = it->uuid;
+    ns.mode = it->mode;
+    *it = ns;
+  } else {
+    next.namespaces.push_back(ns);
+  }
+  if (Status named = commit(std::move(next)); !named) {
+    if (caps_.kind == MediaKind::kDirectory) ::unlink(path.c_str());
+    return named.error();
+  }
+  if (caps_.kind == MediaKind::kMemfd) {
+    if (!replaced.empty()) memfds_.erase(replaced);
+    memfds_[ns.uuid] = std::move(object.fd);
+    return with_path(ns);
+  }
+  if (!replaced.empty()) {
+    crash_point("namespace renamed to its new object, old file not yet removed");
+    std::string old = backing_dir(dir_) + "/" + replaced;
+    if (::unlink(old.c_str()) != 0 && errno != ENOENT) {
+      return errno_error(errno, "namespace " + ns.name + ": cannot remove " + old);
+    }
+    RAWDAX_RETURN_IF_ERROR(fsync_directory(backing_dir(dir_)));
+  }
+  return with_path(ns);
+}
+
+void Catalog::discard(DetachedObject object) {
+  if (caps_.kind != MediaKind::kDirectory) return;  // a memfd goes with its fd
+  ::unlink((backing_dir(dir_) + "/" + object.uuid).c_str());
 }
 
 Status Catalog::set_size(std::string_view name, uint64_t size) {

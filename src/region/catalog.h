@@ -62,6 +62,24 @@ class Catalog {
   // cannot hold `bytes` more.
   Status check_space(const std::string& name, uint64_t bytes) const;
 
+  // A backing object that no metadata names yet: a restore fills it, then
+  // install() names it in one metadata update, so a crash leaves the old
+  // state or the new one (an unnamed file is an orphan that open() removes).
+  // `name` is validated as for create(). ENOTSUP on devdax.
+  struct DetachedObject {
+    std::string name;
+    std::string uuid;
+    uint64_t size = 0;
+    UniqueFd fd;
+  };
+  Result<DetachedObject> create_detached(const std::string& name, uint64_t size);
+  // Names the object: a new namespace, or, when the name exists, the
+  // namespace's new backing object (its old one is removed after the
+  // metadata update). The uuid is the object's.
+  Result<NamespaceInfo> install(DetachedObject object);
+  // Drops an object that will not be installed.
+  void discard(DetachedObject object);
+
   // A new fd on the namespace's backing object, for mapping it.
   Result<UniqueFd> open_backing(std::string_view name, bool writable) const;
 

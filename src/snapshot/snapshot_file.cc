@@ -1,5 +1,7 @@
 #include "snapshot/snapshot_file.h"
 
+#include "common/crash_point.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -46,19 +48,6 @@ nlohmann::json header_json(const SnapshotHeader& h, bool with_checksum) {
 std::string checksum_of_json(const SnapshotHeader& h) {
   std::string text = header_json(h, false).dump();
   return hex64(hash(text.data(), text.size(), 0));
-}
-
-Status pwrite_all(int fd, const void* data, size_t len, uint64_t offset, const std::string& what) {
-  auto p = static_cast<const char*>(data);
-  while (len > 0) {
-    ssize_t n = ::pwrite(fd, p, len, static_cast<off_t>(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return errno_error(errno, "cannot write " + what);
-    p += n;
-    len -= static_cast<size_t>(n);
-    offset += static_cast<uint64_t>(n);
-  }
-  return ok();
 }
 
 Status pread_all(int fd, void* data, size_t len, uint64_t offset, const std::string& what) {
@@ -131,6 +120,7 @@ Status SnapshotWriter::write_pages(uint64_t first_page, std::span<const std::byt
 }
 
 Result<SnapshotHeader> SnapshotWriter::finish() {
+  crash_point("snapshot pages written");
   header_.bitmap_checksum = hex64(hash(bitmap_.data(), bitmap_.size(), 0));
   header_.table_checksum =
       hex64(hash(checksums_.data(), checksums_.size() * sizeof(uint64_t), 0));
@@ -146,10 +136,13 @@ Result<SnapshotHeader> SnapshotWriter::finish() {
                                     checksums_.size() * sizeof(uint64_t), header_.table_offset(),
                                     tmp_path_));
   RAWDAX_RETURN_IF_ERROR(pwrite_all(fd_.get(), text.data(), text.size(), 0, tmp_path_));
+  crash_point("snapshot header written");
   if (::fsync(fd_.get()) != 0) return errno_error(errno, "fsync " + tmp_path_);
+  crash_point("snapshot fsynced");
   if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
     return errno_error(errno, "cannot rename " + tmp_path_ + " to " + path_);
   }
+  crash_point("snapshot renamed");
   done_ = true;
   std::string dir = std::filesystem::path(path_).parent_path().string();
   RAWDAX_RETURN_IF_ERROR(fsync_directory(dir.empty() ? "." : dir));
