@@ -3,9 +3,12 @@
 #   make test   deps, build, all tests
 #   make deps   install every Debian package the build, tests and peers need (apt-get)
 
+SHELL      := /bin/bash
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 30
 # The concurrency tests: live ref, teardown, resize, freeze and the engines.
 TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker
 WERROR     ?= OFF
@@ -23,7 +26,7 @@ DEB_PACKAGES := cmake ninja-build g++ clang libclang-rt-14-dev pkg-config \
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test test-asan test-tsan bench clean
+.PHONY: deps build run test test-asan test-tsan fuzz bench clean
 
 deps:
 	@missing=""; \
@@ -64,8 +67,22 @@ test-tsan: deps
 	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
 	  ctest -j$(CTEST_J) --output-on-failure -R '$(TSAN_TESTS)'
 
+# Every libFuzzer target for FUZZ_SECONDS each, from a copy of its committed
+# seed corpus (new inputs stay in $(FUZZ_BUILD)/corpus; crashes fail the run).
+fuzz: deps
+	cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DRAWDAX_FUZZ=ON \
+	  -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_TESTS=OFF -DRAWDAX_BUILD_BENCHMARKS=OFF
+	cmake --build $(FUZZ_BUILD) --target $$(ls fuzz/corpus | sed 's/^/fuzz_/')
+	for t in $$(ls fuzz/corpus); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t && cp -n fuzz/corpus/$$t/* $(FUZZ_BUILD)/corpus/$$t/ && \
+	  $(FUZZ_BUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_BUILD)/crash-$$t- $(FUZZ_BUILD)/corpus/$$t 2>&1 | \
+	    grep -E 'stat::number_of_executed_units|ERROR|SUMMARY|Done' ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
+
 bench: build
 	$(BUILD)/rawdax bench
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)
