@@ -9,8 +9,8 @@ ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 30
-# The concurrency tests: live ref, teardown, resize, freeze and the engines.
-TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker
+# The concurrency tests: live ref, teardown, resize, freeze, the engines and live snapshots.
+TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker|SnapshotTest.Stress|SnapshotTest.AStoreAhead
 WERROR     ?= OFF
 REGION     ?= ./rawdax-data
 CTEST_J    ?= 2

@@ -376,6 +376,63 @@ TEST_P(SnapshotTest, AStoreAheadOfTheCopierIsServedFirst) {
   EXPECT_LT(worst.load() * 4, info->duration_ns);
 }
 
+// The live copy's concurrency, small enough for TSan: a block writer sweeps
+// one half and a mapping writer the other, each storing its pass number,
+// while snapshots are taken back to back. Every image must hold one cut per
+// half ("pages [0,k) hold v, the rest v-1").
+TEST_P(SnapshotTest, StressBlockAndMappingWritersAcrossSnapshots) {
+  const uint64_t size = 8ull << 20, half = size / 2, pages = half / kPage;
+  ASSERT_TRUE(region_->create_namespace({.name = "stress", .size = size}));
+  auto dev = region_->open_device("stress");
+  ASSERT_TRUE(dev);
+  auto m = (*dev)->map(half, half, Access::ReadWrite);
+  ASSERT_TRUE(m);
+  std::atomic<bool> stop{false};
+  std::thread block([&] {
+    for (uint64_t pass = 1; !stop.load(); ++pass) {
+      for (uint64_t k = 0; k < pages && !stop.load(); ++k) {
+        ASSERT_TRUE((*dev)->write(k * kPage, std::as_bytes(std::span(&pass, 1))));
+      }
+    }
+  });
+  std::thread store([&] {
+    for (uint64_t pass = 1; !stop.load(); ++pass) {
+      for (uint64_t k = 0; k < pages && !stop.load(); ++k) {
+        std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(m->data() + k * kPage))
+            .store(pass, std::memory_order_relaxed);
+      }
+    }
+  });
+  std::vector<std::string> taken;
+  for (int i = 0; i < 5; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::string path = file("stress" + std::to_string(i) + ".snap");
+    auto info = (*dev)->snapshot(path);
+    ASSERT_TRUE(info) << info.error().message();
+    taken.push_back(path);
+  }
+  stop.store(true);
+  block.join();
+  store.join();
+  for (size_t i = 0; i < taken.size(); ++i) {
+    std::string name = "img" + std::to_string(i);
+    ASSERT_TRUE(region_->restore_namespace(name, taken[i]));
+    auto image = contents(name);
+    for (uint64_t base : {uint64_t{0}, half}) {
+      uint64_t cuts = 0;
+      for (uint64_t k = 1; k < pages; ++k) {
+        uint64_t prev, cur;
+        std::memcpy(&prev, image.data() + base + (k - 1) * kPage, 8);
+        std::memcpy(&cur, image.data() + base + k * kPage, 8);
+        if (cur == prev) continue;
+        ++cuts;
+        ASSERT_EQ(cur + 1, prev) << taken[i] << " at page " << k << " of half " << base / half;
+      }
+      EXPECT_LE(cuts, 1u) << taken[i] << ": not one cut in half " << base / half;
+    }
+  }
+}
+
 TEST_P(SnapshotTest, RemoveDuringASnapshotEndsBothCleanly) {
   const uint64_t big = 128ull << 20;
   ASSERT_TRUE(region_->create_namespace({.name = "big", .size = big}));
