@@ -6,8 +6,9 @@
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
-# The concurrency tests: live ref, teardown, resize, freeze and the engines.
-TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker
+# The concurrency tests: live ref, teardown, resize, freeze, the engines and
+# the NBD server (its threads against real clients; the 256 MiB copy is left out).
+TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker|NbdCodec|NbdServe|NbdE2e
 WERROR     ?= OFF
 REGION     ?= ./rawdax-data
 CTEST_J    ?= 2
@@ -17,11 +18,11 @@ CTEST_J    ?= 2
 DEB_PACKAGES := cmake ninja-build g++ clang libclang-rt-14-dev pkg-config \
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev \
   libxxhash-dev liburing-dev \
-  nbdkit libnbd-bin python3-libnbd qemu-utils fio
+  nbdkit libnbd-bin python3-libnbd qemu-utils fio jq bc
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test test-asan test-tsan bench clean
+.PHONY: deps build run test test-asan test-tsan bench bench-nbd clean
 
 deps:
 	@missing=""; \
@@ -64,6 +65,10 @@ test-tsan: deps
 
 bench: build
 	$(BUILD)/rawdax bench
+
+# rawdax against nbdkit memory over NBD (fio, nbdcopy, qemu-img); see docs/export.md.
+bench-nbd: build
+	benchmarks/nbd_bench.sh --rawdax $(BUILD)/rawdax
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)
