@@ -9,8 +9,10 @@ ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 30
-# The concurrency tests: live ref, teardown, resize, freeze, the engines and live snapshots.
-TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker|SnapshotTest.Stress|SnapshotTest.AStoreAhead
+# The concurrency tests: live ref, teardown, resize, freeze, the engines, live
+# snapshots and the NBD server (its threads against real clients; the 256 MiB
+# copy is left out).
+TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker|SnapshotTest.Stress|SnapshotTest.AStoreAhead|NbdCodec|NbdServe|NbdE2e
 WERROR     ?= OFF
 REGION     ?= ./rawdax-data
 CTEST_J    ?= 2
@@ -21,12 +23,12 @@ CTEST_J    ?= 2
 DEB_PACKAGES := cmake ninja-build g++ clang libclang-rt-14-dev pkg-config \
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev \
   libxxhash-dev liburing-dev \
-  nbdkit libnbd-bin python3-libnbd qemu-utils fio \
+  nbdkit libnbd-bin python3-libnbd qemu-utils fio jq bc \
   qemu-system-x86 linux-image-amd64 busybox-static ndctl e2fsprogs cpio xz-utils
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test test-asan test-tsan fuzz bench clean
+.PHONY: deps build run test test-asan test-tsan fuzz bench bench-nbd clean
 
 deps:
 	@missing=""; \
@@ -83,6 +85,10 @@ fuzz: deps
 
 bench: build
 	$(BUILD)/rawdax bench
+
+# rawdax against nbdkit memory over NBD (fio, nbdcopy, qemu-img); see docs/export.md.
+bench-nbd: build
+	benchmarks/nbd_bench.sh --rawdax $(BUILD)/rawdax
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)

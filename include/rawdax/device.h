@@ -23,6 +23,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "rawdax/capabilities.h"
 #include "rawdax/mapping.h"
@@ -85,6 +86,13 @@ struct DeviceStats {
   uint64_t stall_max_ns = 0;    // the longest single wait
 };
 
+// One run of the namespace as its backing allocation shows it.
+struct Extent {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  bool hole = false;  // no space allocated: the run reads as zeros
+};
+
 class Device;
 
 // Holds a device frozen; destroying it (or calling thaw()) thaws. Move-only.
@@ -126,6 +134,23 @@ class Device {
   Status discard(uint64_t offset, uint64_t length);
   // Makes every write that returned before it durable by the media's method.
   Status flush();
+
+  // Describes [offset, offset+length) as alternating data and hole runs, in
+  // order, from SEEK_DATA/SEEK_HOLE on the backing file. Stops after
+  // max_extents runs, so the runs may then cover less than the range. Media
+  // that cannot report holes (devdax, filesystems without SEEK_HOLE) show one
+  // data run; a data run may still read as zeros. A snapshot in time: a
+  // concurrent write or discard may change the answer as it is returned.
+  // EINVAL outside the namespace; ENXIO after remove().
+  // Cost: each run costs a SEEK_DATA and a SEEK_HOLE, and on tmpfs a
+  // SEEK_HOLE walks every page of the data run it starts in, up to its end
+  // (not just to offset+length): about 8 ms per fully written GiB.
+  Result<std::vector<Extent>> extents(uint64_t offset, uint64_t length,
+                                      size_t max_extents = SIZE_MAX) const;
+  // Whether [offset, offset+length) is one hole (reads as zeros, no space
+  // allocated): a single SEEK_DATA, cheap on every media. False on media
+  // without holes. Errors as extents().
+  Result<bool> is_hole(uint64_t offset, uint64_t length) const;
 
   // Maps [offset, offset+length). The offset must be a multiple of
   // capabilities().alignment (the page size; the huge page size on hugetlbfs

@@ -8,6 +8,7 @@
 #include "rawdax/device.h"
 #include "rawdax/mapping.h"
 #include "rawdax/namespace.h"
+#include "rawdax/nbd_server.h"
 #include "rawdax/region.h"
 #include "rawdax/result.h"
 #include "rawdax/snapshot.h"

@@ -41,6 +41,13 @@ Status Device::discard(uint64_t offset, uint64_t length) {
   return core_->write_zeroes(offset, length, ZeroOptions{}, /*is_discard=*/true, read_only_);
 }
 Status Device::flush() { return core_->flush(); }
+Result<std::vector<Extent>> Device::extents(uint64_t offset, uint64_t length,
+                                            size_t max_extents) const {
+  return core_->extents(offset, length, max_extents);
+}
+Result<bool> Device::is_hole(uint64_t offset, uint64_t length) const {
+  return core_->is_hole(offset, length);
+}
 Result<Mapping> Device::map(uint64_t offset, uint64_t length, Access access) {
   return core_->map(offset, length, access, read_only_);
 }

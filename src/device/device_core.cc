@@ -303,6 +303,63 @@ Status DeviceCore::flush() {
   return st;
 }
 
+Result<std::vector<Extent>> DeviceCore::extents(uint64_t offset, uint64_t length,
+                                                size_t max_extents) {
+  auto hold = ref_.hold(RefAccess::kRead);
+  if (!hold) return removed_error("extents");
+  RAWDAX_RETURN_IF_ERROR(check_range("extents", offset, length, size(), false, false));
+  std::vector<Extent> runs;
+  const uint64_t end = offset + length;
+  if (length == 0 || max_extents == 0) return runs;
+  if (capabilities().kind == MediaKind::kDevdax) {
+    runs.push_back({offset, length, false});
+    return runs;
+  }
+  // lseek moves the fd's file position, which nothing else here uses (the
+  // block face is mmap, holes are fallocate), so concurrent callers only race
+  // on a value nobody reads.
+  auto seek = [&](uint64_t pos, int whence) -> Result<uint64_t> {
+    off_t at = ::lseek(fd_.get(), static_cast<off_t>(pos), whence);
+    if (at >= 0) return std::min(static_cast<uint64_t>(at), end);
+    if (errno == ENXIO) return end;  // no more data (SEEK_DATA) past pos
+    return errno_error(errno, "namespace " + name_ + ": lseek at offset " + std::to_string(pos));
+  };
+  uint64_t pos = offset;
+  while (pos < end && runs.size() < max_extents) {
+    auto data = seek(pos, SEEK_DATA);
+    if (!data) {
+      if (data.error().code() != std::errc::invalid_argument) return data.error();
+      runs.push_back({pos, end - pos, false});  // no SEEK_DATA here: all data
+      break;
+    }
+    if (*data > pos) {
+      runs.push_back({pos, *data - pos, true});
+      pos = *data;
+      continue;
+    }
+    auto hole = seek(pos, SEEK_HOLE);
+    if (!hole) return hole.error();
+    uint64_t stop = *hole > pos ? *hole : end;  // defensive: always progress
+    runs.push_back({pos, stop - pos, false});
+    pos = stop;
+  }
+  return runs;
+}
+
+Result<bool> DeviceCore::is_hole(uint64_t offset, uint64_t length) {
+  auto hold = ref_.hold(RefAccess::kRead);
+  if (!hold) return removed_error("is_hole");
+  RAWDAX_RETURN_IF_ERROR(check_range("is_hole", offset, length, size(), false, false));
+  if (length == 0 || capabilities().kind == MediaKind::kDevdax) return false;
+  off_t data = ::lseek(fd_.get(), static_cast<off_t>(offset), SEEK_DATA);
+  if (data < 0) {
+    if (errno == ENXIO) return true;      // no data at or after offset
+    if (errno == EINVAL) return false;    // no SEEK_DATA here: all data
+    return errno_error(errno, "namespace " + name_ + ": lseek at offset " + std::to_string(offset));
+  }
+  return static_cast<uint64_t>(data) >= offset + length;
+}
+
 Result<Mapping> DeviceCore::map(uint64_t offset, uint64_t length, Access access,
                                 bool read_only) {
   auto hold = ref_.hold(RefAccess::kRead);

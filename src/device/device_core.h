@@ -87,6 +87,9 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   Status write_zeroes(uint64_t offset, uint64_t length, ZeroOptions options, bool is_discard,
                       bool read_only);
   Status flush();
+  // Data and hole runs of the backing file; see Device::extents().
+  Result<std::vector<Extent>> extents(uint64_t offset, uint64_t length, size_t max_extents);
+  Result<bool> is_hole(uint64_t offset, uint64_t length);
   Result<Mapping> map(uint64_t offset, uint64_t length, Access access, bool read_only);
   void unmap(MappingRecord* record);
   bool is_revoked(const MappingRecord* record) const;

@@ -1,6 +1,7 @@
 // Verb: serve. Owns the region (its flock), makes sure a namespace exists,
-// keeps every namespace open, logs one line per event, and exits 0 on
-// SIGINT or SIGTERM.
+// keeps every namespace open, exports them all over NBD, logs one line per
+// event, and exits 0 on SIGINT or SIGTERM once in-flight NBD requests are
+// answered and everything is flushed.
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
@@ -8,6 +9,7 @@
 #include <cstdio>
 #include <ctime>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "common/units.h"
@@ -21,10 +23,15 @@ struct ServeOptions {
   GlobalOptions global;
   std::string default_name = "default";
   std::string default_size = "256M";
+  std::string nbd = "127.0.0.1:10809";
+  bool read_only = false;
 };
 
 // One line per event on stderr: "2026-11-25T21:30:00Z rawdax serve: MESSAGE".
 void log_event(const std::string& message) {
+  // NBD threads log too; one line at a time.
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
   std::time_t now = std::time(nullptr);
   char stamp[32];
   std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
@@ -60,12 +67,23 @@ int run_serve(const ServeOptions& options) {
     log_event("namespace " + ns.name + " open (" + format_size(ns.size) + ", " + ns.path + ")");
     devices.push_back(std::move(*dev));
   }
+  auto nbd = NbdServer::start(**region, {.listen = options.nbd,
+                                          .read_only = options.read_only,
+                                          .log = log_event});
+  if (!nbd) return fail(nbd.error());
+  log_event(std::string("NBD listening on ") + (*nbd)->address() +
+            (options.read_only ? " (read-only)" : ""));
+  for (const auto& ns : (*region)->list()) log_event("NBD export " + (*nbd)->uri(ns.name));
   log_event("ready: serving " + std::to_string(devices.size()) + " namespace(s)");
 
   int sig = 0;
   while (sigwait(&stop, &sig) != 0) {
   }
   log_event(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ", shutting down");
+  // Connections answer what they have received and flush; the grace period
+  // leaves room inside the 5 s a service manager usually allows.
+  (*nbd)->stop(std::chrono::milliseconds(3000));
+  log_event("NBD stopped");
   for (auto& dev : devices) {
     Status st = dev->flush();
     if (!st) log_event("flush failed: " + st.error().message());
@@ -86,6 +104,10 @@ void register_serve_command(CLI::App& app, int* exit_code) {
                     "Namespace created when the region has none")
       ->capture_default_str();
   serve->add_option("--default-size", options->default_size, "Its size")->capture_default_str();
+  serve->add_option("--nbd", options->nbd,
+                    "NBD listen address: HOST:PORT (port 0 picks one) or unix:PATH")
+      ->capture_default_str();
+  serve->add_flag("--read-only", options->read_only, "Export every namespace read-only");
   serve->callback([=] { *exit_code = run_serve(*options); });
 }
 

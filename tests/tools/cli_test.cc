@@ -236,8 +236,9 @@ TEST_F(CliTest, ServeCreatesDefaultOwnsRegionAndStopsOnSigterm) {
   if (child == 0) {
     std::freopen(log.c_str(), "w", stderr);
     std::string region_arg = region();
-    execl(RAWDAX_CLI_PATH, "rawdax", "serve", "--region", region_arg.c_str(),
-          static_cast<char*>(nullptr));
+    // A free port, so that parallel test runs never collide on 10809.
+    execl(RAWDAX_CLI_PATH, "rawdax", "serve", "--region", region_arg.c_str(), "--nbd",
+          "127.0.0.1:0", static_cast<char*>(nullptr));
     _exit(127);
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);

@@ -1,0 +1,612 @@
+#include "export/nbd_connection.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <fcntl.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#if defined(__SANITIZE_THREAD__)
+#define RAWDAX_NBD_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RAWDAX_NBD_TSAN 1
+#endif
+#endif
+#ifdef RAWDAX_NBD_TSAN
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+#endif
+
+namespace rawdax::nbd {
+namespace {
+
+// Clients order requests across connections: one sends a request only after
+// the replies it depends on have arrived (on this connection or another),
+// and that edge runs through the kernel and the client, where
+// ThreadSanitizer cannot see it. Model it: every send of replies releases
+// the server's client clock, every receive of requests acquires it. Without
+// TSan these compile to nothing.
+enum class ClientEdge { kSent, kReceived };
+inline void client_order([[maybe_unused]] ServerContext& context,
+                         [[maybe_unused]] ClientEdge edge) {
+#ifdef RAWDAX_NBD_TSAN
+  if (edge == ClientEdge::kSent) {
+    __tsan_release(&context.client_clock);
+  } else {
+    __tsan_acquire(&context.client_clock);
+  }
+#endif
+}
+
+constexpr size_t kInSize = 256 << 10;
+// Payload bytes still to come beyond this go straight from the socket into
+// their destination instead of through the input buffer.
+constexpr size_t kDirectRead = 64 << 10;
+// Pending output beyond this is sent at once rather than at the next block.
+constexpr size_t kOutFlush = 256 << 10;
+// Structured reads from this size on check for a hole first (one lseek is
+// noise next to copying and sending 64 KiB).
+constexpr uint32_t kSparseReadMin = 64 << 10;
+// Reads from this size on are sent with sendfile(2) from the backing file:
+// one kernel copy instead of a memcpy into the output buffer plus the send.
+constexpr uint32_t kSendfileMin = 64 << 10;
+// Option payloads are names and queries; anything larger is refused.
+constexpr uint32_t kMaxOptionLength = 64 << 10;
+
+bool contains(const std::vector<uint16_t>& v, uint16_t x) {
+  return std::find(v.begin(), v.end(), x) != v.end();
+}
+
+}  // namespace
+
+NbdConnection::NbdConnection(UniqueFd fd, std::string peer, ServerContext& context)
+    : fd_(std::move(fd)), peer_(std::move(peer)), context_(context), in_(new char[kInSize]) {}
+
+NbdConnection::~NbdConnection() = default;
+
+void NbdConnection::log(const std::string& line) const {
+  if (context_.log) context_.log(line);
+}
+
+void NbdConnection::request_stop() {
+  // The flag is read by the session thread between requests; the shutdown
+  // wakes a recv that would otherwise wait for the client. seq_cst store
+  // before the shutdown: a session woken by it sees the flag.
+  stop_requested_.store(true);
+  ::shutdown(fd_.get(), SHUT_RD);
+}
+
+void NbdConnection::cut_off() { ::shutdown(fd_.get(), SHUT_RDWR); }
+
+bool NbdConnection::flush_output() {
+  client_order(context_, ClientEdge::kSent);
+  size_t sent = 0;
+  while (sent < out_.size()) {
+    ssize_t n = ::send(fd_.get(), out_.data() + sent, out_.size() - sent, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    sent += static_cast<size_t>(n);
+  }
+  out_.clear();
+  return true;
+}
+
+bool NbdConnection::refill() {
+  // Only called with the buffer drained, so it always restarts at the front.
+  in_pos_ = in_end_ = 0;
+  if (out_.size() > 0 && !flush_output()) return false;
+  while (true) {
+    ssize_t n = ::recv(fd_.get(), in_.get(), kInSize, 0);
+    if (n > 0) {
+      client_order(context_, ClientEdge::kReceived);
+      in_end_ = static_cast<size_t>(n);
+      return true;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    return false;
+  }
+}
+
+bool NbdConnection::read_exact(char* dst, size_t n) {
+  while (n > 0) {
+    if (buffered() > 0) {
+      size_t take = std::min(n, buffered());
+      std::memcpy(dst, in_.get() + in_pos_, take);
+      in_pos_ += take;
+      dst += take;
+      n -= take;
+      continue;
+    }
+    if (n >= kDirectRead) {
+      if (out_.size() > 0 && !flush_output()) return false;
+      ssize_t got = ::recv(fd_.get(), dst, n, MSG_WAITALL);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) return false;
+      client_order(context_, ClientEdge::kReceived);
+      dst += got;
+      n -= static_cast<size_t>(got);
+      continue;
+    }
+    if (!refill()) return false;
+  }
+  return true;
+}
+
+bool NbdConnection::skip(uint64_t n) {
+  while (n > 0) {
+    if (buffered() == 0 && !refill()) return false;
+    size_t take = static_cast<size_t>(std::min<uint64_t>(n, buffered()));
+    in_pos_ += take;
+    n -= take;
+  }
+  return true;
+}
+
+void NbdConnection::run() {
+  if (!peer_.starts_with("unix")) {
+    int one = 1;
+    ::setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  if (handshake()) transmit();
+  flush_output();
+  if (device_ != nullptr && wrote_since_flush_) {
+    Status st = device_->flush();
+    if (!st && st.error().code() != std::errc::no_such_device_or_address) {
+      log("client " + peer_ + " export " + export_name_ + ": flush at disconnect failed: " +
+          st.error().message());
+    }
+  }
+  if (device_ != nullptr) log("client " + peer_ + " left export " + export_name_);
+  device_.reset();
+  // The client sees the end now. The fd itself is closed by the destructor:
+  // request_stop() and cut_off() may still act on it from another thread,
+  // and a close here could let them hit a reused descriptor number.
+  ::shutdown(fd_.get(), SHUT_RDWR);
+}
+
+// --- Handshake ---
+
+bool NbdConnection::handshake() {
+  out_.put_bytes(encode_greeting());
+  if (!flush_output()) return false;
+  char flags[4];
+  if (!read_exact(flags, sizeof flags)) return false;
+  uint32_t client_flags = load_u32(flags);
+  if ((client_flags & ~(kClientFixedNewstyle | kClientNoZeroes)) != 0) {
+    log("client " + peer_ + ": unknown client flags " + std::to_string(client_flags) +
+        "; closing");
+    return false;
+  }
+  no_zeroes_ = (client_flags & kClientNoZeroes) != 0;
+  while (true) {
+    char header[16];
+    if (!read_exact(header, sizeof header)) return false;
+    auto option = parse_option_header(header);
+    if (!option) {
+      log("client " + peer_ + ": protocol corruption: bad option magic; closing");
+      return false;
+    }
+    if (option->length > kMaxOptionLength) {
+      if (!skip(option->length)) return false;
+      put_option_reply(out_, option->option, kRepErrTooBig,
+                       "option data of " + std::to_string(option->length) + " bytes is too large");
+      log("client " + peer_ + ": option " + option_name(option->option) + " with " +
+          std::to_string(option->length) + " bytes of data refused");
+      if (!flush_output()) return false;
+      continue;
+    }
+    std::string payload(option->length, '\0');
+    if (!read_exact(payload.data(), payload.size())) return false;
+    Next next = handle_option(option->option, payload);
+    if (!flush_output()) return false;
+    if (next == Next::kTransmit) return true;
+    if (next == Next::kClose) return false;
+  }
+}
+
+NbdConnection::Next NbdConnection::handle_option(uint32_t option, std::string& payload) {
+  switch (option) {
+    case kOptExportName: {
+      std::string resolved;
+      auto dev = open_export(payload, &resolved);
+      if (!dev) {
+        // EXPORT_NAME cannot fail politely: the spec says to close.
+        log("client " + peer_ + ": EXPORT_NAME '" + payload + "' refused: " +
+            dev.error().message() + "; closing");
+        return Next::kClose;
+      }
+      if (meta_export_ != resolved) base_allocation_ = false;
+      device_ = std::move(*dev);
+      export_name_ = resolved;
+      open_backing();
+      out_.put_bytes(export_name_reply(device_->size(), transmission_flags(), no_zeroes_));
+      log("client " + peer_ + " attached to export " + export_name_ + " (EXPORT_NAME)");
+      return Next::kTransmit;
+    }
+    case kOptAbort:
+      put_option_reply(out_, option, kRepAck);
+      return Next::kClose;
+    case kOptList:
+      if (!payload.empty()) {
+        put_option_reply(out_, option, kRepErrInvalid, "LIST takes no data");
+        return Next::kOption;
+      }
+      for (const auto& ns : context_.region->list()) {
+        put_option_reply(out_, option, kRepServer, server_entry(ns.name, ""));
+      }
+      put_option_reply(out_, option, kRepAck);
+      return Next::kOption;
+    case kOptInfo:
+    case kOptGo:
+      return handle_info_or_go(option, payload);
+    case kOptStructuredReply:
+      if (!payload.empty()) {
+        put_option_reply(out_, option, kRepErrInvalid, "STRUCTURED_REPLY takes no data");
+        return Next::kOption;
+      }
+      structured_ = true;
+      put_option_reply(out_, option, kRepAck);
+      return Next::kOption;
+    case kOptListMetaContext:
+    case kOptSetMetaContext:
+      handle_meta_context(option, payload);
+      return Next::kOption;
+    default:
+      put_option_reply(out_, option, kRepErrUnsup,
+                       "option " + option_name(option) + " is not supported");
+      log("client " + peer_ + ": unsupported option " + option_name(option));
+      return Next::kOption;
+  }
+}
+
+std::string NbdConnection::default_export() const {
+  // The empty export name means "default", else the first namespace.
+  auto all = context_.region->list();
+  for (const auto& ns : all) {
+    if (ns.name == "default") return ns.name;
+  }
+  return all.empty() ? std::string() : all.front().name;
+}
+
+Result<std::unique_ptr<Device>> NbdConnection::open_export(const std::string& name,
+                                                           std::string* resolved) {
+  std::string target = name.empty() ? default_export() : name;
+  if (target.empty()) {
+    return Error(std::errc::no_such_file_or_directory, "the region has no namespace");
+  }
+  auto dev = context_.region->open_device(target, {.read_only = context_.read_only});
+  if (!dev) return dev.error();
+  *resolved = target;
+  return dev;
+}
+
+void NbdConnection::open_backing() {
+  // The namespace's backing file, for sendfile. The same page cache pages as
+  // the device's shared mapping, so what it sends is what a read would copy.
+  // Only regular files: memfd regions have no path, devdax cannot sendfile.
+  const std::string path = device_->info().path;
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  struct stat st;
+  if (fd.valid() && ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode)) backing_ = std::move(fd);
+}
+
+uint16_t NbdConnection::transmission_flags() const {
+  uint16_t flags = kFlagHasFlags | kFlagSendFlush | kFlagSendCache | kFlagCanMultiConn;
+  if (context_.read_only) {
+    flags |= kFlagReadOnly;
+  } else {
+    flags |= kFlagSendFua | kFlagSendTrim | kFlagSendWriteZeroes | kFlagSendFastZero;
+  }
+  if (structured_) flags |= kFlagSendDf;
+  return flags;
+}
+
+NbdConnection::Next NbdConnection::handle_info_or_go(uint32_t option, const std::string& payload) {
+  auto request = parse_info_request(payload);
+  if (!request) {
+    put_option_reply(out_, option, kRepErrInvalid, request.error().message());
+    log("client " + peer_ + ": " + option_name(option) + ": " + request.error().message());
+    return Next::kOption;
+  }
+  std::string resolved;
+  auto dev = open_export(request->name, &resolved);
+  if (!dev) {
+    put_option_reply(out_, option, kRepErrUnknown, dev.error().message());
+    log("client " + peer_ + ": " + option_name(option) + " for export '" + request->name +
+        "' refused: " + dev.error().message());
+    return Next::kOption;
+  }
+  // Alignment is only enforced on clients that asked for the block sizes:
+  // the others were never told, so they get 1-byte granularity.
+  bool told_block_size = contains(request->infos, kInfoBlockSize);
+  uint32_t min_block = told_block_size ? kMinBlock : 1;
+  uint64_t size = (*dev)->size();
+  put_option_reply(out_, option, kRepInfo, info_export(size, transmission_flags()));
+  if (contains(request->infos, kInfoName)) {
+    put_option_reply(out_, option, kRepInfo, info_name(resolved));
+  }
+  if (contains(request->infos, kInfoDescription)) {
+    put_option_reply(out_, option, kRepInfo,
+                     info_description("rawdax namespace " + resolved + " (" +
+                                      std::to_string(size) + " bytes)"));
+  }
+  put_option_reply(out_, option, kRepInfo, info_block_size(min_block, kPreferredBlock, kMaxPayload));
+  put_option_reply(out_, option, kRepAck);
+  if (option == kOptInfo) return Next::kOption;
+  if (meta_export_ != resolved) base_allocation_ = false;
+  device_ = std::move(*dev);
+  export_name_ = resolved;
+  min_block_ = min_block;
+  open_backing();
+  log("client " + peer_ + " attached to export " + export_name_ + " (size " +
+      std::to_string(size) + (structured_ ? ", structured replies" : "") +
+      (base_allocation_ ? ", base:allocation" : "") + ")");
+  return Next::kTransmit;
+}
+
+void NbdConnection::handle_meta_context(uint32_t option, const std::string& payload) {
+  if (!structured_) {
+    put_option_reply(out_, option, kRepErrInvalid,
+                     "negotiate NBD_OPT_STRUCTURED_REPLY before metadata contexts");
+    return;
+  }
+  auto request = parse_meta_context_request(payload);
+  if (!request) {
+    put_option_reply(out_, option, kRepErrInvalid, request.error().message());
+    log("client " + peer_ + ": " + option_name(option) + ": " + request.error().message());
+    return;
+  }
+  std::string resolved = request->export_name.empty() ? default_export() : request->export_name;
+  if (!context_.region->find(resolved)) {
+    put_option_reply(out_, option, kRepErrUnknown,
+                     "no namespace named '" + request->export_name + "'");
+    return;
+  }
+  bool selected = option == kOptListMetaContext && request->queries.empty();
+  for (const auto& query : request->queries) selected |= query_selects_base_allocation(query);
+  if (selected) {
+    // LIST replies carry id 0, as the spec reserves ids for SET.
+    uint32_t id = option == kOptSetMetaContext ? kBaseAllocationId : 0;
+    put_option_reply(out_, option, kRepMetaContext, meta_context_entry(id, kBaseAllocation));
+  }
+  put_option_reply(out_, option, kRepAck);
+  if (option == kOptSetMetaContext) {
+    base_allocation_ = selected;
+    meta_export_ = resolved;
+  }
+}
+
+// --- Transmission ---
+
+void NbdConnection::transmit() {
+  char header[kRequestHeaderSize];
+  while (true) {
+    if (buffered() < kRequestHeaderSize) {
+      // Between requests: the place to honour a stop.
+      if (stop_requested_.load()) return;
+      if (buffered() == 0 && !refill()) return;  // the client closed, or a stop woke us
+    }
+    if (!read_exact(header, sizeof header)) {
+      log("client " + peer_ + " export " + export_name_ +
+          ": connection closed in the middle of a request header");
+      return;
+    }
+    auto request = parse_request(header);
+    if (!request) {
+      log("client " + peer_ + " export " + export_name_ +
+          ": protocol corruption: bad request magic; closing this connection");
+      return;
+    }
+    if (!serve_request(*request)) return;
+    if (out_.size() >= kOutFlush && !flush_output()) return;
+  }
+}
+
+std::string NbdConnection::describe(const RequestHeader& r) const {
+  return "client " + peer_ + " export " + export_name_ + ": " + command_name(r.type) +
+         " offset " + std::to_string(r.offset) + " length " + std::to_string(r.length);
+}
+
+bool NbdConnection::serve_request(const RequestHeader& request) {
+  if (request.type == kCmdDisc) return false;
+  ExportLimits limits;
+  limits.size = device_->size();
+  limits.read_only = context_.read_only;
+  limits.structured_replies = structured_;
+  limits.base_allocation = base_allocation_;
+  limits.min_block = min_block_;
+  limits.max_payload = kMaxPayload;
+  Verdict verdict = check_request(request, limits);
+  std::span<const std::byte> payload;
+  if (request.type == kCmdWrite) {
+    if (verdict.error != 0) {
+      // The payload follows the header whatever we think of it: drop it to
+      // stay in step with the client.
+      if (!skip(request.length)) return false;
+    } else if (buffered() >= request.length) {
+      payload = std::as_bytes(std::span<const char>(in_.get() + in_pos_, request.length));
+      in_pos_ += request.length;  // still valid until the next refill
+    } else {
+      if (payload_.size() < request.length) payload_.resize(request.length);
+      if (!read_exact(payload_.data(), request.length)) {
+        log(describe(request) + ": connection closed in the middle of the payload");
+        return false;
+      }
+      payload = std::as_bytes(std::span<const char>(payload_.data(), request.length));
+    }
+  }
+  context_.requests.fetch_add(1, std::memory_order_relaxed);
+  if (verdict.error != 0) {
+    reply_error(request, verdict.error, verdict.reason);
+    return true;
+  }
+  return execute(request, payload);
+}
+
+bool NbdConnection::execute(const RequestHeader& r, std::span<const std::byte> payload) {
+  Device& dev = *device_;
+  Status st;
+  switch (r.type) {
+    case kCmdRead:
+      if (structured_ && (r.flags & kCmdFlagDf) == 0 && r.length >= kSparseReadMin) {
+        return read_sparse(r);
+      }
+      return read_data(r);
+    case kCmdWrite:
+      st = dev.write(r.offset, payload, {.fua = (r.flags & kCmdFlagFua) != 0});
+      wrote_since_flush_ = true;
+      break;
+    case kCmdFlush:
+      st = dev.flush();
+      if (st) wrote_since_flush_ = false;
+      break;
+    case kCmdTrim:
+      // Discards and zeroes persist what they change before returning, so
+      // FUA needs nothing more.
+      st = dev.discard(r.offset, r.length);
+      wrote_since_flush_ = true;
+      break;
+    case kCmdWriteZeroes:
+      // FAST_ZERO is always honoured: a punched hole or a memset of mapped
+      // memory is faster than the client writing zeroes over the socket.
+      st = dev.write_zeroes(r.offset, r.length, {.no_hole = (r.flags & kCmdFlagNoHole) != 0});
+      wrote_since_flush_ = true;
+      break;
+    case kCmdCache:
+      // The data already lives in memory; nothing to prefetch.
+      break;
+    case kCmdBlockStatus:
+      block_status(r);
+      return true;
+  }
+  if (!st) {
+    reply_error(r, to_nbd_error(st.error()), st.error().message());
+    return true;
+  }
+  reply_ok(r);
+  return true;
+}
+
+void NbdConnection::put_read_header(const RequestHeader& r) {
+  if (structured_) {
+    put_chunk_header(out_, r.cookie, kReplyFlagDone, kReplyTypeOffsetData, 8 + r.length);
+    out_.put_u64(r.offset);
+  } else {
+    put_simple_reply(out_, r.cookie, 0);
+  }
+}
+
+bool NbdConnection::read_data(const RequestHeader& r, bool checked) {
+  if (backing_.valid() && r.length >= kSendfileMin) {
+    // The device vouches for the range (and that the namespace is still
+    // there) before the header promises the data.
+    if (!checked) {
+      auto probe = device_->is_hole(r.offset, r.length);
+      if (!probe) {
+        reply_error(r, to_nbd_error(probe.error()), probe.error().message());
+        return true;
+      }
+    }
+    put_read_header(r);
+    return send_backing(r);
+  }
+  size_t mark = out_.size();
+  put_read_header(r);
+  // Straight from the device into the output buffer: the one user copy.
+  char* data = out_.append(r.length);
+  Status st = device_->read(r.offset, std::as_writable_bytes(std::span<char>(data, r.length)));
+  if (!st) {
+    // Nothing of this reply has been sent yet: replace it by the error.
+    out_.shrink_by(out_.size() - mark);
+    reply_error(r, to_nbd_error(st.error()), st.error().message());
+  }
+  return true;
+}
+
+bool NbdConnection::send_backing(const RequestHeader& r) {
+  if (!flush_output()) return false;
+  client_order(context_, ClientEdge::kSent);
+  uint64_t sent = 0;
+  while (sent < r.length) {
+    off_t at = static_cast<off_t>(r.offset + sent);
+    ssize_t n = ::sendfile(fd_.get(), backing_.get(), &at, r.length - sent);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      // The header already promised the data: the stream cannot recover.
+      log(describe(r) + ": sendfile stopped after " + std::to_string(sent) + " bytes (" +
+          (n < 0 ? std::string(std::strerror(errno)) : std::string("end of file")) +
+          "); closing this connection");
+      return false;
+    }
+    sent += static_cast<uint64_t>(n);
+  }
+  return true;
+}
+
+bool NbdConnection::read_sparse(const RequestHeader& r) {
+  // A read of a hole goes out as one OFFSET_HOLE chunk: 12 bytes on the wire
+  // instead of the zeros, and the hole's pages are never touched (reading a
+  // hole through a shared tmpfs mapping would allocate it). Only a whole
+  // hole is detected: finding where a data run ends (SEEK_HOLE) costs a walk
+  // over every page of the run, far more than sending it.
+  auto hole = device_->is_hole(r.offset, r.length);
+  if (!hole) {
+    reply_error(r, to_nbd_error(hole.error()), hole.error().message());
+    return true;
+  }
+  if (*hole) {
+    put_chunk_header(out_, r.cookie, kReplyFlagDone, kReplyTypeOffsetHole, 12);
+    out_.put_u64(r.offset);
+    out_.put_u32(r.length);
+    return true;
+  }
+  return read_data(r, /*checked=*/true);
+}
+
+void NbdConnection::block_status(const RequestHeader& r) {
+  // REQ_ONE asks for one extent; otherwise cap the answer, as the spec lets
+  // a server return fewer descriptors than the range needs.
+  size_t max = (r.flags & kCmdFlagReqOne) ? 1 : 1024;
+  auto runs = device_->extents(r.offset, r.length, max);
+  if (!runs) {
+    reply_error(r, to_nbd_error(runs.error()), runs.error().message());
+    return;
+  }
+  put_chunk_header(out_, r.cookie, kReplyFlagDone, kReplyTypeBlockStatus,
+                   static_cast<uint32_t>(4 + 8 * runs->size()));
+  out_.put_u32(kBaseAllocationId);
+  for (const Extent& e : *runs) {
+    out_.put_u32(static_cast<uint32_t>(e.length));
+    out_.put_u32(e.hole ? (kStateHole | kStateZero) : 0);
+  }
+}
+
+void NbdConnection::reply_ok(const RequestHeader& r) { put_simple_reply(out_, r.cookie, 0); }
+
+void NbdConnection::reply_error(const RequestHeader& r, uint32_t error, const std::string& why) {
+  context_.errors.fetch_add(1, std::memory_order_relaxed);
+  if (error == kEshutdown) {
+    if (!logged_shutdown_) {
+      log("client " + peer_ + " export " + export_name_ +
+          ": the namespace was removed; answering ESHUTDOWN");
+      logged_shutdown_ = true;
+    }
+  } else {
+    log(describe(r) + ": " + nbd_error_name(error) + ": " + why);
+  }
+  if (structured_) {
+    put_error_chunk(out_, r.cookie, error, why);
+  } else {
+    put_simple_reply(out_, r.cookie, error);
+  }
+}
+
+}  // namespace rawdax::nbd

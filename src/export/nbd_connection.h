@@ -1,0 +1,150 @@
+// NbdConnection: one client's NBD session, from the greeting through option
+// haggling to the end of transmission, run on one thread.
+//
+// Execution model: the session thread reads requests from a 256 KiB input
+// buffer, executes each inline on the Device (a memcpy on the shared
+// mapping), and appends its reply to an output buffer. The output is sent
+// before the thread would block on input (or when it grows past 256 KiB),
+// so a pipelined burst of N requests costs about one recv and one send
+// instead of N of each. Reads of 64 KiB or more go out with sendfile(2) from
+// the namespace's backing file instead of through the buffer. Replies leave
+// in request order, which the protocol allows but does not require.
+//
+// Errors: a bad request gets its NBD error and the session goes on; only
+// protocol corruption (bad magic, a short read mid-message, unknown client
+// flags) or a failing socket ends it. Each is logged naming the client,
+// export, command, offset and length.
+//
+// Thread safety: run() is called once, on the session thread. request_stop()
+// and cut_off() may be called from any thread at any time (they act on the
+// socket, which the object owns until it is destroyed, after run() returns).
+#ifndef RAWDAX_EXPORT_NBD_CONNECTION_H_
+#define RAWDAX_EXPORT_NBD_CONNECTION_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/unique_fd.h"
+#include "export/nbd_codec.h"
+#include "rawdax/device.h"
+#include "rawdax/region.h"
+
+namespace rawdax::nbd {
+
+// What every session of one server shares. Counters are relaxed atomics:
+// they are statistics and order nothing.
+struct ServerContext {
+  Region* region = nullptr;
+  bool read_only = false;
+  std::function<void(const std::string&)> log;
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> errors{0};
+  // Only its address is used: the clock that models, for ThreadSanitizer,
+  // the ordering clients impose between connections (see client_order).
+  char client_clock = 0;
+};
+
+class NbdConnection {
+ public:
+  // The block sizes we advertise: minimum 512 to clients that ask for block
+  // sizes (1 otherwise), preferred 4 KiB, maximum 32 MiB.
+  static constexpr uint32_t kMinBlock = 512;
+  static constexpr uint32_t kPreferredBlock = 4096;
+  static constexpr uint32_t kMaxPayload = 32u << 20;
+
+  NbdConnection(UniqueFd fd, std::string peer, ServerContext& context);
+  ~NbdConnection();
+  NbdConnection(const NbdConnection&) = delete;
+  NbdConnection& operator=(const NbdConnection&) = delete;
+
+  // Runs the whole session; returns when it has ended and the device (if it
+  // was written) is flushed.
+  void run();
+
+  // Ask the session to end once it has answered every request it has fully
+  // received. Wakes a session blocked in recv (shutdown(SHUT_RD)).
+  void request_stop();
+  // Ends the session now (shutdown(SHUT_RDWR)): for one that will not finish.
+  void cut_off();
+
+  const std::string& peer() const { return peer_; }
+
+ private:
+  enum class Next { kOption, kTransmit, kClose };
+
+  // --- Socket I/O ---
+  // Fills dst with n bytes: buffered ones first, then from the socket
+  // (directly into dst for large payloads). False on EOF or error.
+  bool read_exact(char* dst, size_t n);
+  // Reads and drops n bytes (the payload of a rejected write).
+  bool skip(uint64_t n);
+  // Receives more input; sends pending output first, since the client may be
+  // waiting for it before it sends more. False on EOF or error.
+  bool refill();
+  // Sends all pending output. False when the socket fails.
+  bool flush_output();
+  size_t buffered() const { return in_end_ - in_pos_; }
+
+  // --- Handshake ---
+  bool handshake();
+  Next handle_option(uint32_t option, std::string& payload);
+  Next handle_info_or_go(uint32_t option, const std::string& payload);
+  void handle_meta_context(uint32_t option, const std::string& payload);
+  // The namespace the empty export name means; "" when there is none.
+  std::string default_export() const;
+  // Opens a namespace by export name ("" is the default export).
+  Result<std::unique_ptr<Device>> open_export(const std::string& name, std::string* resolved);
+  uint16_t transmission_flags() const;
+
+  // --- Transmission ---
+  void transmit();
+  // Returns false when the session must end (DISC, corruption, socket).
+  bool serve_request(const RequestHeader& request);
+  // False when the session must end (a read whose data could not be sent).
+  bool execute(const RequestHeader& request, std::span<const std::byte> payload);
+  void reply_ok(const RequestHeader& request);
+  void reply_error(const RequestHeader& request, uint32_t error, const std::string& why);
+  void block_status(const RequestHeader& request);
+  // A read answered with its data (simple reply or one data chunk); large
+  // ones by sendfile. `checked`: the device already vouched for the range.
+  bool read_data(const RequestHeader& request, bool checked = false);
+  // A structured read of a hole answered with one hole chunk.
+  bool read_sparse(const RequestHeader& request);
+  void put_read_header(const RequestHeader& request);
+  // Sends the pending output, then the request's data from the backing file.
+  bool send_backing(const RequestHeader& request);
+  void open_backing();
+
+  void log(const std::string& line) const;
+  std::string describe(const RequestHeader& request) const;
+
+  UniqueFd fd_;
+  const std::string peer_;
+  ServerContext& context_;
+  std::atomic<bool> stop_requested_{false};
+
+  std::unique_ptr<char[]> in_;
+  size_t in_pos_ = 0, in_end_ = 0;
+  OutBuffer out_;
+  std::vector<char> payload_;  // write payloads too large to use in place
+
+  // Negotiated state.
+  bool no_zeroes_ = false;
+  bool structured_ = false;
+  bool base_allocation_ = false;
+  std::string meta_export_;  // the export SET_META_CONTEXT named
+  uint32_t min_block_ = 1;
+  std::string export_name_;
+  std::unique_ptr<Device> device_;
+  UniqueFd backing_;  // the namespace's backing file, read-only; invalid: no sendfile
+  bool wrote_since_flush_ = false;
+  bool logged_shutdown_ = false;
+};
+
+}  // namespace rawdax::nbd
+
+#endif  // RAWDAX_EXPORT_NBD_CONNECTION_H_
