@@ -6,8 +6,9 @@
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
-# The concurrency tests: live ref, teardown, resize, freeze and the engines.
-TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker
+# The concurrency tests: live ref, teardown, resize, freeze, the engines and
+# the control socket.
+TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker|Control
 WERROR     ?= OFF
 REGION     ?= ./rawdax-data
 CTEST_J    ?= 2
@@ -48,7 +49,7 @@ test: build
 
 # Unit and integration tests under ASan+UBSan (clang, so clang's warnings count too).
 test-asan: deps
-	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ \
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
 	  -DRAWDAX_SANITIZE=address,undefined -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_BENCHMARKS=OFF
 	cmake --build $(ASAN_BUILD)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
@@ -56,7 +57,7 @@ test-asan: deps
 
 # The concurrency and stress tests under TSan.
 test-tsan: deps
-	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ \
+	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
 	  -DRAWDAX_SANITIZE=thread -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_BENCHMARKS=OFF
 	cmake --build $(TSAN_BUILD)
 	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \

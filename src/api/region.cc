@@ -73,6 +73,12 @@ Result<std::unique_ptr<Device>> Region::open_device(std::string_view name,
   return std::make_unique<Device>(std::move(core), options);
 }
 
+Result<int> Region::open_backing_fd(std::string_view name, bool writable) const {
+  auto fd = catalog_->open_backing(name, writable);
+  if (!fd) return fd.error();
+  return fd->release();
+}
+
 Result<NamespaceInfo> Region::restore_namespace(std::string_view name, const std::string& path,
                                                 RestoreOptions options) {
   const std::string what = "restore of " + path + " into namespace " + std::string(name) + ": ";

@@ -11,8 +11,10 @@
 #include <vector>
 
 #include "common/units.h"
+#include "control/server.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
+#include "tools/daemon_link.h"
 
 namespace rawdax::cli {
 namespace {
@@ -21,13 +23,17 @@ struct ServeOptions {
   GlobalOptions global;
   std::string default_name = "default";
   std::string default_size = "256M";
+  std::string control;  // control socket; empty: <region>/control.sock (none for memfd:/devdax:)
 };
 
 // One line per event on stderr: "2026-11-25T21:30:00Z rawdax serve: MESSAGE".
+// Thread-safe: one fprintf per line.
 void log_event(const std::string& message) {
   std::time_t now = std::time(nullptr);
   char stamp[32];
-  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  std::tm utc;
+  gmtime_r(&now, &utc);  // the control server's threads log too: not gmtime()'s static buffer
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &utc);
   std::fprintf(stderr, "%s rawdax serve: %s\n", stamp, message.c_str());
   std::fflush(stderr);
 }
@@ -60,12 +66,21 @@ int run_serve(const ServeOptions& options) {
     log_event("namespace " + ns.name + " open (" + format_size(ns.size) + ", " + ns.path + ")");
     devices.push_back(std::move(*dev));
   }
+  std::unique_ptr<control::ControlServer> control;
+  if (std::string path = options.control.empty() ? default_control_path(options.global.region)
+                                                 : options.control;
+      !path.empty()) {
+    auto started = control::ControlServer::start(**region, {.socket_path = path, .log = log_event});
+    if (!started) return fail(started.error());
+    control = std::move(*started);
+  }
   log_event("ready: serving " + std::to_string(devices.size()) + " namespace(s)");
 
   int sig = 0;
   while (sigwait(&stop, &sig) != 0) {
   }
   log_event(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ", shutting down");
+  if (control) control->stop();  // clients released, freezes thawed
   for (auto& dev : devices) {
     Status st = dev->flush();
     if (!st) log_event("flush failed: " + st.error().message());
@@ -86,6 +101,9 @@ void register_serve_command(CLI::App& app, int* exit_code) {
                     "Namespace created when the region has none")
       ->capture_default_str();
   serve->add_option("--default-size", options->default_size, "Its size")->capture_default_str();
+  serve->add_option("--control", options->control,
+                    "Control socket (default <region>/control.sock; none for memfd: and devdax: "
+                    "regions unless given)");
   serve->callback([=] { *exit_code = run_serve(*options); });
 }
 
