@@ -10,9 +10,9 @@ TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 30
 # The concurrency tests: live ref, teardown, resize, freeze, the engines, live
-# snapshots and the NBD server (its threads against real clients; the 256 MiB
-# copy is left out).
-TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker|SnapshotTest.Stress|SnapshotTest.AStoreAhead|NbdCodec|NbdServe|NbdE2e
+# snapshots, the NBD server (its threads against real clients; the 256 MiB
+# copy is left out) and the control socket.
+TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker|SnapshotTest.Stress|SnapshotTest.AStoreAhead|NbdCodec|NbdServe|NbdE2e|Control
 WERROR     ?= OFF
 REGION     ?= ./rawdax-data
 CTEST_J    ?= 2
@@ -55,7 +55,7 @@ test: build
 
 # Unit and integration tests under ASan+UBSan (clang, so clang's warnings count too).
 test-asan: deps
-	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ \
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
 	  -DRAWDAX_SANITIZE=address,undefined -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_BENCHMARKS=OFF
 	cmake --build $(ASAN_BUILD)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
@@ -63,7 +63,7 @@ test-asan: deps
 
 # The concurrency and stress tests under TSan.
 test-tsan: deps
-	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ \
+	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
 	  -DRAWDAX_SANITIZE=thread -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_BENCHMARKS=OFF
 	cmake --build $(TSAN_BUILD)
 	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \

@@ -5,6 +5,7 @@
 #define RAWDAX_RAWDAX_H_
 
 #include "rawdax/capabilities.h"
+#include "rawdax/client.h"
 #include "rawdax/device.h"
 #include "rawdax/mapping.h"
 #include "rawdax/namespace.h"

@@ -83,6 +83,14 @@ class Region {
   // state: a resize or remove through any of them is seen by all.
   Result<std::unique_ptr<Device>> open_device(std::string_view name, DeviceOptions options = {});
 
+  // A new file descriptor on the namespace's backing object (a file, memfd or
+  // devdax device), close-on-exec, for handing to another process; opened
+  // read-only unless `writable`. The caller owns it and must close it.
+  // Mappings of it in other processes raise SIGBUS once the namespace is
+  // destroyed (destroy truncates the backing object before removing it).
+  // ENOENT when absent.
+  Result<int> open_backing_fd(std::string_view name, bool writable) const;
+
  private:
   explicit Region(std::shared_ptr<Catalog> catalog);
   std::shared_ptr<Catalog> catalog_;

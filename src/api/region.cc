@@ -75,6 +75,12 @@ Result<std::unique_ptr<Device>> Region::open_device(std::string_view name,
   return std::make_unique<Device>(std::move(core), options);
 }
 
+Result<int> Region::open_backing_fd(std::string_view name, bool writable) const {
+  auto fd = catalog_->open_backing(name, writable);
+  if (!fd) return fd.error();
+  return fd->release();
+}
+
 namespace {
 
 Status write_chain(const std::vector<internal::SnapshotFile>& chain,

@@ -280,12 +280,21 @@ Status Catalog::destroy(std::string_view name) {
   next.namespaces.erase(std::find_if(next.namespaces.begin(), next.namespaces.end(),
                                      [&](const NamespaceInfo& n) { return n.name == name; }));
   RAWDAX_RETURN_IF_ERROR(commit(std::move(next)));
+  // Truncating before the object goes makes every mapping of it, in any
+  // process that still holds an fd, raise SIGBUS (the kernel unmaps the
+  // pages past EOF); unlinking or closing alone would leave them working.
   if (caps_.kind == MediaKind::kMemfd) {
+    (void)::ftruncate(memfds_.at(uuid).get(), 0);
     memfds_.erase(uuid);
     return ok();
   }
   std::string path = backing_dir(dir_) + "/" + uuid;
   crash_point("namespace unnamed, file not yet removed");
+  // Truncated first: every process that maps it (clients holding the fd)
+  // then gets SIGBUS, as the kernel's unmap_mapping_range gives on truncate.
+  if (::truncate(path.c_str(), 0) != 0 && errno != ENOENT) {
+    return errno_error(errno, "namespace " + std::string(name) + ": cannot truncate " + path);
+  }
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
     // The metadata no longer names it, so the next open removes it as an orphan.
     return errno_error(errno, "namespace " + std::string(name) + ": cannot remove " + path);
@@ -380,6 +389,21 @@ Status Catalog::set_size(std::string_view name, uint64_t size) {
   return commit(std::move(next));
 }
 
+namespace {
+
+// A new fd on what `fd` refers to. A dup shares the open file description and
+// so its write access; a read-only fd needs a new description, which
+// reopening through /proc gives (memfds and devices have no other name).
+Result<UniqueFd> reopen_fd(int fd, bool writable, const std::string& name) {
+  int out = writable
+                ? ::fcntl(fd, F_DUPFD_CLOEXEC, 0)
+                : ::open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_RDONLY | O_CLOEXEC);
+  if (out < 0) return errno_error(errno, "namespace " + name + ": reopen backing fd");
+  return UniqueFd(out);
+}
+
+}  // namespace
+
 Result<UniqueFd> Catalog::open_backing(std::string_view name, bool writable) const {
   std::lock_guard<std::mutex> lock(mu_);
   const NamespaceInfo* ns = lookup(name);
@@ -390,16 +414,10 @@ Result<UniqueFd> Catalog::open_backing(std::string_view name, bool writable) con
   switch (caps_.kind) {
     case MediaKind::kDirectory:
       return open_file(backing_dir(dir_) + "/" + ns->uuid, writable);
-    case MediaKind::kMemfd: {
-      int fd = ::fcntl(memfds_.at(ns->uuid).get(), F_DUPFD_CLOEXEC, 0);
-      if (fd < 0) return errno_error(errno, "namespace " + ns->name + ": dup");
-      return UniqueFd(fd);
-    }
-    case MediaKind::kDevdax: {
-      int fd = ::fcntl(devdax_fd_.get(), F_DUPFD_CLOEXEC, 0);
-      if (fd < 0) return errno_error(errno, "namespace " + ns->name + ": dup");
-      return UniqueFd(fd);
-    }
+    case MediaKind::kMemfd:
+      return reopen_fd(memfds_.at(ns->uuid).get(), writable, ns->name);
+    case MediaKind::kDevdax:
+      return reopen_fd(devdax_fd_.get(), writable, ns->name);
   }
   return Error(std::errc::invalid_argument, "unknown media kind");
 }

@@ -34,18 +34,27 @@ nlohmann::json to_json(const NamespaceInfo& ns, bool human) {
 }
 
 nlohmann::json to_json(const Capabilities& caps, bool human) {
-  return {{"kind", to_string(caps.kind)},
-          {"filesystem", caps.filesystem},
-          {"persist", to_string(caps.persist)},
-          {"flush_instruction", to_string(caps.flush_instruction)},
-          {"page_size", size_json(caps.page_size, human)},
-          {"huge_page_size", size_json(caps.huge_page_size, human)},
-          {"alignment", size_json(caps.alignment, human)},
-          {"map_sync", caps.map_sync},
-          {"punch_hole", caps.punch_hole},
-          {"uffd_wp_sync", caps.uffd_wp_sync},
-          {"uffd_wp_async", caps.uffd_wp_async},
-          {"engine", to_string(caps.engine)}};
+  nlohmann::json raw = {{"kind", to_string(caps.kind)},
+                        {"filesystem", caps.filesystem},
+                        {"persist", to_string(caps.persist)},
+                        {"flush_instruction", to_string(caps.flush_instruction)},
+                        {"page_size", caps.page_size},
+                        {"huge_page_size", caps.huge_page_size},
+                        {"alignment", caps.alignment},
+                        {"map_sync", caps.map_sync},
+                        {"punch_hole", caps.punch_hole},
+                        {"uffd_wp_sync", caps.uffd_wp_sync},
+                        {"uffd_wp_async", caps.uffd_wp_async},
+                        {"engine", to_string(caps.engine)}};
+  return capabilities_json(std::move(raw), human);
+}
+
+nlohmann::json capabilities_json(nlohmann::json raw, bool human) {
+  for (const char* key : {"page_size", "huge_page_size", "alignment"}) {
+    auto it = raw.find(key);
+    if (it != raw.end() && it->is_number_unsigned()) *it = size_json(it->get<uint64_t>(), human);
+  }
+  return raw;
 }
 
 int fail(const Error& error) {

@@ -32,6 +32,9 @@ Result<std::unique_ptr<Region>> open_region(const GlobalOptions& options);
 
 nlohmann::json to_json(const NamespaceInfo& ns, bool human);
 nlohmann::json to_json(const Capabilities& caps, bool human);
+// Capabilities as the daemon reports them (raw sizes), rendered like
+// to_json(caps, human) renders them.
+nlohmann::json capabilities_json(nlohmann::json raw, bool human);
 
 // Prints "rawdax: error: MESSAGE" on stderr and returns the exit code 1.
 int fail(const Error& error);

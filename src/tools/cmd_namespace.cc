@@ -1,10 +1,14 @@
-// Verbs: list, create-namespace, destroy-namespace, resize-namespace.
+// Verbs: list, create-namespace, destroy-namespace, resize-namespace. Each
+// goes through the region's daemon when one runs (daemon_link.h), and opens
+// the region itself otherwise; the output is the same either way.
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <memory>
+#include <vector>
 
 #include "common/units.h"
 #include "tools/cli_common.h"
+#include "tools/daemon_link.h"
 #include "tools/commands.h"
 
 namespace rawdax::cli {
@@ -15,17 +19,54 @@ struct ListOptions {
   bool capabilities = false;
 };
 
-int run_list(const ListOptions& options) {
+// What list prints, from either source.
+struct Listing {
+  std::string spec;
+  nlohmann::json capabilities;  // rendered
+  std::vector<NamespaceInfo> namespaces;
+};
+
+Result<Listing> list_through(DaemonLink& daemon, const ListOptions& options) {
+  Listing out;
+  out.spec = options.global.region;
+  auto all = daemon.execute("query-namespaces", nlohmann::json::object());
+  if (!all) return all.error();
+  if (!all->is_array()) return Error(std::errc::protocol_error, "malformed namespace list");
+  for (const auto& entry : *all) {
+    auto ns = daemon.namespace_info(entry);
+    if (!ns) return ns.error();
+    out.namespaces.push_back(std::move(*ns));
+  }
+  if (options.capabilities) {
+    auto region = daemon.execute("query-region", nlohmann::json::object());
+    if (!region) return region.error();
+    if (!region->is_object() || !region->contains("capabilities")) {
+      return Error(std::errc::protocol_error, "malformed region description");
+    }
+    out.capabilities = capabilities_json((*region)["capabilities"], options.global.human);
+  }
+  return out;
+}
+
+Result<Listing> list_directly(const ListOptions& options) {
   auto region = open_region(options.global);
-  if (!region) return fail(region.error());
+  if (!region) return region.error();
+  return Listing{(*region)->spec(), to_json((*region)->capabilities(), options.global.human),
+                 (*region)->list()};
+}
+
+int run_list(const ListOptions& options) {
+  auto daemon = DaemonLink::connect(options.global.region);
+  auto listing = daemon ? list_through(*daemon, options) : list_directly(options);
+  if (!listing) return fail(listing.error());
   nlohmann::json namespaces = nlohmann::json::array();
-  for (const auto& ns : (*region)->list()) namespaces.push_back(to_json(ns, options.global.human));
+  for (const auto& ns : listing->namespaces) namespaces.push_back(to_json(ns, options.global.human));
   if (!options.capabilities) {
     print_json(namespaces);
     return 0;
   }
-  nlohmann::json entry = {{"region", (*region)->spec()},
-                          {"capabilities", to_json((*region)->capabilities(), options.global.human)},
+  nlohmann::json entry = {{"region", listing->spec},
+                          {"capabilities", listing->capabilities},
                           {"namespaces", namespaces}};
   print_json(nlohmann::json::array({entry}));
   return 0;
@@ -40,6 +81,14 @@ struct CreateOptions {
 int run_create(const CreateOptions& options) {
   auto size = parse_size(options.size);
   if (!size) return fail(size.error().with_context("namespace " + options.name + ": "));
+  if (auto daemon = DaemonLink::connect(options.global.region)) {
+    auto reply = daemon->execute("create-namespace", {{"name", options.name}, {"size", *size}});
+    if (!reply) return fail(reply.error());
+    auto info = daemon->namespace_info(*reply);
+    if (!info) return fail(info.error());
+    print_json(to_json(*info, options.global.human));
+    return 0;
+  }
   auto region = open_region(options.global);
   if (!region) return fail(region.error());
   auto info = (*region)->create_namespace({.name = options.name, .size = *size});
@@ -55,10 +104,16 @@ struct DestroyOptions {
 };
 
 int run_destroy(const DestroyOptions& options) {
-  auto region = open_region(options.global);
-  if (!region) return fail(region.error());
-  Status st = (*region)->destroy_namespace(options.name, {.force = options.force});
-  if (!st) return fail(st.error());
+  if (auto daemon = DaemonLink::connect(options.global.region)) {
+    auto reply =
+        daemon->execute("destroy-namespace", {{"name", options.name}, {"force", options.force}});
+    if (!reply) return fail(reply.error());
+  } else {
+    auto region = open_region(options.global);
+    if (!region) return fail(region.error());
+    Status st = (*region)->destroy_namespace(options.name, {.force = options.force});
+    if (!st) return fail(st.error());
+  }
   if (options.global.json) {
     print_json({{"destroyed", options.name}});
   } else {
@@ -77,6 +132,15 @@ struct ResizeOptions {
 int run_resize(const ResizeOptions& options) {
   auto size = parse_size(options.size);
   if (!size) return fail(size.error().with_context("namespace " + options.name + ": "));
+  if (auto daemon = DaemonLink::connect(options.global.region)) {
+    auto reply = daemon->execute(
+        "resize-namespace", {{"name", options.name}, {"size", *size}, {"force", options.force}});
+    if (!reply) return fail(reply.error());
+    auto info = daemon->namespace_info(*reply);
+    if (!info) return fail(info.error());
+    print_json(to_json(*info, options.global.human));
+    return 0;
+  }
   auto region = open_region(options.global);
   if (!region) return fail(region.error());
   auto dev = (*region)->open_device(options.name);

@@ -13,8 +13,10 @@
 #include <vector>
 
 #include "common/units.h"
+#include "control/server.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
+#include "tools/daemon_link.h"
 
 namespace rawdax::cli {
 namespace {
@@ -25,16 +27,20 @@ struct ServeOptions {
   std::string default_size = "256M";
   std::string nbd = "127.0.0.1:10809";
   bool read_only = false;
+  std::string control;  // control socket; empty: <region>/control.sock (none for memfd:/devdax:)
 };
 
 // One line per event on stderr: "2026-11-25T21:30:00Z rawdax serve: MESSAGE".
+// Thread-safe: one fprintf per line.
 void log_event(const std::string& message) {
   // NBD threads log too; one line at a time.
   static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
   std::time_t now = std::time(nullptr);
   char stamp[32];
-  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  std::tm utc;
+  gmtime_r(&now, &utc);  // the control server's threads log too: not gmtime()'s static buffer
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &utc);
   std::fprintf(stderr, "%s rawdax serve: %s\n", stamp, message.c_str());
   std::fflush(stderr);
 }
@@ -74,6 +80,14 @@ int run_serve(const ServeOptions& options) {
   log_event(std::string("NBD listening on ") + (*nbd)->address() +
             (options.read_only ? " (read-only)" : ""));
   for (const auto& ns : (*region)->list()) log_event("NBD export " + (*nbd)->uri(ns.name));
+  std::unique_ptr<control::ControlServer> control;
+  if (std::string path = options.control.empty() ? default_control_path(options.global.region)
+                                                 : options.control;
+      !path.empty()) {
+    auto started = control::ControlServer::start(**region, {.socket_path = path, .log = log_event});
+    if (!started) return fail(started.error());
+    control = std::move(*started);
+  }
   log_event("ready: serving " + std::to_string(devices.size()) + " namespace(s)");
 
   int sig = 0;
@@ -84,6 +98,7 @@ int run_serve(const ServeOptions& options) {
   // leaves room inside the 5 s a service manager usually allows.
   (*nbd)->stop(std::chrono::milliseconds(3000));
   log_event("NBD stopped");
+  if (control) control->stop();  // clients released, freezes thawed
   for (auto& dev : devices) {
     Status st = dev->flush();
     if (!st) log_event("flush failed: " + st.error().message());
@@ -108,6 +123,9 @@ void register_serve_command(CLI::App& app, int* exit_code) {
                     "NBD listen address: HOST:PORT (port 0 picks one) or unix:PATH")
       ->capture_default_str();
   serve->add_flag("--read-only", options->read_only, "Export every namespace read-only");
+  serve->add_option("--control", options->control,
+                    "Control socket (default <region>/control.sock; none for memfd: and devdax: "
+                    "regions unless given)");
   serve->callback([=] { *exit_code = run_serve(*options); });
 }
 

@@ -3,11 +3,13 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
 #include "common/units.h"
 #include "tools/cli_common.h"
+#include "tools/daemon_link.h"
 #include "tools/commands.h"
 
 namespace rawdax::cli {
@@ -40,7 +42,36 @@ struct SnapshotVerbOptions {
   bool force = false;
 };
 
+void print_snapshot(const SnapshotVerbOptions& options, const SnapshotInfo& info) {
+  if (options.global.json) {
+    print_json(to_json(info, options.global.human));
+  } else {
+    std::cout << "snapshot " << info.path << ": " << info.pages << " pages ("
+              << format_size(info.bytes_written) << ") of namespace " << options.name << " in "
+              << info.duration_ns / 1000000.0 << " ms\n";
+  }
+}
+
+// The daemon resolves relative paths against its own directory, so they go
+// absolute; the output names the file as the user did.
+int snapshot_through(DaemonLink& daemon, const SnapshotVerbOptions& options) {
+  std::error_code ec;
+  nlohmann::json args = {{"name", options.name},
+                         {"file", std::filesystem::absolute(options.file, ec).string()}};
+  if (!options.base.empty()) args["base"] = std::filesystem::absolute(options.base, ec).string();
+  auto reply = daemon.execute("snapshot", args);
+  if (!reply) return fail(reply.error());
+  auto info = daemon.snapshot_info(*reply);
+  if (!info) return fail(info.error());
+  info->path = options.file;
+  print_snapshot(options, *info);
+  return 0;
+}
+
 int run_snapshot(const SnapshotVerbOptions& options) {
+  if (auto daemon = DaemonLink::connect(options.global.region)) {
+    return snapshot_through(*daemon, options);
+  }
   auto region = open_region(options.global);
   if (!region) return fail(region.error());
   // A fresh process has no tracking history, so an incremental compares each
@@ -59,13 +90,7 @@ int run_snapshot(const SnapshotVerbOptions& options) {
   }
   auto info = (*dev)->snapshot(options.file, snap);
   if (!info) return fail(info.error());
-  if (options.global.json) {
-    print_json(to_json(*info, options.global.human));
-  } else {
-    std::cout << "snapshot " << info->path << ": " << info->pages << " pages ("
-              << format_size(info->bytes_written) << ") of namespace " << options.name << " in "
-              << info->duration_ns / 1000000.0 << " ms\n";
-  }
+  print_snapshot(options, *info);
   return 0;
 }
 

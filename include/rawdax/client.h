@@ -1,0 +1,147 @@
+// Client: talks to a running `rawdax serve` over its control socket.
+//
+//   auto client = rawdax::Client::connect("./rawdax-data/control.sock");
+//   auto list = (*client)->execute("query-namespaces");          // JSON text
+//   auto ns = (*client)->open_namespace("vm1", rawdax::Access::ReadWrite);
+//   auto m = ns->map(0, 4096);                                   // MAP_SHARED of the passed fd
+//   m->data()[0] = std::byte{1};                                 // the daemon sees it at once
+//   (*client)->release_namespace("vm1");
+//
+// The protocol (docs/control.md) is one JSON object per line, QMP style.
+// This header takes and returns JSON as text so that users need no JSON
+// library; parse the text with whichever one you use.
+//
+// Errors: every call returns Result<T>/Status and never throws. A daemon
+// error reply keeps its description as the message and maps its class to a
+// code: DeviceNotFound -> ENOENT, DeviceBusy -> EBUSY, CommandNotFound ->
+// ENOSYS, GenericError -> EINVAL. Transport failures carry the errno
+// (ECONNRESET, EPIPE, ...); after one the Client is unusable.
+//
+// Thread safety: a Client may be used from several threads; calls are
+// serialized. ClientNamespace and ClientMapping are plain move-only owners:
+// use each from one thread at a time.
+#ifndef RAWDAX_CLIENT_H_
+#define RAWDAX_CLIENT_H_
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "rawdax/mapping.h"
+#include "rawdax/result.h"
+
+namespace rawdax {
+
+// An asynchronous message from the daemon, e.g. NAMESPACE_REVOKED.
+struct ClientEvent {
+  std::string name;       // "NAMESPACE_REVOKED", ...
+  std::string data_json;  // the event's "data" object as JSON text
+};
+
+// A shared mapping of a namespace's fd in this process. Move-only; unmaps in
+// its destructor. After the daemon revokes the namespace, accesses raise
+// SIGBUS (the backing file was truncated), as with any truncated file.
+class ClientMapping {
+ public:
+  ClientMapping(ClientMapping&& other) noexcept;
+  ClientMapping& operator=(ClientMapping&& other) noexcept;
+  ClientMapping(const ClientMapping&) = delete;
+  ClientMapping& operator=(const ClientMapping&) = delete;
+  ~ClientMapping();
+
+  std::byte* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  friend class ClientNamespace;
+  ClientMapping(void* base, size_t mapped, std::byte* data, size_t size)
+      : base_(base), mapped_(mapped), data_(data), size_(size) {}
+  void* base_ = nullptr;  // page-aligned start of the mmap
+  size_t mapped_ = 0;
+  std::byte* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// A namespace opened through the daemon: owns the backing fd it passed
+// (closed in the destructor). The daemon counts this process as a holder
+// until release_namespace() or the control connection closes, whatever
+// happens to this object.
+class ClientNamespace {
+ public:
+  ClientNamespace(ClientNamespace&& other) noexcept;
+  ClientNamespace& operator=(ClientNamespace&& other) noexcept;
+  ClientNamespace(const ClientNamespace&) = delete;
+  ClientNamespace& operator=(const ClientNamespace&) = delete;
+  ~ClientNamespace();
+
+  const std::string& name() const { return name_; }
+  uint64_t size() const { return size_; }  // when it was opened
+  Access access() const { return access_; }
+  bool exclusive() const { return exclusive_; }
+  int fd() const { return fd_; }  // still owned by this object
+  // The open-namespace reply's "return" object (capabilities included).
+  const std::string& reply_json() const { return reply_json_; }
+
+  // mmap(MAP_SHARED) of [offset, offset+length): read-write for a ReadWrite
+  // open, read-only otherwise. Any offset works (the mapping starts on the
+  // page below it). EINVAL for an empty or out-of-range request.
+  Result<ClientMapping> map(uint64_t offset, size_t length) const;
+
+  // Gives up the fd: the caller closes it.
+  int release_fd();
+
+ private:
+  friend class Client;
+  ClientNamespace() = default;
+  std::string name_;
+  uint64_t size_ = 0;
+  uint64_t alignment_ = 0;  // the media's mmap granularity
+  Access access_ = Access::ReadOnly;
+  bool exclusive_ = false;
+  int fd_ = -1;
+  std::string reply_json_;
+};
+
+class Client {
+ public:
+  // Connects and reads the greeting. Socket paths longer than sun_path are
+  // fine. ECONNREFUSED/ENOENT when no daemon listens there.
+  static Result<std::unique_ptr<Client>> connect(const std::string& socket_path);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // The greeting's "rawdax" object: {"version":…, "capabilities":[…]}.
+  const std::string& greeting_json() const;
+
+  // Runs one command; `arguments_json` is a JSON object (text). Returns the
+  // reply's "return" value as JSON text. Events that arrive meanwhile are
+  // queued for take_events()/wait_event().
+  Result<std::string> execute(std::string_view command, std::string_view arguments_json = "{}");
+
+  // open-namespace: receives the backing fd (O_RDONLY for ReadOnly).
+  // EBUSY when another holder has it exclusively, or when `exclusive` and
+  // anyone holds it.
+  Result<ClientNamespace> open_namespace(std::string_view name, Access access,
+                                         bool exclusive = false);
+  Status release_namespace(std::string_view name);
+
+  // Events received so far, oldest first; the queue is emptied.
+  std::vector<ClientEvent> take_events();
+  // The oldest queued event, or waits up to `timeout` for one. ETIMEDOUT.
+  // Other calls on this Client wait while it does.
+  Result<ClientEvent> wait_event(std::chrono::milliseconds timeout);
+
+ private:
+  class Impl;
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace rawdax
+
+#endif  // RAWDAX_CLIENT_H_

@@ -1,0 +1,57 @@
+/* The C interface of the rawdax control client (see rawdax/client.h and
+ * docs/control.md): connect to `rawdax serve`, run commands, receive
+ * namespace fds.
+ *
+ * Errors: functions returning int give 0 on success or a negative errno
+ * (-ENOENT for DeviceNotFound, -EBUSY for DeviceBusy, -ENOSYS for
+ * CommandNotFound, -EINVAL for GenericError, the socket's errno otherwise);
+ * rawdax_client_error() then returns the message, valid until the next call
+ * on that client.
+ *
+ * Ownership: strings returned through `char**` are malloc'd; release them
+ * with rawdax_free(). Fds returned are the caller's to close.
+ *
+ * Thread safety: a client may be shared between threads, but the error text
+ * is per client, so read it from the thread that made the failing call. */
+#ifndef RAWDAX_CLIENT_C_H_
+#define RAWDAX_CLIENT_C_H_
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct rawdax_client rawdax_client;
+
+/* Connects to the control socket at `socket_path`. On success *out is a
+ * client to close with rawdax_client_close(); on failure *out is NULL. */
+int rawdax_client_connect(const char* socket_path, rawdax_client** out);
+
+/* Runs `command` with `arguments_json` (a JSON object, or NULL for none).
+ * On success *reply_json (if not NULL) receives the "return" value as JSON. */
+int rawdax_client_execute(rawdax_client* client, const char* command,
+                          const char* arguments_json, char** reply_json);
+
+/* open-namespace: *fd receives the backing fd (read-only unless `writable`),
+ * *size (if not NULL) the namespace's size. */
+int rawdax_client_open(rawdax_client* client, const char* name, int writable, int exclusive,
+                       int* fd, uint64_t* size);
+
+/* release-namespace. */
+int rawdax_client_release(rawdax_client* client, const char* name);
+
+/* The message of the client's last failure ("" if none). */
+const char* rawdax_client_error(const rawdax_client* client);
+
+/* Closes the connection: the daemon releases what it held for it (opens,
+ * freezes). NULL is accepted. */
+void rawdax_client_close(rawdax_client* client);
+
+void rawdax_free(void* p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RAWDAX_CLIENT_C_H_ */

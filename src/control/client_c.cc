@@ -1,0 +1,95 @@
+// The C interface (rawdax/client_c.h) over the C++ Client.
+#include "rawdax/client_c.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "rawdax/client.h"
+
+struct rawdax_client {
+  std::unique_ptr<rawdax::Client> client;
+  std::string error;
+};
+
+namespace {
+
+int fail(rawdax_client* c, const rawdax::Error& error) {
+  c->error = error.message();
+  int code = error.code().value();
+  return code > 0 ? -code : -EIO;
+}
+
+char* copy_string(const std::string& s) {
+  char* out = static_cast<char*>(std::malloc(s.size() + 1));
+  if (out != nullptr) std::memcpy(out, s.c_str(), s.size() + 1);
+  return out;
+}
+
+}  // namespace
+
+extern "C" {
+
+int rawdax_client_connect(const char* socket_path, rawdax_client** out) {
+  if (out == nullptr) return -EINVAL;
+  *out = nullptr;
+  if (socket_path == nullptr) return -EINVAL;
+  auto client = rawdax::Client::connect(socket_path);
+  if (!client) {
+    int code = client.error().code().value();
+    return code > 0 ? -code : -EIO;
+  }
+  auto* c = new (std::nothrow) rawdax_client;
+  if (c == nullptr) return -ENOMEM;
+  c->client = std::move(*client);
+  *out = c;
+  return 0;
+}
+
+int rawdax_client_execute(rawdax_client* c, const char* command, const char* arguments_json,
+                          char** reply_json) {
+  if (c == nullptr || command == nullptr) return -EINVAL;
+  if (reply_json != nullptr) *reply_json = nullptr;
+  auto reply = c->client->execute(command, arguments_json != nullptr ? arguments_json : "{}");
+  if (!reply) return fail(c, reply.error());
+  c->error.clear();
+  if (reply_json != nullptr) {
+    *reply_json = copy_string(*reply);
+    if (*reply_json == nullptr) return -ENOMEM;
+  }
+  return 0;
+}
+
+int rawdax_client_open(rawdax_client* c, const char* name, int writable, int exclusive, int* fd,
+                       uint64_t* size) {
+  if (c == nullptr || name == nullptr || fd == nullptr) return -EINVAL;
+  *fd = -1;
+  auto ns = c->client->open_namespace(
+      name, writable ? rawdax::Access::ReadWrite : rawdax::Access::ReadOnly, exclusive != 0);
+  if (!ns) return fail(c, ns.error());
+  c->error.clear();
+  if (size != nullptr) *size = ns->size();
+  *fd = ns->release_fd();
+  return 0;
+}
+
+int rawdax_client_release(rawdax_client* c, const char* name) {
+  if (c == nullptr || name == nullptr) return -EINVAL;
+  rawdax::Status st = c->client->release_namespace(name);
+  if (!st) return fail(c, st.error());
+  c->error.clear();
+  return 0;
+}
+
+const char* rawdax_client_error(const rawdax_client* c) {
+  return c == nullptr ? "" : c->error.c_str();
+}
+
+void rawdax_client_close(rawdax_client* c) { delete c; }
+
+void rawdax_free(void* p) { std::free(p); }
+
+}  // extern "C"

@@ -1,0 +1,556 @@
+#include "control/dispatcher.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <utility>
+
+namespace rawdax::control {
+namespace {
+
+using json = nlohmann::json;
+
+#ifndef RAWDAX_VERSION
+#define RAWDAX_VERSION "0"
+#endif
+
+// What this daemon offers; clients check before relying on a feature.
+const char* const kCapabilities[] = {"fd-passing", "exclusive-open", "events",
+                                     "freeze",     "snapshot",       "stats"};
+
+// Never throws: client-supplied strings may be invalid UTF-8.
+std::string dump(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+Error generic_error(std::string message) {
+  return Error(std::errc::invalid_argument, std::move(message));
+}
+
+// Errors of an operation on a namespace already known to exist: ENOENT there
+// means some other file (a snapshot's base, its directory), not the device.
+Error not_a_device_error(const Error& error) {
+  if (error.code() == std::errc::no_such_file_or_directory) return generic_error(error.message());
+  return error;
+}
+
+json namespace_json(const NamespaceInfo& ns) {
+  return {{"name", ns.name}, {"uuid", ns.uuid}, {"size", ns.size}, {"mode", ns.mode},
+          {"path", ns.path}};
+}
+
+json capabilities_json(const Capabilities& caps) {
+  return {{"kind", to_string(caps.kind)},
+          {"filesystem", caps.filesystem},
+          {"persist", to_string(caps.persist)},
+          {"flush_instruction", to_string(caps.flush_instruction)},
+          {"page_size", caps.page_size},
+          {"huge_page_size", caps.huge_page_size},
+          {"alignment", caps.alignment},
+          {"map_sync", caps.map_sync},
+          {"punch_hole", caps.punch_hole},
+          {"uffd_wp_sync", caps.uffd_wp_sync},
+          {"uffd_wp_async", caps.uffd_wp_async},
+          {"engine", to_string(caps.engine)}};
+}
+
+json snapshot_json(const SnapshotInfo& s) {
+  return {{"path", s.path},
+          {"id", s.id},
+          {"base_id", s.base_id},
+          {"base_path", s.base_path},
+          {"source_uuid", s.source_uuid},
+          {"namespace_size", s.namespace_size},
+          {"page_size", s.page_size},
+          {"pages", s.pages},
+          {"bytes_written", s.bytes_written},
+          {"duration_ns", s.duration_ns},
+          {"max_writer_stall_ns", s.max_writer_stall_ns}};
+}
+
+json stats_json(const std::string& name, const DeviceStats& s) {
+  return {{"name", name},
+          {"reads", s.reads},
+          {"writes", s.writes},
+          {"bytes_read", s.bytes_read},
+          {"bytes_written", s.bytes_written},
+          {"write_zeroes", s.write_zeroes},
+          {"discards", s.discards},
+          {"flushes", s.flushes},
+          {"maps", s.maps},
+          {"live_mappings", s.live_mappings},
+          {"revoked_mappings", s.revoked_mappings},
+          {"dirty_pages", s.dirty_pages},
+          {"synced_pages", s.synced_pages},
+          {"write_faults", s.write_faults},
+          {"freezes", s.freezes},
+          {"stall_total_ns", s.stall_total_ns},
+          {"stall_max_ns", s.stall_max_ns}};
+}
+
+// Typed access to a request's "arguments"; every failure is a GenericError
+// naming the command and the argument.
+class Arguments {
+ public:
+  Arguments(std::string_view command, const json& args) : command_(command), args_(args) {}
+
+  Status only(const std::vector<std::string_view>& allowed) const {
+    for (const auto& [key, value] : args_.items()) {
+      bool known = false;
+      for (auto a : allowed) known = known || a == key;
+      if (!known) return fail(key, "is not an argument of this command");
+    }
+    return ok();
+  }
+  Result<std::string> string(const char* key, const std::string* fallback = nullptr) const {
+    const json* v = find(key);
+    if (v == nullptr) {
+      if (fallback != nullptr) return *fallback;
+      return fail(key, "is missing");
+    }
+    if (!v->is_string()) return fail(key, "must be a string");
+    return v->get<std::string>();
+  }
+  Result<uint64_t> size(const char* key) const {
+    const json* v = find(key);
+    if (v == nullptr) return fail(key, "is missing");
+    if (!v->is_number_unsigned()) return fail(key, "must be a non-negative integer");
+    return v->get<uint64_t>();
+  }
+  Result<bool> flag(const char* key, bool fallback) const {
+    const json* v = find(key);
+    if (v == nullptr) return fallback;
+    if (!v->is_boolean()) return fail(key, "must be true or false");
+    return v->get<bool>();
+  }
+  Result<double> seconds(const char* key, double fallback) const {
+    const json* v = find(key);
+    if (v == nullptr) return fallback;
+    if (!v->is_number()) return fail(key, "must be a number of seconds");
+    double s = v->get<double>();
+    if (!std::isfinite(s) || s < 0 || s > 3600) return fail(key, "must be between 0 and 3600");
+    return s;
+  }
+
+ private:
+  const json* find(const char* key) const {
+    auto it = args_.find(key);
+    return it == args_.end() ? nullptr : &*it;
+  }
+  Error fail(const std::string& key, const char* what) const {
+    return generic_error(std::string(command_) + ": argument '" + key + "' " + what);
+  }
+  std::string_view command_;
+  const json& args_;
+};
+
+constexpr double kDefaultFreezeTimeoutSeconds = 10;
+
+}  // namespace
+
+// One request being executed: the dispatcher, the session it came on, its
+// arguments, and where an fd to pass goes.
+class Dispatcher::Command {
+ public:
+  Command(Dispatcher& d, Session& session, const Arguments& args, UniqueFd* fd_out)
+      : d_(d), session_(session), args_(args), fd_out_(fd_out) {}
+
+  // ENOSYS (CommandNotFound) for an unknown command.
+  Result<json> run(std::string_view name) {
+    using Fn = Result<json> (Command::*)();
+    struct Entry {
+      std::string_view name;
+      std::vector<std::string_view> args;
+      Fn fn;
+    };
+    static const std::vector<Entry> kTable = {
+        {"query-namespaces", {}, &Command::query_namespaces},
+        {"query-region", {}, &Command::query_region},
+        {"create-namespace", {"name", "size"}, &Command::create_namespace},
+        {"destroy-namespace", {"name", "force"}, &Command::destroy_namespace},
+        {"resize-namespace", {"name", "size", "force"}, &Command::resize_namespace},
+        {"open-namespace", {"name", "access", "exclusive"}, &Command::open_namespace},
+        {"release-namespace", {"name"}, &Command::release_namespace},
+        {"freeze", {"name", "timeout"}, &Command::freeze},
+        {"thaw", {"name"}, &Command::thaw},
+        {"snapshot", {"name", "file", "base"}, &Command::snapshot},
+        {"query-stats", {}, &Command::query_stats},
+    };
+    for (const Entry& e : kTable) {
+      if (e.name != name) continue;
+      RAWDAX_RETURN_IF_ERROR(args_.only(e.args));
+      return (this->*e.fn)();
+    }
+    return Error(std::errc::function_not_supported, "The command " + std::string(name) +
+                                                        " has not been found");
+  }
+
+ private:
+  std::string pid_list(const std::vector<Holder>& holders) const {
+    std::string out;
+    for (const Holder& h : holders) {
+      out += (out.empty() ? "" : ", ") + std::to_string(h.peer->pid());
+    }
+    return out;
+  }
+
+  // The table entry of `name`; the region's own ENOENT error when absent.
+  Result<NamespaceState*> lookup_locked(const std::string& name) {
+    auto it = d_.namespaces_.find(name);
+    if (it == d_.namespaces_.end()) {
+      auto found = d_.region_.find(name);
+      if (!found) return found.error();
+      it = d_.namespaces_.emplace(name, NamespaceState{}).first;  // device opened on demand
+    }
+    return &it->second;
+  }
+
+  // The daemon's Device of `name`, opened now if it could not be before.
+  Result<std::shared_ptr<Device>> device(const std::string& name) {
+    std::lock_guard<std::mutex> lock(d_.mu_);
+    auto state = lookup_locked(name);
+    if (!state) return state.error();
+    if ((*state)->device == nullptr) {
+      auto dev = d_.region_.open_device(name);
+      if (!dev) return dev.error();
+      (*state)->device = std::move(*dev);
+    }
+    return (*state)->device;
+  }
+
+  void notify_locked(const std::vector<Holder>& holders, const json& event) {
+    std::string line = dump(event);
+    for (const Holder& h : holders) {
+      Status sent = h.peer->send(line);
+      if (!sent) d_.log_("event to pid " + std::to_string(h.peer->pid()) + " failed: " +
+                         sent.error().message());
+    }
+  }
+
+  Result<json> query_namespaces() {
+    std::lock_guard<std::mutex> lock(d_.mu_);
+    json out = json::array();
+    for (const NamespaceInfo& ns : d_.region_.list()) {
+      json entry = namespace_json(ns);
+      json holders = json::array();
+      auto it = d_.namespaces_.find(ns.name);
+      if (it != d_.namespaces_.end()) {
+        for (const Holder& h : it->second.holders) {
+          holders.push_back({{"pid", h.peer->pid()},
+                             {"access", h.writable ? "rw" : "ro"},
+                             {"exclusive", h.exclusive}});
+        }
+      }
+      entry["holders"] = std::move(holders);
+      out.push_back(std::move(entry));
+    }
+    return out;
+  }
+
+  Result<json> query_region() {
+    return json{{"region", d_.region_.spec()},
+                {"capabilities", capabilities_json(d_.region_.capabilities())}};
+  }
+
+  Result<json> create_namespace() {
+    auto name = args_.string("name");
+    if (!name) return name.error();
+    auto size = args_.size("size");
+    if (!size) return size.error();
+    std::lock_guard<std::mutex> lock(d_.mu_);
+    auto info = d_.region_.create_namespace({.name = *name, .size = *size});
+    if (!info) return info.error();
+    NamespaceState& state = d_.namespaces_[info->name];
+    auto dev = d_.region_.open_device(info->name);
+    if (dev) state.device = std::move(*dev);
+    d_.log_("namespace " + info->name + " created (" + std::to_string(info->size) + " bytes)");
+    return namespace_json(*info);
+  }
+
+  Result<json> destroy_namespace() {
+    auto name = args_.string("name");
+    if (!name) return name.error();
+    auto force = args_.flag("force", false);
+    if (!force) return force.error();
+    std::lock_guard<std::mutex> lock(d_.mu_);
+    auto state = lookup_locked(*name);
+    if (!state) return state.error();
+    std::vector<Holder>& holders = (*state)->holders;
+    if (!holders.empty() && !*force) {
+      return Error(std::errc::device_or_resource_busy,
+                   "namespace " + *name + " is open by pid(s) " + pid_list(holders) +
+                       "; force revokes it");
+    }
+    // Holders hear first; then removal truncates the backing object, which
+    // turns their mappings' next access into SIGBUS.
+    notify_locked(holders, {{"event", "NAMESPACE_REVOKED"}, {"data", {{"name", *name}}}});
+    // force: the daemon's own Device handles are not users to protect.
+    Status st = d_.region_.destroy_namespace(*name, {.force = true});
+    if (!st) return st.error();
+    if (!holders.empty()) d_.log_("namespace " + *name + " revoked from pid(s) " + pid_list(holders));
+    d_.namespaces_.erase(*name);
+    d_.log_("namespace " + *name + " destroyed");
+    return json::object();
+  }
+
+  Result<json> resize_namespace() {
+    auto name = args_.string("name");
+    if (!name) return name.error();
+    auto size = args_.size("size");
+    if (!size) return size.error();
+    auto force = args_.flag("force", false);
+    if (!force) return force.error();
+    auto dev = device(*name);
+    if (!dev) return dev.error();
+    {
+      std::lock_guard<std::mutex> lock(d_.mu_);
+      auto state = lookup_locked(*name);
+      if (!state) return state.error();
+      // Their mappings may cover the cut, and the daemon cannot see them.
+      if (*size < (*dev)->size() && !(*state)->holders.empty() && !*force) {
+        return Error(std::errc::device_or_resource_busy,
+                     "namespace " + *name + " is open by pid(s) " +
+                         pid_list((*state)->holders) + "; force shrinks it under them");
+      }
+    }
+    // Not under mu_: a resize waits for in-flight writes.
+    Status st = (*dev)->resize(*size, {.force = *force});
+    if (!st) return st.error();
+    NamespaceInfo info = (*dev)->info();
+    std::lock_guard<std::mutex> lock(d_.mu_);
+    auto state = lookup_locked(*name);
+    if (state) {
+      notify_locked((*state)->holders,
+                    {{"event", "NAMESPACE_RESIZED"}, {"data", {{"name", *name}, {"size", info.size}}}});
+    }
+    d_.log_("namespace " + *name + " resized to " + std::to_string(info.size) + " bytes");
+    return namespace_json(info);
+  }
+
+  Result<json> open_namespace() {
+    auto name = args_.string("name");
+    if (!name) return name.error();
+    const std::string rw = "rw";
+    auto access = args_.string("access", &rw);
+    if (!access) return access.error();
+    if (*access != "rw" && *access != "ro") {
+      return generic_error("open-namespace: argument 'access' must be \"rw\" or \"ro\"");
+    }
+    auto exclusive = args_.flag("exclusive", false);
+    if (!exclusive) return exclusive.error();
+    std::lock_guard<std::mutex> lock(d_.mu_);
+    auto state = lookup_locked(*name);
+    if (!state) return state.error();
+    std::vector<Holder>& holders = (*state)->holders;
+    for (const Holder& h : holders) {
+      if (h.peer == session_.peer) {
+        return generic_error("namespace " + *name + " is already open on this connection");
+      }
+      if (h.exclusive) {
+        return Error(std::errc::device_or_resource_busy,
+                     "namespace " + *name + " is held exclusively by pid " +
+                         std::to_string(h.peer->pid()));
+      }
+    }
+    if (*exclusive && !holders.empty()) {
+      return Error(std::errc::device_or_resource_busy,
+                   "namespace " + *name + " is open by pid(s) " + pid_list(holders) +
+                       "; an exclusive open needs it unshared");
+    }
+    auto fd = d_.region_.open_backing_fd(*name, *access == "rw");
+    if (!fd) return not_a_device_error(fd.error());
+    fd_out_->reset(*fd);
+    auto info = d_.region_.find(*name);
+    if (!info) return info.error();
+    holders.push_back({session_.peer, *access == "rw", *exclusive});
+    d_.log_("namespace " + *name + " opened " + *access + (*exclusive ? " exclusively" : "") +
+            " by pid " + std::to_string(session_.peer->pid()));
+    uint64_t size = (*state)->device ? (*state)->device->size() : info->size;
+    return json{{"name", *name},
+                {"uuid", info->uuid},
+                {"size", size},
+                {"access", *access},
+                {"exclusive", *exclusive},
+                {"capabilities", capabilities_json(d_.region_.capabilities())}};
+  }
+
+  Result<json> release_namespace() {
+    auto name = args_.string("name");
+    if (!name) return name.error();
+    std::lock_guard<std::mutex> lock(d_.mu_);
+    auto state = lookup_locked(*name);
+    if (!state) return state.error();
+    std::vector<Holder>& holders = (*state)->holders;
+    auto mine = std::find_if(holders.begin(), holders.end(),
+                             [&](const Holder& h) { return h.peer == session_.peer; });
+    if (mine == holders.end()) {
+      return generic_error("namespace " + *name + " is not open on this connection");
+    }
+    holders.erase(mine);
+    d_.log_("namespace " + *name + " released by pid " + std::to_string(session_.peer->pid()));
+    return json::object();
+  }
+
+  Result<json> freeze() {
+    auto name = args_.string("name");
+    if (!name) return name.error();
+    auto timeout = args_.seconds("timeout", kDefaultFreezeTimeoutSeconds);
+    if (!timeout) return timeout.error();
+    auto dev = device(*name);
+    if (!dev) return dev.error();
+    // Not under mu_: draining block writes may take up to the timeout.
+    auto guard = (*dev)->freeze({.timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::duration<double>(*timeout))});
+    if (!guard) return not_a_device_error(guard.error());
+    session_.freezes.emplace(*name, std::move(*guard));
+    d_.log_("namespace " + *name + " frozen by pid " + std::to_string(session_.peer->pid()));
+    return json::object();
+  }
+
+  Result<json> thaw() {
+    auto name = args_.string("name");
+    if (!name) return name.error();
+    auto it = session_.freezes.find(*name);
+    if (it == session_.freezes.end()) {
+      std::lock_guard<std::mutex> lock(d_.mu_);
+      auto state = lookup_locked(*name);
+      if (!state) return state.error();
+      return generic_error("namespace " + *name + " is not frozen by this connection");
+    }
+    session_.freezes.erase(it);
+    d_.log_("namespace " + *name + " thawed by pid " + std::to_string(session_.peer->pid()));
+    return json::object();
+  }
+
+  Result<json> snapshot() {
+    auto name = args_.string("name");
+    if (!name) return name.error();
+    auto file = args_.string("file");
+    if (!file) return file.error();
+    const std::string none;
+    auto base = args_.string("base", &none);
+    if (!base) return base.error();
+    if (file->empty()) return generic_error("snapshot: argument 'file' is empty");
+    auto dev = device(*name);
+    if (!dev) return dev.error();
+    // Not under mu_: the copy takes as long as the namespace is big.
+    auto info = (*dev)->snapshot(*file, {.base = *base});
+    if (!info) return not_a_device_error(info.error());
+    d_.log_("namespace " + *name + " snapshot " + info->path);
+    return snapshot_json(*info);
+  }
+
+  Result<json> query_stats() {
+    std::lock_guard<std::mutex> lock(d_.mu_);
+    json out = json::array();
+    for (const auto& [name, state] : d_.namespaces_) {
+      if (state.device != nullptr) out.push_back(stats_json(name, state.device->stats()));
+    }
+    return out;
+  }
+
+  Dispatcher& d_;
+  Session& session_;
+  const Arguments& args_;
+  UniqueFd* fd_out_;
+};
+
+Dispatcher::Dispatcher(Region& region, LogFn log) : region_(region), log_(std::move(log)) {
+  if (!log_) log_ = [](const std::string&) {};
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const NamespaceInfo& ns : region_.list()) {
+    NamespaceState& state = namespaces_[ns.name];
+    auto dev = region_.open_device(ns.name);
+    if (dev) {
+      state.device = std::move(*dev);
+    } else {
+      log_("namespace " + ns.name + ": " + dev.error().message());
+    }
+  }
+}
+
+Dispatcher::~Dispatcher() = default;
+
+std::string Dispatcher::greeting() const {
+  json caps = json::array();
+  for (const char* c : kCapabilities) caps.push_back(c);
+  return dump({{"rawdax", {{"version", RAWDAX_VERSION}, {"capabilities", caps}}}});
+}
+
+std::string Dispatcher::error_line(std::string_view error_class, const std::string& desc) {
+  return dump({{"error", {{"class", error_class}, {"desc", desc}}}});
+}
+
+Dispatcher::Reply Dispatcher::handle(Session& session, std::string_view request_line) {
+  Reply reply;
+  json id;  // null: the request had none
+  auto fail = [&](std::string_view error_class, const std::string& desc) {
+    json out = {{"error", {{"class", error_class}, {"desc", desc}}}};
+    if (!id.is_null()) out["id"] = id;
+    reply.fd.reset();
+    reply.line = dump(out);
+  };
+  try {
+    json request = json::parse(request_line, nullptr, /*allow_exceptions=*/false);
+    if (request.is_discarded()) {
+      fail(kGenericError, "malformed JSON");
+      return reply;
+    }
+    if (!request.is_object()) {
+      fail(kGenericError, "a request must be a JSON object");
+      return reply;
+    }
+    if (auto it = request.find("id"); it != request.end()) id = *it;
+    auto execute = request.find("execute");
+    if (execute == request.end() || !execute->is_string()) {
+      fail(kGenericError, "a request needs \"execute\": a command name string");
+      return reply;
+    }
+    for (const auto& [key, value] : request.items()) {
+      if (key != "execute" && key != "arguments" && key != "id") {
+        fail(kGenericError, "unknown request member '" + key + "'");
+        return reply;
+      }
+    }
+    json args = json::object();
+    if (auto it = request.find("arguments"); it != request.end()) {
+      if (!it->is_object()) {
+        fail(kGenericError, "\"arguments\" must be a JSON object");
+        return reply;
+      }
+      args = *it;
+    }
+    const std::string command = execute->get<std::string>();
+    Arguments arguments(command, args);
+    Command cmd(*this, session, arguments, &reply.fd);
+    Result<json> result = cmd.run(command);
+    if (!result) {
+      fail(error_class(result.error()), result.error().message());
+      return reply;
+    }
+    json out = {{"return", std::move(*result)}};
+    if (!id.is_null()) out["id"] = id;
+    reply.line = dump(out);
+  } catch (const json::exception& e) {
+    fail(kGenericError, std::string("bad request: ") + e.what());
+  }
+  return reply;
+}
+
+void Dispatcher::end_session(Session& session) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [name, state] : namespaces_) {
+    auto& holders = state.holders;
+    size_t before = holders.size();
+    std::erase_if(holders, [&](const Holder& h) { return h.peer == session.peer; });
+    if (holders.size() != before) {
+      log_("namespace " + name + " released by pid " + std::to_string(session.peer->pid()) +
+           " (connection closed)");
+    }
+  }
+}
+
+}  // namespace rawdax::control

@@ -1,0 +1,154 @@
+// The rawdax binary with a running `rawdax serve`: verbs go through the
+// control socket and print what they print without a daemon; a restarted
+// daemon serves the same namespaces.
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <sstream>
+
+#include "control/control_test_util.h"
+
+namespace rawdax {
+namespace {
+
+using ::rawdax::testing::json;
+using ::rawdax::testing::ScratchDir;
+using ::rawdax::testing::ServeProcess;
+
+struct CliRun {
+  int exit_code = -1;
+  std::string out, err;
+  bool operator==(const CliRun&) const = default;
+};
+
+std::ostream& operator<<(std::ostream& os, const CliRun& r) {
+  return os << "exit " << r.exit_code << "\nstdout: " << r.out << "\nstderr: " << r.err;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class ControlCliTest : public ::testing::Test {
+ protected:
+  CliRun rawdax(const std::string& args) {
+    std::string out = dir_.path() + "/out", err = dir_.path() + "/err";
+    std::string cmd = std::string(RAWDAX_CLI_PATH) + " " + args + " --region " + region() +
+                      " >" + out + " 2>" + err + " </dev/null";
+    int status = std::system(cmd.c_str());
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+  }
+  std::string region() const { return dir_.path() + "/region"; }
+  std::string serve_log() const { return dir_.path() + "/serve.log"; }
+
+  ScratchDir dir_{::rawdax::testing::disk_parent()};
+};
+
+// Masks what legitimately differs between two snapshots or two namespaces.
+json masked(json j, std::initializer_list<const char*> keys) {
+  for (const char* k : keys) j.erase(k);
+  return j;
+}
+
+TEST_F(ControlCliTest, VerbsPrintTheSameThroughTheDaemon) {
+  // Without a daemon.
+  ASSERT_EQ(rawdax("create-namespace --name vm1 --size 2M").exit_code, 0);
+  CliRun resized = rawdax("resize-namespace vm1 --size 3M");
+  ASSERT_EQ(resized.exit_code, 0) << resized;
+  CliRun list = rawdax("list");
+  CliRun list_human = rawdax("list --human");
+  CliRun caps = rawdax("list --capabilities --human");
+  CliRun missing = rawdax("destroy-namespace nosuch");
+  CliRun bad_create = rawdax("create-namespace --name vm1 --size 1M");
+  CliRun created2 = rawdax("create-namespace --name vm2 --size 1M");
+  CliRun destroyed2 = rawdax("destroy-namespace vm2");
+  CliRun snap = rawdax("snapshot vm1 " + dir_.path() + "/direct.snap --json");
+  ASSERT_EQ(snap.exit_code, 0) << snap;
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(bad_create.exit_code, 0);
+
+  ServeProcess serve(region(), serve_log());
+  ASSERT_TRUE(serve.ready()) << slurp(serve_log());
+  // The region's flock is the daemon's now: only the socket gets through.
+  auto direct = Region::open(region());
+  ASSERT_FALSE(direct);
+  EXPECT_EQ(direct.error().code(), std::errc::device_or_resource_busy);
+
+  EXPECT_EQ(rawdax("list"), list);
+  EXPECT_EQ(rawdax("list --human"), list_human);
+  EXPECT_EQ(rawdax("list --capabilities --human"), caps);
+  EXPECT_EQ(rawdax("resize-namespace vm1 --size 3M"), resized);
+  EXPECT_EQ(rawdax("destroy-namespace nosuch"), missing);
+  EXPECT_EQ(rawdax("create-namespace --name vm1 --size 1M"), bad_create);
+  CliRun created2_daemon = rawdax("create-namespace --name vm2 --size 1M");
+  ASSERT_EQ(created2_daemon.exit_code, 0) << created2_daemon;
+  EXPECT_EQ(masked(json::parse(created2_daemon.out), {"uuid", "path"}),
+            masked(json::parse(created2.out), {"uuid", "path"}));
+  EXPECT_EQ(rawdax("destroy-namespace vm2"), destroyed2);
+  CliRun snap_daemon = rawdax("snapshot vm1 " + dir_.path() + "/daemon.snap --json");
+  ASSERT_EQ(snap_daemon.exit_code, 0) << snap_daemon;
+  const auto varying = {"path", "id", "duration_ns", "max_writer_stall_ns"};
+  json a = json::parse(snap_daemon.out), b = json::parse(snap.out);
+  EXPECT_EQ(a["path"], dir_.path() + "/daemon.snap");
+  EXPECT_EQ(masked(a, varying), masked(b, varying));
+  EXPECT_EQ(rawdax("verify " + dir_.path() + "/daemon.snap").exit_code, 0);
+
+  // The verbs did go through the daemon: it logged their connections.
+  EXPECT_NE(slurp(serve_log()).find("namespace vm2 created"), std::string::npos);
+  EXPECT_EQ(serve.stop(), 0);
+  // And with the daemon gone they work directly again.
+  EXPECT_EQ(rawdax("list"), list);
+}
+
+TEST_F(ControlCliTest, DaemonRestartKeepsNamespacesAndClientsReopen) {
+  const std::string sock = region() + "/control.sock";
+  const char message[] = "written before the restart";
+  std::string uuid;
+  {
+    ServeProcess serve(region(), serve_log());
+    ASSERT_TRUE(serve.ready()) << slurp(serve_log());
+    auto client = Client::connect(sock);
+    ASSERT_TRUE(client);
+    ASSERT_TRUE((*client)->execute("create-namespace", R"({"name":"keep","size":1048576})"));
+    auto ns = (*client)->open_namespace("keep", Access::ReadWrite);
+    ASSERT_TRUE(ns) << ns.error().message();
+    auto m = ns->map(4096, sizeof message);
+    ASSERT_TRUE(m);
+    std::memcpy(m->data(), message, sizeof message);
+    ASSERT_EQ(::msync(reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(m->data()) & ~uintptr_t{4095}),
+                      4096, MS_SYNC),
+              0);
+    uuid = json::parse(ns->reply_json())["uuid"];
+    EXPECT_EQ(serve.stop(), 0);
+  }
+  {
+    // A killed daemon leaves its socket file behind; the next one replaces it.
+    ServeProcess serve(region(), serve_log());
+    ASSERT_TRUE(serve.ready()) << slurp(serve_log());
+    EXPECT_EQ(serve.stop(SIGKILL), 128 + SIGKILL);
+  }
+  ServeProcess serve(region(), serve_log());
+  ASSERT_TRUE(serve.ready()) << slurp(serve_log());
+  auto client = Client::connect(sock);
+  ASSERT_TRUE(client);
+  auto list = json::parse(*(*client)->execute("query-namespaces"));
+  ASSERT_EQ(list.size(), 2u) << list;  // "default" and "keep"
+  auto ns = (*client)->open_namespace("keep", Access::ReadOnly);
+  ASSERT_TRUE(ns) << ns.error().message();
+  EXPECT_EQ(json::parse(ns->reply_json())["uuid"], uuid);
+  auto m = ns->map(4096, sizeof message);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(std::memcmp(m->data(), message, sizeof message), 0);
+  EXPECT_EQ(serve.stop(), 0);
+}
+
+}  // namespace
+}  // namespace rawdax

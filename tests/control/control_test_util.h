@@ -1,0 +1,198 @@
+// Helpers for the control-socket tests: a daemon-side fixture (a Region and
+// a ControlServer in this process), a raw line client for protocol-level
+// checks, and spawning the rawdax binary as a daemon.
+#ifndef RAWDAX_TESTS_CONTROL_CONTROL_TEST_UTIL_H_
+#define RAWDAX_TESTS_CONTROL_CONTROL_TEST_UTIL_H_
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <gtest/gtest.h>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "control/protocol.h"
+#include "control/server.h"
+#include "rawdax/rawdax.h"
+#include "test_util.h"
+
+namespace rawdax::testing {
+
+using json = nlohmann::json;
+
+// A protocol-level connection: send raw lines, read raw lines.
+class RawConnection {
+ public:
+  explicit RawConnection(const std::string& path) {
+    auto fd = control::connect_unix(path);
+    if (!fd) {
+      ADD_FAILURE() << fd.error().message();
+      return;
+    }
+    fd_ = std::move(*fd);
+    // Bounded: a test never waits forever on a missing line.
+    timeval tv{5, 0};
+    ::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    auto line = reader_.read_line(fd_.get());
+    if (line) greeting_ = json::parse(*line, nullptr, false);
+  }
+  const json& greeting() const { return greeting_; }
+  int fd() const { return fd_.get(); }
+
+  Status send(const std::string& line) { return control::send_line(fd_.get(), line); }
+  // The next line, parsed; discarded (is_discarded()) on EOF or garbage.
+  json read() {
+    auto line = reader_.read_line(fd_.get());
+    if (!line) return json(json::value_t::discarded);
+    return json::parse(*line, nullptr, false);
+  }
+  json call(const std::string& line) {
+    EXPECT_TRUE(send(line));
+    return read();
+  }
+  json execute(const std::string& command, const json& arguments = json::object()) {
+    return call(json{{"execute", command}, {"arguments", arguments}}.dump());
+  }
+  std::deque<UniqueFd>& fds() { return reader_.fds(); }
+
+ private:
+  UniqueFd fd_;
+  control::LineReader reader_{control::kMaxReplyLine};
+  json greeting_;
+};
+
+// The error class of a reply, or "" when it is not an error.
+inline std::string error_class(const json& reply) {
+  if (!reply.is_object() || !reply.contains("error")) return "";
+  return reply["error"].value("class", "");
+}
+
+// A region with namespace "vm1" and a ControlServer serving it, in this
+// process: the test plays the daemon.
+class DaemonFixture {
+ public:
+  explicit DaemonFixture(TestMedia media, uint64_t vm1_size = 1 << 20)
+      : region_spec_(media), socket_dir_(tmpfs_parent()) {
+    auto region = Region::open(region_spec_.spec(), {.create = true});
+    if (!region) {
+      ADD_FAILURE() << region.error().message();
+      return;
+    }
+    region_ = std::move(*region);
+    auto made = region_->create_namespace({.name = "vm1", .size = vm1_size});
+    if (!made) ADD_FAILURE() << made.error().message();
+    start();
+  }
+  ~DaemonFixture() { stop(); }
+
+  void start() {
+    auto server = control::ControlServer::start(
+        *region_, {.socket_path = socket_path(), .log = [this](const std::string& line) {
+                     std::lock_guard<std::mutex> lock(log_mu_);
+                     log_.push_back(line);
+                   }});
+    if (!server) {
+      ADD_FAILURE() << server.error().message();
+      return;
+    }
+    server_ = std::move(*server);
+  }
+  void stop() { server_.reset(); }
+
+  Region& region() { return *region_; }
+  std::string socket_path() const { return socket_dir_.path() + "/control.sock"; }
+  bool logged(const std::string& needle) {
+    std::lock_guard<std::mutex> lock(log_mu_);
+    for (const auto& line : log_) {
+      if (line.find(needle) != std::string::npos) return true;
+    }
+    return false;
+  }
+
+ private:
+  ScratchRegion region_spec_;
+  ScratchDir socket_dir_;
+  std::unique_ptr<Region> region_;
+  std::unique_ptr<control::ControlServer> server_;
+  std::mutex log_mu_;
+  std::vector<std::string> log_;
+};
+
+// Waits for a forked child; its exit code, or 128+signal.
+inline int wait_child(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return -1;
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+// Reads one byte from `fd` within `timeout`; false on timeout or EOF.
+inline bool wait_byte(int fd, std::chrono::milliseconds timeout) {
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) return false;
+  char c;
+  return ::read(fd, &c, 1) == 1;
+}
+
+// `rawdax serve` as a child process, its stderr in `log_path`.
+class ServeProcess {
+ public:
+  ServeProcess(const std::string& region, const std::string& log_path) {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      ::dup2(log, 2);
+      int null = ::open("/dev/null", O_RDWR);
+      ::dup2(null, 0);
+      ::dup2(null, 1);
+      ::execl(RAWDAX_CLI_PATH, RAWDAX_CLI_PATH, "serve", "--region", region.c_str(),
+              "--default-size", "4M", static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    // Ready once the control socket accepts.
+    std::string sock = region + "/control.sock";
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (Client::connect(sock)) {
+        ready_ = true;
+        break;
+      }
+      int status;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  ~ServeProcess() { stop(); }
+  bool ready() const { return ready_; }
+  pid_t pid() const { return pid_; }
+  // SIGTERM and wait; the exit code.
+  int stop(int sig = SIGTERM) {
+    if (pid_ <= 0) return -1;
+    ::kill(pid_, sig);
+    int code = wait_child(pid_);
+    pid_ = -1;
+    return code;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  bool ready_ = false;
+};
+
+}  // namespace rawdax::testing
+
+#endif  // RAWDAX_TESTS_CONTROL_CONTROL_TEST_UTIL_H_
