@@ -19,7 +19,8 @@ using json = nlohmann::json;
 
 // What this daemon offers; clients check before relying on a feature.
 const char* const kCapabilities[] = {"fd-passing", "exclusive-open", "events",
-                                     "freeze",     "snapshot",       "stats"};
+                                     "freeze",     "snapshot",       "stats",
+                                     "vm"};
 
 // Never throws: client-supplied strings may be invalid UTF-8.
 std::string dump(const json& value) {
@@ -178,6 +179,8 @@ class Dispatcher::Command {
         {"thaw", {"name"}, &Command::thaw},
         {"snapshot", {"name", "file", "base"}, &Command::snapshot},
         {"query-stats", {}, &Command::query_stats},
+        {"attach-vm", {"name", "qmp"}, &Command::attach_vm},
+        {"detach-vm", {"name"}, &Command::detach_vm},
     };
     for (const Entry& e : kTable) {
       if (e.name != name) continue;
@@ -245,6 +248,7 @@ class Dispatcher::Command {
         }
       }
       entry["holders"] = std::move(holders);
+      if (std::string qmp = d_.vms_.qmp_path(ns.name); !qmp.empty()) entry["vm"] = {{"qmp", qmp}};
       out.push_back(std::move(entry));
     }
     return out;
@@ -401,11 +405,15 @@ class Dispatcher::Command {
     if (!timeout) return timeout.error();
     auto dev = device(*name);
     if (!dev) return dev.error();
+    // An attached guest's stores come from the VMM's own mapping, which no
+    // engine here sees: it is paused first, and resumed after the thaw.
+    auto paused = d_.vms_.pause(*name);
+    if (!paused) return generic_error(paused.error().message());
     // Not under mu_: draining block writes may take up to the timeout.
     auto guard = (*dev)->freeze({.timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(
                                      std::chrono::duration<double>(*timeout))});
     if (!guard) return not_a_device_error(guard.error());
-    session_.freezes.emplace(*name, std::move(*guard));
+    session_.freezes.emplace(*name, HeldFreeze{std::move(*paused), std::move(*guard)});
     d_.log_("namespace " + *name + " frozen by pid " + std::to_string(session_.peer->pid()));
     return json::object();
   }
@@ -436,11 +444,47 @@ class Dispatcher::Command {
     if (file->empty()) return generic_error("snapshot: argument 'file' is empty");
     auto dev = device(*name);
     if (!dev) return dev.error();
+    // An attached guest is paused for the whole copy (its stores bypass the
+    // engine), and resumed when the snapshot ends, whatever its result.
+    auto paused = d_.vms_.pause(*name);
+    if (!paused) return generic_error(paused.error().message());
     // Not under mu_: the copy takes as long as the namespace is big.
     auto info = (*dev)->snapshot(*file, {.base = *base});
+    Status resumed = paused->resume();
+    if (!resumed) d_.log_(resumed.error().message());
     if (!info) return not_a_device_error(info.error());
     d_.log_("namespace " + *name + " snapshot " + info->path);
     return snapshot_json(*info);
+  }
+
+  Result<json> attach_vm() {
+    auto name = args_.string("name");
+    if (!name) return name.error();
+    auto qmp = args_.string("qmp");
+    if (!qmp) return qmp.error();
+    {
+      std::lock_guard<std::mutex> lock(d_.mu_);
+      auto state = lookup_locked(*name);
+      if (!state) return state.error();
+    }
+    Status attached = d_.vms_.attach(*name, *qmp);
+    if (!attached) return generic_error(attached.error().message());
+    d_.log_("namespace " + *name + ": VM attached (QMP " + *qmp + ")");
+    return json::object();
+  }
+
+  Result<json> detach_vm() {
+    auto name = args_.string("name");
+    if (!name) return name.error();
+    {
+      std::lock_guard<std::mutex> lock(d_.mu_);
+      auto state = lookup_locked(*name);
+      if (!state) return state.error();
+    }
+    Status detached = d_.vms_.detach(*name);
+    if (!detached) return generic_error(detached.error().message());
+    d_.log_("namespace " + *name + ": VM detached");
+    return json::object();
   }
 
   Result<json> query_stats() {

@@ -30,16 +30,25 @@
 #include "common/unique_fd.h"
 #include "control/peer.h"
 #include "rawdax/rawdax.h"
+#include "vm/attached_vms.h"
 
 namespace rawdax::control {
 
 using LogFn = std::function<void(const std::string&)>;
 
+// A freeze taken through the socket: the VM attached to the namespace (if
+// any) is paused for exactly as long. Members end in reverse order: thaw
+// first, then the VM resumes.
+struct HeldFreeze {
+  internal::AttachedVms::Pause vm;
+  FreezeGuard guard;
+};
+
 // What one control connection holds in the daemon. Destroying it thaws the
 // freezes it took, so a client that dies never leaves a namespace frozen.
 struct Session {
   std::shared_ptr<Peer> peer;
-  std::multimap<std::string, FreezeGuard> freezes;  // by namespace
+  std::multimap<std::string, HeldFreeze> freezes;  // by namespace
 };
 
 class Dispatcher {
@@ -82,6 +91,7 @@ class Dispatcher {
   LogFn log_;
   std::mutex mu_;
   std::map<std::string, NamespaceState, std::less<>> namespaces_;  // guarded by mu_
+  internal::AttachedVms vms_;  // thread-safe itself
 };
 
 }  // namespace rawdax::control

@@ -35,8 +35,8 @@
 namespace rawdax::control {
 
 struct ServerOptions {
-  std::string socket_path;
-  LogFn log;                    // one line per event; may be empty. Called from any
+  std::string socket_path = {};
+  LogFn log = nullptr;          // one line per event; may be empty. Called from any
                                 // server thread, concurrently: it must be thread-safe.
   size_t max_connections = 64;  // beyond: refused with a GenericError line
   // A peer that stops reading is dropped once a line waits this long.

@@ -6,6 +6,8 @@
 // through the block face, snapshots the namespace while the guest runs,
 // paused through QMP for exactly the snapshot, restores it into a second
 // namespace, and a second boot mounts that and reads the file back.
+// The freeze and the snapshot go through the daemon's control socket after
+// attach-vm, which pauses the guest through QMP for exactly their length.
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -16,6 +18,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -23,6 +26,8 @@
 
 #include "rawdax/rawdax.h"
 #include "test_util.h"
+#include "control/server.h"
+#include "rawdax/client.h"
 #include "vm/qemu_args.h"
 #include "vm/qmp_client.h"
 
@@ -51,9 +56,11 @@ std::string read_file(const std::string& path) {
 // One QEMU process running a guest step; killed if still running at the end.
 class Guest {
  public:
+  // `qmp` is for the daemon; `probe` a second QMP monitor for the test's
+  // own status checks (each monitor takes one client at a time).
   Guest(const std::string& guest_dir, const NamespaceInfo& ns, const std::string& step,
-        const std::string& serial, const std::string& qmp)
-      : serial_(serial) {
+        const std::string& serial, const std::string& qmp, const std::string& probe)
+      : serial_(serial), probe_(probe) {
     auto pmem = internal::qemu_pmem_args(ns, /*virtio=*/false, 512ull << 20);
     EXPECT_TRUE(pmem) << pmem.error().message();
     if (!pmem) return;
@@ -77,7 +84,9 @@ class Guest {
                                      "-serial",
                                      "file:" + serial,
                                      "-qmp",
-                                     "unix:" + qmp + ",server=on,wait=off"};
+                                     "unix:" + qmp + ",server=on,wait=off",
+                                     "-qmp",
+                                     "unix:" + probe + ",server=on,wait=off"};
     args.insert(args.end(), pmem->args.begin(), pmem->args.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -123,9 +132,16 @@ class Guest {
     return pid_ < 0 && WIFEXITED(status_) && WEXITSTATUS(status_) == 0;
   }
   std::string console() const { return read_file(serial_); }
+  // QEMU's run state ("running", "paused"), from the probe monitor.
+  std::string status() const {
+    auto qmp = internal::QmpClient::connect(probe_);
+    if (!qmp) return qmp.error().message();
+    auto s = qmp->status();
+    return s ? *s : s.error().message();
+  }
 
  private:
-  std::string serial_;
+  std::string serial_, probe_;
   pid_t pid_ = -1;
   int status_ = 0;
 };
@@ -154,7 +170,8 @@ TEST(VmEndToEnd, GuestOnANamespaceSnapshotRestoreAndSecondBoot) {
 
   {  // First boot: markers, fsdax, ext4 -o dax, a file; snapshot while running.
     const std::string qmp = dir.path() + "/qmp1.sock";
-    Guest guest(guest_dir, *ns, "write", dir.path() + "/serial1.log", qmp);
+    Guest guest(guest_dir, *ns, "write", dir.path() + "/serial1.log", qmp,
+                dir.path() + "/probe1.sock");
     ASSERT_TRUE(guest.wait_for("markers", 120s)) << guest.console();
     for (int i = 0; i < 4; ++i) {
       std::string want = "rawdax-marker-" + std::to_string(i) + "\n";
@@ -163,19 +180,28 @@ TEST(VmEndToEnd, GuestOnANamespaceSnapshotRestoreAndSecondBoot) {
       EXPECT_EQ(got, want) << "marker " << i << " through the block face";
     }
     ASSERT_TRUE(guest.wait_for("ready", 120s)) << guest.console();
-    auto vm = internal::QmpClient::connect(qmp);
-    ASSERT_TRUE(vm) << vm.error().message();
-    ASSERT_TRUE(vm->stop());
-    auto paused = vm->status();
-    ASSERT_TRUE(paused);
-    EXPECT_EQ(*paused, "paused");
-    auto info = (*dev)->snapshot(snap);
-    ASSERT_TRUE(vm->cont());
-    auto running = vm->status();
-    ASSERT_TRUE(running);
-    EXPECT_EQ(*running, "running");
-    ASSERT_TRUE(info) << info.error().message();
-    EXPECT_GT(info->pages, 0u);
+
+    // Through the daemon: attach the VM, then freeze/thaw and snapshot.
+    auto server = control::ControlServer::start(**region, {.socket_path = dir.path() + "/c.sock"});
+    ASSERT_TRUE(server) << server.error().message();
+    auto client = Client::connect(dir.path() + "/c.sock");
+    ASSERT_TRUE(client) << client.error().message();
+    auto attached = (*client)->execute("attach-vm", R"({"name":"vm1","qmp":")" + qmp + R"("})");
+    ASSERT_TRUE(attached) << attached.error().message();
+    EXPECT_EQ(guest.status(), "running");
+    auto frozen = (*client)->execute("freeze", R"({"name":"vm1"})");
+    ASSERT_TRUE(frozen) << frozen.error().message();
+    EXPECT_EQ(guest.status(), "paused");  // paused exactly while frozen
+    ASSERT_TRUE((*client)->execute("thaw", R"({"name":"vm1"})"));
+    EXPECT_EQ(guest.status(), "running");
+    auto taken = (*client)->execute("snapshot", R"({"name":"vm1","file":")" + snap + R"("})");
+    ASSERT_TRUE(taken) << taken.error().message();
+    EXPECT_EQ(guest.status(), "running");  // resumed after the copy
+    auto info = nlohmann::json::parse(*taken);
+    EXPECT_GT(info["pages"].get<uint64_t>(), 0u);
+    ASSERT_TRUE((*client)->execute("detach-vm", R"({"name":"vm1"})"));
+    client->reset();
+    (*server)->stop();
     ASSERT_TRUE(guest.wait_for("done", 120s)) << guest.console();
     EXPECT_TRUE(guest.wait_exit(60s)) << guest.console();
   }
@@ -185,7 +211,7 @@ TEST(VmEndToEnd, GuestOnANamespaceSnapshotRestoreAndSecondBoot) {
   ASSERT_TRUE(restored) << restored.error().message();
   {
     Guest guest(guest_dir, *restored, "read", dir.path() + "/serial2.log",
-                dir.path() + "/qmp2.sock");
+                dir.path() + "/qmp2.sock", dir.path() + "/probe2.sock");
     ASSERT_TRUE(guest.wait_for("file: hello from the guest", 120s)) << guest.console();
     EXPECT_TRUE(guest.wait_exit(60s)) << guest.console();
   }
