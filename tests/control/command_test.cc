@@ -291,6 +291,23 @@ TEST_F(ControlCommandTest, Snapshot) {
             "GenericError");
 }
 
+// The happy path (a real QEMU paused while frozen) is VmEndToEnd.*.
+TEST_F(ControlCommandTest, AttachAndDetachVmErrors) {
+  EXPECT_EQ(error_class(conn_.execute("attach-vm", {{"name", "nosuch"}, {"qmp", "/x"}})),
+            "DeviceNotFound");
+  json r = conn_.execute("attach-vm", {{"name", "vm1"}, {"qmp", "/nonexistent/qmp.sock"}});
+  EXPECT_EQ(error_class(r), "GenericError");
+  EXPECT_NE(r["error"]["desc"].get<std::string>().find("/nonexistent/qmp.sock"),
+            std::string::npos)
+      << r;
+  EXPECT_EQ(error_class(conn_.execute("attach-vm", {{"name", "vm1"}})), "GenericError");
+  EXPECT_EQ(error_class(conn_.execute("detach-vm", {{"name", "vm1"}})), "GenericError");
+  EXPECT_EQ(error_class(conn_.execute("detach-vm", {{"name", "nosuch"}})), "DeviceNotFound");
+  // Nothing attached: freeze and thaw work as without a VM.
+  EXPECT_TRUE(conn_.execute("freeze", {{"name", "vm1"}}).contains("return"));
+  EXPECT_TRUE(conn_.execute("thaw", {{"name", "vm1"}}).contains("return"));
+}
+
 TEST_F(ControlCommandTest, QueryStatsCountsBlockIo) {
   json before = conn_.execute("query-stats");
   ASSERT_TRUE(before["return"].is_array()) << before;
