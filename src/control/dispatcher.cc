@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "control/json_forms.h"
+
 namespace rawdax::control {
 namespace {
 
@@ -38,39 +40,6 @@ Error not_a_device_error(const Error& error) {
   return error;
 }
 
-json namespace_json(const NamespaceInfo& ns) {
-  return {{"name", ns.name}, {"uuid", ns.uuid}, {"size", ns.size}, {"mode", ns.mode},
-          {"path", ns.path}};
-}
-
-json capabilities_json(const Capabilities& caps) {
-  return {{"kind", to_string(caps.kind)},
-          {"filesystem", caps.filesystem},
-          {"persist", to_string(caps.persist)},
-          {"flush_instruction", to_string(caps.flush_instruction)},
-          {"page_size", caps.page_size},
-          {"huge_page_size", caps.huge_page_size},
-          {"alignment", caps.alignment},
-          {"map_sync", caps.map_sync},
-          {"punch_hole", caps.punch_hole},
-          {"uffd_wp_sync", caps.uffd_wp_sync},
-          {"uffd_wp_async", caps.uffd_wp_async},
-          {"engine", to_string(caps.engine)}};
-}
-
-json snapshot_json(const SnapshotInfo& s) {
-  return {{"path", s.path},
-          {"id", s.id},
-          {"base_id", s.base_id},
-          {"base_path", s.base_path},
-          {"source_uuid", s.source_uuid},
-          {"namespace_size", s.namespace_size},
-          {"page_size", s.page_size},
-          {"pages", s.pages},
-          {"bytes_written", s.bytes_written},
-          {"duration_ns", s.duration_ns},
-          {"max_writer_stall_ns", s.max_writer_stall_ns}};
-}
 
 json stats_json(const std::string& name, const DeviceStats& s) {
   return {{"name", name},

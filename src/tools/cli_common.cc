@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "common/units.h"
+#include "control/json_forms.h"
 
 namespace rawdax::cli {
 
@@ -26,27 +27,13 @@ static nlohmann::json size_json(uint64_t bytes, bool human) {
 }
 
 nlohmann::json to_json(const NamespaceInfo& ns, bool human) {
-  return {{"name", ns.name},
-          {"uuid", ns.uuid},
-          {"size", size_json(ns.size, human)},
-          {"mode", ns.mode},
-          {"path", ns.path}};
+  nlohmann::json j = control::namespace_json(ns);
+  j["size"] = size_json(ns.size, human);
+  return j;
 }
 
 nlohmann::json to_json(const Capabilities& caps, bool human) {
-  nlohmann::json raw = {{"kind", to_string(caps.kind)},
-                        {"filesystem", caps.filesystem},
-                        {"persist", to_string(caps.persist)},
-                        {"flush_instruction", to_string(caps.flush_instruction)},
-                        {"page_size", caps.page_size},
-                        {"huge_page_size", caps.huge_page_size},
-                        {"alignment", caps.alignment},
-                        {"map_sync", caps.map_sync},
-                        {"punch_hole", caps.punch_hole},
-                        {"uffd_wp_sync", caps.uffd_wp_sync},
-                        {"uffd_wp_async", caps.uffd_wp_async},
-                        {"engine", to_string(caps.engine)}};
-  return capabilities_json(std::move(raw), human);
+  return capabilities_json(control::capabilities_json(caps), human);
 }
 
 nlohmann::json capabilities_json(nlohmann::json raw, bool human) {

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "common/units.h"
+#include "control/json_forms.h"
 #include "tools/cli_common.h"
 #include "tools/daemon_link.h"
 #include "tools/commands.h"
@@ -16,20 +17,10 @@ namespace rawdax::cli {
 namespace {
 
 nlohmann::json to_json(const SnapshotInfo& s, bool human) {
-  nlohmann::json j = {{"path", s.path},
-                      {"id", s.id},
-                      {"base_id", s.base_id},
-                      {"base_path", s.base_path},
-                      {"source_uuid", s.source_uuid},
-                      {"namespace_size", human ? nlohmann::json(format_size(s.namespace_size))
-                                               : nlohmann::json(s.namespace_size)},
-                      {"page_size", s.page_size},
-                      {"pages", s.pages},
-                      {"bytes_written", human ? nlohmann::json(format_size(s.bytes_written))
-                                              : nlohmann::json(s.bytes_written)}};
-  if (s.duration_ns > 0) {
-    j["duration_ns"] = s.duration_ns;
-    j["max_writer_stall_ns"] = s.max_writer_stall_ns;
+  nlohmann::json j = control::snapshot_json(s);
+  if (human) {
+    j["namespace_size"] = format_size(s.namespace_size);
+    j["bytes_written"] = format_size(s.bytes_written);
   }
   return j;
 }

@@ -1,0 +1,42 @@
+#include "control/json_forms.h"
+
+namespace rawdax::control {
+
+nlohmann::json namespace_json(const NamespaceInfo& ns) {
+  return {{"name", ns.name}, {"uuid", ns.uuid}, {"size", ns.size}, {"mode", ns.mode},
+          {"path", ns.path}};
+}
+
+nlohmann::json capabilities_json(const Capabilities& caps) {
+  return {{"kind", to_string(caps.kind)},
+          {"filesystem", caps.filesystem},
+          {"persist", to_string(caps.persist)},
+          {"flush_instruction", to_string(caps.flush_instruction)},
+          {"page_size", caps.page_size},
+          {"huge_page_size", caps.huge_page_size},
+          {"alignment", caps.alignment},
+          {"map_sync", caps.map_sync},
+          {"punch_hole", caps.punch_hole},
+          {"uffd_wp_sync", caps.uffd_wp_sync},
+          {"uffd_wp_async", caps.uffd_wp_async},
+          {"engine", to_string(caps.engine)}};
+}
+
+nlohmann::json snapshot_json(const SnapshotInfo& s) {
+  nlohmann::json j = {{"path", s.path},
+                      {"id", s.id},
+                      {"base_id", s.base_id},
+                      {"base_path", s.base_path},
+                      {"source_uuid", s.source_uuid},
+                      {"namespace_size", s.namespace_size},
+                      {"page_size", s.page_size},
+                      {"pages", s.pages},
+                      {"bytes_written", s.bytes_written}};
+  if (s.duration_ns > 0) {
+    j["duration_ns"] = s.duration_ns;
+    j["max_writer_stall_ns"] = s.max_writer_stall_ns;
+  }
+  return j;
+}
+
+}  // namespace rawdax::control

@@ -1,0 +1,22 @@
+// The JSON forms of the public value types, as the control socket returns
+// them and the CLI prints them (raw integer sizes; the CLI's --human turns
+// sizes into strings). One place, so that a verb prints the same through
+// the daemon as without it. Pure functions; thread-safe.
+#ifndef RAWDAX_CONTROL_JSON_FORMS_H_
+#define RAWDAX_CONTROL_JSON_FORMS_H_
+
+#include <nlohmann/json.hpp>
+
+#include "rawdax/rawdax.h"
+
+namespace rawdax::control {
+
+nlohmann::json namespace_json(const NamespaceInfo& ns);
+nlohmann::json capabilities_json(const Capabilities& caps);
+// duration_ns and max_writer_stall_ns only for a snapshot just taken
+// (duration_ns > 0), not for one read back from a file.
+nlohmann::json snapshot_json(const SnapshotInfo& s);
+
+}  // namespace rawdax::control
+
+#endif  // RAWDAX_CONTROL_JSON_FORMS_H_
