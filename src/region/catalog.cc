@@ -288,16 +288,20 @@ Status Catalog::destroy(std::string_view name) {
     memfds_.erase(uuid);
     return ok();
   }
-  std::string path = backing_dir(dir_) + "/" + uuid;
   crash_point("namespace unnamed, file not yet removed");
+  return remove_backing_file(std::string(name), uuid);
+}
+
+Status Catalog::remove_backing_file(const std::string& name, const std::string& uuid) {
+  const std::string path = backing_dir(dir_) + "/" + uuid;
   // Truncated first: every process that maps it (clients holding the fd)
   // then gets SIGBUS, as the kernel's unmap_mapping_range gives on truncate.
   if (::truncate(path.c_str(), 0) != 0 && errno != ENOENT) {
-    return errno_error(errno, "namespace " + std::string(name) + ": cannot truncate " + path);
+    return errno_error(errno, "namespace " + name + ": cannot truncate " + path);
   }
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
     // The metadata no longer names it, so the next open removes it as an orphan.
-    return errno_error(errno, "namespace " + std::string(name) + ": cannot remove " + path);
+    return errno_error(errno, "namespace " + name + ": cannot remove " + path);
   }
   return fsync_directory(backing_dir(dir_));
 }
@@ -362,11 +366,7 @@ Result<NamespaceInfo> Catalog::install(DetachedObject object) {
   }
   if (!replaced.empty()) {
     crash_point("namespace renamed to its new object, old file not yet removed");
-    std::string old = backing_dir(dir_) + "/" + replaced;
-    if (::unlink(old.c_str()) != 0 && errno != ENOENT) {
-      return errno_error(errno, "namespace " + ns.name + ": cannot remove " + old);
-    }
-    RAWDAX_RETURN_IF_ERROR(fsync_directory(backing_dir(dir_)));
+    RAWDAX_RETURN_IF_ERROR(remove_backing_file(ns.name, replaced));
   }
   return with_path(ns);
 }

@@ -89,6 +89,9 @@ class Catalog {
   Status open_devdax(const std::string& path);
   Status remove_orphans();
   Status commit(RegionMetadata next);  // persists, then installs `next`
+  // After the metadata stopped naming it (directory kind): truncates the
+  // file, so that every mapping of it raises SIGBUS, then unlinks it.
+  Status remove_backing_file(const std::string& name, const std::string& uuid);
   NamespaceInfo with_path(NamespaceInfo ns) const;
   const NamespaceInfo* lookup(std::string_view name) const;
 
