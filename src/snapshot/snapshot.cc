@@ -52,7 +52,8 @@ class LiveCopy : public PageCopier {
 
   void before_write(uint64_t first_page, uint64_t count) override {
     auto start = std::chrono::steady_clock::now();
-    std::vector<std::byte> buffer;
+    // Per thread, reused: this runs on every first write to a page.
+    thread_local std::vector<std::byte> buffer;
     std::unique_lock<std::mutex> lock(mu_);
     copy_range_locked(lock, first_page, first_page + count, buffer);
     uint64_t ns = elapsed_ns(start);
