@@ -69,8 +69,9 @@ class Protector : public MappingObserver {
   // splits into few VMAs).
   virtual uint64_t live_chunk_pages() const = 0;
   // Pages [first_page, +count) are copied: their mappings may take stores
-  // without faulting, unless frozen meanwhile (or tracked on the uffd engine,
-  // where the first store must still be seen). Wakes stores parked on them.
+  // without faulting, unless frozen meanwhile. Wakes stores parked on them.
+  // The uffd engine leaves them to the handler: a store's fault finds the
+  // page copied and only unprotects it.
   virtual void release_copied(uint64_t first_page, uint64_t count) = 0;
   // Pages that parked stores wait for (mprotect engine; none on uffd).
   virtual std::vector<uint64_t> take_demanded_pages() { return {}; }

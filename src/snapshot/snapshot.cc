@@ -1,5 +1,8 @@
 #include "snapshot/snapshot.h"
 
+#include <sys/mman.h>
+
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -9,6 +12,7 @@
 #include <atomic>
 #include <vector>
 
+#include "common/mapped_range.h"
 #include "common/uuid.h"
 #include "snapshot/snapshot_file.h"
 
@@ -39,7 +43,10 @@ bool all_zero(std::span<const std::byte> data) {
 // device's view cannot change a page before kDone: stores to it fault
 // (write-protection) and block writes call before_write(), which returns only
 // when every page it names is kDone. So a writer waits for at most its own
-// pages' copy, or for the one run in flight that holds its page.
+// pages' copy, or for the one run in flight that holds its page. A writer's
+// copy may go to an in-memory stash slot instead of the file: the page is
+// kDone once the slot holds it, the slot is reused only after the background
+// pass stored it, and the file is finished only after the pass's last store.
 class LiveCopy : public PageCopier {
  public:
   // `unchanged(page, data)`: the page need not be stored (a zero page of a
@@ -48,21 +55,24 @@ class LiveCopy : public PageCopier {
   LiveCopy(DeviceCore& core, Protector& engine, SnapshotWriter& writer, std::vector<uint8_t> todo,
            Unchanged unchanged)
       : core_(core), engine_(engine), writer_(writer), state_(std::move(todo)),
-        unchanged_(std::move(unchanged)) {}
+        unchanged_(std::move(unchanged)),
+        stash_(make_stash(std::min<uint64_t>(kStashPages, state_.size()), core.page_size())) {
+    for (uint32_t s = 0; s < stash_.size() / core.page_size(); ++s) free_slots_.push_back(s);
+  }
 
   void before_write(uint64_t first_page, uint64_t count) override {
     auto start = std::chrono::steady_clock::now();
     // Per thread, reused: this runs on every first write to a page.
     thread_local std::vector<std::byte> buffer;
     std::unique_lock<std::mutex> lock(mu_);
-    copy_range_locked(lock, first_page, first_page + count, buffer);
+    copy_range_locked(lock, first_page, first_page + count, buffer, /*stash=*/true);
     uint64_t ns = elapsed_ns(start);
     if (ns > max_stall_ns_) max_stall_ns_ = ns;
   }
 
   // Copies every page not copied yet, a chunk at a time, in order except
   // that chunks stores are parked on go first; makes each chunk writable
-  // again once copied.
+  // again once copied, and writes out the pages writers stashed meanwhile.
   void copy_rest(const std::function<void(uint64_t, uint64_t)>& progress) {
     const uint64_t chunk = engine_.live_chunk_pages();
     const uint64_t chunks = (state_.size() + chunk - 1) / chunk;
@@ -77,6 +87,8 @@ class LiveCopy : public PageCopier {
       }
       if (!copy_chunk(c, chunk)) return;
     }
+    // Every page is kDone now, so nothing more can be stashed.
+    write_stashed();
   }
 
   Status status() {
@@ -90,11 +102,15 @@ class LiveCopy : public PageCopier {
 
  private:
   enum : uint8_t { kDone = 0, kTodo = 1, kCopying = 2 };
+  using Slots = std::array<uint32_t, 8>;
 
   // Claims the pages of [first, end) still to do, copies them in runs
-  // outside the lock, then waits for those another thread is copying.
+  // outside the lock, then waits for those another thread is copying. With
+  // `stash`, short runs go to the stash while it has room, so that a writer
+  // never waits for the snapshot file: on tmpfs a write holds the file's
+  // lock for the whole of the background pass's 256 KiB write.
   void copy_range_locked(std::unique_lock<std::mutex>& lock, uint64_t first, uint64_t end,
-                         std::vector<std::byte>& buffer) {
+                         std::vector<std::byte>& buffer, bool stash) {
     end = std::min<uint64_t>(end, state_.size());
     for (uint64_t p = first; p < end && status_;) {
       if (state_[p] != kTodo) {
@@ -103,10 +119,29 @@ class LiveCopy : public PageCopier {
       }
       uint64_t q = p;
       while (q < end && state_[q] == kTodo && q - p < kBatchPages) state_[q++] = kCopying;
-      lock.unlock();
-      if (buffer.size() < (q - p) * core_.page_size()) buffer.resize((q - p) * core_.page_size());
-      Status copied = copy_run(p, q, buffer);
-      lock.lock();
+      Status copied;
+      if (stash && q - p <= Slots().size() && q - p <= free_slots_.size()) {
+        Slots slots;
+        for (uint64_t i = 0; i < q - p; ++i) {
+          slots[i] = free_slots_.back();
+          free_slots_.pop_back();
+        }
+        lock.unlock();
+        copied = stash_run(p, q, slots);
+        lock.lock();
+        for (uint64_t i = 0; i < q - p; ++i) {
+          if (copied) {
+            stashed_.push_back({p + i, slots[i]});
+          } else {
+            free_slots_.push_back(slots[i]);
+          }
+        }
+      } else {
+        lock.unlock();
+        if (buffer.size() < (q - p) * core_.page_size()) buffer.resize((q - p) * core_.page_size());
+        copied = copy_run(p, q, buffer);
+        lock.lock();
+      }
       for (uint64_t i = p; i < q; ++i) state_[i] = kDone;
       if (!copied && status_) status_ = copied;
       done_.notify_all();
@@ -123,11 +158,49 @@ class LiveCopy : public PageCopier {
   // Copies what is left of chunk c and releases it. False once copying failed.
   bool copy_chunk(uint64_t c, uint64_t chunk) {
     std::unique_lock<std::mutex> lock(mu_);
-    copy_range_locked(lock, c * chunk, (c + 1) * chunk, buffer_);
+    copy_range_locked(lock, c * chunk, (c + 1) * chunk, buffer_, /*stash=*/false);
     if (!status_) return false;
     lock.unlock();
     if (c * chunk < state_.size()) engine_.release_copied(c * chunk, chunk);
+    write_stashed();
     return true;
+  }
+
+  // The bytes of page p inside `base` (page-sized slots or a run from
+  // `first`), clipped to the namespace's end.
+  std::span<std::byte> page_in(std::byte* at, uint64_t p) const {
+    const uint64_t ps = core_.page_size(), size = core_.size();
+    return {at, p * ps >= size ? 0 : std::min(ps, size - p * ps)};
+  }
+  std::byte* slot(uint32_t s) const { return stash_.data() + uint64_t{s} * core_.page_size(); }
+
+  // Reads pages [first, end) into their stash slots.
+  Status stash_run(uint64_t first, uint64_t end, const Slots& slots) {
+    for (uint64_t p = first; p < end; ++p) {
+      RAWDAX_RETURN_IF_ERROR(core_.read_for_copy(p * core_.page_size(),
+                                                 page_in(slot(slots[p - first]), p)));
+    }
+    return ok();
+  }
+
+  // Stores the stashed pages in the snapshot file and frees their slots.
+  // Only the background pass calls it, so each batch is written once.
+  void write_stashed() {
+    std::vector<std::pair<uint64_t, uint32_t>> batch;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stashed_.empty()) return;
+      batch.swap(stashed_);
+    }
+    Status written;
+    for (auto [page, s] : batch) {
+      std::span<std::byte> data = page_in(slot(s), page);
+      if (!written || data.empty() || (unchanged_ && unchanged_(page, data))) continue;
+      written = writer_.write_pages(page, data);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto [page, s] : batch) free_slots_.push_back(s);
+    if (!written && status_) status_ = written;
   }
 
   // Copies pages [first, end) in one read; stores the runs of them that are
@@ -138,10 +211,7 @@ class LiveCopy : public PageCopier {
     std::span<std::byte> run(buffer.data(), std::min((end - first) * ps, size - first * ps));
     end = first + (run.size() + ps - 1) / ps;
     RAWDAX_RETURN_IF_ERROR(core_.read_for_copy(first * ps, run));
-    auto page_of = [&](uint64_t p) {
-      uint64_t at = (p - first) * ps;
-      return run.subspan(at, std::min(ps, run.size() - at));
-    };
+    auto page_of = [&](uint64_t p) { return page_in(run.data() + (p - first) * ps, p); };
     for (uint64_t p = first; p < end;) {
       if (unchanged_ && unchanged_(p, page_of(p))) {
         ++p;
@@ -157,8 +227,17 @@ class LiveCopy : public PageCopier {
     return ok();
   }
 
+  // An anonymous buffer of `pages` page slots, populated now so that a
+  // writer never takes a page fault on it; empty if that fails.
+  static MappedRange make_stash(uint64_t pages, uint64_t page_size) {
+    void* p = ::mmap(nullptr, pages * page_size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return p == MAP_FAILED ? MappedRange() : MappedRange(p, pages * page_size);
+  }
+
   static constexpr uint64_t kBatchPages = 64;  // pages per read and write
   static constexpr uint64_t kProgressPages = 4096;
+  static constexpr uint64_t kStashPages = 1024;  // 4 MiB of 4 KiB pages
 
   DeviceCore& core_;
   Protector& engine_;
@@ -168,6 +247,11 @@ class LiveCopy : public PageCopier {
   std::vector<uint8_t> state_;     // per page; guarded by mu_
   const Unchanged unchanged_;
   std::vector<std::byte> buffer_;  // the background copier's own (copy_rest)
+  // Pages writers copied and the background pass has not yet stored: a slot
+  // is in free_slots_, or owned by the writer filling it, or in stashed_.
+  const MappedRange stash_;
+  std::vector<uint32_t> free_slots_;                    // guarded by mu_
+  std::vector<std::pair<uint64_t, uint32_t>> stashed_;  // {page, slot}; guarded by mu_
   Status status_;                  // guarded by mu_
   uint64_t max_stall_ns_ = 0;      // guarded by mu_
 };
