@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "media/uffd_compat.h"
@@ -165,12 +166,26 @@ void UffdProtector::resolve_locked(MappingRecord& record, std::byte* page_addr) 
 }
 
 Status UffdProtector::end_live_copy() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (tracking() || frozen_) return ok();
-  for (auto& [addr, record] : writable_) {
-    RAWDAX_RETURN_IF_ERROR(write_protect(record->addr, record->mapped_len, false));
+  // A slice at a time, letting go of mu_ in between: faults that arrive
+  // meanwhile are resolved by the handler instead of waiting for the whole
+  // range (70 ms for 1 GiB of 4 KiB pages in one call here).
+  constexpr uint64_t kSlice = 16 << 20;
+  std::byte* at = nullptr;  // the next byte to unprotect
+  for (;;) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (tracking() || frozen_) return ok();
+    MappingRecord* record = find_locked(at);
+    if (record == nullptr) {  // at is past a mapping, or it went away
+      auto next = writable_.upper_bound(at);
+      if (next == writable_.end()) return ok();
+      record = next->second;
+      at = record->addr;
+    }
+    uint64_t len = std::min<uint64_t>(kSlice, static_cast<uint64_t>(
+                                                  record->addr + record->mapped_len - at));
+    RAWDAX_RETURN_IF_ERROR(write_protect(at, len, false));
+    at += len;
   }
-  return ok();
 }
 
 void UffdProtector::release_copied(uint64_t, uint64_t) {

@@ -91,6 +91,12 @@ class LiveCopy : public PageCopier {
     write_stashed();
   }
 
+  // Pages [first, +count) are to be copied too (before the copier is installed).
+  void add_todo(uint64_t first, uint64_t count) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (uint64_t p = first; p < first + count && p < state_.size(); ++p) state_[p] = kTodo;
+  }
+
   Status status() {
     std::lock_guard<std::mutex> lock(mu_);
     return status_;
@@ -300,6 +306,23 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
   auto writer = SnapshotWriter::create(path, header);
   if (!writer) return writer.error();
 
+  // Everything that allocates (the page states, the stash) is ready before
+  // the freeze, which only fixes the set of pages to copy.
+  LiveCopy::Unchanged unchanged;
+  if (!incremental) {
+    unchanged = [](uint64_t, std::span<const std::byte> data) { return all_zero(data); };
+  } else if (!by_tracking) {
+    const uint64_t ps = header.page_size;
+    unchanged = [&chain, ps](uint64_t page, std::span<const std::byte> data) {
+      for (const SnapshotFile& file : chain) {
+        if (file.has_page(page)) return page_checksum(data, page, ps) == file.stored_checksum(page);
+      }
+      return all_zero(data);  // stored nowhere in the chain: zeros
+    };
+  }
+  LiveCopy live(core, engine, *writer, std::vector<uint8_t>(header.page_count(), by_tracking ? 0 : 1),
+                std::move(unchanged));
+
   // From here the tracking epoch is consumed: a failure must not leave a
   // base that the next incremental could wrongly build on.
   core.set_last_snapshot({});
@@ -318,26 +341,11 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
 
   // The pages to copy are fixed now; the copier keeps each one unchanged
   // until it is copied, and the device thaws at once.
-  std::vector<uint8_t> todo(header.page_count(), by_tracking ? 0 : 1);
   if (core.snapshot_dirty() != nullptr) {
     core.snapshot_dirty()->take([&](uint64_t first, uint64_t count) {
-      if (!by_tracking) return;
-      for (uint64_t i = first; i < first + count && i < todo.size(); ++i) todo[i] = 1;
+      if (by_tracking) live.add_todo(first, count);
     });
   }
-  LiveCopy::Unchanged unchanged;
-  if (!incremental) {
-    unchanged = [](uint64_t, std::span<const std::byte> data) { return all_zero(data); };
-  } else if (!by_tracking) {
-    const uint64_t ps = header.page_size;
-    unchanged = [&chain, ps](uint64_t page, std::span<const std::byte> data) {
-      for (const SnapshotFile& file : chain) {
-        if (file.has_page(page)) return page_checksum(data, page, ps) == file.stored_checksum(page);
-      }
-      return all_zero(data);  // stored nowhere in the chain: zeros
-    };
-  }
-  LiveCopy live(core, engine, *writer, std::move(todo), std::move(unchanged));
   core.set_copier(&live);
   uint64_t stall = elapsed_ns(frozen_at);
   thaw.now();
