@@ -174,6 +174,52 @@ Result<StallFigures> live_snapshot(Region& region, uint64_t size, const std::str
   return result;
 }
 
+// A snapshot of a filled namespace that nobody writes, against the bare copy
+// of the same bytes: pread from the backing file and pwrite to a new file in
+// `dir`, 256 KiB at a time (what the background pass does, minus checksums,
+// the zero-page test and the format). Returns {anchor ns, rawdax ns}.
+Result<std::pair<double, double>> idle_copy(Region& region, uint64_t size, const std::string& dir) {
+  std::string name = "bench-idle-" + std::to_string(::getpid());
+  auto info = region.create_namespace({.name = name, .size = size});
+  if (!info) return info.error();
+  Result<std::pair<double, double>> result = Error(std::errc::invalid_argument, "not run");
+  {
+    auto dev = region.open_device(name);
+    if (!dev) return dev.error();
+    auto mapping = (*dev)->map(0, size, Access::ReadWrite);
+    if (!mapping) return mapping.error();
+    fill(mapping->data(), size);
+    auto source = region.open_backing_fd(name, false);
+    if (!source) return source.error();
+    UniqueFd in(*source);
+    const std::string copy_path = dir + "/rawdax-bench-copy-" + std::to_string(::getpid());
+    UniqueFd out(::open(copy_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!out.valid()) return errno_error(errno, "bench: create " + copy_path);
+    std::vector<std::byte> buffer(256 << 10);
+    auto start = std::chrono::steady_clock::now();
+    for (uint64_t off = 0; off < size; off += buffer.size()) {
+      if (::pread(in.get(), buffer.data(), buffer.size(), static_cast<off_t>(off)) < 0 ||
+          ::pwrite(out.get(), buffer.data(), buffer.size(), static_cast<off_t>(off + 4096)) < 0) {
+        ::unlink(copy_path.c_str());
+        return errno_error(errno, "bench: copy to " + copy_path);
+      }
+    }
+    double anchor = static_cast<double>((std::chrono::steady_clock::now() - start).count());
+    ::unlink(copy_path.c_str());
+    const std::string snap_path = dir + "/rawdax-bench-idle-" + std::to_string(::getpid()) + ".snap";
+    start = std::chrono::steady_clock::now();
+    auto snap = (*dev)->snapshot(snap_path);
+    double live = static_cast<double>((std::chrono::steady_clock::now() - start).count());
+    ::unlink(snap_path.c_str());
+    result = snap ? Result<std::pair<double, double>>(std::make_pair(anchor, live))
+                  : Result<std::pair<double, double>>(snap.error());
+  }
+  Status destroyed = region.destroy_namespace(name);
+  if (!result) return result;
+  if (!destroyed) return destroyed.error();
+  return result;
+}
+
 // Full and then incremental snapshots of a tracked namespace, with `percent`
 // of its pages written between them; returns {full ns, incremental ns}.
 Result<std::vector<std::pair<double, double>>> incremental_costs(
@@ -261,6 +307,17 @@ Result<std::vector<Pair>> run_snapshot_pairs(Region& region, uint64_t size, int 
             GoalKind::kMaxMsPerGib};
   copy.gib = gib;
   pairs.push_back(copy);
+
+  Pair idle{"snapshot " + size_text + " to tmpfs, nobody writing", "pread+pwrite of the same bytes",
+            1e300, 1e300, 1e3 / 2.0 * (1 << 30) / 1e9, "per snapshot", GoalKind::kMaxMsPerGib};
+  idle.gib = gib;
+  for (int r = 0; r < rounds; ++r) {
+    auto idle_times = idle_copy(region, size, dir);
+    if (!idle_times) return idle_times.error();
+    idle.anchor_ns = std::min(idle.anchor_ns, idle_times->first);
+    idle.rawdax_ns = std::min(idle.rawdax_ns, idle_times->second);
+  }
+  pairs.push_back(idle);
 
   auto costs = incremental_costs(region, size, dir, {1, 10, 50});
   if (!costs) return costs.error();
