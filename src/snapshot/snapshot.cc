@@ -172,8 +172,7 @@ class LiveCopy : public PageCopier {
     return true;
   }
 
-  // The bytes of page p inside `base` (page-sized slots or a run from
-  // `first`), clipped to the namespace's end.
+  // Page p's bytes starting at `at`, clipped to the namespace's end.
   std::span<std::byte> page_in(std::byte* at, uint64_t p) const {
     const uint64_t ps = core_.page_size(), size = core_.size();
     return {at, p * ps >= size ? 0 : std::min(ps, size - p * ps)};
@@ -320,8 +319,8 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
       return all_zero(data);  // stored nowhere in the chain: zeros
     };
   }
-  LiveCopy live(core, engine, *writer, std::vector<uint8_t>(header.page_count(), by_tracking ? 0 : 1),
-                std::move(unchanged));
+  std::vector<uint8_t> todo(header.page_count(), by_tracking ? 0 : 1);
+  LiveCopy live(core, engine, *writer, std::move(todo), std::move(unchanged));
 
   // From here the tracking epoch is consumed: a failure must not leave a
   // base that the next incremental could wrongly build on.

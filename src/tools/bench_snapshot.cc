@@ -206,7 +206,8 @@ Result<std::pair<double, double>> idle_copy(Region& region, uint64_t size, const
     }
     double anchor = static_cast<double>((std::chrono::steady_clock::now() - start).count());
     ::unlink(copy_path.c_str());
-    const std::string snap_path = dir + "/rawdax-bench-idle-" + std::to_string(::getpid()) + ".snap";
+    const std::string snap_path =
+        dir + "/rawdax-bench-idle-" + std::to_string(::getpid()) + ".snap";
     start = std::chrono::steady_clock::now();
     auto snap = (*dev)->snapshot(snap_path);
     double live = static_cast<double>((std::chrono::steady_clock::now() - start).count());
