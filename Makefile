@@ -9,8 +9,8 @@ ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 30
-# A hang (10 s on one input) or an unbounded allocation counts as a crash.
-FUZZ_FLAGS ?= -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512
+# A hang (30 s on one input) or an unbounded allocation counts as a crash.
+FUZZ_FLAGS ?= -timeout=30 -rss_limit_mb=2048 -malloc_limit_mb=512
 # The concurrency tests: live ref, teardown, resize, freeze, the engines, live
 # snapshots, the NBD server (its threads against real clients; the 256 MiB
 # copy is left out) and the control socket.
