@@ -9,6 +9,8 @@ ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 30
+# A hang (30 s on one input) or an unbounded allocation counts as a crash.
+FUZZ_FLAGS ?= -timeout=30 -rss_limit_mb=2048 -malloc_limit_mb=512
 # The concurrency tests: live ref, teardown, resize, freeze, the engines, live
 # snapshots, the NBD server (its threads against real clients; the 256 MiB
 # copy is left out) and the control socket.
@@ -69,15 +71,16 @@ test-tsan: deps
 	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
 	  ctest -j$(CTEST_J) --output-on-failure -R '$(TSAN_TESTS)'
 
-# Every libFuzzer target for FUZZ_SECONDS each, from a copy of its committed
-# seed corpus (new inputs stay in $(FUZZ_BUILD)/corpus; crashes fail the run).
+# Every libFuzzer target for FUZZ_SECONDS each, one after the other, from a
+# copy of its committed seed corpus (new inputs stay in $(FUZZ_BUILD)/corpus;
+# crashes, hangs and memory blow-ups fail the run).
 fuzz: deps
 	cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DRAWDAX_FUZZ=ON \
 	  -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_TESTS=OFF -DRAWDAX_BUILD_BENCHMARKS=OFF
 	cmake --build $(FUZZ_BUILD) --target $$(ls fuzz/corpus | sed 's/^/fuzz_/')
 	for t in $$(ls fuzz/corpus); do \
 	  mkdir -p $(FUZZ_BUILD)/corpus/$$t && cp -n fuzz/corpus/$$t/* $(FUZZ_BUILD)/corpus/$$t/ && \
-	  $(FUZZ_BUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  $(FUZZ_BUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_FLAGS) \
 	    -artifact_prefix=$(FUZZ_BUILD)/crash-$$t- $(FUZZ_BUILD)/corpus/$$t 2>&1 | \
 	    grep -E 'stat::number_of_executed_units|ERROR|SUMMARY|Done' ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \

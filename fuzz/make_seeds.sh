@@ -1,7 +1,9 @@
 #!/bin/bash
-# Regenerates the seed corpora from real files made by the CLI:
+# Regenerates the seed corpora: from real files made by the CLI
 #   fuzz/corpus/metadata/  a region's rawdax.meta with two namespaces
 #   fuzz/corpus/snapshot/  a full snapshot, and an incremental + split + its base
+#   fuzz/corpus/nbd_*/     NBD client streams (make_nbd_seeds.py)
+#   fuzz/corpus/control/   control request lines
 # Usage: fuzz/make_seeds.sh path/to/rawdax
 set -euo pipefail
 cli=$1
@@ -19,3 +21,46 @@ printf 'page two' | dd of="$f" bs=1 seek=8192 conv=notrunc 2>/dev/null
 cp "$work/base.snap" "$here/corpus/snapshot/full"
 { cat "$work/top.snap"; printf '\n--RAWDAX-FUZZ-BASE--\n'; cat "$work/base.snap"; } \
   > "$here/corpus/snapshot/incremental-and-base"
+
+# NBD client streams (binary, built by a script).
+python3 "$here/make_nbd_seeds.py"
+
+# Control request lines: each command, and bad requests. Paths are relative
+# to the harness's files directory (see control_fuzz.cc).
+c="$here/corpus/control"
+mkdir -p "$c"
+q() { printf '%s\n' "$@"; }
+q '{"execute":"query-namespaces","id":1}' '{"execute":"query-region"}' \
+  '{"execute":"query-stats","id":"s"}' > "$c/queries"
+q '{"execute":"create-namespace","arguments":{"name":"vm1","size":65536},"id":1}' \
+  '{"execute":"create-namespace","arguments":{"name":"vm1","size":4096}}' \
+  '{"execute":"create-namespace","arguments":{"name":"big","size":18446744073709551615}}' \
+  '{"execute":"destroy-namespace","arguments":{"name":"vm1"}}' > "$c/create-destroy"
+q '{"execute":"resize-namespace","arguments":{"name":"default","size":2097152}}' \
+  '{"execute":"resize-namespace","arguments":{"name":"default","size":4096,"force":true}}' \
+  '{"execute":"resize-namespace","arguments":{"name":"small","size":0}}' > "$c/resize"
+q '{"execute":"open-namespace","arguments":{"name":"default","access":"rw","exclusive":true}}' \
+  '{"execute":"open-namespace","arguments":{"name":"default","access":"ro"}}' \
+  '{"execute":"resize-namespace","arguments":{"name":"default","size":4096}}' \
+  '{"execute":"destroy-namespace","arguments":{"name":"default"}}' \
+  '{"execute":"release-namespace","arguments":{"name":"default"}}' \
+  '{"execute":"open-namespace","arguments":{"name":"small","access":"ro"}}' \
+  '{"execute":"destroy-namespace","arguments":{"name":"small","force":true}}' > "$c/open-release"
+q '{"execute":"freeze","arguments":{"name":"default","timeout":1}}' \
+  '{"execute":"freeze","arguments":{"name":"default"}}' \
+  '{"execute":"snapshot","arguments":{"name":"default","file":"/frozen.snap"}}' \
+  '{"execute":"thaw","arguments":{"name":"default"}}' \
+  '{"execute":"thaw","arguments":{"name":"default"}}' \
+  '{"execute":"thaw","arguments":{"name":"small"}}' > "$c/freeze-thaw"
+q '{"execute":"snapshot","arguments":{"name":"default","file":"/a.snap"}}' \
+  '{"execute":"snapshot","arguments":{"name":"default","file":"/b.snap","base":"/a.snap"}}' \
+  '{"execute":"snapshot","arguments":{"name":"small","file":"/c.snap","base":"/a.snap"}}' \
+  '{"execute":"snapshot","arguments":{"name":"small","file":""}}' > "$c/snapshots"
+q '{"execute":"attach-vm","arguments":{"name":"default","qmp":"/qmp.sock"}}' \
+  '{"execute":"detach-vm","arguments":{"name":"default"}}' > "$c/vm"
+q 'not json' '[1,2]' '{"id":3}' '{"execute":7}' '{"execute":"query-region","extra":1}' \
+  '{"execute":"query-region","arguments":[]}' '{"execute":"nosuch","id":{"a":1}}' \
+  '{"execute":"create-namespace","arguments":{"name":"x","size":-1,"other":true}}' \
+  '{"execute":"freeze","arguments":{"name":"default","timeout":1e300}}' \
+  '{"execute":"open-namespace","arguments":{"name":"default","access":"wx"}}' \
+  '{"execute":"destroy-namespace","arguments":{"name":"nosuch","force":"yes"}}' > "$c/bad-requests"

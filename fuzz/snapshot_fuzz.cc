@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -27,6 +28,11 @@ const std::string& scratch() {
     std::filesystem::create_directories(d);
     return d;
   }();
+  static const bool cleanup = [] {
+    std::atexit([] { std::filesystem::remove_all(dir); });
+    return true;
+  }();
+  (void)cleanup;
   return dir;
 }
 
