@@ -237,6 +237,9 @@ TEST(NbdServeBadInput, ABurstOfBadClientsKeepsMemoryBoundedAndOthersServed) {
   ServeChild serve(dir.path() + "/region", dir.path() + "/nbd.sock", dir.path() + "/serve.log",
                    {"--default-size", "64M"});
   ASSERT_TRUE(serve.ready()) << serve.log();
+  // Before any client: every connection's socket and thread must go again.
+  const size_t fds_start = serve.fd_count();
+  const size_t threads_start = serve.threads();
   auto good_round = [&](uint64_t offset, char fill) {
     RawClient good(serve.nbd_socket());
     ASSERT_NO_FATAL_FAILURE(go(good, "default", /*structured=*/false));
@@ -258,8 +261,7 @@ TEST(NbdServeBadInput, ABurstOfBadClientsKeepsMemoryBoundedAndOthersServed) {
   // Ended connections are reaped (and memory trimmed) within a second.
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   const uint64_t rss_start = serve.rss_kib();
-  const size_t fds_start = serve.fd_count();
-  const size_t threads_start = serve.threads();
+  EXPECT_EQ(serve.fd_count(), fds_start);
   ASSERT_GT(rss_start, 0u);
 
   constexpr int kEach = 16;
