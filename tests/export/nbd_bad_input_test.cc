@@ -33,6 +33,24 @@ using Clock = std::chrono::steady_clock;
 
 constexpr auto kTimeout = std::chrono::milliseconds(3000);
 
+// ASan and TSan replace malloc: freed memory waits in a quarantine (ASan) and
+// every page has shadow, so the daemon's RSS there says nothing about its own
+// buffers. The memory bounds are checked in the plain build (make test and
+// the soak); descriptors, threads, logs and service everywhere.
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define RAWDAX_SANITIZER_ALLOCATOR 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define RAWDAX_SANITIZER_ALLOCATOR 1
+#endif
+#ifdef RAWDAX_SANITIZER_ALLOCATOR
+constexpr bool kCheckRss = false;
+#else
+constexpr bool kCheckRss = true;
+#endif
+
 // Nothing to read and no EOF yet: the server still holds the connection.
 bool still_open(int fd) {
   pollfd p = {fd, POLLIN, 0};
@@ -334,14 +352,16 @@ TEST(NbdServeBadInput, ABurstOfBadClientsKeepsMemoryBoundedAndOthersServed) {
   // payloads they announced; a control line is buffered up to its limit
   // (in a string that may have doubled past it) until it is refused.
   const uint64_t control_lines_kib = kEach * 2 * (control::kMaxRequestLine >> 10);
-  EXPECT_LT(rss_burst1, 2 * rss_start + control_lines_kib);
-  EXPECT_LT(rss_burst2, 2 * rss_start + control_lines_kib);
-  // Each burst's good clients write 512 KiB into the namespace, whose pages
-  // count in RSS. Beyond that, what the first burst leaves (glibc arenas and
-  // cached thread stacks made for it) is bounded relative to the start, and
-  // a second burst adds nothing to it.
-  EXPECT_LT(rss_after1, rss_start + rss_start / 2 + 512);
-  EXPECT_LT(rss_after2, rss_after1 + rss_after1 / 10 + 512);
+  if (kCheckRss) {
+    EXPECT_LT(rss_burst1, 2 * rss_start + control_lines_kib);
+    EXPECT_LT(rss_burst2, 2 * rss_start + control_lines_kib);
+    // Each burst's good clients write 512 KiB into the namespace, whose
+    // pages count in RSS. Beyond that, what the first burst leaves (glibc
+    // arenas and cached thread stacks made for it) is bounded relative to the
+    // start, and a second burst adds nothing to it.
+    EXPECT_LT(rss_after1, rss_start + rss_start / 2 + 512);
+    EXPECT_LT(rss_after2, rss_after1 + rss_after1 / 10 + 512);
+  }
   EXPECT_EQ(fds_after1, fds_start);
   EXPECT_EQ(threads_after1, threads_start);
   EXPECT_EQ(serve.fd_count(), fds_start);
