@@ -161,8 +161,9 @@ class Device {
   // crash-consistently. Growing is always allowed, under load. Shrinking fails
   // with EBUSY while a Mapping covers the cut, unless options.force, which
   // revokes those mappings first (their accesses then raise SIGBUS). Block
-  // writes wait while a resize runs; I/O past the new end fails. ENOTSUP on
-  // devdax; ENXIO after remove().
+  // writes wait while a resize runs; I/O past the new end fails. EBUSY while
+  // the namespace is frozen (a freeze waits for a resize already running).
+  // ENOTSUP on devdax; ENXIO after remove().
   Status resize(uint64_t new_size, ResizeOptions options = {});
 
   // Tears the namespace down in this process, as the kernel's device removal

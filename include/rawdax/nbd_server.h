@@ -22,6 +22,7 @@
 #define RAWDAX_NBD_SERVER_H_
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -43,6 +44,16 @@ struct NbdServerOptions {
   // export, offset and size, removals). Called from the server's threads,
   // possibly concurrently; null discards the lines.
   std::function<void(const std::string&)> log;
+  // A client must finish the handshake (greeting to NBD_OPT_GO) within this,
+  // and once a request's first byte has arrived, its header and payload
+  // within message_timeout; otherwise the connection is closed and logged.
+  // Idle time between requests is unlimited. Together they keep a client
+  // that trickles bytes (or never finishes) from holding a thread forever.
+  std::chrono::milliseconds handshake_timeout{10000};
+  std::chrono::milliseconds message_timeout{30000};
+  // Connections served at once; more are closed at accept (and logged), so
+  // threads and buffers stay bounded whatever clients do.
+  size_t max_connections = 256;
 };
 
 struct NbdServerStats {

@@ -420,7 +420,7 @@ class Dispatcher::Command {
     // Not under mu_: the copy takes as long as the namespace is big.
     auto info = (*dev)->snapshot(*file, {.base = *base});
     Status resumed = paused->resume();
-    if (!resumed) d_.log_(resumed.error().message());
+    if (!resumed) d_.log_("error: " + resumed.error().message());
     if (!info) return not_a_device_error(info.error());
     d_.log_("namespace " + *name + " snapshot " + info->path);
     return snapshot_json(*info);
@@ -480,7 +480,7 @@ Dispatcher::Dispatcher(Region& region, LogFn log) : region_(region), log_(std::m
     if (dev) {
       state.device = std::move(*dev);
     } else {
-      log_("namespace " + ns.name + ": " + dev.error().message());
+      log_("error: namespace " + ns.name + ": " + dev.error().message());
     }
   }
 }

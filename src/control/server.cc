@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/memory_release.h"
 #include "control/protocol.h"
 
 namespace rawdax::control {
@@ -71,9 +72,16 @@ void ControlServer::stop() {
 void ControlServer::accept_loop() {
   for (;;) {
     pollfd fds[2] = {{listen_fd_.get(), POLLIN, 0}, {wake_fd_.get(), POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0) {
+    // Woken once a second to join ended connections, so their sockets close
+    // then rather than at the next connection.
+    int ready = ::poll(fds, 2, 1000);
+    if (ready == 0) {
+      reap_finished();
+      continue;
+    }
+    if (ready < 0) {
       if (errno == EINTR) continue;
-      options_.log(std::string("control socket: poll: ") + std::strerror(errno));
+      options_.log(std::string("error: control socket: poll: ") + std::strerror(errno));
       return;
     }
     if (fds[1].revents != 0) return;
@@ -81,7 +89,7 @@ void ControlServer::accept_loop() {
     int s = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);
     if (s < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED) continue;
-      options_.log(std::string("control socket: accept: ") + std::strerror(errno));
+      options_.log(std::string("error: control socket: accept: ") + std::strerror(errno));
       // Out of fds: back off instead of spinning on a readable socket.
       ::poll(fds + 1, 1, 100);
       continue;
@@ -94,7 +102,7 @@ void ControlServer::admit(UniqueFd socket) {
   ucred cred = {};
   socklen_t len = sizeof cred;
   if (::getsockopt(socket.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-    options_.log(std::string("control socket: SO_PEERCRED: ") + std::strerror(errno));
+    options_.log(std::string("error: control socket: SO_PEERCRED: ") + std::strerror(errno));
     return;
   }
   if (cred.uid != ::geteuid() && cred.uid != 0) {
@@ -141,6 +149,10 @@ void ControlServer::reap_finished() {
     }
   }
   for (auto& c : finished) c->thread.join();
+  // A connection may have buffered a line of up to 1 MiB; give that memory
+  // back (throttled: a refused trim stays pending for the next call).
+  trim_pending_ = trim_pending_ || !finished.empty();
+  if (trim_pending_ && release_free_memory()) trim_pending_ = false;
 }
 
 void ControlServer::serve(Connection* connection) {

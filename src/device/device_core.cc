@@ -104,6 +104,13 @@ void DeviceCore::set_observer(std::unique_ptr<MappingObserver> observer) {
 Status DeviceCore::freeze_block_writes(std::chrono::nanoseconds timeout) {
   Status st = ref_.freeze(timeout);
   if (!st) return st.error().with_context("namespace " + name_ + ": freeze: ");
+  // A resize that began before our depth was counted runs to its end before
+  // the freeze is granted: the frozen image never changes size under it.
+  // Ordering: resize() holds lifecycle_mu_ from before it counts its own
+  // depth until it is done, and refuses when it sees another depth; we count
+  // ours first, then take lifecycle_mu_. Either it saw our depth (and
+  // refused), or it is inside lifecycle_mu_ and we wait for it here.
+  std::lock_guard<std::mutex> settled(lifecycle_mu_);
   return st;
 }
 
@@ -460,6 +467,13 @@ Status DeviceCore::resize(uint64_t new_size, ResizeOptions options) {
     LiveRef& ref;
     ~Thaw() { ref.unfreeze(); }
   } thaw{ref_};
+  // A freeze promises a stable image, its size included (see
+  // freeze_block_writes for why this check cannot miss one).
+  if (ref_.freeze_depth() > 1) {
+    return Error(std::errc::device_or_resource_busy,
+                 "namespace " + name_ + ": cannot resize to " + std::to_string(new_size) +
+                     " while the namespace is frozen; thaw it first");
+  }
 
   const uint64_t old_size = size();
   const uint64_t target = *rounded;

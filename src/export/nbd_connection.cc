@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -99,11 +100,27 @@ bool NbdConnection::flush_output() {
   return true;
 }
 
+bool NbdConnection::wait_input() {
+  if (deadline_ == std::chrono::steady_clock::time_point::max()) return true;
+  while (true) {
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline_ -
+                                                              std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    pollfd p = {fd_.get(), POLLIN, 0};
+    int n = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 60000)));
+    if (n > 0) return true;  // input, EOF or an error: recv tells which
+    if (n < 0 && errno != EINTR) return false;
+  }
+  timed_out_ = true;
+  return false;
+}
+
 bool NbdConnection::refill() {
   // Only called with the buffer drained, so it always restarts at the front.
   in_pos_ = in_end_ = 0;
   if (out_.size() > 0 && !flush_output()) return false;
   while (true) {
+    if (!wait_input()) return false;
     ssize_t n = ::recv(fd_.get(), in_.get(), kInSize, 0);
     if (n > 0) {
       client_order(context_, ClientEdge::kReceived);
@@ -127,7 +144,11 @@ bool NbdConnection::read_exact(char* dst, size_t n) {
     }
     if (n >= kDirectRead) {
       if (out_.size() > 0 && !flush_output()) return false;
-      ssize_t got = ::recv(fd_.get(), dst, n, MSG_WAITALL);
+      // Under a deadline, take what has come: a trickling client must not
+      // keep us inside one MSG_WAITALL past it.
+      if (!wait_input()) return false;
+      bool bounded = deadline_ != std::chrono::steady_clock::time_point::max();
+      ssize_t got = ::recv(fd_.get(), dst, n, bounded ? 0 : MSG_WAITALL);
       if (got < 0 && errno == EINTR) continue;
       if (got <= 0) return false;
       client_order(context_, ClientEdge::kReceived);
@@ -155,12 +176,25 @@ void NbdConnection::run() {
     int one = 1;
     ::setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
-  if (handshake()) transmit();
+  // A client that stops reading replies is cut off like one that stops
+  // sending a request: a send waiting longer than message_timeout fails.
+  auto ms = context_.message_timeout.count();
+  timeval tv = {.tv_sec = static_cast<time_t>(ms / 1000),
+                .tv_usec = static_cast<suseconds_t>((ms % 1000) * 1000)};
+  ::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  deadline_ = std::chrono::steady_clock::now() + context_.handshake_timeout;
+  bool attached = handshake();
+  deadline_ = std::chrono::steady_clock::time_point::max();
+  if (!attached && timed_out_) {
+    log("client " + peer_ + ": handshake not finished within " +
+        std::to_string(context_.handshake_timeout.count()) + " ms; closing");
+  }
+  if (attached) transmit();
   flush_output();
   if (device_ != nullptr && wrote_since_flush_) {
     Status st = device_->flush();
     if (!st && st.error().code() != std::errc::no_such_device_or_address) {
-      log("client " + peer_ + " export " + export_name_ + ": flush at disconnect failed: " +
+      log("error: client " + peer_ + " export " + export_name_ + ": flush at disconnect failed: " +
           st.error().message());
     }
   }
@@ -394,9 +428,17 @@ void NbdConnection::transmit() {
       if (stop_requested_.load()) return;
       if (buffered() == 0 && !refill()) return;  // the client closed, or a stop woke us
     }
+    // The request has begun (or is about to): it must arrive whole in time.
+    // serve_request() lifts the deadline once its payload is in.
+    deadline_ = std::chrono::steady_clock::now() + context_.message_timeout;
     if (!read_exact(header, sizeof header)) {
-      log("client " + peer_ + " export " + export_name_ +
-          ": connection closed in the middle of a request header");
+      if (timed_out_) {
+        log("client " + peer_ + " export " + export_name_ + ": request header not complete within " +
+            std::to_string(context_.message_timeout.count()) + " ms; closing this connection");
+      } else {
+        log("client " + peer_ + " export " + export_name_ +
+            ": connection closed in the middle of a request header");
+      }
       return;
     }
     auto request = parse_request(header);
@@ -430,25 +472,44 @@ bool NbdConnection::serve_request(const RequestHeader& request) {
     if (verdict.error != 0) {
       // The payload follows the header whatever we think of it: drop it to
       // stay in step with the client.
-      if (!skip(request.length)) return false;
+      if (!skip(request.length)) {
+        log_payload_failure(request, verdict.reason);
+        return false;
+      }
     } else if (buffered() >= request.length) {
       payload = std::as_bytes(std::span<const char>(in_.get() + in_pos_, request.length));
       in_pos_ += request.length;  // still valid until the next refill
     } else {
-      if (payload_.size() < request.length) payload_.resize(request.length);
-      if (!read_exact(payload_.data(), request.length)) {
-        log(describe(request) + ": connection closed in the middle of the payload");
+      if (payload_capacity_ < request.length) {
+        payload_.reset();  // the old one goes first: never two at once
+        payload_.reset(new char[request.length]);
+        payload_capacity_ = request.length;
+      }
+      if (!read_exact(payload_.get(), request.length)) {
+        log_payload_failure(request, "");
         return false;
       }
-      payload = std::as_bytes(std::span<const char>(payload_.data(), request.length));
+      payload = std::as_bytes(std::span<const char>(payload_.get(), request.length));
     }
   }
+  deadline_ = std::chrono::steady_clock::time_point::max();
   context_.requests.fetch_add(1, std::memory_order_relaxed);
   if (verdict.error != 0) {
     reply_error(request, verdict.error, verdict.reason);
     return true;
   }
   return execute(request, payload);
+}
+
+void NbdConnection::log_payload_failure(const RequestHeader& request, const std::string& refused) {
+  std::string what = describe(request);
+  if (!refused.empty()) what += " (refused: " + refused + ")";
+  if (timed_out_) {
+    log(what + ": payload not complete within " +
+        std::to_string(context_.message_timeout.count()) + " ms; closing this connection");
+  } else {
+    log(what + ": connection closed in the middle of the payload");
+  }
 }
 
 bool NbdConnection::execute(const RequestHeader& r, std::span<const std::byte> payload) {
@@ -600,7 +661,9 @@ void NbdConnection::reply_error(const RequestHeader& r, uint32_t error, const st
       logged_shutdown_ = true;
     }
   } else {
-    log(describe(r) + ": " + nbd_error_name(error) + ": " + why);
+    // EIO is the media failing, not the client asking for something wrong.
+    log((error == kEio ? "error: " : "") + describe(r) + ": " + nbd_error_name(error) + ": " +
+        why);
   }
   if (structured_) {
     put_error_chunk(out_, r.cookie, error, why);

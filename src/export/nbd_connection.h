@@ -22,6 +22,7 @@
 #define RAWDAX_EXPORT_NBD_CONNECTION_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -41,6 +42,8 @@ struct ServerContext {
   Region* region = nullptr;
   bool read_only = false;
   std::function<void(const std::string&)> log;
+  std::chrono::milliseconds handshake_timeout{10000};
+  std::chrono::milliseconds message_timeout{30000};
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> errors{0};
   // Only its address is used: the clock that models, for ThreadSanitizer,
@@ -80,6 +83,9 @@ class NbdConnection {
   // Fills dst with n bytes: buffered ones first, then from the socket
   // (directly into dst for large payloads). False on EOF or error.
   bool read_exact(char* dst, size_t n);
+  // Waits until the socket has input or the deadline (if any) passes; false
+  // on the deadline, which also sets timed_out_.
+  bool wait_input();
   // Reads and drops n bytes (the payload of a rejected write).
   bool skip(uint64_t n);
   // Receives more input; sends pending output first, since the client may be
@@ -106,6 +112,9 @@ class NbdConnection {
   bool serve_request(const RequestHeader& request);
   // False when the session must end (a read whose data could not be sent).
   bool execute(const RequestHeader& request, std::span<const std::byte> payload);
+  // Logs why a write's payload did not arrive (a timeout, or the client
+  // left); `refused`: the reason the write was going to be refused.
+  void log_payload_failure(const RequestHeader& request, const std::string& refused);
   void reply_ok(const RequestHeader& request);
   void reply_error(const RequestHeader& request, uint32_t error, const std::string& why);
   void block_status(const RequestHeader& request);
@@ -130,7 +139,16 @@ class NbdConnection {
   std::unique_ptr<char[]> in_;
   size_t in_pos_ = 0, in_end_ = 0;
   OutBuffer out_;
-  std::vector<char> payload_;  // write payloads too large to use in place
+  // Write payloads too large to use in place. Allocated uninitialized, so a
+  // client that declares a large write but sends little costs only the pages
+  // its bytes fill; kept for the connection's next large write.
+  std::unique_ptr<char[]> payload_;
+  size_t payload_capacity_ = 0;
+
+  // While a handshake or a started request is being received: when it must
+  // be complete. time_point::max(): no deadline (idle between requests).
+  std::chrono::steady_clock::time_point deadline_ = std::chrono::steady_clock::time_point::max();
+  bool timed_out_ = false;
 
   // Negotiated state.
   bool no_zeroes_ = false;

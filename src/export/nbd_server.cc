@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 
+#include "common/memory_release.h"
 #include "common/unique_fd.h"
 #include "export/listener.h"
 #include "export/nbd_connection.h"
@@ -29,6 +30,9 @@ class NbdServer::Impl {
     context_.region = &region;
     context_.read_only = options.read_only;
     context_.log = std::move(options.log);
+    context_.handshake_timeout = options.handshake_timeout;
+    context_.message_timeout = options.message_timeout;
+    max_connections_ = options.max_connections;
   }
 
   void start() { accept_thread_ = std::thread([this] { accept_loop(); }); }
@@ -45,6 +49,7 @@ class NbdServer::Impl {
   };
 
   void accept_loop();
+  // Joins ended sessions; then gives their memory back (see reaped_).
   void reap_locked();
   void log(const std::string& line) const {
     if (context_.log) context_.log(line);
@@ -54,20 +59,30 @@ class NbdServer::Impl {
   nbd::Listener listener_;
   UniqueFd wake_read_, wake_write_;  // a pipe: a byte on it ends accept_loop
   std::thread accept_thread_;
+  size_t max_connections_ = 0;
   std::atomic<uint64_t> accepted_{0};
 
   mutable std::mutex mu_;
   bool stopping_ = false;           // guarded by mu_
+  bool trim_pending_ = false;       // guarded by mu_: sessions ended since the last trim
   std::list<Session> sessions_;     // guarded by mu_; std::list: stable addresses
 };
 
 void NbdServer::Impl::accept_loop() {
   while (true) {
     pollfd fds[2] = {{listener_.fd(), POLLIN, 0}, {wake_read_.get(), POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0) {
+    // Woken once a second to reap ended sessions: their sockets and buffers
+    // go then, not whenever the next client happens to connect.
+    int ready = ::poll(fds, 2, 1000);
+    if (ready < 0) {
       if (errno == EINTR) continue;
-      log("NBD: poll on the listener failed: " + std::string(std::strerror(errno)));
+      log("error: NBD: poll on the listener failed: " + std::string(std::strerror(errno)));
       return;
+    }
+    if (ready == 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      reap_locked();
+      continue;
     }
     if (fds[1].revents != 0) return;
     int fd = ::accept4(listener_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
@@ -83,6 +98,13 @@ void NbdServer::Impl::accept_loop() {
     std::lock_guard<std::mutex> lock(mu_);
     reap_locked();
     if (stopping_) return;
+    if (sessions_.size() >= max_connections_) {
+      // Closing at once (the UniqueFd) bounds threads and buffers; the
+      // client sees EOF before the greeting.
+      log("client " + peer + " refused: " + std::to_string(max_connections_) +
+          " connections are open already");
+      continue;
+    }
     accepted_.fetch_add(1, std::memory_order_relaxed);
     log("client " + peer + " connected");
     Session& s = sessions_.emplace_back();
@@ -101,10 +123,14 @@ void NbdServer::Impl::reap_locked() {
     if (it->done.load(std::memory_order_acquire)) {
       it->thread.join();
       it = sessions_.erase(it);
+      trim_pending_ = true;
     } else {
       ++it;
     }
   }
+  // Their buffers were freed into the threads' arenas; hand them back
+  // (throttled: a refused trim stays pending for the next call).
+  if (trim_pending_ && release_free_memory()) trim_pending_ = false;
 }
 
 void NbdServer::Impl::stop(std::chrono::milliseconds grace) {

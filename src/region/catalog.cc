@@ -182,12 +182,20 @@ std::vector<NamespaceInfo> Catalog::list() const {
   return out;
 }
 
+Error Catalog::not_found(std::string_view name) const {
+  // A name no namespace could have is named as bad input, quoted, so an empty
+  // or odd one is visible in the message.
+  Status valid = validate_namespace_name(name);
+  if (!valid) return valid.error();
+  return Error(std::errc::no_such_file_or_directory,
+               "namespace " + std::string(name) + " not found in region " + spec_);
+}
+
 Result<NamespaceInfo> Catalog::find(std::string_view name) const {
   std::lock_guard<std::mutex> lock(mu_);
   const NamespaceInfo* ns = lookup(name);
   if (ns == nullptr) {
-    return Error(std::errc::no_such_file_or_directory,
-                 "namespace " + std::string(name) + " not found in region " + spec_);
+    return not_found(name);
   }
   return with_path(*ns);
 }
@@ -272,8 +280,7 @@ Status Catalog::destroy(std::string_view name) {
   std::lock_guard<std::mutex> lock(mu_);
   const NamespaceInfo* ns = lookup(name);
   if (ns == nullptr) {
-    return Error(std::errc::no_such_file_or_directory,
-                 "namespace " + std::string(name) + " not found in region " + spec_);
+    return not_found(name);
   }
   std::string uuid = ns->uuid;
   RegionMetadata next = meta_;
@@ -379,8 +386,7 @@ void Catalog::discard(DetachedObject object) {
 Status Catalog::set_size(std::string_view name, uint64_t size) {
   std::lock_guard<std::mutex> lock(mu_);
   if (lookup(name) == nullptr) {
-    return Error(std::errc::no_such_file_or_directory,
-                 "namespace " + std::string(name) + " not found in region " + spec_);
+    return not_found(name);
   }
   RegionMetadata next = meta_;
   for (auto& ns : next.namespaces) {
@@ -408,8 +414,7 @@ Result<UniqueFd> Catalog::open_backing(std::string_view name, bool writable) con
   std::lock_guard<std::mutex> lock(mu_);
   const NamespaceInfo* ns = lookup(name);
   if (ns == nullptr) {
-    return Error(std::errc::no_such_file_or_directory,
-                 "namespace " + std::string(name) + " not found in region " + spec_);
+    return not_found(name);
   }
   switch (caps_.kind) {
     case MediaKind::kDirectory:

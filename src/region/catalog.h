@@ -94,6 +94,8 @@ class Catalog {
   Status remove_backing_file(const std::string& name, const std::string& uuid);
   NamespaceInfo with_path(NamespaceInfo ns) const;
   const NamespaceInfo* lookup(std::string_view name) const;
+  // ENOENT naming `name`, or EINVAL when no namespace could have that name.
+  Error not_found(std::string_view name) const;
 
   std::string spec_;
   std::string dir_;  // directory kind only

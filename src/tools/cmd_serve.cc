@@ -2,6 +2,7 @@
 // keeps every namespace open, exports them all over NBD, logs one line per
 // event, and exits 0 on SIGINT or SIGTERM once in-flight NBD requests are
 // answered and everything is flushed.
+#include <malloc.h>
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
@@ -31,7 +32,9 @@ struct ServeOptions {
 };
 
 // One line per event on stderr: "2026-11-25T21:30:00Z rawdax serve: MESSAGE".
-// Thread-safe: one fprintf per line.
+// A MESSAGE that starts with "error: " is the daemon's own failure (media,
+// flush, accept); everything else, a client's bad input included, is not
+// (docs/hardening.md). Thread-safe: one fprintf per line.
 void log_event(const std::string& message) {
   // NBD threads log too; one line at a time.
   static std::mutex mu;
@@ -52,6 +55,13 @@ int run_serve(const ServeOptions& options) {
   sigaddset(&stop, SIGINT);
   sigaddset(&stop, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  // Buffers of 128 KiB and more (NBD input and payload buffers, a control
+  // line near its 1 MiB limit) get their own mappings and are unmapped when
+  // freed, instead of landing in glibc's per-thread arenas, whose tops
+  // malloc_trim cannot shrink. Setting the threshold also stops glibc from
+  // raising it after the first large free. So the daemon's memory follows the
+  // connections still open, whatever a burst of clients left (hardening.md).
+  ::mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 
   auto default_size = parse_size(options.default_size);
   if (!default_size) return fail(default_size.error());
@@ -101,7 +111,7 @@ int run_serve(const ServeOptions& options) {
   if (control) control->stop();  // clients released, freezes thawed
   for (auto& dev : devices) {
     Status st = dev->flush();
-    if (!st) log_event("flush failed: " + st.error().message());
+    if (!st) log_event("error: flush failed: " + st.error().message());
   }
   devices.clear();
   log_event("stopped");

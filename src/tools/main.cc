@@ -1,5 +1,6 @@
 // rawdax: the command-line tool. Verbs follow ndctl's style; see --help.
 #include <CLI/CLI.hpp>
+#include <cstdio>
 
 #include "tools/commands.h"
 
@@ -16,7 +17,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --help-all
+    // One line, like every other error (docs/cli.md).
+    std::fprintf(stderr, "rawdax: error: %s (see --help)\n", e.what());
+    return e.get_exit_code();
   }
   return exit_code;
 }

@@ -136,6 +136,69 @@ TEST_P(ResizeTest, BadSizesChangeNothing) {
   EXPECT_EQ(dev_->resize(8 * kMiB).error().code(), std::errc::no_such_device_or_address);
 }
 
+// A freeze promises a stable image: a resize while one is held is refused,
+// and a freeze that races a resize is granted only after it, so the size
+// never moves inside a freeze.
+TEST_P(ResizeTest, RefusedWhileFrozenAndNeverInsideAFreeze) {
+  std::vector<std::byte> data(4096, std::byte{7});
+  ASSERT_TRUE(dev_->write(3 * kMiB, data));
+  uint64_t gen = region_->generation();
+  {
+    auto frozen = dev_->freeze();
+    ASSERT_TRUE(frozen);
+    for (uint64_t size : {8 * kMiB, 2 * kMiB}) {
+      Status st = dev_->resize(size, {.force = true});
+      ASSERT_FALSE(st) << size;
+      EXPECT_EQ(st.error().code(), std::errc::device_or_resource_busy);
+      EXPECT_NE(st.error().message().find("namespace r: cannot resize to " + std::to_string(size) +
+                                          " while the namespace is frozen"),
+                std::string::npos)
+          << st.error().message();
+    }
+    EXPECT_EQ(dev_->size(), 4 * kMiB);
+    EXPECT_EQ(region_->generation(), gen);
+  }
+  std::vector<std::byte> back(4096);
+  ASSERT_TRUE(dev_->read(3 * kMiB, back));
+  EXPECT_EQ(back, data);
+  ASSERT_TRUE(dev_->resize(8 * kMiB));
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> resized{0}, refused{0}, moved{0}, freezes{0};
+  std::thread resizer([&] {
+    for (int i = 0; !stop.load(); ++i) {
+      Status st = dev_->resize(i % 2 == 0 ? 4 * kMiB : 8 * kMiB, {.force = true});
+      if (st) {
+        resized.fetch_add(1);
+      } else if (st.error().code() == std::errc::device_or_resource_busy) {
+        refused.fetch_add(1);
+      } else {
+        ADD_FAILURE() << st.error().message();
+      }
+    }
+  });
+  // At least 500 ms, and until the resizer got through a few times (on a
+  // loaded machine a freeze that persists to disk may hold it off a while).
+  auto now = std::chrono::steady_clock::now;
+  auto until = now() + std::chrono::milliseconds(500), cap = now() + std::chrono::seconds(20);
+  while (now() < cap && (now() < until || resized.load() < 3)) {
+    {
+      auto frozen = dev_->freeze();
+      ASSERT_TRUE(frozen);
+      uint64_t at_freeze = dev_->size();
+      std::this_thread::yield();
+      if (dev_->size() != at_freeze) moved.fetch_add(1);
+      freezes.fetch_add(1);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(100));  // a window for the resizer
+  }
+  stop.store(true);
+  resizer.join();
+  EXPECT_EQ(moved.load(), 0) << "the size changed inside " << moved.load() << " of "
+                             << freezes.load() << " freezes";
+  EXPECT_GE(resized.load(), 3);
+}
+
 // The seed left resize during a fault unprotected. Here one thread resizes in a
 // loop while others do block I/O and map/unmap at the moving boundary.
 TEST_P(ResizeTest, ResizeStormAtTheBoundary) {

@@ -77,12 +77,18 @@ class NbdFixture : public ::testing::Test {
   virtual uint64_t namespace_size() const { return 64 << 20; }
 
   void start_server(bool read_only = false) {
-    auto server = NbdServer::start(*region_, {.listen = "unix:" + dir_.path() + "/nbd.sock",
-                                              .read_only = read_only,
-                                              .log = [this](const std::string& line) {
-                                                std::lock_guard<std::mutex> lock(log_mu_);
-                                                log_.push_back(line);
-                                              }});
+    NbdServerOptions options;
+    options.read_only = read_only;
+    start_server_with(std::move(options));
+  }
+  // With the given options; the listen address and the log are the fixture's.
+  void start_server_with(NbdServerOptions options) {
+    options.listen = "unix:" + dir_.path() + "/nbd.sock";
+    options.log = [this](const std::string& line) {
+      std::lock_guard<std::mutex> lock(log_mu_);
+      log_.push_back(line);
+    };
+    auto server = NbdServer::start(*region_, std::move(options));
     ASSERT_TRUE(server) << server.error().message();
     server_ = std::move(*server);
   }
@@ -137,6 +143,7 @@ class RawClient {
     ::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   }
   bool connected() const { return connected_; }
+  int fd() const { return fd_.get(); }
   bool send(const std::string& bytes) {
     return ::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
            static_cast<ssize_t>(bytes.size());
