@@ -177,7 +177,9 @@ Result<StallFigures> live_snapshot(Region& region, uint64_t size, const std::str
 // A snapshot of a filled namespace that nobody writes, against the bare copy
 // of the same bytes: pread from the backing file and pwrite to a new file in
 // `dir`, 256 KiB at a time (what the background pass does, minus checksums,
-// the zero-page test and the format). Returns {anchor ns, rawdax ns}.
+// the zero-page test and the format). The snapshot goes first: right after
+// a 1 GiB tmpfs file was freed, the next 1 GiB of writes measured up to 2.5x
+// slower here. Returns {anchor ns, rawdax ns}.
 Result<std::pair<double, double>> idle_copy(Region& region, uint64_t size, const std::string& dir) {
   std::string name = "bench-idle-" + std::to_string(::getpid());
   auto info = region.create_namespace({.name = name, .size = size});
@@ -195,8 +197,14 @@ Result<std::pair<double, double>> idle_copy(Region& region, uint64_t size, const
     const std::string copy_path = dir + "/rawdax-bench-copy-" + std::to_string(::getpid());
     UniqueFd out(::open(copy_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (!out.valid()) return errno_error(errno, "bench: create " + copy_path);
-    std::vector<std::byte> buffer(256 << 10);
+    const std::string snap_path =
+        dir + "/rawdax-bench-idle-" + std::to_string(::getpid()) + ".snap";
     auto start = std::chrono::steady_clock::now();
+    auto snap = (*dev)->snapshot(snap_path);
+    double live = static_cast<double>((std::chrono::steady_clock::now() - start).count());
+    ::unlink(snap_path.c_str());
+    std::vector<std::byte> buffer(256 << 10);
+    start = std::chrono::steady_clock::now();
     for (uint64_t off = 0; off < size; off += buffer.size()) {
       if (::pread(in.get(), buffer.data(), buffer.size(), static_cast<off_t>(off)) < 0 ||
           ::pwrite(out.get(), buffer.data(), buffer.size(), static_cast<off_t>(off + 4096)) < 0) {
@@ -206,12 +214,6 @@ Result<std::pair<double, double>> idle_copy(Region& region, uint64_t size, const
     }
     double anchor = static_cast<double>((std::chrono::steady_clock::now() - start).count());
     ::unlink(copy_path.c_str());
-    const std::string snap_path =
-        dir + "/rawdax-bench-idle-" + std::to_string(::getpid()) + ".snap";
-    start = std::chrono::steady_clock::now();
-    auto snap = (*dev)->snapshot(snap_path);
-    double live = static_cast<double>((std::chrono::steady_clock::now() - start).count());
-    ::unlink(snap_path.c_str());
     result = snap ? Result<std::pair<double, double>>(std::make_pair(anchor, live))
                   : Result<std::pair<double, double>>(snap.error());
   }
