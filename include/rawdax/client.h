@@ -23,7 +23,9 @@
 // the application calling in: it write-protects every live ClientMapping of
 // that namespace in this process (stores to them park until thaw; they do
 // not crash), calls the freeze handler if one is set, and then acks. THAW
-// undoes it. Protection uses mprotect and a process-wide SIGSEGV handler
+// undoes it, and so does the end of the connection (the Client destroyed, or
+// the daemon gone): nothing stays protected without a daemon freeze behind
+// it. Protection uses mprotect and a process-wide SIGSEGV handler
 // that chains faults it does not own; an application that installs its own
 // SIGSEGV handler later replaces it. Kernel-mode writes into a frozen mapping
 // (read(2) into it) fail with EFAULT. Mappings the application makes itself

@@ -8,6 +8,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -147,6 +148,7 @@ class Client::Impl {
     // Wakes the reader's recvmsg (it sees end of stream) and fails its sends.
     ::shutdown(socket_.get(), SHUT_RDWR);
     if (reader_thread_.joinable()) reader_thread_.join();
+    release_protections();  // the reader did, unless it never started
   }
 
   Status read_greeting() {
@@ -260,14 +262,20 @@ class Client::Impl {
     for (;;) {
       auto line = reader_.read_line(socket_.get());
       if (!line) {
-        std::lock_guard<std::mutex> lock(mu_);
-        (void)fail_transport_locked(line.error());
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          (void)fail_transport_locked(line.error());
+        }
+        release_protections();
         return;
       }
       json message = json::parse(*line, nullptr, false);
       if (message.is_discarded() || !message.is_object()) {
-        std::lock_guard<std::mutex> lock(mu_);
-        (void)fail_transport_locked(protocol_error("malformed line from the daemon"));
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          (void)fail_transport_locked(protocol_error("malformed line from the daemon"));
+        }
+        release_protections();
         return;
       }
       try {
@@ -288,6 +296,17 @@ class Client::Impl {
       reply_ = PendingReply{std::move(message), std::move(fds)};
       cv_.notify_all();
     }
+  }
+
+  // The connection is over: no THAW will come, and the daemon no longer
+  // counts this process as a holder, so no mapping stays write-protected.
+  void release_protections() {
+    std::map<std::string, std::shared_ptr<detail::NamespaceProtection>> all;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      all = protections_;
+    }
+    for (auto& [name, p] : all) p->thaw(std::numeric_limits<uint64_t>::max());
   }
 
   void on_event(const std::string& name, const json& message) {

@@ -452,6 +452,30 @@ TEST_F(ControlFreezeLocalTest, NamespaceOpenedWhileFrozenMapsProtected) {
   w.join();
 }
 
+// Once the connection is gone no THAW can come, and the daemon no longer
+// counts the process: its mappings must not stay protected.
+TEST_F(ControlFreezeLocalTest, ClosingTheClientUnprotectsItsMappings) {
+  auto freezer = Client::connect(daemon_.socket_path());
+  auto holder = Client::connect(daemon_.socket_path());
+  ASSERT_TRUE(freezer && holder);
+  auto ns = (*holder)->open_namespace("vm1", Access::ReadWrite);
+  ASSERT_TRUE(ns);
+  auto m = ns->map(0, 4096);
+  ASSERT_TRUE(m);
+  ASSERT_TRUE((*freezer)->execute("freeze", R"({"name":"vm1","timeout":5})"));
+  std::atomic<bool> stored{false};
+  std::thread w([&] {
+    *reinterpret_cast<volatile uint64_t*>(m->data()) = 3;
+    stored = true;
+  });
+  std::this_thread::sleep_for(100ms);
+  EXPECT_FALSE(stored.load());
+  holder->reset();  // still frozen in the daemon
+  EXPECT_TRUE(eventually([&] { return stored.load(); }));
+  w.join();
+  ASSERT_TRUE((*freezer)->execute("thaw", R"({"name":"vm1"})"));
+}
+
 TEST_F(ControlFreezeLocalTest, AckErrorsAndReadOnlyHoldersAreNotAsked) {
   RawConnection raw(daemon_.socket_path());
   json r = raw.execute("freeze-ack", {{"name", "vm1"}, {"token", 1}});
