@@ -693,7 +693,9 @@ Result<HolderFreeze> Dispatcher::freeze_holders(const std::string& name,
     if (!sent) log_("FREEZE to pid " + std::to_string(peer->pid()) + " failed: " +
                     sent.error().message());
   }
-  // Holders revoked earlier are stopped without asking.
+  // Holders revoked earlier are stopped without asking. (Under mu_: a stop
+  // takes microseconds unless the process is slow to stop, bounded by
+  // kStopLimit.)
   auto [rb, re] = revoked_.equal_range(name);
   for (auto it = rb; it != re; ++it) {
     pid_t pid = it->second->pid();
@@ -708,6 +710,8 @@ Result<HolderFreeze> Dispatcher::freeze_holders(const std::string& name,
 
   // Each ack (or a session's end) notifies; the predicate rechecks.
   cv_.wait_until(lock, deadline, [&] { return st.waiting.empty(); });
+  // mu_ was released while waiting: the namespace may be gone (destroyed).
+  ns = namespaces_.find(name);
   if (!st.waiting.empty()) {
     std::vector<std::shared_ptr<Peer>> late;
     for (const auto& peer : st.asked) {
