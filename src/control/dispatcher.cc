@@ -689,7 +689,7 @@ Result<HolderFreeze> Dispatcher::freeze_holders(const std::string& name,
       dump({{"event", "FREEZE"}, {"data", {{"name", name}, {"token", st.token}}}});
   for (const auto& peer : st.asked) {
     Status sent = peer->send(event);
-    // A failed send ends that connection soon, and end_session() stops the wait.
+    // That holder cannot ack: the wait ends with its connection or the timeout.
     if (!sent) log_("FREEZE to pid " + std::to_string(peer->pid()) + " failed: " +
                     sent.error().message());
   }
