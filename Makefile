@@ -65,12 +65,14 @@ test-asan: deps
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest -j$(CTEST_J) --output-on-failure
 
-# The concurrency and stress tests under TSan.
+# The concurrency and stress tests under TSan. die_after_fork=0: the control
+# process tests fork the test binary, and the child's Client starts its reader
+# thread (the child runs only that client, then exits).
 test-tsan: deps
 	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
 	  -DRAWDAX_SANITIZE=thread -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_BENCHMARKS=OFF
 	cmake --build $(TSAN_BUILD)
-	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 die_after_fork=0" \
 	  ctest -j$(CTEST_J) --output-on-failure -R '$(TSAN_TESTS)'
 
 # Every libFuzzer target for FUZZ_SECONDS each, one after the other, from a

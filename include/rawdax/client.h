@@ -17,15 +17,31 @@
 // ENOSYS, GenericError -> EINVAL. Transport failures carry the errno
 // (ECONNRESET, EPIPE, ...); after one the Client is unusable.
 //
+// Freezes: when a freeze or snapshot is taken through the daemon (by another
+// connection), the daemon sends FREEZE to every connection holding the
+// namespace read-write. The Client's own reader thread handles it without
+// the application calling in: it write-protects every live ClientMapping of
+// that namespace in this process (stores to them park until thaw; they do
+// not crash), calls the freeze handler if one is set, and then acks. THAW
+// undoes it, and so does the end of the connection (the Client destroyed, or
+// the daemon gone): nothing stays protected without a daemon freeze behind
+// it. Protection uses mprotect and a process-wide SIGSEGV handler
+// that chains faults it does not own; an application that installs its own
+// SIGSEGV handler later replaces it. Kernel-mode writes into a frozen mapping
+// (read(2) into it) fail with EFAULT. Mappings the application makes itself
+// from fd() are not protected: stop their stores in the freeze handler.
+//
 // Thread safety: a Client may be used from several threads; calls are
-// serialized. ClientNamespace and ClientMapping are plain move-only owners:
-// use each from one thread at a time.
+// serialized. ClientNamespace and ClientMapping are move-only owners: use
+// each from one thread at a time (the reader thread protects mappings on its
+// own; that is safe).
 #ifndef RAWDAX_CLIENT_H_
 #define RAWDAX_CLIENT_H_
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -36,6 +52,10 @@
 
 namespace rawdax {
 
+namespace detail {
+class NamespaceProtection;
+}
+
 // An asynchronous message from the daemon, e.g. NAMESPACE_REVOKED.
 struct ClientEvent {
   std::string name;       // "NAMESPACE_REVOKED", ...
@@ -43,8 +63,10 @@ struct ClientEvent {
 };
 
 // A shared mapping of a namespace's fd in this process. Move-only; unmaps in
-// its destructor. After the daemon revokes the namespace, accesses raise
-// SIGBUS (the backing file was truncated), as with any truncated file.
+// its destructor (no thread may store into it meanwhile). A read-write one is
+// write-protected while the daemon freezes the namespace. After the daemon
+// revokes the namespace, accesses raise SIGBUS (the backing file was
+// truncated), as with any truncated file.
 class ClientMapping {
  public:
   ClientMapping(ClientMapping&& other) noexcept;
@@ -60,10 +82,14 @@ class ClientMapping {
   friend class ClientNamespace;
   ClientMapping(void* base, size_t mapped, std::byte* data, size_t size)
       : base_(base), mapped_(mapped), data_(data), size_(size) {}
+  void reset();
   void* base_ = nullptr;  // page-aligned start of the mmap
   size_t mapped_ = 0;
   std::byte* data_ = nullptr;
   size_t size_ = 0;
+  // Set for a read-write mapping: it owns the unmap (key_).
+  std::shared_ptr<detail::NamespaceProtection> protection_;
+  uint64_t key_ = 0;
 };
 
 // A namespace opened through the daemon: owns the backing fd it passed
@@ -88,7 +114,8 @@ class ClientNamespace {
 
   // mmap(MAP_SHARED) of [offset, offset+length): read-write for a ReadWrite
   // open, read-only otherwise. Any offset works (the mapping starts on the
-  // page below it). EINVAL for an empty or out-of-range request.
+  // page below it). EINVAL for an empty or out-of-range request. A read-write
+  // mapping made while the namespace is frozen is born write-protected.
   Result<ClientMapping> map(uint64_t offset, size_t length) const;
 
   // Gives up the fd: the caller closes it.
@@ -104,7 +131,16 @@ class ClientNamespace {
   bool exclusive_ = false;
   int fd_ = -1;
   std::string reply_json_;
+  std::shared_ptr<detail::NamespaceProtection> protection_;  // shared with the Client
 };
+
+// Told about freezes of namespaces this connection holds read-write: called
+// on the Client's reader thread with frozen=true after the library's own
+// mappings are protected and before the ack, and with frozen=false after
+// they are writable again. It must not call into the Client (its replies are
+// read by that same thread); the daemon waits for the ack up to the freeze's
+// timeout.
+using FreezeHandler = std::function<void(const std::string& name, bool frozen)>;
 
 class Client {
  public:
@@ -130,11 +166,14 @@ class Client {
                                          bool exclusive = false);
   Status release_namespace(std::string_view name);
 
-  // Events received so far, oldest first; the queue is emptied.
+  // Events received so far, oldest first; the queue is emptied. FREEZE and
+  // THAW are handled by the Client and not queued (see FreezeHandler).
   std::vector<ClientEvent> take_events();
   // The oldest queued event, or waits up to `timeout` for one. ETIMEDOUT.
-  // Other calls on this Client wait while it does.
   Result<ClientEvent> wait_event(std::chrono::milliseconds timeout);
+
+  // Replaces the freeze handler (none by default).
+  void set_freeze_handler(FreezeHandler handler);
 
  private:
   class Impl;

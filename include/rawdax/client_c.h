@@ -41,6 +41,17 @@ int rawdax_client_open(rawdax_client* client, const char* name, int writable, in
 /* release-namespace. */
 int rawdax_client_release(rawdax_client* client, const char* name);
 
+/* Freezes (docs/control.md): while another connection freezes or snapshots
+ * a namespace this client holds read-write, the daemon waits for this
+ * client's ack, which the library sends from its own thread. The fd from
+ * rawdax_client_open() is yours, so the library cannot write-protect what you
+ * map from it: set a handler and stop your stores in it. It is called on the
+ * library's thread with frozen=1 before the ack (stores must have stopped
+ * when it returns) and frozen=0 at the thaw. It must not call into the
+ * client. NULL removes it. */
+typedef void (*rawdax_freeze_fn)(void* ctx, const char* name, int frozen);
+int rawdax_client_set_freeze_handler(rawdax_client* client, rawdax_freeze_fn fn, void* ctx);
+
 /* The message of the client's last failure ("" if none). */
 const char* rawdax_client_error(const rawdax_client* client);
 

@@ -6,13 +6,18 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <deque>
+#include <limits>
+#include <map>
 #include <mutex>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <thread>
 #include <utility>
 
 #include "common/unique_fd.h"
+#include "control/client_protection.h"
 #include "control/protocol.h"
 
 namespace rawdax {
@@ -37,21 +42,33 @@ ClientMapping::ClientMapping(ClientMapping&& other) noexcept
     : base_(std::exchange(other.base_, nullptr)),
       mapped_(std::exchange(other.mapped_, 0)),
       data_(std::exchange(other.data_, nullptr)),
-      size_(std::exchange(other.size_, 0)) {}
+      size_(std::exchange(other.size_, 0)),
+      protection_(std::move(other.protection_)),
+      key_(std::exchange(other.key_, 0)) {}
 
 ClientMapping& ClientMapping::operator=(ClientMapping&& other) noexcept {
   if (this != &other) {
-    if (base_ != nullptr) ::munmap(base_, mapped_);
+    reset();
     base_ = std::exchange(other.base_, nullptr);
     mapped_ = std::exchange(other.mapped_, 0);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    protection_ = std::move(other.protection_);
+    key_ = std::exchange(other.key_, 0);
   }
   return *this;
 }
 
-ClientMapping::~ClientMapping() {
-  if (base_ != nullptr) ::munmap(base_, mapped_);
+ClientMapping::~ClientMapping() { reset(); }
+
+void ClientMapping::reset() {
+  if (protection_ != nullptr) {
+    protection_->remove_and_unmap(key_);
+    protection_.reset();
+  } else if (base_ != nullptr) {
+    ::munmap(base_, mapped_);
+  }
+  base_ = nullptr;
 }
 
 // --- ClientNamespace ---
@@ -63,7 +80,8 @@ ClientNamespace::ClientNamespace(ClientNamespace&& other) noexcept
       access_(other.access_),
       exclusive_(other.exclusive_),
       fd_(std::exchange(other.fd_, -1)),
-      reply_json_(std::move(other.reply_json_)) {}
+      reply_json_(std::move(other.reply_json_)),
+      protection_(std::move(other.protection_)) {}
 
 ClientNamespace& ClientNamespace::operator=(ClientNamespace&& other) noexcept {
   if (this != &other) {
@@ -75,6 +93,7 @@ ClientNamespace& ClientNamespace::operator=(ClientNamespace&& other) noexcept {
     exclusive_ = other.exclusive_;
     fd_ = std::exchange(other.fd_, -1);
     reply_json_ = std::move(other.reply_json_);
+    protection_ = std::move(other.protection_);
   }
   return *this;
 }
@@ -102,17 +121,37 @@ Result<ClientMapping> ClientNamespace::map(uint64_t offset, size_t length) const
   int prot = access_ == Access::ReadWrite ? PROT_READ | PROT_WRITE : PROT_READ;
   void* base = ::mmap(nullptr, mapped, prot, MAP_SHARED, fd_, static_cast<off_t>(start));
   if (base == MAP_FAILED) return errno_error(errno, "namespace " + name_ + ": mmap");
-  return ClientMapping(base, mapped, static_cast<std::byte*>(base) + delta, length);
+  ClientMapping mapping(base, mapped, static_cast<std::byte*>(base) + delta, length);
+  if (access_ == Access::ReadWrite && protection_ != nullptr) {
+    auto key = protection_->add(base, mapped);
+    if (!key) return key.error().with_context("namespace " + name_ + ": ");  // unmapped
+    mapping.protection_ = protection_;
+    mapping.key_ = *key;
+  }
+  return mapping;
 }
 
 // --- Client ---
 
+// Threads: the caller of call()/wait_event() and the reader thread, which
+// owns the LineReader once start() ran. The reader hands the reply to the
+// one request in flight (call_mu_ keeps it to one) through reply_, queues
+// events, and handles FREEZE/THAW itself, sending the ack under write_mu_.
+// Ordering: mu_ guards everything the two share; cv_ wakes the caller
+// (reply, event, or broken_). write_mu_ keeps lines whole between the caller
+// and the reader's acks; it is never held while taking mu_.
 class Client::Impl {
  public:
   explicit Impl(UniqueFd socket) : socket_(std::move(socket)) {}
 
+  ~Impl() {
+    // Wakes the reader's recvmsg (it sees end of stream) and fails its sends.
+    ::shutdown(socket_.get(), SHUT_RDWR);
+    if (reader_thread_.joinable()) reader_thread_.join();
+    release_protections();  // the reader did, unless it never started
+  }
+
   Status read_greeting() {
-    std::lock_guard<std::mutex> lock(mu_);
     // A daemon too wedged to greet must not hang its clients: bound this
     // one read (replies have no bound; a snapshot may take long).
     timeval bound{10, 0}, none{0, 0};
@@ -132,45 +171,46 @@ class Client::Impl {
     return ok();
   }
 
+  // After the greeting: from here only the reader thread reads the socket.
+  void start() { reader_thread_ = std::thread(&Impl::read_loop, this); }
+
   const std::string& greeting() const { return greeting_; }
 
   // Sends a request and waits for its reply; the "return" value, or the
   // daemon's error. With fd_out, the reply's passed fd is moved there.
   Result<json> call(std::string_view command, json arguments, UniqueFd* fd_out) {
-    std::lock_guard<std::mutex> lock(mu_);
-    try {
-      return call_locked(command, std::move(arguments), fd_out);
-    } catch (const json::exception& e) {
-      return fail_transport(protocol_error(std::string("bad reply: ") + e.what()));
+    std::lock_guard<std::mutex> call_lock(call_mu_);
+    uint64_t id;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (broken_) return *broken_;
+      id = next_id_++;
+      awaited_id_ = id;
+      reply_.reset();
     }
-  }
-
-  Result<json> call_locked(std::string_view command, json arguments, UniqueFd* fd_out) {
-    if (broken_) return *broken_;
-    uint64_t id = next_id_++;
     json request = {{"execute", command}, {"arguments", std::move(arguments)}, {"id", id}};
-    Status sent = control::send_line(socket_.get(), dump(request));
-    if (!sent) return fail_transport(sent.error());
-    for (;;) {
-      auto line = reader_.read_line(socket_.get());
-      if (!line) return fail_transport(line.error());
-      json message = json::parse(*line, nullptr, false);
-      if (message.is_discarded() || !message.is_object()) {
-        return fail_transport(protocol_error("malformed line from the daemon"));
-      }
-      if (queue_if_event(message)) continue;
-      auto rid = message.find("id");
-      if (rid == message.end() || *rid != json(id)) continue;  // not ours: ignore
-      if (auto err = message.find("error"); err != message.end()) return reply_error(*err);
-      auto ret = message.find("return");
-      if (ret == message.end()) return fail_transport(protocol_error("reply without return"));
-      if (fd_out != nullptr) {
-        if (reader_.fds().empty()) return fail_transport(protocol_error("reply carried no fd"));
-        *fd_out = std::move(reader_.fds().front());
-        reader_.fds().pop_front();
-      }
-      return std::move(*ret);
+    Status sent = send(dump(request));
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!sent) {
+      awaited_id_ = 0;
+      return fail_transport_locked(sent.error());
     }
+    cv_.wait(lock, [&] { return reply_.has_value() || broken_.has_value(); });
+    awaited_id_ = 0;
+    if (!reply_) return *broken_;
+    PendingReply reply = std::move(*reply_);
+    reply_.reset();
+    const json& message = reply.message;
+    if (auto err = message.find("error"); err != message.end()) {
+      return err->is_object() ? reply_error(*err) : protocol_error("malformed error reply");
+    }
+    auto ret = message.find("return");
+    if (ret == message.end()) return fail_transport_locked(protocol_error("reply without return"));
+    if (fd_out != nullptr) {
+      if (reply.fds.empty()) return fail_transport_locked(protocol_error("reply carried no fd"));
+      *fd_out = std::move(reply.fds.front());
+    }
+    return *ret;
   }
 
   std::vector<ClientEvent> take_events() {
@@ -182,41 +222,128 @@ class Client::Impl {
   }
 
   Result<ClientEvent> wait_event(std::chrono::milliseconds timeout) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    for (;;) {
-      if (!events_.empty()) {
-        ClientEvent e = std::move(events_.front());
-        events_.pop_front();
-        return e;
-      }
-      if (broken_) return *broken_;
-      if (!reader_.has_line()) {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-            deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0) return Error(std::errc::timed_out, "no event from the daemon");
-        pollfd p{socket_.get(), POLLIN, 0};
-        int n = ::poll(&p, 1, static_cast<int>(left.count()));
-        if (n < 0 && errno != EINTR) return fail_transport(errno_error(errno, "poll"));
-        if (n <= 0) continue;
-      }
-      auto line = reader_.read_line(socket_.get());
-      if (!line) return fail_transport(line.error());
-      json message = json::parse(*line, nullptr, false);
-      if (message.is_discarded() || !message.is_object()) {
-        return fail_transport(protocol_error("malformed line from the daemon"));
-      }
-      (void)queue_if_event(message);  // a stray reply with no caller: dropped
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return !events_.empty() || broken_.has_value(); });
+    if (!events_.empty()) {
+      ClientEvent e = std::move(events_.front());
+      events_.pop_front();
+      return e;
     }
+    if (broken_) return *broken_;
+    return Error(std::errc::timed_out, "no event from the daemon");
+  }
+
+  void set_freeze_handler(FreezeHandler handler) {
+    std::lock_guard<std::mutex> lock(mu_);
+    freeze_handler_ = std::move(handler);
+  }
+
+  // The protection of `name`'s mappings in this process, made on first use
+  // (a FREEZE may come before the open-namespace reply that names it).
+  std::shared_ptr<detail::NamespaceProtection> protection(const std::string& name) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& p = protections_[name];
+    if (p == nullptr) p = std::make_shared<detail::NamespaceProtection>();
+    return p;
   }
 
  private:
-  bool queue_if_event(const json& message) {
-    auto ev = message.find("event");
-    if (ev == message.end() || !ev->is_string()) return false;
-    auto data = message.find("data");
-    events_.push_back({ev->get<std::string>(), data == message.end() ? "{}" : dump(*data)});
-    return true;
+  struct PendingReply {
+    json message;
+    std::deque<UniqueFd> fds;
+  };
+
+  Status send(const std::string& line) {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    return control::send_line(socket_.get(), line);
+  }
+
+  void read_loop() {
+    for (;;) {
+      auto line = reader_.read_line(socket_.get());
+      if (!line) {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          (void)fail_transport_locked(line.error());
+        }
+        release_protections();
+        return;
+      }
+      json message = json::parse(*line, nullptr, false);
+      if (message.is_discarded() || !message.is_object()) {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          (void)fail_transport_locked(protocol_error("malformed line from the daemon"));
+        }
+        release_protections();
+        return;
+      }
+      try {
+        if (auto ev = message.find("event"); ev != message.end() && ev->is_string()) {
+          on_event(ev->get<std::string>(), message);
+          continue;
+        }
+      } catch (const json::exception&) {
+        continue;  // a malformed event: nothing to act on
+      }
+      // A reply: an fd it carries arrived with its first byte, so every fd
+      // queued now is its.
+      std::deque<UniqueFd> fds;
+      fds.swap(reader_.fds());
+      std::lock_guard<std::mutex> lock(mu_);
+      auto rid = message.find("id");
+      if (awaited_id_ == 0 || rid == message.end() || *rid != json(awaited_id_)) continue;
+      reply_ = PendingReply{std::move(message), std::move(fds)};
+      cv_.notify_all();
+    }
+  }
+
+  // The connection is over: no THAW will come, and the daemon no longer
+  // counts this process as a holder, so no mapping stays write-protected.
+  void release_protections() {
+    std::map<std::string, std::shared_ptr<detail::NamespaceProtection>> all;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      all = protections_;
+    }
+    for (auto& [name, p] : all) p->thaw(std::numeric_limits<uint64_t>::max());
+  }
+
+  void on_event(const std::string& name, const json& message) {
+    json data = message.contains("data") ? message["data"] : json::object();
+    if (name == "FREEZE" || name == "THAW") {
+      if (!data.is_object() || !data.contains("name") || !data["name"].is_string() ||
+          !data.contains("token") || !data["token"].is_number_unsigned()) {
+        return;
+      }
+      on_freeze(data["name"].get<std::string>(), data["token"].get<uint64_t>(), name == "FREEZE");
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    events_.push_back({name, dump(data)});
+    cv_.notify_all();
+  }
+
+  void on_freeze(const std::string& ns, uint64_t token, bool freeze) {
+    auto p = protection(ns);
+    FreezeHandler handler;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      handler = freeze_handler_;
+    }
+    if (!freeze) {
+      p->thaw(token);
+      if (handler) handler(ns, false);
+      return;
+    }
+    // No ack unless every mapping is protected: the daemon then fails the
+    // freeze naming this pid, and its THAW undoes the part done.
+    if (!p->freeze(token)) return;
+    if (handler) handler(ns, true);
+    json ack = {{"execute", "freeze-ack"},
+                {"arguments", {{"name", ns}, {"token", token}}},
+                {"id", "freeze-ack"}};  // a string id: its reply is dropped
+    (void)send(dump(ack));
   }
 
   static Error reply_error(const json& error) {
@@ -229,18 +356,28 @@ class Client::Impl {
                                                           : std::string("daemon error"));
   }
 
-  Error fail_transport(Error error) {
-    broken_ = error;
+  Error fail_transport_locked(Error error) {
+    if (!broken_) broken_ = error;
+    cv_.notify_all();
     return error;
   }
 
-  std::mutex mu_;  // serializes calls: one request in flight, replies in order
   UniqueFd socket_;
-  control::LineReader reader_{control::kMaxReplyLine};
+  control::LineReader reader_{control::kMaxReplyLine};  // the reader thread's (greeting: connect's)
   std::string greeting_;
-  std::deque<ClientEvent> events_;
-  uint64_t next_id_ = 1;
-  std::optional<Error> broken_;
+  std::thread reader_thread_;
+
+  std::mutex call_mu_;   // one request in flight, so replies match in order
+  std::mutex write_mu_;  // whole lines on the socket
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t next_id_ = 1;                     // guarded by mu_
+  uint64_t awaited_id_ = 0;                  // guarded by mu_: 0 when none
+  std::optional<PendingReply> reply_;        // guarded by mu_
+  std::deque<ClientEvent> events_;           // guarded by mu_
+  std::optional<Error> broken_;              // guarded by mu_
+  FreezeHandler freeze_handler_;             // guarded by mu_
+  std::map<std::string, std::shared_ptr<detail::NamespaceProtection>> protections_;  // mu_
 };
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -251,6 +388,7 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path) 
   if (!socket) return socket.error();
   auto impl = std::make_unique<Impl>(std::move(*socket));
   RAWDAX_RETURN_IF_ERROR(impl->read_greeting());
+  impl->start();
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
@@ -291,6 +429,16 @@ Result<ClientNamespace> Client::open_namespace(std::string_view name, Access acc
   ns.exclusive_ = exclusive;
   ns.fd_ = fd.release();
   ns.reply_json_ = dump(*ret);
+  if (access == Access::ReadWrite) {
+    ns.protection_ = impl_->protection(ns.name_);
+    // Opened while frozen: protect what gets mapped until that freeze's THAW
+    // (ignored if the THAW was handled already).
+    if (auto token = ret->find("freeze_token");
+        token != ret->end() && token->is_number_unsigned()) {
+      Status frozen = ns.protection_->freeze(token->get<uint64_t>());
+      if (!frozen) return frozen.error();
+    }
+  }
   return ns;
 }
 
@@ -304,6 +452,10 @@ std::vector<ClientEvent> Client::take_events() { return impl_->take_events(); }
 
 Result<ClientEvent> Client::wait_event(std::chrono::milliseconds timeout) {
   return impl_->wait_event(timeout);
+}
+
+void Client::set_freeze_handler(FreezeHandler handler) {
+  impl_->set_freeze_handler(std::move(handler));
 }
 
 }  // namespace rawdax

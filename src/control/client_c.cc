@@ -84,6 +84,17 @@ int rawdax_client_release(rawdax_client* c, const char* name) {
   return 0;
 }
 
+int rawdax_client_set_freeze_handler(rawdax_client* c, rawdax_freeze_fn fn, void* ctx) {
+  if (c == nullptr) return -EINVAL;
+  if (fn == nullptr) {
+    c->client->set_freeze_handler(nullptr);
+  } else {
+    c->client->set_freeze_handler(
+        [fn, ctx](const std::string& name, bool frozen) { fn(ctx, name.c_str(), frozen ? 1 : 0); });
+  }
+  return 0;
+}
+
 const char* rawdax_client_error(const rawdax_client* c) {
   return c == nullptr ? "" : c->error.c_str();
 }

@@ -1,5 +1,5 @@
 // The control socket across processes: fds passed to a forked client map the
-// daemon's bytes, force-destroy revokes them (SIGBUS), and a client killed
+// daemon's bytes (read back through the block face and NBD), force-destroy revokes them (SIGBUS), and a client killed
 // while holding a freeze leaves the daemon serving.
 #include <signal.h>
 #include <sys/mman.h>
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "control/control_test_util.h"
+#include "export/nbd_fixture.h"
 #include "fault_catcher.h"
 
 namespace rawdax {
@@ -57,6 +58,46 @@ TEST_P(ControlProcessTest, ChildStoresThroughPassedFdDaemonReadsThem) {
   std::vector<std::byte> got(bytes.size());
   ASSERT_TRUE((*dev)->read(offset, got));
   EXPECT_EQ(got, bytes);
+}
+
+// The same stores, read back through the daemon's NBD export of the region
+// (nbdcopy over a unix socket).
+TEST_P(ControlProcessTest, ChildStoresThroughPassedFdNbdReadsThem) {
+  RAWDAX_REQUIRE_PROGRAM("nbdcopy");
+  ::rawdax::testing::ScratchDir dir(::rawdax::testing::tmpfs_parent());
+  auto nbd = NbdServer::start(daemon_.region(),
+                              {.listen = "unix:" + dir.path() + "/nbd.sock", .log = nullptr});
+  ASSERT_TRUE(nbd) << nbd.error().message();
+  const uint64_t offset = 12345;
+  const auto bytes = pattern(5000, 23);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Stores only (no Client thread in a child of a multi-threaded process).
+    auto fd = control::connect_unix(daemon_.socket_path());
+    if (!fd) _exit(10);
+    control::LineReader reader(control::kMaxReplyLine);
+    if (!reader.read_line(fd->get())) _exit(11);
+    if (!control::send_line(fd->get(), R"({"execute":"open-namespace","arguments":{"name":"vm1"}})")) {
+      _exit(12);
+    }
+    if (!reader.read_line(fd->get()) || reader.fds().empty()) _exit(13);
+    void* p = ::mmap(nullptr, 32768, PROT_READ | PROT_WRITE, MAP_SHARED,
+                     reader.fds().front().get(), 0);
+    if (p == MAP_FAILED) _exit(14);
+    std::memcpy(static_cast<std::byte*>(p) + offset, bytes.data(), bytes.size());
+    _exit(0);
+  }
+  ASSERT_EQ(wait_child(child), 0);
+  std::string out = dir.path() + "/copy.img";
+  std::string cmd = "timeout 60 nbdcopy 'nbd+unix:///vm1?socket=" + dir.path() + "/nbd.sock' " +
+                    out + " >" + dir.path() + "/nbdcopy.log 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << ::rawdax::testing::slurp_file(dir.path() + "/nbdcopy.log");
+  std::string image = ::rawdax::testing::slurp_file(out);
+  ASSERT_GE(image.size(), offset + bytes.size());
+  EXPECT_EQ(std::memcmp(image.data() + offset, bytes.data(), bytes.size()), 0)
+      << "the NBD export does not show the client's stores";
+  (*nbd)->stop();
 }
 
 TEST_P(ControlProcessTest, DaemonWritesChildSeesThemThroughReadOnlyFd) {
