@@ -18,14 +18,9 @@
 #include <thread>
 #include <vector>
 
-namespace rawdax::testing {
+#include "test_util.h"
 
-inline std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+namespace rawdax::testing {
 
 // Lines of a `rawdax serve` log that report the daemon's own failures: the
 // message after "rawdax serve: " starts with "error: " (docs/hardening.md).

@@ -1,4 +1,5 @@
-// Helpers shared by the tests: scratch regions on each media kind.
+// Helpers shared by the tests: scratch regions on each media kind, polling,
+// reading a file whole.
 #ifndef RAWDAX_TESTS_TEST_UTIL_H_
 #define RAWDAX_TESTS_TEST_UTIL_H_
 
@@ -6,10 +7,34 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <thread>
 
 namespace rawdax::testing {
+
+// Polls until pred() holds or `limit` passes; returns pred(). Only bounds the
+// test's runtime: no assertion depends on how fast anything is.
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = std::chrono::milliseconds(10000)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return pred();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
+// The whole of a file ("" when it cannot be read).
+inline std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 // The media every device/region test runs on.
 enum class TestMedia { kTmpfs, kDisk, kMemfd };

@@ -11,40 +11,24 @@
 #include <gtest/gtest.h>
 #include <sstream>
 
+#include "cli_run.h"
 #include "control/control_test_util.h"
 
 namespace rawdax {
 namespace {
 
+using ::rawdax::testing::CliRun;
 using ::rawdax::testing::json;
+using ::rawdax::testing::read_text;
+using ::rawdax::testing::run_cli;
 using ::rawdax::testing::ScratchDir;
 using ::rawdax::testing::ServeProcess;
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-  bool operator==(const CliRun&) const = default;
-};
-
-std::ostream& operator<<(std::ostream& os, const CliRun& r) {
-  return os << "exit " << r.exit_code << "\nstdout: " << r.out << "\nstderr: " << r.err;
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 class ControlCliTest : public ::testing::Test {
  protected:
   CliRun rawdax(const std::string& args) {
-    std::string out = dir_.path() + "/out", err = dir_.path() + "/err";
-    std::string cmd = std::string(RAWDAX_CLI_PATH) + " " + args + " --region " + region() +
-                      " >" + out + " 2>" + err + " </dev/null";
-    int status = std::system(cmd.c_str());
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+    return run_cli(dir_.path(), args + " --region " + region());
   }
   std::string region() const { return dir_.path() + "/region"; }
   std::string serve_log() const { return dir_.path() + "/serve.log"; }
@@ -76,7 +60,7 @@ TEST_F(ControlCliTest, VerbsPrintTheSameThroughTheDaemon) {
   EXPECT_NE(bad_create.exit_code, 0);
 
   ServeProcess serve(region(), serve_log());
-  ASSERT_TRUE(serve.ready()) << slurp(serve_log());
+  ASSERT_TRUE(serve.ready()) << read_text(serve_log());
   // The region's flock is the daemon's now: only the socket gets through.
   auto direct = Region::open(region());
   ASSERT_FALSE(direct);
@@ -102,7 +86,7 @@ TEST_F(ControlCliTest, VerbsPrintTheSameThroughTheDaemon) {
   EXPECT_EQ(rawdax("verify " + dir_.path() + "/daemon.snap").exit_code, 0);
 
   // The verbs did go through the daemon: it logged their connections.
-  EXPECT_NE(slurp(serve_log()).find("namespace vm2 created"), std::string::npos);
+  EXPECT_NE(read_text(serve_log()).find("namespace vm2 created"), std::string::npos);
   EXPECT_EQ(serve.stop(), 0);
   // And with the daemon gone they work directly again.
   EXPECT_EQ(rawdax("list"), list);
@@ -114,7 +98,7 @@ TEST_F(ControlCliTest, DaemonRestartKeepsNamespacesAndClientsReopen) {
   std::string uuid;
   {
     ServeProcess serve(region(), serve_log());
-    ASSERT_TRUE(serve.ready()) << slurp(serve_log());
+    ASSERT_TRUE(serve.ready()) << read_text(serve_log());
     auto client = Client::connect(sock);
     ASSERT_TRUE(client);
     ASSERT_TRUE((*client)->execute("create-namespace", R"({"name":"keep","size":1048576})"));
@@ -132,11 +116,11 @@ TEST_F(ControlCliTest, DaemonRestartKeepsNamespacesAndClientsReopen) {
   {
     // A killed daemon leaves its socket file behind; the next one replaces it.
     ServeProcess serve(region(), serve_log());
-    ASSERT_TRUE(serve.ready()) << slurp(serve_log());
+    ASSERT_TRUE(serve.ready()) << read_text(serve_log());
     EXPECT_EQ(serve.stop(SIGKILL), 128 + SIGKILL);
   }
   ServeProcess serve(region(), serve_log());
-  ASSERT_TRUE(serve.ready()) << slurp(serve_log());
+  ASSERT_TRUE(serve.ready()) << read_text(serve_log());
   auto client = Client::connect(sock);
   ASSERT_TRUE(client);
   auto list = json::parse(*(*client)->execute("query-namespaces"));

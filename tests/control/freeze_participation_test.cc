@@ -23,9 +23,12 @@
 #include "control/control_test_util.h"
 #include "control/process_stops.h"
 #include "rawdax/client_c.h"
+#include "test_util.h"
 
 namespace rawdax {
 namespace {
+
+using ::rawdax::testing::eventually;
 
 using namespace std::chrono_literals;
 using ::rawdax::testing::DaemonFixture;
@@ -145,17 +148,6 @@ int helper_silent_writer(const char* socket, int w, Shared* shared) {
   ::_exit(std::string(mode) == "silent" ? helper_silent_writer(socket, w, shared)
                                         : helper_client_writers(socket, w, shared));
 }();
-
-// Waits up to `limit` for pred().
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 5000ms) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
 
 class ControlFreezeTest : public ::testing::TestWithParam<TestMedia> {
  protected:

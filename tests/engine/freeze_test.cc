@@ -22,6 +22,8 @@
 namespace rawdax {
 namespace {
 
+using ::rawdax::testing::eventually;
+
 using namespace std::chrono_literals;
 using ::rawdax::testing::run_catching_faults;
 using ::rawdax::testing::ScratchDir;
@@ -39,17 +41,6 @@ struct EngineCase {
 std::string case_name(const ::testing::TestParamInfo<EngineCase>& info) {
   return std::string(::rawdax::testing::media_name(info.param.media)) +
          (info.param.engine == EngineChoice::kUffd ? "_uffd" : "_mprotect");
-}
-
-// Waits up to `limit` for pred(); true if it held.
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 5000ms) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
 }
 
 class FreezeTest : public ::testing::TestWithParam<EngineCase> {

@@ -28,9 +28,12 @@
 
 #include "common/mapped_range.h"
 #include "common/unique_fd.h"
+#include "test_util.h"
 
 namespace rawdax::internal {
 namespace {
+
+using ::rawdax::testing::eventually;
 
 using std::chrono::milliseconds;
 
@@ -43,18 +46,6 @@ MappedRange map_anonymous(size_t bytes, int prot, int extra_flags = 0) {
   void* addr = ::mmap(nullptr, bytes, prot, MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0);
   if (addr == MAP_FAILED) return MappedRange();
   return MappedRange(addr, bytes);
-}
-
-// Polls until pred() holds or `timeout` passes; returns pred(). Only bounds
-// the test's runtime: no assertion depends on how fast anything is.
-template <typename Pred>
-bool eventually(Pred pred, milliseconds timeout = milliseconds(10000)) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > deadline) return pred();
-    std::this_thread::sleep_for(milliseconds(1));
-  }
-  return true;
 }
 
 // Runs a function at scope exit. Declared after the threads of a test, it

@@ -14,21 +14,19 @@
 #include <string>
 #include <vector>
 
+#include "cli_run.h"
 #include "serve_child.h"
 #include "test_util.h"
 
 namespace rawdax {
 namespace {
 
+using ::rawdax::testing::CliRun;
 using ::rawdax::testing::read_text;
+using ::rawdax::testing::run_cli;
 using ::rawdax::testing::ScratchDir;
 using ::rawdax::testing::ServeChild;
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
 
 struct Case {
   std::string args;                 // before the verb's --region
@@ -46,17 +44,7 @@ class CliBadInputTest : public ::testing::Test {
               0);
   }
 
-  CliRun rawdax(const std::string& args) {
-    std::string out = dir_.path() + "/out", err = dir_.path() + "/err";
-    std::string cmd = std::string(RAWDAX_CLI_PATH) + " " + args + " >" + out + " 2>" + err +
-                      " </dev/null";
-    int status = std::system(cmd.c_str());
-    CliRun run;
-    run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    run.out = read_text(out);
-    run.err = read_text(err);
-    return run;
-  }
+  CliRun rawdax(const std::string& args) { return run_cli(dir_.path(), args); }
   std::string region() const { return dir_.path() + "/region"; }
 
   // Every entry under the region and the scratch directory: its type, size

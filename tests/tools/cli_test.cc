@@ -12,39 +12,21 @@
 #include <thread>
 
 #include "rawdax/rawdax.h"
+#include "cli_run.h"
 #include "test_util.h"
 
 namespace rawdax {
 namespace {
 
+using ::rawdax::testing::CliRun;
+using ::rawdax::testing::read_text;
+using ::rawdax::testing::run_cli;
 using ::rawdax::testing::ScratchDir;
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 class CliTest : public ::testing::Test {
  protected:
-  CliRun rawdax(const std::string& args) {
-    std::string out = dir_.path() + "/out", err = dir_.path() + "/err";
-    std::string cmd = std::string(RAWDAX_CLI_PATH) + " " + args + " >" + out + " 2>" + err +
-                      " </dev/null";
-    int status = std::system(cmd.c_str());
-    CliRun run;
-    run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    run.out = slurp(out);
-    run.err = slurp(err);
-    return run;
-  }
+  CliRun rawdax(const std::string& args) { return run_cli(dir_.path(), args); }
   std::string region() const { return dir_.path() + "/region"; }
 
   ScratchDir dir_{::rawdax::testing::disk_parent()};
@@ -242,11 +224,11 @@ TEST_F(CliTest, ServeCreatesDefaultOwnsRegionAndStopsOnSigterm) {
     _exit(127);
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (slurp(log).find("ready") == std::string::npos &&
+  while (read_text(log).find("ready") == std::string::npos &&
          std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  std::string text = slurp(log);
+  std::string text = read_text(log);
   EXPECT_NE(text.find("namespace default created (256.00 MiB)"), std::string::npos) << text;
   ASSERT_NE(text.find("ready"), std::string::npos) << text;
 
@@ -267,7 +249,7 @@ TEST_F(CliTest, ServeCreatesDefaultOwnsRegionAndStopsOnSigterm) {
   EXPECT_LT(std::chrono::steady_clock::now() - sent, std::chrono::seconds(5));
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
-  EXPECT_NE(slurp(log).find("SIGTERM"), std::string::npos);
+  EXPECT_NE(read_text(log).find("SIGTERM"), std::string::npos);
 
   CliRun list = rawdax("list --region " + region());
   ASSERT_EQ(list.exit_code, 0) << list.err;
