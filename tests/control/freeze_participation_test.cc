@@ -175,27 +175,12 @@ class ControlFreezeTest : public ::testing::TestWithParam<TestMedia> {
 
   // Starts this binary as a helper process (see kHelperRan).
   pid_t spawn_helper(const char* mode, int writer) {
-    std::string self(4096, '\0');
-    ssize_t n = ::readlink("/proc/self/exe", self.data(), self.size() - 1);
-    if (n <= 0) return -1;
-    self.resize(static_cast<size_t>(n));
-    std::string env_mode = std::string("RAWDAX_FREEZE_HELPER=") + mode;
-    std::string env_socket = "RAWDAX_FREEZE_SOCKET=" + daemon_.socket_path();
-    std::string env_shared = "RAWDAX_FREEZE_SHARED=" + std::to_string(shared_.fd());
-    std::string env_writer = "RAWDAX_FREEZE_WRITER=" + std::to_string(writer);
-    std::vector<std::string> env_strings = {env_mode, env_socket, env_shared, env_writer};
-    for (char** e = environ; *e != nullptr; ++e) {
-      if (std::strncmp(*e, "RAWDAX_FREEZE_", 14) != 0) env_strings.emplace_back(*e);
-    }
-    std::vector<char*> env;
-    for (auto& e : env_strings) env.push_back(e.data());
-    env.push_back(nullptr);
-    char* argv[] = {self.data(), nullptr};
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      ::execve(self.c_str(), argv, env.data());
-      ::_exit(127);
-    }
+    pid_t pid = ::rawdax::testing::spawn_self(
+        {std::string("RAWDAX_FREEZE_HELPER=") + mode,
+         "RAWDAX_FREEZE_SOCKET=" + daemon_.socket_path(),
+         "RAWDAX_FREEZE_SHARED=" + std::to_string(shared_.fd()),
+         "RAWDAX_FREEZE_WRITER=" + std::to_string(writer)},
+        "RAWDAX_FREEZE_");
     if (pid > 0) children_.push_back(pid);
     return pid;
   }

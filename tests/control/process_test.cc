@@ -1,12 +1,16 @@
-// The control socket across processes: fds passed to a forked client map the
-// daemon's bytes (read back through the block face and NBD), force-destroy revokes them (SIGBUS), and a client killed
-// while holding a freeze leaves the daemon serving.
+// The control socket across processes: fds passed to a client process map
+// the daemon's bytes (read back through the block face and NBD), a forced
+// destroy revokes them (SIGBUS), and a client killed while holding a freeze
+// leaves the daemon serving. The clients are this binary re-executed.
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <map>
+#include <string>
 #include <cstring>
 #include <filesystem>
 #include <gtest/gtest.h>
@@ -32,32 +36,135 @@ std::vector<std::byte> pattern(size_t n, unsigned seed) {
   return out;
 }
 
+constexpr uint64_t kStoreOffset = 8192, kRawStoreOffset = 12345, kReadOffset = 100;
+const std::vector<std::byte> kStoreBytes = pattern(3000, 11);
+const std::vector<std::byte> kRawStoreBytes = pattern(5000, 23);
+const std::vector<std::byte> kReadBytes = pattern(5000, 77);
+
+// --- Child processes --------------------------------------------------------
+// Each returns its exit code; `ready` is a pipe to write one byte to once
+// the parent may go on (-1 if unused).
+
+// Stores kStoreBytes through a Client mapping.
+int child_store(const std::string& socket, int) {
+  auto client = Client::connect(socket);
+  if (!client) return 10;
+  auto ns = (*client)->open_namespace("vm1", Access::ReadWrite);
+  if (!ns) return 11;
+  auto m = ns->map(kStoreOffset, kStoreBytes.size());
+  if (!m) return 12;
+  std::memcpy(m->data(), kStoreBytes.data(), kStoreBytes.size());  // plain stores
+  return 0;
+}
+
+// Stores kRawStoreBytes through the raw protocol and its own mmap of the fd.
+int child_raw_store(const std::string& socket, int) {
+  auto fd = control::connect_unix(socket);
+  if (!fd) return 10;
+  control::LineReader reader(control::kMaxReplyLine);
+  if (!reader.read_line(fd->get())) return 11;
+  const char* open = R"({"execute":"open-namespace","arguments":{"name":"vm1"}})";
+  if (!control::send_line(fd->get(), open)) return 12;
+  if (!reader.read_line(fd->get()) || reader.fds().empty()) return 13;
+  void* p = ::mmap(nullptr, 32768, PROT_READ | PROT_WRITE, MAP_SHARED,
+                   reader.fds().front().get(), 0);
+  if (p == MAP_FAILED) return 14;
+  std::memcpy(static_cast<std::byte*>(p) + kRawStoreOffset, kRawStoreBytes.data(),
+              kRawStoreBytes.size());
+  return 0;
+}
+
+// Reads kReadBytes through a read-only open, and cannot map it for writing.
+int child_read_only(const std::string& socket, int) {
+  auto client = Client::connect(socket);
+  if (!client) return 10;
+  auto ns = (*client)->open_namespace("vm1", Access::ReadOnly);
+  if (!ns) return 11;
+  auto m = ns->map(kReadOffset, kReadBytes.size());
+  if (!m) return 12;
+  if (std::memcmp(m->data(), kReadBytes.data(), kReadBytes.size()) != 0) return 13;
+  void* w = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, ns->fd(), 0);
+  return w == MAP_FAILED ? 0 : 14;
+}
+
+// Maps vm1, signals `ready`, waits for NAMESPACE_REVOKED; then a store must
+// raise SIGBUS within a bounded time.
+int child_revoked(const std::string& socket, int ready) {
+  auto client = Client::connect(socket);
+  if (!client) return 10;
+  auto ns = (*client)->open_namespace("vm1", Access::ReadWrite);
+  if (!ns) return 11;
+  auto m = ns->map(0, 4096);
+  if (!m) return 12;
+  volatile std::byte* p = m->data();
+  p[10] = std::byte{5};  // works before the revocation
+  if (::write(ready, "r", 1) != 1) return 13;
+  auto event = (*client)->wait_event(std::chrono::seconds(10));
+  if (!event || event->name != "NAMESPACE_REVOKED") return 14;
+  // The event comes just before the truncate, so the first stores may
+  // still land; within a bounded time one must fault.
+  int sig = 0;
+  for (int i = 0; i < 500 && sig == 0; ++i) {
+    sig = ::rawdax::testing::run_catching_faults([&] { p[10] = std::byte{6}; });
+    if (sig == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return sig == SIGBUS ? 0 : 16;
+}
+
+// Freezes vm1 and holds it exclusively, signals `ready`, and waits to be killed.
+int child_freeze_holder(const std::string& socket, int ready) {
+  auto client = Client::connect(socket);
+  if (!client) return 10;
+  if (!(*client)->execute("freeze", R"({"name":"vm1","timeout":5})")) return 11;
+  if (!(*client)->open_namespace("vm1", Access::ReadWrite, true)) return 12;
+  if (::write(ready, "f", 1) != 1) return 13;
+  for (;;) ::pause();
+}
+
+// Connects as another uid: refused (exit 0) or let in (11).
+int child_other_user(const std::string& socket, int) {
+  if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 10;
+  return Client::connect(socket) ? 11 : 0;
+}
+
+const std::map<std::string, int (*)(const std::string&, int)> kChildren = {
+    {"store", child_store},           {"raw-store", child_raw_store},
+    {"read-only", child_read_only},   {"revoked", child_revoked},
+    {"freeze-holder", child_freeze_holder}, {"other-user", child_other_user}};
+
+// Runs the child named by RAWDAX_PROCESS_CHILD, before main(), and exits.
+[[maybe_unused]] const bool kChildRan = [] {
+  const char* name = std::getenv("RAWDAX_PROCESS_CHILD");
+  if (name == nullptr) return false;
+  const char* socket = std::getenv("RAWDAX_PROCESS_SOCKET");
+  const char* ready = std::getenv("RAWDAX_PROCESS_READY");
+  auto child = kChildren.find(name);
+  if (socket == nullptr || ready == nullptr || child == kChildren.end()) ::_exit(2);
+  ::_exit(child->second(socket, std::atoi(ready)));
+}();
+
+// Starts child `name` against `socket`; it inherits `ready` (a pipe's write end).
+pid_t spawn_child(const std::string& name, const std::string& socket, int ready = -1) {
+  return ::rawdax::testing::spawn_self({"RAWDAX_PROCESS_CHILD=" + name,
+                                        "RAWDAX_PROCESS_SOCKET=" + socket,
+                                        "RAWDAX_PROCESS_READY=" + std::to_string(ready)},
+                                       "RAWDAX_PROCESS_");
+}
+
 class ControlProcessTest : public ::testing::TestWithParam<TestMedia> {
  protected:
   DaemonFixture daemon_{GetParam()};
 };
 
 TEST_P(ControlProcessTest, ChildStoresThroughPassedFdDaemonReadsThem) {
-  const uint64_t offset = 8192;
-  const auto bytes = pattern(3000, 11);
-  pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    auto client = Client::connect(daemon_.socket_path());
-    if (!client) _exit(10);
-    auto ns = (*client)->open_namespace("vm1", Access::ReadWrite);
-    if (!ns) _exit(11);
-    auto m = ns->map(offset, bytes.size());
-    if (!m) _exit(12);
-    std::memcpy(m->data(), bytes.data(), bytes.size());  // plain stores
-    _exit(0);
-  }
+  pid_t child = spawn_child("store", daemon_.socket_path());
+  ASSERT_GT(child, 0);
   ASSERT_EQ(wait_child(child), 0);
   auto dev = daemon_.region().open_device("vm1");
   ASSERT_TRUE(dev);
-  std::vector<std::byte> got(bytes.size());
-  ASSERT_TRUE((*dev)->read(offset, got));
-  EXPECT_EQ(got, bytes);
+  std::vector<std::byte> got(kStoreBytes.size());
+  ASSERT_TRUE((*dev)->read(kStoreOffset, got));
+  EXPECT_EQ(got, kStoreBytes);
 }
 
 // The same stores, read back through the daemon's NBD export of the region
@@ -68,31 +175,16 @@ TEST_P(ControlProcessTest, ChildStoresThroughPassedFdNbdReadsThem) {
   auto nbd = NbdServer::start(daemon_.region(),
                               {.listen = "unix:" + dir.path() + "/nbd.sock", .log = nullptr});
   ASSERT_TRUE(nbd) << nbd.error().message();
-  const uint64_t offset = 12345;
-  const auto bytes = pattern(5000, 23);
-  pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    // Stores only (no Client thread in a child of a multi-threaded process).
-    auto fd = control::connect_unix(daemon_.socket_path());
-    if (!fd) _exit(10);
-    control::LineReader reader(control::kMaxReplyLine);
-    if (!reader.read_line(fd->get())) _exit(11);
-    if (!control::send_line(fd->get(), R"({"execute":"open-namespace","arguments":{"name":"vm1"}})")) {
-      _exit(12);
-    }
-    if (!reader.read_line(fd->get()) || reader.fds().empty()) _exit(13);
-    void* p = ::mmap(nullptr, 32768, PROT_READ | PROT_WRITE, MAP_SHARED,
-                     reader.fds().front().get(), 0);
-    if (p == MAP_FAILED) _exit(14);
-    std::memcpy(static_cast<std::byte*>(p) + offset, bytes.data(), bytes.size());
-    _exit(0);
-  }
+  const uint64_t offset = kRawStoreOffset;
+  const auto& bytes = kRawStoreBytes;
+  pid_t child = spawn_child("raw-store", daemon_.socket_path());
+  ASSERT_GT(child, 0);
   ASSERT_EQ(wait_child(child), 0);
   std::string out = dir.path() + "/copy.img";
   std::string cmd = "timeout 60 nbdcopy 'nbd+unix:///vm1?socket=" + dir.path() + "/nbd.sock' " +
                     out + " >" + dir.path() + "/nbdcopy.log 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << ::rawdax::testing::slurp_file(dir.path() + "/nbdcopy.log");
+  ASSERT_EQ(std::system(cmd.c_str()), 0)
+      << ::rawdax::testing::slurp_file(dir.path() + "/nbdcopy.log");
   std::string image = ::rawdax::testing::slurp_file(out);
   ASSERT_GE(image.size(), offset + bytes.size());
   EXPECT_EQ(std::memcmp(image.data() + offset, bytes.data(), bytes.size()), 0)
@@ -101,54 +193,19 @@ TEST_P(ControlProcessTest, ChildStoresThroughPassedFdNbdReadsThem) {
 }
 
 TEST_P(ControlProcessTest, DaemonWritesChildSeesThemThroughReadOnlyFd) {
-  const auto bytes = pattern(5000, 77);
   auto dev = daemon_.region().open_device("vm1");
   ASSERT_TRUE(dev);
-  ASSERT_TRUE((*dev)->write(100, bytes));
-  pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    auto client = Client::connect(daemon_.socket_path());
-    if (!client) _exit(10);
-    auto ns = (*client)->open_namespace("vm1", Access::ReadOnly);
-    if (!ns) _exit(11);
-    auto m = ns->map(100, bytes.size());
-    if (!m) _exit(12);
-    if (std::memcmp(m->data(), bytes.data(), bytes.size()) != 0) _exit(13);
-    // Read-only: the fd cannot be mapped for writing.
-    void* w = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, ns->fd(), 0);
-    _exit(w == MAP_FAILED ? 0 : 14);
-  }
+  ASSERT_TRUE((*dev)->write(kReadOffset, kReadBytes));
+  pid_t child = spawn_child("read-only", daemon_.socket_path());
+  ASSERT_GT(child, 0);
   EXPECT_EQ(wait_child(child), 0);
 }
 
 TEST_P(ControlProcessTest, ForceDestroyRevokesClientMappingsWithSigbus) {
   int ready[2];
   ASSERT_EQ(::pipe(ready), 0);
-  pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    ::close(ready[0]);
-    auto client = Client::connect(daemon_.socket_path());
-    if (!client) _exit(10);
-    auto ns = (*client)->open_namespace("vm1", Access::ReadWrite);
-    if (!ns) _exit(11);
-    auto m = ns->map(0, 4096);
-    if (!m) _exit(12);
-    volatile std::byte* p = m->data();
-    p[10] = std::byte{5};  // works before the revocation
-    if (::write(ready[1], "r", 1) != 1) _exit(13);
-    auto event = (*client)->wait_event(std::chrono::seconds(10));
-    if (!event || event->name != "NAMESPACE_REVOKED") _exit(14);
-    // The event comes just before the truncate, so the first stores may
-    // still land; within a bounded time one must fault.
-    int sig = 0;
-    for (int i = 0; i < 500 && sig == 0; ++i) {
-      sig = ::rawdax::testing::run_catching_faults([&] { p[10] = std::byte{6}; });
-      if (sig == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    _exit(sig == SIGBUS ? 0 : 16);
-  }
+  pid_t child = spawn_child("revoked", daemon_.socket_path(), ready[1]);
+  ASSERT_GT(child, 0);
   ::close(ready[1]);
   ASSERT_TRUE(wait_byte(ready[0], std::chrono::seconds(10)));
   ::close(ready[0]);
@@ -168,17 +225,8 @@ TEST_P(ControlProcessTest, ForceDestroyRevokesClientMappingsWithSigbus) {
 TEST_P(ControlProcessTest, ClientKilledWhileHoldingFreezeThawsAndDaemonServes) {
   int ready[2];
   ASSERT_EQ(::pipe(ready), 0);
-  pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    ::close(ready[0]);
-    auto client = Client::connect(daemon_.socket_path());
-    if (!client) _exit(10);
-    if (!(*client)->execute("freeze", R"({"name":"vm1","timeout":5})")) _exit(11);
-    if (!(*client)->open_namespace("vm1", Access::ReadWrite, true)) _exit(12);
-    if (::write(ready[1], "f", 1) != 1) _exit(13);
-    for (;;) ::pause();
-  }
+  pid_t child = spawn_child("freeze-holder", daemon_.socket_path(), ready[1]);
+  ASSERT_GT(child, 0);
   ::close(ready[1]);
   ASSERT_TRUE(wait_byte(ready[0], std::chrono::seconds(10)));
   ::close(ready[0]);
@@ -218,13 +266,8 @@ TEST(ControlPeerTest, OtherUsersAreRefused) {
   // Let the other uid past the file mode, so the credential check decides.
   ASSERT_EQ(::chmod(daemon.socket_path().c_str(), 0666), 0);
   ASSERT_EQ(::chmod(std::filesystem::path(daemon.socket_path()).parent_path().c_str(), 0755), 0);
-  pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    if (::setgid(65534) != 0 || ::setuid(65534) != 0) _exit(10);
-    auto client = Client::connect(daemon.socket_path());
-    _exit(client ? 11 : 0);
-  }
+  pid_t child = spawn_child("other-user", daemon.socket_path());
+  ASSERT_GT(child, 0);
   EXPECT_EQ(wait_child(child), 0);
   EXPECT_TRUE(daemon.logged("refused control connection"));
   // The owner still gets in.
