@@ -14,10 +14,13 @@
 
 namespace rawdax {
 
-// Gives free heap pages back (malloc_trim(0)) unless that was done less than
-// `interval` ago. True if it did: a caller that got false and still has
-// freed memory to return calls again later.
-bool release_free_memory(std::chrono::milliseconds interval = std::chrono::milliseconds(1000));
+// Called after connections ended: `freed` says whether any did. Gives free
+// heap pages back (malloc_trim(0)) when some freeing is pending, here or
+// from an earlier call, unless the last trim was less than `interval` ago;
+// then it stays pending for a later call (the servers call this at least
+// once a second).
+void release_free_memory(bool freed,
+                         std::chrono::milliseconds interval = std::chrono::milliseconds(1000));
 
 }  // namespace rawdax
 

@@ -149,10 +149,8 @@ void ControlServer::reap_finished() {
     }
   }
   for (auto& c : finished) c->thread.join();
-  // A connection may have buffered a line of up to 1 MiB; give that memory
-  // back (throttled: a refused trim stays pending for the next call).
-  trim_pending_ = trim_pending_ || !finished.empty();
-  if (trim_pending_ && release_free_memory()) trim_pending_ = false;
+  // A connection may have buffered a line of up to 1 MiB; give that memory back.
+  release_free_memory(!finished.empty());
 }
 
 void ControlServer::serve(Connection* connection) {

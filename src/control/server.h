@@ -79,7 +79,6 @@ class ControlServer {
   ino_t socket_ino_ = 0;  // the socket file we made, so stop() removes only it
   std::thread acceptor_;
   uint64_t next_id_ = 1;  // acceptor thread only
-  bool trim_pending_ = false;  // acceptor thread only: connections ended since the last trim
 
   std::mutex mu_;
   bool stopped_ = false;                                 // guarded by mu_

@@ -64,7 +64,6 @@ class NbdServer::Impl {
 
   mutable std::mutex mu_;
   bool stopping_ = false;           // guarded by mu_
-  bool trim_pending_ = false;       // guarded by mu_: sessions ended since the last trim
   std::list<Session> sessions_;     // guarded by mu_; std::list: stable addresses
 };
 
@@ -119,18 +118,18 @@ void NbdServer::Impl::accept_loop() {
 }
 
 void NbdServer::Impl::reap_locked() {
+  bool ended = false;
   for (auto it = sessions_.begin(); it != sessions_.end();) {
     if (it->done.load(std::memory_order_acquire)) {
       it->thread.join();
       it = sessions_.erase(it);
-      trim_pending_ = true;
+      ended = true;
     } else {
       ++it;
     }
   }
-  // Their buffers were freed into the threads' arenas; hand them back
-  // (throttled: a refused trim stays pending for the next call).
-  if (trim_pending_ && release_free_memory()) trim_pending_ = false;
+  // Their buffers were freed into the threads' arenas; hand them back.
+  release_free_memory(ended);
 }
 
 void NbdServer::Impl::stop(std::chrono::milliseconds grace) {
