@@ -22,7 +22,12 @@ struct SnapshotOptions {
   // Called now and then from the snapshotting thread with pages examined so
   // far and the total; for progress bars. May be empty.
   std::function<void(uint64_t done, uint64_t total)> progress = nullptr;
+  // Threads copying in the background pass (the calling thread is one of
+  // them); 0 picks one per CPU, at most 2. Writers' own copies are extra.
+  // More than kMaxSnapshotCopyThreads is invalid_argument.
+  unsigned copy_threads = 0;
 };
+inline constexpr unsigned kMaxSnapshotCopyThreads = 64;
 
 struct SnapshotInfo {
   std::string path;

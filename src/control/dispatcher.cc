@@ -90,6 +90,14 @@ class Arguments {
     if (!v->is_number_unsigned()) return fail(key, "must be a non-negative integer");
     return v->get<uint64_t>();
   }
+  Result<uint64_t> count(const char* key, uint64_t fallback, uint64_t max) const {
+    const json* v = find(key);
+    if (v == nullptr) return fallback;
+    if (!v->is_number_unsigned() || v->get<uint64_t>() > max) {
+      return fail(key, ("must be an integer from 0 to " + std::to_string(max)).c_str());
+    }
+    return v->get<uint64_t>();
+  }
   Result<bool> flag(const char* key, bool fallback) const {
     const json* v = find(key);
     if (v == nullptr) return fallback;
@@ -160,7 +168,7 @@ class Dispatcher::Command {
         {"freeze", {"name", "timeout", "force"}, &Command::freeze},
         {"freeze-ack", {"name", "token"}, &Command::freeze_ack},
         {"thaw", {"name"}, &Command::thaw},
-        {"snapshot", {"name", "file", "base", "timeout", "force"}, &Command::snapshot},
+        {"snapshot", {"name", "file", "base", "timeout", "force", "threads"}, &Command::snapshot},
         {"query-stats", {}, &Command::query_stats},
         {"attach-vm", {"name", "qmp"}, &Command::attach_vm},
         {"detach-vm", {"name"}, &Command::detach_vm},
@@ -478,6 +486,8 @@ class Dispatcher::Command {
     if (!timeout) return timeout.error();
     auto force = args_.flag("force", false);
     if (!force) return force.error();
+    auto threads = args_.count("threads", 0, kMaxSnapshotCopyThreads);
+    if (!threads) return threads.error();
     if (file->empty()) return generic_error("snapshot: argument 'file' is empty");
     auto dev = device(*name);
     if (!dev) return dev.error();
@@ -498,7 +508,8 @@ class Dispatcher::Command {
       return holders.error();
     }
     // Not under mu_: the copy takes as long as the namespace is big.
-    auto info = (*dev)->snapshot(*file, {.base = *base});
+    auto info = (*dev)->snapshot(
+        *file, {.base = *base, .copy_threads = static_cast<unsigned>(*threads)});
     holders->end();
     Status resumed = paused->resume();
     if (!resumed) d_.log_("error: " + resumed.error().message());

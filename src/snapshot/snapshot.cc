@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <condition_variable>
@@ -70,22 +71,38 @@ class LiveCopy : public PageCopier {
     if (ns > max_stall_ns_) max_stall_ns_ = ns;
   }
 
-  // Copies every page not copied yet, a chunk at a time, in order except
-  // that chunks stores are parked on go first; makes each chunk writable
-  // again once copied, and writes out the pages writers stashed meanwhile.
-  void copy_rest(const std::function<void(uint64_t, uint64_t)>& progress) {
+  // Copies every page not copied yet, a chunk at a time, on `threads`
+  // threads (this one included), in order except that chunks stores are
+  // parked on go first; makes each chunk writable again once copied, and
+  // writes out the pages writers stashed meanwhile.
+  void copy_rest(const std::function<void(uint64_t, uint64_t)>& progress, unsigned threads) {
     const uint64_t chunk = engine_.live_chunk_pages();
     const uint64_t chunks = (state_.size() + chunk - 1) / chunk;
-    uint32_t demand_seen = 0;
-    uint64_t reported = 0;
-    for (uint64_t c = 0; c < chunks; ++c) {
-      if (engine_.demand_changed(&demand_seen)) {
-        for (uint64_t page : engine_.take_demanded_pages()) copy_chunk(page / chunk, chunk);
+    // Chunks are handed out in order; copy_range_locked() already lets
+    // several threads claim pages, so the pass threads share nothing else.
+    std::atomic<uint64_t> next{0};
+    auto pass = [&](bool reports) {
+      std::vector<std::byte> buffer;
+      uint32_t demand_seen = 0;
+      uint64_t reported = 0;
+      for (;;) {
+        if (engine_.demand_changed(&demand_seen)) {
+          for (uint64_t page : engine_.take_demanded_pages()) {
+            copy_chunk(page / chunk, chunk, buffer);
+          }
+        }
+        const uint64_t c = next.fetch_add(1, std::memory_order_relaxed);
+        if (c >= chunks) return;
+        if (reports && progress && c * chunk - reported >= kProgressPages) {
+          progress(reported = c * chunk, state_.size());
+        }
+        if (!copy_chunk(c, chunk, buffer)) return;
       }
-      if (progress && c * chunk - reported >= kProgressPages) {
-        progress(reported = c * chunk, state_.size());
-      }
-      if (!copy_chunk(c, chunk)) return;
+    };
+    {
+      std::vector<std::jthread> helpers;
+      for (unsigned t = 1; t < threads; ++t) helpers.emplace_back(pass, false);
+      pass(true);
     }
     // Every page is kDone now, so nothing more can be stashed.
     write_stashed();
@@ -162,9 +179,9 @@ class LiveCopy : public PageCopier {
   }
 
   // Copies what is left of chunk c and releases it. False once copying failed.
-  bool copy_chunk(uint64_t c, uint64_t chunk) {
+  bool copy_chunk(uint64_t c, uint64_t chunk, std::vector<std::byte>& buffer) {
     std::unique_lock<std::mutex> lock(mu_);
-    copy_range_locked(lock, c * chunk, (c + 1) * chunk, buffer_, /*stash=*/false);
+    copy_range_locked(lock, c * chunk, (c + 1) * chunk, buffer, /*stash=*/false);
     if (!status_) return false;
     lock.unlock();
     if (c * chunk < state_.size()) engine_.release_copied(c * chunk, chunk);
@@ -189,7 +206,8 @@ class LiveCopy : public PageCopier {
   }
 
   // Stores the stashed pages in the snapshot file and frees their slots.
-  // Only the background pass calls it, so each batch is written once.
+  // Only the background pass's threads call it; each takes what is stashed
+  // under mu_, so each stashed page is written once.
   void write_stashed() {
     std::vector<std::pair<uint64_t, uint32_t>> batch;
     {
@@ -251,7 +269,6 @@ class LiveCopy : public PageCopier {
   std::condition_variable done_;   // a run became kDone
   std::vector<uint8_t> state_;     // per page; guarded by mu_
   const Unchanged unchanged_;
-  std::vector<std::byte> buffer_;  // the background copier's own (copy_rest)
   // Pages writers copied and the background pass has not yet stored: a slot
   // is in free_slots_, or owned by the writer filling it, or in stashed_.
   const MappedRange stash_;
@@ -266,6 +283,11 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
   const auto start = std::chrono::steady_clock::now();
   const bool incremental = !options.base.empty();
   const std::string what = "namespace " + core.name() + ": snapshot " + path + ": ";
+  if (options.copy_threads > kMaxSnapshotCopyThreads) {
+    return Error(std::errc::invalid_argument,
+                 what + "copy_threads " + std::to_string(options.copy_threads) +
+                     " is more than " + std::to_string(kMaxSnapshotCopyThreads));
+  }
   SnapshotHeader header;
   header.id = new_uuid();
   header.source_uuid = core.info().uuid;
@@ -348,7 +370,9 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
   core.set_copier(&live);
   uint64_t stall = elapsed_ns(frozen_at);
   thaw.now();
-  live.copy_rest(options.progress);
+  unsigned threads = options.copy_threads;
+  if (threads == 0) threads = std::clamp(std::thread::hardware_concurrency(), 1u, 2u);
+  live.copy_rest(options.progress, threads);
   core.set_copier(nullptr);
   RAWDAX_RETURN_IF_ERROR(engine.end_live_copy());
   if (Status st = live.status(); !st) return st.error().with_context(what);

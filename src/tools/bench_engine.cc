@@ -18,38 +18,12 @@
 #include "engine/write_tracker.h"
 #include "media/uffd_compat.h"
 #include "tools/bench.h"
+#include "tools/bench_raw.h"
 
 namespace rawdax::cli {
 namespace {
 
 constexpr uint64_t kPage = 4096;
-
-// A populated shared memfd mapping: the anchor's own copy of the same work.
-struct RawMapping {
-  UniqueFd fd;
-  MappedRange range;
-};
-
-// With `huge`, the mapping is 2 MiB-aligned and advised for shmem THP.
-Result<RawMapping> raw_mapping(uint64_t size, uint64_t huge = 0) {
-  RawMapping m;
-  m.fd.reset(::memfd_create("rawdax-bench-raw", MFD_CLOEXEC));
-  if (!m.fd.valid() || ::ftruncate(m.fd.get(), static_cast<off_t>(size)) != 0) {
-    return errno_error(errno, "bench memfd");
-  }
-  size_t span = size + huge;
-  void* reserved = ::mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (reserved == MAP_FAILED) return errno_error(errno, "bench mmap");
-  uintptr_t at = huge ? (reinterpret_cast<uintptr_t>(reserved) + huge - 1) & ~(huge - 1)
-                      : reinterpret_cast<uintptr_t>(reserved);
-  void* p = ::mmap(reinterpret_cast<void*>(at), size, PROT_READ | PROT_WRITE,
-                   MAP_SHARED | MAP_FIXED, m.fd.get(), 0);
-  if (p == MAP_FAILED) return errno_error(errno, "bench mmap");
-  if (huge) ::madvise(p, size, MADV_HUGEPAGE);
-  std::memset(p, 1, size);
-  m.range = MappedRange(p, size);
-  return m;
-}
 
 // Bytes of [addr, addr+len) mapped by PMDs (huge pages), from /proc/self/smaps.
 uint64_t pmd_mapped_bytes(const void* addr, uint64_t len) {
@@ -74,56 +48,6 @@ uint64_t pmd_mapped_bytes(const void* addr, uint64_t len) {
   std::fclose(smaps);
   return total;
 }
-
-// A userfaultfd registered in WP mode on one range, optionally with a handler
-// thread that unprotects each faulting page: the bare sync-WP mechanism.
-class RawUffd {
- public:
-  static Result<std::unique_ptr<RawUffd>> create(std::byte* addr, uint64_t len, bool handle) {
-    auto u = std::unique_ptr<RawUffd>(new RawUffd());
-    u->fd_.reset(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
-    if (!u->fd_.valid()) return errno_error(errno, "userfaultfd");
-    uffdio_api api{};
-    api.api = UFFD_API;
-    api.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
-    if (::ioctl(u->fd_.get(), UFFDIO_API, &api) != 0) return errno_error(errno, "UFFDIO_API");
-    uffdio_register reg{};
-    reg.range = {reinterpret_cast<uint64_t>(addr), len};
-    reg.mode = UFFDIO_REGISTER_MODE_WP;
-    if (::ioctl(u->fd_.get(), UFFDIO_REGISTER, &reg) != 0) {
-      return errno_error(errno, "UFFDIO_REGISTER");
-    }
-    if (handle) u->handler_ = std::thread([p = u.get()] { p->serve(); });
-    return u;
-  }
-  ~RawUffd() {
-    stop_.store(true);
-    if (handler_.joinable()) handler_.join();
-  }
-  void protect(std::byte* addr, uint64_t len, bool on) const {
-    uffdio_writeprotect wp{};
-    wp.range = {reinterpret_cast<uint64_t>(addr), len};
-    wp.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0;
-    ::ioctl(fd_.get(), UFFDIO_WRITEPROTECT, &wp);
-  }
-
- private:
-  void serve() {
-    pollfd pfd{fd_.get(), POLLIN, 0};
-    while (!stop_.load()) {
-      if (::poll(&pfd, 1, 10) <= 0) continue;
-      uffd_msg msgs[32];
-      ssize_t n = ::read(fd_.get(), msgs, sizeof msgs);
-      for (ssize_t i = 0; i < n / static_cast<ssize_t>(sizeof(uffd_msg)); ++i) {
-        auto* page = reinterpret_cast<std::byte*>(msgs[i].arg.pagefault.address & ~(kPage - 1));
-        protect(page, kPage, false);
-      }
-    }
-  }
-  UniqueFd fd_;
-  std::thread handler_;
-  std::atomic<bool> stop_{false};
-};
 
 // The bare mechanism an engine tracks writes with, on the anchor's mapping:
 // sync uffd-wp (answered by a thread that unprotects, when `handle`), or
@@ -152,7 +76,8 @@ Result<std::unique_ptr<BareTracking>> bare_tracking(EngineChoice engine, MappedR
                                                     bool handle) {
   auto bare = std::make_unique<BareTracking>();
   if (engine == EngineChoice::kUffd) {
-    auto made = RawUffd::create(range.data(), range.size(), handle);
+    auto made = RawUffd::create(range.data(), range.size(),
+                                handle ? RawFaults::kHandlerThread : RawFaults::kNobody);
     if (!made) return made.error();
     bare->uffd = std::move(*made);
   } else {
@@ -224,7 +149,7 @@ Result<Pair> freeze_pair(Region& region, EngineChoice engine, uint64_t size, int
     }
     std::unique_ptr<RawUffd> uffd;
     if (engine == EngineChoice::kUffd) {
-      auto made = RawUffd::create(raw->range.data(), size, false);
+      auto made = RawUffd::create(raw->range.data(), size, RawFaults::kNobody);
       if (!made) return made.error();
       uffd = std::move(*made);
     }

@@ -30,6 +30,7 @@ struct SnapshotVerbOptions {
   std::string name;
   std::string file;
   std::string base;
+  unsigned threads = 0;
   bool force = false;
 };
 
@@ -50,6 +51,7 @@ int snapshot_through(DaemonLink& daemon, const SnapshotVerbOptions& options) {
   nlohmann::json args = {{"name", options.name},
                          {"file", std::filesystem::absolute(options.file, ec).string()}};
   if (!options.base.empty()) args["base"] = std::filesystem::absolute(options.base, ec).string();
+  if (options.threads != 0) args["threads"] = options.threads;
   auto reply = daemon.execute("snapshot", args);
   if (!reply) return fail(reply.error());
   auto info = daemon.snapshot_info(*reply);
@@ -69,7 +71,7 @@ int run_snapshot(const SnapshotVerbOptions& options) {
   // page with the base chain (dirty tracking would not help here).
   auto dev = (*region)->open_device(options.name);
   if (!dev) return fail(dev.error());
-  SnapshotOptions snap{.base = options.base};
+  SnapshotOptions snap{.base = options.base, .copy_threads = options.threads};
   if (::isatty(STDERR_FILENO)) {
     snap.progress = [](uint64_t done, uint64_t total) {
       int width = 40, filled = total ? static_cast<int>(width * done / total) : width;
@@ -117,7 +119,11 @@ void register_snapshot_commands(CLI::App& app, int* exit_code) {
   snapshot->add_option("name", snap->name, "Namespace")->required();
   snapshot->add_option("file", snap->file, "Snapshot file to write")->required();
   snapshot->add_option("--base", snap->base,
-                       "Store only pages written since this snapshot (same process only)");
+                       "Store only the pages that changed since this snapshot");
+  snapshot
+      ->add_option("--threads", snap->threads,
+                   "Threads copying in the background (0: one per CPU, at most 2)")
+      ->check(CLI::Range(0u, kMaxSnapshotCopyThreads));
   snapshot->callback([=] { *exit_code = run_snapshot(*snap); });
 
   auto rest = std::make_shared<SnapshotVerbOptions>();

@@ -234,6 +234,17 @@ TEST_P(SnapshotTest, RestoreRefusesAnotherSizeUnlessForced) {
   EXPECT_EQ(contents("small"), source());
 }
 
+TEST_P(SnapshotTest, TooManyCopyThreadsIsRefusedAndNothingIsWritten) {
+  auto info = dev_->snapshot(file("many.snap"), {.copy_threads = kMaxSnapshotCopyThreads + 1});
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), std::make_error_code(std::errc::invalid_argument));
+  EXPECT_NE(info.error().message().find("namespace src: snapshot " + file("many.snap") +
+                                        ": copy_threads 65 is more than 64"),
+            std::string::npos)
+      << info.error().message();
+  EXPECT_TRUE(std::filesystem::is_empty(files_.path()));
+}
+
 TEST_P(SnapshotTest, SnapshotAfterRemoveFailsClearly) {
   ASSERT_TRUE(dev_->remove());
   auto snap = dev_->snapshot(file("x.snap"));
@@ -327,6 +338,18 @@ TEST_P(OneCutTest, FullSnapshotWhileAWriterSweeps) {
   // two 2 MiB chunk copies (mprotect), never for the whole copy.
   EXPECT_LT(worst * 2, info->duration_ns);
   expect_one_cut(file("full.snap"), "copy");
+}
+
+// The background pass on one thread and on several: every chunk is copied
+// once, by one of them, and the image is still one cut.
+TEST_P(OneCutTest, OneCutWhateverTheNumberOfCopyThreads) {
+  for (unsigned threads : {1u, 4u}) {
+    const std::string name = "threads-" + std::to_string(threads);
+    auto info = dev_->snapshot(file(name + ".snap"), {.copy_threads = threads});
+    ASSERT_TRUE(info) << info.error().message();
+    EXPECT_EQ(info->pages, kPages) << threads << " threads";
+    expect_one_cut(file(name + ".snap"), name);
+  }
 }
 
 TEST_P(OneCutTest, IncrementalChainWhileAWriterSweeps) {

@@ -1,0 +1,54 @@
+// The raw kernel mechanisms `rawdax bench` measures rawdax against: a
+// populated memfd mapping, and a userfaultfd in write-protect mode on it.
+#ifndef RAWDAX_TOOLS_BENCH_RAW_H_
+#define RAWDAX_TOOLS_BENCH_RAW_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <thread>
+
+#include "common/mapped_range.h"
+#include "common/unique_fd.h"
+#include "rawdax/result.h"
+
+namespace rawdax::cli {
+
+// A populated shared memfd mapping: the anchor's own copy of the same work.
+struct RawMapping {
+  UniqueFd fd;
+  MappedRange range;
+};
+
+// With `huge`, the mapping is 2 MiB-aligned and advised for shmem THP.
+Result<RawMapping> raw_mapping(uint64_t size, uint64_t huge = 0);
+
+// Who answers a write fault on a page RawUffd protected.
+enum class RawFaults {
+  kNobody,            // sync WP and no handler: the caller must not store
+  kHandlerThread,     // sync WP; a thread unprotects each faulting page
+  kKernel,            // async WP: the kernel unprotects the page itself
+};
+
+// A userfaultfd registered in WP mode on one range.
+// Thread safety: protect() may be called from any thread; the handler thread
+// (kHandlerThread) is joined by the destructor.
+class RawUffd {
+ public:
+  static Result<std::unique_ptr<RawUffd>> create(std::byte* addr, uint64_t len, RawFaults faults);
+  ~RawUffd();
+  void protect(std::byte* addr, uint64_t len, bool on) const;
+
+ private:
+  RawUffd() = default;
+  void serve();
+
+  UniqueFd fd_;
+  std::thread handler_;
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace rawdax::cli
+
+#endif  // RAWDAX_TOOLS_BENCH_RAW_H_
