@@ -289,6 +289,18 @@ TEST_F(ControlCommandTest, Snapshot) {
   EXPECT_EQ(error_class(conn_.execute(
                 "snapshot", {{"name", "vm1"}, {"file", file + "3"}, {"base", dir.path() + "/no"}})),
             "GenericError");
+  for (json threads : {json(65), json(-1), json("2")}) {
+    r = conn_.execute("snapshot", {{"name", "vm1"}, {"file", file + "4"}, {"threads", threads}});
+    EXPECT_EQ(error_class(r), "GenericError") << threads;
+    EXPECT_NE(r["error"]["desc"].get<std::string>().find(
+                  "snapshot: argument 'threads' must be an integer from 0 to 64"),
+              std::string::npos)
+        << r;
+  }
+  EXPECT_FALSE(std::filesystem::exists(file + "4"));
+  r = conn_.execute("snapshot", {{"name", "vm1"}, {"file", file + "4"}, {"threads", 3}});
+  ASSERT_TRUE(r.contains("return")) << r;
+  EXPECT_TRUE(verify_snapshot(file + "4"));
 }
 
 // The happy path (a real QEMU paused while frozen) is VmEndToEnd.*.

@@ -95,6 +95,7 @@ class CliBadInputTest : public ::testing::Test {
         {"destroy-namespace 'n\xc3\xa9'", {"'n\xc3\xa9'", "only A-Z"}},
         {"snapshot nope SCRATCH/n.snap", {"nope"}},
         {"snapshot keep SCRATCH/no/such/dir/k.snap", {"SCRATCH/no/such/dir/k.snap"}},
+        {"snapshot keep SCRATCH/k.snap --threads 65", {"--threads", "65"}},
         {"restore a/b SCRATCH/keep.snap", {"'a/b'"}, true},
         {"restore c SCRATCH/none.snap", {"SCRATCH/none.snap"}, true},
         // Missing arguments: CLI11 names the option or positional.
