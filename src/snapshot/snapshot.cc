@@ -1,6 +1,8 @@
 #include "snapshot/snapshot.h"
 
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -101,7 +103,15 @@ class LiveCopy : public PageCopier {
     };
     {
       std::vector<std::jthread> helpers;
-      for (unsigned t = 1; t < threads; ++t) helpers.emplace_back(pass, false);
+      for (unsigned t = 1; t < threads; ++t) {
+        helpers.emplace_back([&] {
+          // Helpers run niced: they take CPU the application leaves idle,
+          // and yield it to the writers (and to the fault handler serving
+          // them) otherwise. The calling thread keeps the pass going.
+          (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), kHelperNice);
+          pass(false);
+        });
+      }
       pass(true);
     }
     // Every page is kDone now, so nothing more can be stashed.
@@ -259,6 +269,7 @@ class LiveCopy : public PageCopier {
   }
 
   static constexpr uint64_t kBatchPages = 64;  // pages per read and write
+  static constexpr int kHelperNice = 10;
   static constexpr uint64_t kProgressPages = 4096;
   static constexpr uint64_t kStashPages = 1024;  // 4 MiB of 4 KiB pages
 
