@@ -59,7 +59,9 @@ class LiveCopy : public PageCopier {
            Unchanged unchanged)
       : core_(core), engine_(engine), writer_(writer), state_(std::move(todo)),
         unchanged_(std::move(unchanged)),
-        stash_(make_stash(std::min<uint64_t>(kStashPages, state_.size()), core.page_size())) {
+        stash_(make_stash(std::min<uint64_t>(std::max<uint64_t>(kStashBytes / core.page_size(), 1),
+                                             state_.size()),
+                          core.page_size())) {
     for (uint32_t s = 0; s < stash_.size() / core.page_size(); ++s) free_slots_.push_back(s);
   }
 
@@ -271,7 +273,7 @@ class LiveCopy : public PageCopier {
   static constexpr uint64_t kBatchPages = 64;  // pages per read and write
   static constexpr int kHelperNice = 10;
   static constexpr uint64_t kProgressPages = 4096;
-  static constexpr uint64_t kStashPages = 1024;  // 4 MiB of 4 KiB pages
+  static constexpr uint64_t kStashBytes = 4 << 20;  // 1024 slots of 4 KiB, 2 of 2 MiB
 
   DeviceCore& core_;
   Protector& engine_;
