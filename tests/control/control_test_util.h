@@ -189,8 +189,10 @@ class ServeProcess {
       int null = ::open("/dev/null", O_RDWR);
       ::dup2(null, 0);
       ::dup2(null, 1);
+      // A free NBD port: with the default 10809, daemons of tests running in
+      // parallel (or one just killed) failed to bind.
       ::execl(RAWDAX_CLI_PATH, RAWDAX_CLI_PATH, "serve", "--region", region.c_str(),
-              "--default-size", "4M", static_cast<char*>(nullptr));
+              "--default-size", "4M", "--nbd", "127.0.0.1:0", static_cast<char*>(nullptr));
       ::_exit(127);
     }
     // Ready once the control socket accepts.
