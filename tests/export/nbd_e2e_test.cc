@@ -216,6 +216,7 @@ TEST_F(NbdE2eTest, FioVerifyTwoJobsIodepth32) {
   RunResult fio = run("fio --name=verify --ioengine=nbd --uri=" + q(uri()) +
                 " --rw=randwrite --bs=4k --size=16M --offset_increment=16M --numjobs=2"
                 " --iodepth=32 --verify=crc32c --do_verify=1 --verify_fatal=1"
+                " --verify_state_save=0"  // no state file in the working directory
                 " --output-format=json");
   ASSERT_EQ(fio.exit_code, 0) << fio.out << fio.err;
   auto j = nlohmann::json::parse(fio.out.substr(fio.out.find('{')));
