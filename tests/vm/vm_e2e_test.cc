@@ -1,5 +1,5 @@
 // End to end with a real guest (QEMU TCG, the Debian kernel, a busybox
-// initramfs built by build_guest.sh): a rawdax namespace is the guest's
+// initramfs built by tests/guest/build_kit.sh): a rawdax namespace is the guest's
 // /dev/pmem0 (an nvdimm on a memory-backend-file with share=on, from
 // rawdax's own vm-args). The guest writes markers, converts to fsdax, makes
 // ext4, mounts it -o dax and writes a file. The host reads the markers
@@ -153,11 +153,11 @@ TEST(VmEndToEnd, GuestOnANamespaceSnapshotRestoreAndSecondBoot) {
   if (!on_path(kQemu)) GTEST_SKIP() << kQemu << " not installed (make deps installs it)";
   const std::string guest_dir = std::string(RAWDAX_BUILD_DIR) + "/vm-guest";
   int built = std::system(("bash " + std::string(RAWDAX_SOURCE_DIR) +
-                           "/tests/vm/build_guest.sh " + guest_dir).c_str());
+                           "/tests/guest/build_kit.sh " + guest_dir).c_str());
   if (WIFEXITED(built) && WEXITSTATUS(built) == 77) {
     GTEST_SKIP() << "guest packages missing (see the reason above; make deps installs them)";
   }
-  ASSERT_TRUE(WIFEXITED(built) && WEXITSTATUS(built) == 0) << "build_guest.sh failed";
+  ASSERT_TRUE(WIFEXITED(built) && WEXITSTATUS(built) == 0) << "build_kit.sh failed";
 
   ScratchDir dir(::rawdax::testing::disk_parent());
   auto region = Region::open(dir.path() + "/region", {.create = true});
