@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -71,10 +72,14 @@ class ScratchDir {
 };
 
 inline std::string tmpfs_parent() { return "/dev/shm"; }
-// A directory on a disk filesystem (the build tree; ext4 on our machines).
+// A directory on a disk filesystem: $RAWDAX_TEST_DISK_DIR when set (in a
+// guest, where the build tree is read-only), else the build tree's (ext4 on
+// our machines).
 inline std::string disk_parent() {
-  std::filesystem::create_directories(RAWDAX_TEST_DISK_DIR);
-  return RAWDAX_TEST_DISK_DIR;
+  const char* env = std::getenv("RAWDAX_TEST_DISK_DIR");
+  std::string dir = env != nullptr && env[0] != '\0' ? env : RAWDAX_TEST_DISK_DIR;
+  std::filesystem::create_directories(dir);
+  return dir;
 }
 
 // Where a region of `media` lives for one test: owns the scratch directory.

@@ -28,11 +28,13 @@
 #include "common/mapped_range.h"
 #include "common/unique_fd.h"
 #include "media/uffd_compat.h"
+#include "test_util.h"
 
 
 namespace rawdax::internal {
 namespace {
 
+using ::rawdax::testing::disk_parent;
 using Clock = std::chrono::steady_clock;
 using Runs = std::vector<std::pair<size_t, size_t>>;  // [first page, end page)
 
@@ -49,15 +51,6 @@ const char* media_name(Media media) {
   return "?";
 }
 
-// A directory on a disk filesystem: the build tree's scratch dir when the
-// build says so, else /tmp (ext4 on our machines; checked and printed).
-std::string disk_parent() {
-#ifdef RAWDAX_TEST_DISK_DIR
-  return RAWDAX_TEST_DISK_DIR;
-#else
-  return "/tmp";
-#endif
-}
 
 std::string fs_name(const std::string& dir) {
   struct statfs fs;

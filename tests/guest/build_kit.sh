@@ -3,7 +3,7 @@
 #   OUT/vmlinux            the Debian kernel's xz payload, booted through its
 #                          PVH entry point (QEMU's -kernel takes it directly);
 #   OUT/initramfs.cpio.gz  busybox, ndctl and mke2fs with their libraries, the
-#                          nvdimm, virtio, ext4 and 9p modules, and two inits:
+#                          nvdimm, virtio (pmem, blk), ext4 and 9p modules, and two inits:
 #                          /init is tests/vm/guest_init.sh (the VM e2e test's),
 #                          /run_init is tests/guest/run_init.sh (the runner's,
 #                          chosen with rdinit=/run_init).
@@ -64,7 +64,7 @@ copy_with_libs "$(command -v ndctl)"
 copy_with_libs "$(command -v mke2fs)"
 # Dependency order: insmod does not resolve dependencies.
 for m in libnvdimm nd_btt nd_pmem nfit device_dax dax_pmem virtio_ring virtio virtio_pci_modern_dev \
-         virtio_pci_legacy_dev virtio_pci nd_virtio virtio_pmem crc16 crc32c_generic mbcache jbd2 ext4 \
+         virtio_pci_legacy_dev virtio_pci virtio_blk nd_virtio virtio_pmem crc16 crc32c_generic mbcache jbd2 ext4 \
          netfs fscache 9pnet 9pnet_virtio 9p; do
   f=$(find "/lib/modules/$kver" -name "$m.ko" -o -name "$m.ko.xz" | head -1)
   [ -n "$f" ] || { echo "guest kit: module $m not found in /lib/modules/$kver" >&2; exit 1; }

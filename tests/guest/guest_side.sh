@@ -15,7 +15,11 @@ scratch=$2
 . "$ctl/options"
 exec 3>>"$ctl/setup.log"
 current=""
-step() { current=$1; echo "RAWDAX-GUEST: step $1" > /dev/console; echo "== $1" >&3; }
+step() {
+  current=$1
+  echo "RAWDAX-GUEST: step $1 (at $(cut -d" " -f1 /proc/uptime) s)" > /dev/console
+  echo "== $1" >&3
+}
 fail() {
   echo "$current: $*" > "$ctl/setup-error"
   echo "RAWDAX-GUEST: FAILED step $current: $*" > /dev/console
@@ -27,6 +31,7 @@ run() { "$@" >&3 2>&1 || fail "'$*' exited $?"; }
 devdax_dir=/dev
 fsdax_dir=/mnt/rawdax-fsdax
 hugetlbfs_dir=/mnt/rawdax-hugetlbfs
+disk_dir=/mnt/rawdax-disk
 uid=0
 if [ "$user" = 1 ]; then uid=65534; fi
 
@@ -82,6 +87,14 @@ run mount -t ext4 -o dax "/dev/$fsdax" "$fsdax_dir"
 grep -E "^/dev/$fsdax $fsdax_dir ext4 [^ ]*dax" /proc/mounts >&3 ||
   fail "$fsdax_dir is not mounted with dax: $(grep "$fsdax_dir" /proc/mounts)"
 
+step disk
+# ext4 without DAX on the virtio disk: a disk region under this kernel.
+mkdir -p "$disk_dir"
+if ! blkid /dev/vda >&3 2>&1; then
+  run mkfs.ext4 -q -F -b 4096 -E nodiscard /dev/vda
+fi
+run mount -t ext4 /dev/vda "$disk_dir"
+
 step hugetlbfs
 if [ "$hugepages" -gt 0 ]; then
   echo "$hugepages" > /proc/sys/vm/nr_hugepages
@@ -95,13 +108,14 @@ step privileges
 echo 0 > /proc/sys/vm/unprivileged_userfaultfd || fail "cannot set vm.unprivileged_userfaultfd"
 if [ "$user" = 1 ]; then
   # What an administrator does for a tenant: the devices and mounts are theirs.
-  run chown "$uid:$uid" "/dev/$devdax" "$fsdax_dir" "$scratch"
+  run chown "$uid:$uid" "/dev/$devdax" "$fsdax_dir" "$disk_dir" "$scratch"
 fi
 
 step run
 export RAWDAX_GUEST_DEVDAX="/dev/$devdax"
 export RAWDAX_GUEST_FSDAX="$fsdax_dir"
 export RAWDAX_GUEST_HUGETLBFS="$hugetlbfs_dir"
+export RAWDAX_GUEST_DISK="$disk_dir"
 export RAWDAX_GUEST_SCRATCH="$scratch"
 export RAWDAX_GUEST_KERNEL="$(uname -r)"
 export HOME=/tmp
@@ -115,6 +129,6 @@ else
 fi
 status=$?
 sync
-umount "$fsdax_dir" 2>&3
+umount "$fsdax_dir" "$disk_dir" 2>&3
 echo "$status" > "$ctl/status"
 sync

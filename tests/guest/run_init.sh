@@ -10,7 +10,7 @@ export PATH=/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-say() { echo "RAWDAX-GUEST: $*" > /dev/console; }
+say() { echo "RAWDAX-GUEST: $* (at $(cut -d" " -f1 /proc/uptime) s)" > /dev/console; }
 fail() { say "FAILED step $1: $2"; sync; poweroff -f; }
 arg() { sed -n "s/.*rawdax\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 ctl=$(arg ctl)
@@ -21,13 +21,13 @@ for m in $(cat /modules/order); do
   insmod "/modules/$m.ko" 2>/dev/null || grep -q "^$m " /proc/modules || fail modules "insmod $m"
 done
 say "step mount-host"
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host ||
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /host ||
   fail mount-host "9p hostroot"
 mount -t proc proc /host/proc || fail mount-host "proc"
 mount -t sysfs sys /host/sys || fail mount-host "sysfs"
 mount -t devtmpfs dev /host/dev || fail mount-host "devtmpfs"
 mkdir -p /host/dev/shm /host/dev/pts /host/dev/hugepages
-mount -t tmpfs -o mode=1777 shm /host/dev/shm || fail mount-host "tmpfs /dev/shm"
+mount -t tmpfs -o mode=1777,size=67% shm /host/dev/shm || fail mount-host "tmpfs /dev/shm"
 for d in /tmp /run /mnt /var/tmp; do
   mount -t tmpfs -o mode=1777 tmpfs "/host$d" || fail mount-host "tmpfs $d"
 done
