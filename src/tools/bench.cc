@@ -26,6 +26,10 @@
 
 namespace rawdax::cli {
 
+void note_not_measured(const std::string& row, const std::string& why) {
+  std::fprintf(stderr, "rawdax bench: not measured here: %s: %s\n", row.c_str(), why.c_str());
+}
+
 double time_ns(const std::function<void()>& work) {
   auto start = std::chrono::steady_clock::now();
   work();

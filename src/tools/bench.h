@@ -64,6 +64,11 @@ inline void compiler_barrier() { asm volatile("" ::: "memory"); }
 // Wall time of one call of work(), in nanoseconds.
 double time_ns(const std::function<void()>& work);
 
+// Says on stderr that `row` is not measured on this machine, and why (a
+// kernel without the feature its anchor or subject needs). The other rows
+// still run: the bench fails only on real errors.
+void note_not_measured(const std::string& row, const std::string& why);
+
 // Runs anchor and subject alternately, `rounds` times after one warm-up each,
 // and keeps each side's best time per unit (`units` units per call).
 void measure(Pair& pair, int rounds, double units, const std::function<void()>& anchor,
