@@ -32,7 +32,7 @@ DEB_PACKAGES := cmake ninja-build g++ clang libclang-rt-14-dev pkg-config \
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test test-asan test-tsan fuzz soak bench bench-nbd clean
+.PHONY: deps build run test test-asan test-tsan test-guest test-guest-full fuzz soak bench bench-nbd clean
 
 deps:
 	@missing=""; \
@@ -74,6 +74,17 @@ test-tsan: deps
 	cmake --build $(TSAN_BUILD)
 	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 die_after_fork=0" \
 	  ctest -j$(CTEST_J) --output-on-failure -R '$(TSAN_TESTS)'
+
+# The device, engine, snapshot, region and crash suites under Debian 12's own
+# kernel (6.1) in a QEMU guest with real device-dax, fsdax (ext4 -o dax),
+# hugetlbfs and a disk, as root and as a plain user, then the power-cut checks
+# (docs/guest.md). test-guest leaves the stress tests to the host stages;
+# test-guest-full runs them too (outside CI: about three times as long).
+test-guest: build
+	tests/guest/ci_stage.sh $(BUILD)
+
+test-guest-full: build
+	tests/guest/ci_stage.sh $(BUILD) --full
 
 # Every libFuzzer target for FUZZ_SECONDS each, one after the other, from a
 # copy of its committed seed corpus (new inputs stay in $(FUZZ_BUILD)/corpus;

@@ -1,0 +1,83 @@
+#!/bin/bash
+# The guest stage (make test-guest; CI runs it after the sanitizer stages):
+# rawdax's device, engine, snapshot, region and crash suites under Debian 12's
+# own kernel (6.1) in tests/guest/run, on every guest media, once as root and
+# once as a plain user, then the power-cut checks. A boot, a failed test, a
+# skipped test or a boot that ran no test fails the stage. Prints each part's
+# time.
+#
+# Usage: tests/guest/ci_stage.sh [BUILD_DIR] [--full]
+#   --full  also the stress tests (minutes each under TCG; outside CI)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+build="$repo/build"
+full=0
+for a in "$@"; do
+  case $a in
+    --full) full=1 ;;
+    *) build=$(cd "$a" && pwd) ;;
+  esac
+done
+bin="$build/tests/rawdax_tests"
+[ -x "$bin" ] || { echo "guest stage: $bin is not built (make build)" >&2; exit 1; }
+
+# The device, engine, snapshot, region and crash suites.
+suites='*RegionTest*:*DeviceTest*:*TeardownTest*:*ResizeTest*:ResizePersistence.*'
+suites+=':*FreezeTest*:*TrackingTest*:EngineChoice.*:SegvParking*:*WriteTracker*:DirtyBitmap.*'
+suites+=':*SnapshotTest*:*OneCutTest*:CrashConsistency.*:CrashInjectionTest.*:Durability.*'
+suites+=':*DeviceExtentsTest*:LiveRef*:*Devdax*:*Fsdax*:*Hugetlbfs*'
+# Stress tests prove concurrency, not media: the host runs them (plain, ASan,
+# TSan); under TCG each takes 5 to 40 s. `--full` runs them here too.
+stress='*OneCutTest*:*AStoreAheadOfTheCopierIsServedFirst*:*EveryFreezeIsOneStableCut*'
+stress+=':*RemoveUnderLoadRefusesRevokesAndDrains*:*ResizeStormAtTheBoundary*:LiveRefStressTest.*'
+stress+=':CrashInjectionTest.*:SegvParkingTest.Stress*'
+filter=$suites
+[ "$full" = 1 ] || filter="$suites-$stress"
+
+results=$(mktemp -d "${TMPDIR:-/tmp}/rawdax-guest-stage.XXXXXX")
+chmod 1777 "$results"
+trap 'rm -rf "$results"' EXIT
+stage_start=$SECONDS
+
+# One boot running the suites on MEDIA (RAWDAX_TEST_MEDIA; the runner passes
+# RAWDAX_* to the guest); then gtest's JSON report is checked on the host.
+run_suites() {
+  local name=$1 media=$2; shift 2
+  local start=$SECONDS json="$results/$name.json" status=0
+  echo "guest stage: $name: media $media"
+  RAWDAX_TEST_MEDIA=$media RAWDAX_TESTS_BIN=$bin RAWDAX_TESTS_FILTER=$filter \
+    RAWDAX_TESTS_JSON=$json "$here/run" --scratch "$results/$name" "$@" -- bash -c '
+      export RAWDAX_TEST_DISK_DIR=$RAWDAX_GUEST_DISK RAWDAX_TEST_FSDAX=$RAWDAX_GUEST_FSDAX
+      export RAWDAX_TEST_HUGETLBFS=$RAWDAX_GUEST_HUGETLBFS RAWDAX_TEST_DEVDAX=$RAWDAX_GUEST_DEVDAX
+      cd "$RAWDAX_GUEST_SCRATCH" &&
+      "$RAWDAX_TESTS_BIN" --gtest_brief=1 --gtest_filter="$RAWDAX_TESTS_FILTER" \
+        --gtest_output="json:$RAWDAX_TESTS_JSON"' || status=$?
+  if [ "$status" != 0 ]; then
+    echo "guest stage: $name FAILED (exit $status) after $((SECONDS - start)) s" >&2
+    exit 1
+  fi
+  local counts ran failed skipped
+  counts=$(jq -r '[.tests, .failures,
+                   ([.testsuites[].testsuite[] | select(.result == "SKIPPED")] | length)] | @tsv' \
+             "$json") || { echo "guest stage: $name wrote no test report" >&2; exit 1; }
+  read -r ran failed skipped <<<"$counts"
+  if [ "$ran" = 0 ] || [ "$failed" != 0 ] || [ "$skipped" != 0 ]; then
+    echo "guest stage: $name: $ran tests, $failed failed, $skipped skipped: FAILED" >&2
+    jq -r '.testsuites[].testsuite[] | select(.result == "SKIPPED") |
+           "  skipped: \(.classname).\(.name)"' "$json" >&2
+    exit 1
+  fi
+  echo "guest stage: $name: $ran tests passed in $((SECONDS - start)) s"
+}
+
+run_suites root tmpfs,disk,memfd,fsdax,hugetlbfs
+run_suites user tmpfs,disk,memfd,fsdax,hugetlbfs --user
+
+for check in "$here"/powercut_*.sh; do
+  [ -e "$check" ] || continue
+  start=$SECONDS
+  bash "$check" "$build" || { echo "guest stage: $(basename "$check") FAILED" >&2; exit 1; }
+  echo "guest stage: $(basename "$check") passed in $((SECONDS - start)) s"
+done
+echo "guest stage: passed in $((SECONDS - stage_start)) s"
