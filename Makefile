@@ -1,6 +1,7 @@
 # rawdax: top-level entry points. See README.md.
 #   make run    deps, build, then `rawdax serve` on ./rawdax-data (namespace `default`, 256M)
-#   make test   deps, build, all tests
+#   make test   deps, build, all tests but the guest ones
+#   make test-guest  the DAX suites and power cuts in the QEMU guest (label guest)
 #   make deps   install every Debian package the build, tests and peers need (apt-get)
 
 SHELL      := /bin/bash
@@ -32,7 +33,7 @@ DEB_PACKAGES := cmake ninja-build g++ clang libclang-rt-14-dev pkg-config \
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test test-asan test-tsan fuzz soak bench bench-nbd clean
+.PHONY: deps build run test test-guest test-asan test-tsan fuzz soak bench bench-nbd clean
 
 deps:
 	@missing=""; \
@@ -55,7 +56,12 @@ run: build
 	$(BUILD)/rawdax serve --region $(REGION)
 
 test: build
-	cd $(BUILD) && ctest -j$(CTEST_J) --output-on-failure
+	cd $(BUILD) && ctest -j$(CTEST_J) --output-on-failure -LE guest
+
+# Real device-dax and fsdax in the QEMU guest (tests/guest/run): the DAX
+# suites and the power cuts, one boot after another (docs/media.md).
+test-guest: build
+	cd $(BUILD) && ctest --output-on-failure -L guest
 
 # Unit and integration tests under ASan+UBSan (clang, so clang's warnings count too).
 test-asan: deps
@@ -63,7 +69,7 @@ test-asan: deps
 	  -DRAWDAX_SANITIZE=address,undefined -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_BENCHMARKS=OFF
 	cmake --build $(ASAN_BUILD)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  ctest -j$(CTEST_J) --output-on-failure
+	  ctest -j$(CTEST_J) --output-on-failure -LE guest
 
 # The concurrency and stress tests under TSan. die_after_fork=0: the control
 # process tests fork the test binary, and the child's Client starts its reader
