@@ -4,22 +4,22 @@
 #
 # MEDIA is fsdax (a region on ext4 -o dax) or devdax (/dev/dax0.0); TOOL is
 # the rawdax_powercut binary. Boot 1 writes a random pattern through a
-# mapping, persists it with Mapping::persist(), prints the ready text and
-# sleeps; the runner SIGKILLs QEMU on that text, so the guest loses its page
-# cache and whatever it had not written back. Boot 2 reads the bytes back:
-# they must be the pattern. It also checks that another seed's pattern is
-# refused, so the check can fail. Exit 0 on success; nonzero, with the
-# reason, otherwise.
+# mapping, persists it with Mapping::persist() (which must make no msync
+# call: the tool counts them), prints the ready text and sleeps; the runner
+# SIGKILLs QEMU on that text, so the guest loses its page cache and whatever
+# it had not written back. Boot 2 reads the bytes back: they must be the
+# pattern. It also checks that another seed's pattern is refused, so the
+# check can fail. Exit 0 on success; nonzero, with the reason, otherwise.
 set -euo pipefail
 
 media=${1:?usage: powercut.sh fsdax|devdax TOOL}
 tool=${2:?usage: powercut.sh fsdax|devdax TOOL}
 here=$(cd "$(dirname "$0")" && pwd)
 case $media in
-  fsdax) size=$((8 << 20)) ;;
-  devdax) size=$((8 << 20)) ;;  # four 2 MiB units of the device
+  fsdax|devdax) ;;
   *) echo "powercut: unknown media '$media' (fsdax or devdax)" >&2; exit 2 ;;
 esac
+size=$((8 << 20))  # on devdax, four units of its 2 MiB alignment
 [ -x "$tool" ] || { echo "powercut: $tool is not an executable" >&2; exit 2; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/rawdax-powercut.XXXXXX")

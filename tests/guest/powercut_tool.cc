@@ -9,7 +9,17 @@
 //   rawdax_powercut check REGION NAME SIZE SEED
 //     Reads the first SIZE bytes back through the block face. Exit 0 when
 //     they are the pattern of SEED; 1, naming the first difference, if not.
+//
+// On DAX media persist() must be the cache-line flush, never msync: this
+// program defines msync itself, so librawdax's calls land here and are
+// counted (the dynamic linker prefers the executable's definition), and
+// `write` fails if persist() made any.
+#include <dlfcn.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include <atomic>
 
 #include <cinttypes>
 #include <cstdio>
@@ -19,6 +29,15 @@
 #include <vector>
 
 #include "rawdax/rawdax.h"
+
+namespace {
+std::atomic<int> g_msync_calls{0};
+}  // namespace
+
+extern "C" int msync(void* addr, size_t len, int flags) {
+  g_msync_calls.fetch_add(1);
+  return static_cast<int>(::syscall(SYS_msync, addr, len, flags));
+}
 
 namespace {
 
@@ -76,10 +95,23 @@ int main(int argc, char** argv) {
     auto m = (*dev)->map(0, size, rawdax::Access::ReadWrite);
     if (!m) return fail("map", m.error());
     std::memcpy(m->data(), expected.data(), size);
+    const int msyncs_before = g_msync_calls.load();
     auto persisted = m->persist(m->data(), size);
     if (!persisted) return fail("persist", persisted.error());
-    std::printf("wrote %" PRIu64 " bytes (seed %" PRIu64 ") to %s/%s, persist %s\n%s\n", size,
-                seed, spec.c_str(), name.c_str(),
+    const int msyncs = g_msync_calls.load() - msyncs_before;
+    if (msyncs != 0) {
+      std::fprintf(stderr, "rawdax_powercut: persist() on DAX media called msync %d times\n",
+                   msyncs);
+      return 1;
+    }
+    // The count is only worth something if librawdax's msync binds to ours:
+    // the global lookup its calls go through must find this definition.
+    if (::dlsym(RTLD_DEFAULT, "msync") != reinterpret_cast<void*>(&msync)) {
+      std::fprintf(stderr, "rawdax_powercut: msync calls are not counted (not interposed)\n");
+      return 2;
+    }
+    std::printf("wrote %" PRIu64 " bytes (seed %" PRIu64 ") to %s/%s, persist %s, msync calls 0\n%s\n",
+                size, seed, spec.c_str(), name.c_str(),
                 std::string(rawdax::to_string((*region)->capabilities().persist)).c_str(),
                 argv[6]);
     std::fflush(stdout);
