@@ -22,19 +22,23 @@ Result<std::unique_ptr<Protector>> MprotectProtector::create(DeviceCore& core) {
 
 Status MprotectProtector::protect_range(std::byte* addr, uint64_t len, int prot) const {
   const Capabilities& caps = core_.capabilities();
-  const std::string where = "media " + std::string(to_string(caps.kind)) + ", namespace " +
-                            core_.name() + ": mprotect of " + std::to_string(len) +
-                            " bytes at mapping address " +
-                            std::to_string(reinterpret_cast<uintptr_t>(addr));
+  auto where = [&] {
+    return "media " + std::string(to_string(caps.kind)) + ", namespace " + core_.name() +
+           ": mprotect of " + std::to_string(len) + " bytes at mapping address " +
+           std::to_string(reinterpret_cast<uintptr_t>(addr));
+  };
   // Pages are the media's alignment units (DeviceCore::page_size()), and
   // device-dax refuses any VMA split off its align with EINVAL: a range off
   // it is our bug, named here rather than left to the kernel.
   if (caps.kind == MediaKind::kDevdax &&
       (reinterpret_cast<uintptr_t>(addr) % caps.alignment != 0 || len % caps.alignment != 0)) {
     return Error(std::errc::invalid_argument,
-                 where + " is off the device alignment " + std::to_string(caps.alignment));
+                 where() + " is off the device alignment " + std::to_string(caps.alignment));
   }
-  if (::mprotect(addr, len, prot) != 0) return errno_error(errno, where);
+  if (::mprotect(addr, len, prot) != 0) {
+    const int err = errno;  // before where() allocates
+    return errno_error(err, where());
+  }
   return ok();
 }
 
