@@ -1,6 +1,7 @@
 # rawdax: top-level entry points. See README.md.
 #   make run    deps, build, then `rawdax serve` on ./rawdax-data (namespace `default`, 256M)
-#   make test   deps, build, all tests
+#   make test   deps, build, all tests on this machine's kernel and media
+#   make test-guest  the suites on real DAX under Debian 12's kernel, in QEMU (docs/guest.md)
 #   make deps   install every Debian package the build, tests and peers need (apt-get)
 
 SHELL      := /bin/bash

@@ -38,6 +38,11 @@ class Catalog;
 
 struct RegionOptions {
   bool create = false;  // make and initialise a missing directory region
+  // Refuse media without DAX: a directory on a filesystem that is not
+  // mounted with DAX (a MAP_SYNC mapping of it fails), or memfd:. The error
+  // (ENOTSUP) names the directory and its filesystem; nothing is created.
+  // devdax: is always DAX.
+  bool require_dax = false;
 };
 
 struct DestroyOptions {

@@ -12,7 +12,7 @@
 namespace rawdax {
 
 Result<std::unique_ptr<Region>> Region::open(std::string_view spec, RegionOptions options) {
-  auto catalog = Catalog::open(spec, options.create);
+  auto catalog = Catalog::open(spec, options.create, options.require_dax);
   if (!catalog) return catalog.error();
   return std::unique_ptr<Region>(new Region(std::shared_ptr<Catalog>(std::move(*catalog))));
 }

@@ -376,10 +376,19 @@ Result<Mapping> DeviceCore::map(uint64_t offset, uint64_t length, Access access,
     return Error(std::errc::invalid_argument, "namespace " + name_ + ": map of length 0 at offset " +
                                                   std::to_string(offset));
   }
-  if (offset % caps.alignment != 0) {
+  // device-dax refuses a mapping, or a split of one (mprotect, munmap), at
+  // an address or length that is not a multiple of its align: asking for
+  // whole aligned units keeps every later split on the engine's aligned
+  // pages.
+  const bool whole_units = caps.kind == MediaKind::kDevdax;
+  if (offset % caps.alignment != 0 || (whole_units && length % caps.alignment != 0)) {
     return Error(std::errc::invalid_argument,
-                 "namespace " + name_ + ": map offset " + std::to_string(offset) +
-                     " is not a multiple of the alignment " + std::to_string(caps.alignment));
+                 "media " + std::string(to_string(caps.kind)) + ", namespace " + name_ +
+                     ": map offset " + std::to_string(offset) + " length " +
+                     std::to_string(length) + " is misaligned: " +
+                     (whole_units ? "offset and length must be multiples of the device alignment "
+                                  : "the offset must be a multiple of the alignment ") +
+                     std::to_string(caps.alignment));
   }
   // The size is checked under maps_mu_, which a shrink holds while it checks
   // for mappings in the cut, so no mapping can slip into a cut.

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <string>
+#include <utility>
 
 #include "engine/segv_parking.h"
 
@@ -16,6 +18,28 @@ Result<std::unique_ptr<Protector>> MprotectProtector::create(DeviceCore& core) {
     if (tracker) engine->tracker_ = std::move(*tracker);  // else whole-range tracking
   }
   return std::unique_ptr<Protector>(std::move(engine));
+}
+
+Status MprotectProtector::protect_range(std::byte* addr, uint64_t len, int prot) const {
+  const Capabilities& caps = core_.capabilities();
+  auto where = [&] {
+    return "media " + std::string(to_string(caps.kind)) + ", namespace " + core_.name() +
+           ": mprotect of " + std::to_string(len) + " bytes at mapping address " +
+           std::to_string(reinterpret_cast<uintptr_t>(addr));
+  };
+  // Pages are the media's alignment units (DeviceCore::page_size()), and
+  // device-dax refuses any VMA split off its align with EINVAL: a range off
+  // it is our bug, named here rather than left to the kernel.
+  if (caps.kind == MediaKind::kDevdax &&
+      (reinterpret_cast<uintptr_t>(addr) % caps.alignment != 0 || len % caps.alignment != 0)) {
+    return Error(std::errc::invalid_argument,
+                 where() + " is off the device alignment " + std::to_string(caps.alignment));
+  }
+  if (::mprotect(addr, len, prot) != 0) {
+    const int err = errno;  // before where() allocates
+    return errno_error(err, where());
+  }
+  return ok();
 }
 
 Status MprotectProtector::on_map(MappingRecord& record) {
@@ -34,11 +58,11 @@ Status MprotectProtector::on_map(MappingRecord& record) {
   // snapshot (no store before its chunk is copied).
   if (frozen_ || core_.copier() != nullptr) {
     SegvParking::set_frozen(*slot, true);
-    if (::mprotect(record.addr, record.mapped_len, PROT_READ) != 0) {
-      int err = errno;
+    Status protected_now = protect_range(record.addr, record.mapped_len, PROT_READ);
+    if (!protected_now) {
       if (tracker_ != nullptr) tracker_->remove_range(record.addr, record.mapped_len);
       SegvParking::unregister_range(*slot);
-      return errno_error(err, "namespace " + core_.name() + ": mprotect");
+      return protected_now;
     }
   }
   writable_[record.addr] = {&record, *slot};
@@ -69,12 +93,17 @@ void MprotectProtector::on_revoked(MappingRecord& record) {
 }
 
 Status MprotectProtector::protect_all_locked() {
+  // A thaw that could not make a mapping writable again is reported here,
+  // by the next freeze; its stores have stayed parked meanwhile.
+  if (!release_error_) {
+    Status earlier = std::exchange(release_error_, ok());
+    return earlier.error().with_context("an earlier thaw failed: ");
+  }
   for (auto& [addr, watched] : writable_) {
     // Frozen before read-only: a store faulting from here on finds it frozen.
     SegvParking::set_frozen(watched.slot, true);
-    if (::mprotect(watched.record->addr, watched.record->mapped_len, PROT_READ) != 0) {
-      return errno_error(errno, "namespace " + core_.name() + ": mprotect");
-    }
+    RAWDAX_RETURN_IF_ERROR(protect_range(watched.record->addr, watched.record->mapped_len,
+                                         PROT_READ));
   }
   return ok();
 }
@@ -83,8 +112,15 @@ void MprotectProtector::release_all_locked() {
   // A live snapshot keeps everything read-only; its copier releases chunks.
   if (core_.copier() != nullptr) return;
   for (auto& [addr, watched] : writable_) {
-    // Writable before unfrozen: a woken store retries and lands.
-    ::mprotect(watched.record->addr, watched.record->mapped_len, PROT_READ | PROT_WRITE);
+    // Writable before unfrozen: a woken store retries and lands. A mapping
+    // the kernel keeps read-only stays frozen instead: its stores park
+    // rather than fault for good.
+    Status writable = protect_range(watched.record->addr, watched.record->mapped_len,
+                                    PROT_READ | PROT_WRITE);
+    if (!writable) {
+      if (release_error_) release_error_ = writable;
+      continue;
+    }
     SegvParking::set_frozen(watched.slot, false);
   }
 }
@@ -112,9 +148,9 @@ uint64_t MprotectProtector::live_chunk_pages() const {
   return std::max<uint64_t>(1, (uint64_t{2} << 20) / core_.page_size());
 }
 
-void MprotectProtector::release_copied(uint64_t first_page, uint64_t count) {
+Status MprotectProtector::release_copied(uint64_t first_page, uint64_t count) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (frozen_) return;  // thaw of that freeze leaves them to the copier again
+  if (frozen_) return ok();  // thaw of that freeze leaves them to the copier again
   const uint64_t page = core_.page_size();
   const uint64_t lo = first_page * page, hi = (first_page + count) * page;
   for (auto& [addr, watched] : writable_) {
@@ -123,9 +159,11 @@ void MprotectProtector::release_copied(uint64_t first_page, uint64_t count) {
     uint64_t to = std::min(hi, record.offset + record.mapped_len);
     if (from >= to) continue;
     // Writable before the wake-up: a woken store retries and lands.
-    ::mprotect(record.addr + (from - record.offset), to - from, PROT_READ | PROT_WRITE);
+    RAWDAX_RETURN_IF_ERROR(protect_range(record.addr + (from - record.offset), to - from,
+                                         PROT_READ | PROT_WRITE));
     SegvParking::wake(watched.slot);
   }
+  return ok();
 }
 
 std::vector<uint64_t> MprotectProtector::take_demanded_pages() {
@@ -153,7 +191,7 @@ bool MprotectProtector::demand_changed(uint32_t* seen) const {
 Status MprotectProtector::end_live_copy() {
   std::lock_guard<std::mutex> lock(mu_);
   if (!frozen_) release_all_locked();  // else that freeze's thaw does it
-  return ok();
+  return std::exchange(release_error_, ok());
 }
 
 void MprotectProtector::add_engine_stats_locked(DeviceStats& stats) const {

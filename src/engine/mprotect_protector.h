@@ -10,6 +10,12 @@
 // Kernel-mode writes (read(2) into a frozen mapping) are not stores by the
 // thread: they fail with EFAULT. That is a documented limit of this engine.
 //
+// device-dax: every mprotect covers whole units of the device alignment (the
+// engine's pages are those units, and map() maps whole ones there), because
+// the kernel refuses to split a device-dax VMA anywhere else. Each mprotect's
+// result is checked; a thaw the kernel refuses leaves that mapping's stores
+// parked and the next freeze (or the live snapshot's end) reports it.
+//
 // Live snapshot: at the instant the mappings are frozen as above, and thaw
 // leaves them so (slots frozen, read-only). The copier copies 2 MiB chunks in
 // order and makes each writable again; a store into a chunk not yet copied
@@ -47,7 +53,7 @@ class MprotectProtector : public Protector {
 
   // Live snapshots: 2 MiB chunks (or the page size, if larger).
   uint64_t live_chunk_pages() const override;
-  void release_copied(uint64_t first_page, uint64_t count) override;
+  Status release_copied(uint64_t first_page, uint64_t count) override;
   std::vector<uint64_t> take_demanded_pages() override;
   bool demand_changed(uint32_t* seen) const override;
   Status end_live_copy() override;
@@ -64,6 +70,10 @@ class MprotectProtector : public Protector {
  private:
   explicit MprotectProtector(DeviceCore& core) : Protector(core, ProtectionEngine::kMprotect) {}
   void forget_locked(MappingRecord& record);
+  // mprotect() of [addr, addr+len), checked: on devdax both must be
+  // multiples of the device alignment, and the kernel's refusal is an error
+  // naming the media, namespace, range and alignment.
+  Status protect_range(std::byte* addr, uint64_t len, int prot) const;
 
   struct Watched {
     MappingRecord* record;
@@ -71,6 +81,9 @@ class MprotectProtector : public Protector {
   };
   std::map<const std::byte*, Watched> writable_;  // guarded by mu_
   std::unique_ptr<WriteTracker> tracker_;          // null: untracked or whole-range
+  // The first failure of a thaw to make a mapping writable again, reported by
+  // the next freeze or end_live_copy(); guarded by mu_.
+  Status release_error_ = ok();
   // Parking stats of slots already gone, so stats() keeps counting them.
   uint64_t gone_parked_ = 0, gone_stall_total_ns_ = 0, gone_stall_max_ns_ = 0;
 };

@@ -65,14 +65,17 @@ class Protector : public MappingObserver {
   // and posts a demand that the copier serves a chunk at a time.
   //
   // The copier's unit: pages per run, and the granularity release_copied()
-  // makes writable again (2 MiB on the mprotect engine, so that the mapping
-  // splits into few VMAs).
+  // makes writable again (2 MiB on the mprotect engine, or the media's
+  // alignment if larger, so that the mapping splits into few VMAs and only
+  // where device-dax allows a split).
   virtual uint64_t live_chunk_pages() const = 0;
   // Pages [first_page, +count) are copied: their mappings may take stores
   // without faulting, unless frozen meanwhile. Wakes stores parked on them.
   // The uffd engine leaves them to the handler: a store's fault finds the
-  // page copied and only unprotects it.
-  virtual void release_copied(uint64_t first_page, uint64_t count) = 0;
+  // page copied and only unprotects it. Fails when the kernel refuses to
+  // make them writable; their stores then stay parked until
+  // end_live_copy() (the snapshot should fail).
+  virtual Status release_copied(uint64_t first_page, uint64_t count) = 0;
   // Pages that parked stores wait for (mprotect engine; none on uffd).
   virtual std::vector<uint64_t> take_demanded_pages() { return {}; }
   // Whether take_demanded_pages() may have something new since `*seen`

@@ -188,13 +188,14 @@ Status UffdProtector::end_live_copy() {
   }
 }
 
-void UffdProtector::release_copied(uint64_t, uint64_t) {
+Status UffdProtector::release_copied(uint64_t, uint64_t) {
   // Copied pages stay protected until their first store, which the handler
   // resolves without a copy, or until end_live_copy(). Unprotecting each run
   // from the copier's thread measured worse: its UFFDIO_WRITEPROTECT calls
   // contend in the kernel with the handler's, and a fault then waited up to
   // 0.9 ms (p99) for its one-page ioctl instead of 0.07 ms; the snapshot
   // also took twice as long (docs/snapshot.md, "Stall").
+  return ok();
 }
 
 void UffdProtector::handle_faults() {

@@ -40,7 +40,7 @@ class UffdProtector : public Protector {
 
   Status on_map(MappingRecord& record) override;
   uint64_t live_chunk_pages() const override { return 64; }
-  void release_copied(uint64_t first_page, uint64_t count) override;  // nothing: see .cc
+  Status release_copied(uint64_t first_page, uint64_t count) override;  // nothing: see .cc
   Status end_live_copy() override;
   void on_unmap(MappingRecord& record) override;
   void on_revoked(MappingRecord& record) override;

@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "common/mapped_range.h"
@@ -168,23 +169,37 @@ Result<Capabilities> probe_memfd() {
 }
 
 Result<DevdaxGeometry> read_devdax_geometry(const std::string& device_path) {
+  const std::string what = "devdax:" + device_path;
   struct stat st;
-  if (::stat(device_path.c_str(), &st) != 0) {
-    return errno_error(errno, "devdax device " + device_path);
-  }
+  if (::stat(device_path.c_str(), &st) != 0) return errno_error(errno, what);
   if (!S_ISCHR(st.st_mode)) {
+    const char* type = S_ISREG(st.st_mode)   ? "a regular file"
+                       : S_ISBLK(st.st_mode) ? "a block device"
+                       : S_ISDIR(st.st_mode) ? "a directory"
+                                             : "a special file";
     return Error(std::errc::no_such_device,
-                 "devdax device " + device_path + " is not a character device");
+                 what + ": " + device_path + " is " + type +
+                     ", not a character device (devdax wants a device-dax instance, /dev/daxX.Y)");
   }
   std::string sysfs = "/sys/dev/char/" + std::to_string(major(st.st_rdev)) + ":" +
                       std::to_string(minor(st.st_rdev));
+  // /dev/null and friends are character devices too; only the dax class
+  // has the size and align the namespace needs.
+  std::error_code ec;
+  std::string subsystem =
+      std::filesystem::read_symlink(sysfs + "/subsystem", ec).filename().string();
+  if (ec || subsystem != "dax") {
+    return Error(std::errc::no_such_device,
+                 what + ": " + device_path + " is a character device of class " +
+                     (ec ? std::string("unknown") : subsystem) + " (" + sysfs +
+                     "), not a device-dax instance");
+  }
   DevdaxGeometry geometry;
   geometry.size = read_sysfs_u64(sysfs + "/size", 0);
   geometry.align = read_sysfs_u64(sysfs + "/align", 0);
   if (geometry.size == 0 || geometry.align == 0) {
     return Error(std::errc::no_such_device,
-                 "devdax device " + device_path + ": no size/align in " + sysfs +
-                     " (is it a device-dax instance?)");
+                 what + ": no size/align in " + sysfs + " (is it a device-dax instance?)");
   }
   return geometry;
 }

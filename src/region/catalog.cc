@@ -42,11 +42,17 @@ std::string uuid_from_path(const std::string& path) {
 
 }  // namespace
 
-Result<std::unique_ptr<Catalog>> Catalog::open(std::string_view spec, bool create) {
+Result<std::unique_ptr<Catalog>> Catalog::open(std::string_view spec, bool create,
+                                               bool require_dax) {
   std::unique_ptr<Catalog> catalog(new Catalog());
   catalog->spec_ = std::string(spec);
   if (spec.empty()) return Error(std::errc::invalid_argument, "empty region path");
   if (spec.substr(0, kMemfdPrefix.size()) == kMemfdPrefix) {
+    if (require_dax) {
+      return Error(std::errc::operation_not_supported,
+                   "region " + std::string(spec) +
+                       ": media memfd is anonymous memory, not DAX (DAX required)");
+    }
     auto caps = probe_memfd();
     if (!caps) return caps.error();
     catalog->caps_ = *caps;
@@ -59,29 +65,49 @@ Result<std::unique_ptr<Catalog>> Catalog::open(std::string_view spec, bool creat
   }
   catalog->dir_ = std::string(spec);
   while (catalog->dir_.size() > 1 && catalog->dir_.back() == '/') catalog->dir_.pop_back();
-  RAWDAX_RETURN_IF_ERROR(catalog->open_directory(create));
+  RAWDAX_RETURN_IF_ERROR(catalog->open_directory(create, require_dax));
   return catalog;
 }
 
-Status Catalog::open_directory(bool create) {
+Status Catalog::open_directory(bool create, bool require_dax) {
   struct stat st;
+  std::string made;  // the topmost directory this call created, if any
   if (::stat(dir_.c_str(), &st) != 0) {
     if (errno != ENOENT || !create) {
       return errno_error(errno, "region " + dir_ + (create ? "" : " (pass create to make it)"));
     }
+    std::filesystem::path top = dir_;
+    while (top.has_parent_path() && top.parent_path() != top &&
+           !std::filesystem::exists(top.parent_path())) {
+      top = top.parent_path();
+    }
+    made = top.string();
     std::error_code ec;
     std::filesystem::create_directories(dir_, ec);
     if (ec) return Error(ec, "cannot create region directory " + dir_ + ": " + ec.message());
   } else if (!S_ISDIR(st.st_mode)) {
     return Error(std::errc::not_a_directory, "region " + dir_ + " is not a directory");
   }
+  // Probed before the lock file exists, so a refusal below leaves nothing
+  // behind (the probe file is unlinked as soon as it is open).
+  auto caps = probe_directory(dir_);
+  if (caps && require_dax && !caps->map_sync) {
+    caps = Error(std::errc::operation_not_supported,
+                 "region " + dir_ + ": DAX required, but the directory is on " + caps->filesystem +
+                     " without DAX (a MAP_SYNC mapping is refused; mount it with -o dax)");
+  }
+  if (!caps) {
+    if (!made.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(made, ec);
+    }
+    return caps.error();
+  }
+  caps_ = *caps;
+
   auto lock = RegionLock::acquire(dir_);
   if (!lock) return lock.error();
   lock_.emplace(std::move(*lock));
-
-  auto caps = probe_directory(dir_);
-  if (!caps) return caps.error();
-  caps_ = *caps;
 
   auto bytes = read_whole_file(metadata_path(dir_));
   if (bytes) {

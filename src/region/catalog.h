@@ -39,8 +39,11 @@ namespace rawdax {
 class Catalog {
  public:
   // `spec` is a directory path, "memfd:[LABEL]" or "devdax:PATH". With
-  // `create`, a missing directory is made and initialised.
-  static Result<std::unique_ptr<Catalog>> open(std::string_view spec, bool create);
+  // `create`, a missing directory is made and initialised. With
+  // `require_dax`, media without DAX (a directory whose filesystem refuses
+  // MAP_SYNC, memfd) is ENOTSUP, and nothing is created or changed.
+  static Result<std::unique_ptr<Catalog>> open(std::string_view spec, bool create,
+                                               bool require_dax = false);
 
   const Capabilities& capabilities() const { return caps_; }
   const std::string& spec() const { return spec_; }
@@ -85,7 +88,7 @@ class Catalog {
 
  private:
   Catalog() = default;
-  Status open_directory(bool create);
+  Status open_directory(bool create, bool require_dax);
   Status open_devdax(const std::string& path);
   Status remove_orphans();
   Status commit(RegionMetadata next);  // persists, then installs `next`

@@ -196,7 +196,14 @@ class LiveCopy : public PageCopier {
     copy_range_locked(lock, c * chunk, (c + 1) * chunk, buffer, /*stash=*/false);
     if (!status_) return false;
     lock.unlock();
-    if (c * chunk < state_.size()) engine_.release_copied(c * chunk, chunk);
+    if (c * chunk < state_.size()) {
+      Status released = engine_.release_copied(c * chunk, chunk);
+      if (!released) {
+        lock.lock();
+        if (status_) status_ = released;
+        return false;
+      }
+    }
     write_stashed();
     return true;
   }

@@ -13,12 +13,15 @@ void add_global_options(CLI::App& verb, GlobalOptions& options) {
   verb.add_option("--region", options.region,
                   "Region: a directory, memfd: or devdax:PATH (created on first use)")
       ->capture_default_str();
+  verb.add_flag("--require-dax", options.require_dax,
+                "Fail unless the region's media is DAX (devdax:, or a directory on a "
+                "filesystem mounted -o dax)");
   verb.add_flag("--json", options.json, "JSON output (the default for listings)");
   verb.add_flag("--human", options.human, "Sizes as human-readable strings");
 }
 
 Result<std::unique_ptr<Region>> open_region(const GlobalOptions& options) {
-  return Region::open(options.region, {.create = true});
+  return Region::open(options.region, {.create = true, .require_dax = options.require_dax});
 }
 
 static nlohmann::json size_json(uint64_t bytes, bool human) {

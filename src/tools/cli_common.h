@@ -22,9 +22,10 @@ struct GlobalOptions {
   std::string region = kDefaultRegion;
   bool json = false;
   bool human = false;
+  bool require_dax = false;  // refuse a region on media without DAX
 };
 
-// Adds --region, --json and --human to a verb.
+// Adds --region, --require-dax, --json and --human to a verb.
 void add_global_options(CLI::App& verb, GlobalOptions& options);
 
 // Opens (creating on first use) the region named by --region.
