@@ -1,10 +1,8 @@
 // Device::freeze(), dirty tracking and sync(), on each engine the media
 // allows: freeze really stops stores, the image is one cut, nothing is lost.
 #include <fcntl.h>
-#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -16,6 +14,8 @@
 #include <vector>
 
 #include "fault_catcher.h"
+#include "media/uffd_compat.h"
+#include "media/userfaultfd.h"
 #include "rawdax/rawdax.h"
 #include "test_util.h"
 
@@ -287,11 +287,11 @@ TEST_P(FreezeTest, RemoveWhileFrozenWakesEveryWriter) {
 // never answer) makes a timed freeze give up and leave the device unfrozen.
 TEST_P(FreezeTest, FreezeTimesOutAndLeavesTheDeviceUnfrozen) {
   open();
-  int uffd = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC));
-  ASSERT_GE(uffd, 0);
-  uffdio_api api{};
-  api.api = UFFD_API;
-  ASSERT_EQ(::ioctl(uffd, UFFDIO_API, &api), 0);
+  // The block write's copy from `src` is a user-mode access: it faults on a
+  // user-mode-only userfaultfd too.
+  auto opened = open_userfaultfd(O_CLOEXEC, 0);
+  ASSERT_TRUE(opened) << opened.error().message();
+  int uffd = opened->fd.get();
   void* src = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(src, MAP_FAILED);
   uffdio_register reg{};
@@ -319,7 +319,6 @@ TEST_P(FreezeTest, FreezeTimesOutAndLeavesTheDeviceUnfrozen) {
   ASSERT_EQ(::ioctl(uffd, UFFDIO_ZEROPAGE, &zero), 0);
   EXPECT_TRUE(stuck.get());
   ::munmap(src, kPage);
-  ::close(uffd);
 }
 
 TEST_P(FreezeTest, SyncPersistsExactlyTheDirtyPages) {
