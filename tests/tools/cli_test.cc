@@ -16,6 +16,7 @@
 #include "common/units.h"
 #include "rawdax/rawdax.h"
 #include "cli_run.h"
+#include "plain_user.h"
 #include "test_util.h"
 
 namespace rawdax {
@@ -208,6 +209,22 @@ TEST_F(CliTest, CapabilitiesAsJson) {
   shown["media"]["alignment"] = caps["media"]["alignment"];
   shown["media"]["huge_page_size"] = caps["media"]["huge_page_size"];
   EXPECT_EQ(shown, caps) << "--human changes only the sizes";
+}
+
+// A plain user gets a user-mode-only userfaultfd, and tmpfs and memfd keep
+// the uffd engine with it.
+TEST(CliPlainUser, TmpfsAndMemfdKeepTheUffdEngine) {
+  RAWDAX_AS_PLAIN_USER();
+  ScratchDir dir(::rawdax::testing::tmpfs_parent());
+  for (std::string spec : {dir.path() + "/region", std::string("memfd:")}) {
+    CliRun run = run_cli(dir.path(), "list --capabilities --region " + spec);
+    ASSERT_EQ(run.exit_code, 0) << spec << ": " << run.err;
+    auto caps = nlohmann::json::parse(run.out)[0]["capabilities"];
+    EXPECT_EQ(caps["privilege"]["uffd_mode"], "user-mode-only")
+        << spec << " (vm.unprivileged_userfaultfd=1?)";
+    EXPECT_EQ(caps["media"]["uffd_wp_sync"], true) << spec;
+    EXPECT_EQ(caps["engine"], "uffd") << spec;
+  }
 }
 
 TEST_F(CliTest, BadInputGivesOneClearLineAndChangesNothing) {
