@@ -9,6 +9,8 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
+# The plain user `make test-user` runs the suite as (created if missing).
+CI_USER    ?= rawdax-ci
 FUZZ_SECONDS ?= 30
 # A hang (30 s on one input) or an unbounded allocation counts as a crash.
 FUZZ_FLAGS ?= -timeout=30 -rss_limit_mb=2048 -malloc_limit_mb=512
@@ -33,7 +35,7 @@ DEB_PACKAGES := cmake ninja-build g++ clang libclang-rt-14-dev pkg-config \
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test test-asan test-tsan test-guest test-guest-full fuzz soak bench bench-nbd clean
+.PHONY: deps build run test test-user test-asan test-tsan test-guest test-guest-full fuzz soak bench bench-nbd clean
 
 deps:
 	@missing=""; \
@@ -57,6 +59,24 @@ run: build
 
 test: build
 	cd $(BUILD) && ctest -j$(CTEST_J) --output-on-failure
+
+# The suite as a plain user (vm.unprivileged_userfaultfd stays as it is): run
+# as root, it creates the system user $(CI_USER) if missing, lends it the
+# build tree (the tests write their scratch files in $(BUILD)/test-scratch and
+# ctest its logs there), runs ctest as that user and takes the tree back, pass
+# or fail. Tests labelled root (suites *AsRoot) are left out.
+test-user: build
+	@[ "$$(id -u)" = 0 ] || { echo "make test-user: run it as root (it runs the tests as $(CI_USER))" >&2; exit 1; }
+	id -u $(CI_USER) >/dev/null 2>&1 || \
+	  useradd --system --user-group --no-create-home --home-dir /nonexistent \
+	    --shell /usr/sbin/nologin $(CI_USER)
+	tests/reach_for_users.sh $(BUILD)
+	mkdir -p $(BUILD)/home
+	chown -R $(CI_USER): $(BUILD)
+	cd $(BUILD) && status=0; setpriv --reuid=$(CI_USER) --regid=$(CI_USER) --init-groups --reset-env -- \
+	  env HOME=$(CURDIR)/$(BUILD)/home PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
+	  ctest -j$(CTEST_J) --output-on-failure -LE root || status=$$?; \
+	  chown -R $$(id -u):$$(id -g) $(CURDIR)/$(BUILD); exit $$status
 
 # Unit and integration tests under ASan+UBSan (clang, so clang's warnings count too).
 test-asan: deps

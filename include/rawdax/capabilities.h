@@ -2,7 +2,10 @@
 //
 // Nothing here is assumed from the media's name: each flag is the outcome of
 // a probe (statfs, a MAP_SYNC mapping attempt, a userfaultfd registration on
-// a small probe mapping, cpuid). Plain value type; thread-safe to copy.
+// a small probe mapping, cpuid, uname). Three things are told apart: what the
+// media accepts, what the kernel offers whatever the media, and what this
+// process is allowed (the userfaultfd mode, which depends on its privilege).
+// Plain value type; thread-safe to copy.
 #ifndef RAWDAX_CAPABILITIES_H_
 #define RAWDAX_CAPABILITIES_H_
 
@@ -30,8 +33,30 @@ enum class FlushInstruction { kNone, kClflush, kClflushopt, kClwb };
 
 // Which engine write-protects live mappings (freeze, dirty tracking).
 enum class ProtectionEngine {
-  kUffd,      // sync userfaultfd write-protect works on this media
+  kUffd,      // sync userfaultfd write-protect works on this media (either uffd_mode)
   kMprotect,  // it does not (regular files, devdax): mprotect + SIGSEGV
+};
+
+// The reach of the userfaultfds this process can open (media/userfaultfd.h).
+enum class UffdMode {
+  kNone,          // none at all (no kernel support, or refused by a policy)
+  kUserModeOnly,  // UFFD_USER_MODE_ONLY: user-mode faults only; what a plain
+                  // user gets while vm.unprivileged_userfaultfd=0
+  kFull,          // user-mode and kernel-mode faults (CAP_SYS_PTRACE, the
+                  // sysctl at 1, or access to /dev/userfaultfd)
+};
+
+// What the running kernel offers, whatever the media and privilege. The
+// userfaultfd bits come from UFFDIO_API and stay false when no userfaultfd
+// can be opened (unknown).
+struct KernelFeatures {
+  std::string release;                  // uname -r
+  bool uffd_wp_sync = false;            // UFFD_FEATURE_PAGEFAULT_FLAG_WP
+  bool uffd_wp_async = false;           // UFFD_FEATURE_WP_ASYNC (Linux 6.7)
+  bool uffd_wp_hugetlbfs_shmem = false; // WP on hugetlbfs and shmem (5.19)
+  bool uffd_wp_unpopulated = false;     // WP of pages never populated (6.4)
+  bool pagemap_scan = false;            // PAGEMAP_SCAN on /proc/self/pagemap (6.7)
+  bool map_sync = false;                // MAP_SYNC is known (4.15); the media may still refuse it
 };
 
 struct Capabilities {
@@ -42,17 +67,20 @@ struct Capabilities {
   uint64_t page_size = 4096;       // base page size of mappings
   uint64_t huge_page_size = 0;     // PMD huge page size the media can use, 0 if none
   uint64_t alignment = 4096;       // granularity of namespace sizes and map() offsets
-  bool map_sync = false;           // MAP_SYNC mappings are accepted
+  bool map_sync = false;           // MAP_SYNC mappings of the media are accepted
   bool punch_hole = false;         // fallocate(PUNCH_HOLE) frees space
-  bool uffd_wp_sync = false;       // sync userfaultfd write-protect registers
-  bool uffd_wp_async = false;      // async write-protect (WP_ASYNC) registers
+  bool uffd_wp_sync = false;       // sync userfaultfd write-protect registers on the media
+  bool uffd_wp_async = false;      // async write-protect (WP_ASYNC) registers on the media
   ProtectionEngine engine = ProtectionEngine::kMprotect;
+  UffdMode uffd_mode = UffdMode::kNone;  // of the process that probed
+  KernelFeatures kernel;
 };
 
 std::string_view to_string(MediaKind kind);
 std::string_view to_string(PersistMethod method);
 std::string_view to_string(FlushInstruction instruction);
 std::string_view to_string(ProtectionEngine engine);
+std::string_view to_string(UffdMode mode);  // "none", "user-mode-only", "full"
 
 }  // namespace rawdax
 

@@ -422,8 +422,12 @@ Result<ClientNamespace> Client::open_namespace(std::string_view name, Access acc
   }
   ns.size_ = size->get<uint64_t>();
   if (auto caps = ret->find("capabilities"); caps != ret->end() && caps->is_object()) {
-    auto align = caps->find("alignment");
-    if (align != caps->end() && align->is_number_unsigned()) ns.alignment_ = align->get<uint64_t>();
+    if (auto media = caps->find("media"); media != caps->end() && media->is_object()) {
+      auto align = media->find("alignment");
+      if (align != media->end() && align->is_number_unsigned()) {
+        ns.alignment_ = align->get<uint64_t>();
+      }
+    }
   }
   ns.access_ = access;
   ns.exclusive_ = exclusive;

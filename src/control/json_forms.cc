@@ -8,18 +8,29 @@ nlohmann::json namespace_json(const NamespaceInfo& ns) {
 }
 
 nlohmann::json capabilities_json(const Capabilities& caps) {
-  return {{"kind", to_string(caps.kind)},
-          {"filesystem", caps.filesystem},
-          {"persist", to_string(caps.persist)},
-          {"flush_instruction", to_string(caps.flush_instruction)},
-          {"page_size", caps.page_size},
-          {"huge_page_size", caps.huge_page_size},
-          {"alignment", caps.alignment},
-          {"map_sync", caps.map_sync},
-          {"punch_hole", caps.punch_hole},
-          {"uffd_wp_sync", caps.uffd_wp_sync},
-          {"uffd_wp_async", caps.uffd_wp_async},
-          {"engine", to_string(caps.engine)}};
+  const KernelFeatures& k = caps.kernel;
+  return {{"media",
+           {{"kind", to_string(caps.kind)},
+            {"filesystem", caps.filesystem},
+            {"persist", to_string(caps.persist)},
+            {"flush_instruction", to_string(caps.flush_instruction)},
+            {"huge_page_size", caps.huge_page_size},
+            {"alignment", caps.alignment},
+            {"map_sync", caps.map_sync},
+            {"punch_hole", caps.punch_hole},
+            {"uffd_wp_sync", caps.uffd_wp_sync},
+            {"uffd_wp_async", caps.uffd_wp_async}}},
+          {"engine", to_string(caps.engine)},
+          {"privilege", {{"uffd_mode", to_string(caps.uffd_mode)}}},
+          {"kernel",
+           {{"release", k.release},
+            {"uffd_wp_sync", k.uffd_wp_sync},
+            {"uffd_wp_async", k.uffd_wp_async},
+            {"uffd_wp_hugetlbfs_shmem", k.uffd_wp_hugetlbfs_shmem},
+            {"uffd_wp_unpopulated", k.uffd_wp_unpopulated},
+            {"pagemap_scan", k.pagemap_scan},
+            {"map_sync", k.map_sync}}},
+          {"page_size", caps.page_size}};
 }
 
 nlohmann::json snapshot_json(const SnapshotInfo& s) {

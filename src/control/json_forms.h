@@ -12,6 +12,9 @@
 namespace rawdax::control {
 
 nlohmann::json namespace_json(const NamespaceInfo& ns);
+// Grouped so that each source is told apart: "media" (what the region's
+// media accepts), "engine", "privilege" (the userfaultfd mode this process
+// gets), "kernel" (what the running kernel offers), "page_size".
 nlohmann::json capabilities_json(const Capabilities& caps);
 // duration_ns and max_writer_stall_ns only for a snapshot just taken
 // (duration_ns > 0), not for one read back from a file.

@@ -18,9 +18,12 @@ Result<std::unique_ptr<Protector>> Protector::create(DeviceCore& core, EngineCho
   bool uffd = choice == EngineChoice::kUffd ||
               (choice == EngineChoice::kAuto && caps.engine == ProtectionEngine::kUffd);
   if (uffd && !caps.uffd_wp_sync) {
+    std::string why = caps.uffd_mode == UffdMode::kNone
+                          ? "and this process could open no userfaultfd"
+                          : "which " + caps.filesystem + " media refuses";
     return Error(std::errc::operation_not_supported,
                  "namespace " + core.name() + ": the uffd engine needs sync userfaultfd "
-                 "write-protect, which " + caps.filesystem + " media refuses");
+                 "write-protect, " + why);
   }
   if (uffd) return UffdProtector::create(core);
   return MprotectProtector::create(core);

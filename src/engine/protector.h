@@ -5,8 +5,10 @@
 // Two implementations, chosen from the region's capabilities (tests may force
 // either where the media allows both):
 //  - UffdProtector (uffd_protector.h): sync userfaultfd write-protect, on
-//    shmem/tmpfs, memfd and hugetlbfs. Parks user-mode stores and kernel-mode
-//    writes alike.
+//    shmem/tmpfs, memfd and hugetlbfs. Parks user-mode stores, and
+//    kernel-mode writes too where the userfaultfd is full-mode; with a plain
+//    user's user-mode-only one, kernel-mode writes into protected pages fail
+//    with EFAULT (docs/engine.md, "Kernel-mode writes").
 //  - MprotectProtector (mprotect_protector.h): mprotect(PROT_READ) plus a
 //    SIGSEGV handler that parks the faulting thread, on regular files and
 //    devdax. Kernel-mode writes into a frozen mapping fail with EFAULT.

@@ -4,28 +4,24 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 
 #include "media/uffd_compat.h"
+#include "media/userfaultfd.h"
 
 namespace rawdax::internal {
 
 Result<std::unique_ptr<Protector>> UffdProtector::create(DeviceCore& core) {
   std::unique_ptr<UffdProtector> engine(new UffdProtector(core));
-  engine->uffd_.reset(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
-  if (!engine->uffd_.valid()) {
-    return errno_error(errno, "namespace " + core.name() + ": userfaultfd");
-  }
-  uffdio_api api{};
-  api.api = UFFD_API;
-  api.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
-  if (::ioctl(engine->uffd_.get(), UFFDIO_API, &api) != 0) {
-    return errno_error(errno, "namespace " + core.name() + ": UFFDIO_API");
-  }
+  // A user-mode-only userfaultfd (a plain user's) parks stores alike; only
+  // kernel-mode writes into protected pages differ: EFAULT instead of a wait.
+  auto uffd = open_userfaultfd(O_CLOEXEC | O_NONBLOCK,
+                               UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
+  if (!uffd) return uffd.error().with_context("namespace " + core.name() + ": ");
+  engine->uffd_ = std::move(uffd->fd);
   engine->stop_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!engine->stop_.valid()) return errno_error(errno, "eventfd");
   engine->handler_ = std::thread([e = engine.get()] { e->handle_faults(); });

@@ -4,9 +4,14 @@
 // before unprotecting it (copy-before-write).
 //
 // One userfaultfd per device, every writable mapping registered in WP mode,
-// and one handler thread. A write fault on a protected page is, by state:
-//  - frozen: parked (left unanswered, so the writer, user-mode store or
-//    kernel-mode copy alike, sleeps in the kernel) until thaw;
+// and one handler thread. The userfaultfd is full-mode where the process may
+// have one, user-mode-only otherwise (a plain user; media/userfaultfd.h):
+// then a kernel-mode write into a protected page is never delivered here and
+// fails with EFAULT, frozen or not. A write fault on a protected page is, by
+// state:
+//  - frozen: parked (left unanswered, so the writer, a user-mode store or,
+//    on a full-mode userfaultfd, a kernel-mode copy, sleeps in the kernel)
+//    until thaw;
 //  - tracking, not frozen: the page is marked dirty and unprotected;
 //  - neither: unprotected (a page left protected by an earlier freeze).
 // Unprotecting a page also wakes the faults waiting on it.

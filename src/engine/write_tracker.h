@@ -54,7 +54,9 @@
 //  - create(): operation_not_supported (message says which feature) when the
 //    kernel lacks async uffd-wp or PAGEMAP_SCAN; errno errors opening
 //    userfaultfd or /proc/self/pagemap (e.g. EPERM from a seccomp or LSM
-//    policy; no privilege is needed otherwise).
+//    policy; EACCES on pagemap in a process made non-dumpable, as by a
+//    setuid). No privilege is needed: a plain user's user-mode-only
+//    userfaultfd tracks kernel-mode writes too (media/userfaultfd.h).
 //  - add_range(): invalid_argument for an unaligned or empty range; EINVAL
 //    (a hole, or not a mapping userfaultfd accepts) or EBUSY (the range is
 //    registered by another userfaultfd, e.g. another WriteTracker) from the
@@ -81,7 +83,7 @@ namespace rawdax::internal {
 class WriteTracker {
  public:
   // Opens a userfaultfd with WP_ASYNC (+ WP_UNPOPULATED, + WP_HUGETLBFS_SHMEM)
-  // and /proc/self/pagemap; probes that PAGEMAP_SCAN exists. Two syscalls
+  // and /proc/self/pagemap; probes that PAGEMAP_SCAN exists. A few syscalls
   // beyond the opens; cheap enough to call per device.
   static Result<std::unique_ptr<WriteTracker>> create();
 

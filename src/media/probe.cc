@@ -5,8 +5,8 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/utsname.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -18,8 +18,10 @@
 #include "common/mapped_range.h"
 #include "common/unique_fd.h"
 #include "media/files.h"
+#include "media/pagemap_scan.h"
 #include "media/persist.h"
 #include "media/uffd_compat.h"
+#include "media/userfaultfd.h"
 
 #ifndef MAP_SHARED_VALIDATE
 #define MAP_SHARED_VALIDATE 0x03
@@ -68,19 +70,15 @@ bool shmem_thp_possible() {
 // True when a fresh userfaultfd with `features` registers [addr, addr+len)
 // in write-protect mode.
 bool uffd_wp_registers(void* addr, size_t len, uint64_t features) {
-  UniqueFd uffd(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
-  if (!uffd.valid()) return false;
-  uffdio_api api{};
-  api.api = UFFD_API;
-  api.features = features;
-  if (::ioctl(uffd.get(), UFFDIO_API, &api) != 0) return false;
+  auto uffd = open_userfaultfd(O_CLOEXEC | O_NONBLOCK, features);
+  if (!uffd) return false;
   uffdio_register reg{};
   reg.range.start = reinterpret_cast<uint64_t>(addr);
   reg.range.len = len;
   reg.mode = UFFDIO_REGISTER_MODE_WP;
-  if (::ioctl(uffd.get(), UFFDIO_REGISTER, &reg) != 0) return false;
+  if (::ioctl(uffd->fd.get(), UFFDIO_REGISTER, &reg) != 0) return false;
   uffdio_range range{reinterpret_cast<uint64_t>(addr), len};
-  ::ioctl(uffd.get(), UFFDIO_UNREGISTER, &range);
+  ::ioctl(uffd->fd.get(), UFFDIO_UNREGISTER, &range);
   return true;
 }
 
@@ -89,6 +87,9 @@ void probe_mapping(int fd, uint64_t len, Capabilities& caps) {
   void* sync_addr = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
                            MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);
   caps.map_sync = sync_addr != MAP_FAILED;
+  // A kernel without MAP_SYNC refuses the unknown flag with EINVAL; one that
+  // knows it refuses media without DAX with EOPNOTSUPP.
+  caps.kernel.map_sync = caps.map_sync || errno == EOPNOTSUPP;
   if (caps.map_sync) ::munmap(sync_addr, len);
 
   void* addr = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -101,7 +102,22 @@ void probe_mapping(int fd, uint64_t len, Capabilities& caps) {
                      UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
 }
 
+// What the kernel offers and what this process may open, whatever the media.
+void probe_kernel(Capabilities& caps) {
+  struct utsname names;
+  if (::uname(&names) == 0) caps.kernel.release = names.release;
+  if (auto uffd = open_userfaultfd(O_CLOEXEC | O_NONBLOCK, 0)) {
+    caps.uffd_mode = uffd->mode;
+    caps.kernel.uffd_wp_sync = (uffd->offered & UFFD_FEATURE_PAGEFAULT_FLAG_WP) != 0;
+    caps.kernel.uffd_wp_async = (uffd->offered & UFFD_FEATURE_WP_ASYNC) != 0;
+    caps.kernel.uffd_wp_hugetlbfs_shmem = (uffd->offered & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) != 0;
+    caps.kernel.uffd_wp_unpopulated = (uffd->offered & UFFD_FEATURE_WP_UNPOPULATED) != 0;
+  }
+  caps.kernel.pagemap_scan = open_pagemap_scan().has_value();
+}
+
 void finish(Capabilities& caps) {
+  probe_kernel(caps);
   caps.flush_instruction = detected_flush_instruction();
   caps.engine = caps.uffd_wp_sync ? ProtectionEngine::kUffd : ProtectionEngine::kMprotect;
 }
@@ -247,6 +263,15 @@ std::string_view to_string(FlushInstruction instruction) {
     case FlushInstruction::kClflush: return "clflush";
     case FlushInstruction::kClflushopt: return "clflushopt";
     case FlushInstruction::kClwb: return "clwb";
+  }
+  return "unknown";
+}
+
+std::string_view to_string(UffdMode mode) {
+  switch (mode) {
+    case UffdMode::kNone: return "none";
+    case UffdMode::kUserModeOnly: return "user-mode-only";
+    case UffdMode::kFull: return "full";
   }
   return "unknown";
 }

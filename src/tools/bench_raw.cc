@@ -4,12 +4,12 @@
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstring>
 
 #include "media/uffd_compat.h"
+#include "media/userfaultfd.h"
 
 namespace rawdax::cli {
 
@@ -36,13 +36,11 @@ Result<RawMapping> raw_mapping(uint64_t size, uint64_t huge) {
 Result<std::unique_ptr<RawUffd>> RawUffd::create(std::byte* addr, uint64_t len,
                                                  RawFaults faults) {
   auto u = std::unique_ptr<RawUffd>(new RawUffd());
-  u->fd_.reset(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
-  if (!u->fd_.valid()) return errno_error(errno, "userfaultfd");
-  uffdio_api api{};
-  api.api = UFFD_API;
-  api.features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
-                 (faults == RawFaults::kKernel ? UFFD_FEATURE_WP_ASYNC : 0);
-  if (::ioctl(u->fd_.get(), UFFDIO_API, &api) != 0) return errno_error(errno, "UFFDIO_API");
+  auto uffd = open_userfaultfd(O_CLOEXEC | O_NONBLOCK,
+                               UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
+                                   (faults == RawFaults::kKernel ? UFFD_FEATURE_WP_ASYNC : 0));
+  if (!uffd) return uffd.error();
+  u->fd_ = std::move(uffd->fd);
   uffdio_register reg{};
   reg.range = {reinterpret_cast<uint64_t>(addr), len};
   reg.mode = UFFDIO_REGISTER_MODE_WP;

@@ -40,9 +40,14 @@ nlohmann::json to_json(const Capabilities& caps, bool human) {
 }
 
 nlohmann::json capabilities_json(nlohmann::json raw, bool human) {
-  for (const char* key : {"page_size", "huge_page_size", "alignment"}) {
-    auto it = raw.find(key);
-    if (it != raw.end() && it->is_number_unsigned()) *it = size_json(it->get<uint64_t>(), human);
+  auto render = [&](nlohmann::json& group, const char* key) {
+    auto it = group.find(key);
+    if (it != group.end() && it->is_number_unsigned()) *it = size_json(it->get<uint64_t>(), human);
+  };
+  render(raw, "page_size");
+  if (auto media = raw.find("media"); media != raw.end() && media->is_object()) {
+    render(*media, "huge_page_size");
+    render(*media, "alignment");
   }
   return raw;
 }

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "control/protocol.h"
+#include "child_process.h"
 #include "control/server.h"
 #include "rawdax/rawdax.h"
 #include "test_util.h"
@@ -128,47 +129,6 @@ class DaemonFixture {
   std::mutex log_mu_;
   std::vector<std::string> log_;
 };
-
-// Waits for a forked child; its exit code, or 128+signal.
-// Starts this test binary again as a child process, with `env` ("KEY=value")
-// added to its environment and every variable starting with `prefix`
-// dropped first. A static initializer in the test file recognizes the
-// variables and runs the child before main(). Exec, not a bare fork: a
-// forked child of a multi-threaded test may deadlock in the allocator or the
-// sanitizers' thread registry, and a Client starts a thread. Descriptors
-// without FD_CLOEXEC (pipes, memfds) are inherited. The child is killed if
-// the calling thread ends first. -1 on failure.
-inline pid_t spawn_self(const std::vector<std::string>& env, const char* prefix) {
-  std::string self(4096, '\0');
-  ssize_t n = ::readlink("/proc/self/exe", self.data(), self.size() - 1);
-  if (n <= 0) return -1;
-  self.resize(static_cast<size_t>(n));
-  std::vector<std::string> env_strings = env;
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (std::string_view(*e).substr(0, std::strlen(prefix)) != prefix) env_strings.emplace_back(*e);
-  }
-  std::vector<char*> envp;
-  for (auto& e : env_strings) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  char* argv[] = {self.data(), nullptr};
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives the test (nor holds ctest's pipe)
-    ::execve(self.c_str(), argv, envp.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-inline int wait_child(pid_t pid) {
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) return -1;
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
 
 // Reads one byte from `fd` within `timeout`; false on timeout or EOF.
 inline bool wait_byte(int fd, std::chrono::milliseconds timeout) {

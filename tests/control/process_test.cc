@@ -260,8 +260,10 @@ TEST_P(ControlProcessTest, ClientKilledWhileHoldingFreezeThawsAndDaemonServes) {
 INSTANTIATE_TEST_SUITE_P(Media, ControlProcessTest, RAWDAX_ALL_MEDIA,
                          ::rawdax::testing::param_name);
 
-TEST(ControlPeerTest, OtherUsersAreRefused) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root to connect as another uid";
+// Root: the child connects as another uid, and only root can become one
+// (setuid needs CAP_SETUID); labelled `root`.
+TEST(ControlPeerAsRoot, OtherUsersAreRefused) {
+  ASSERT_EQ(::geteuid(), 0u) << "needs root to connect as another uid (ctest label root)";
   DaemonFixture daemon(TestMedia::kMemfd);
   // Let the other uid past the file mode, so the credential check decides.
   ASSERT_EQ(::chmod(daemon.socket_path().c_str(), 0666), 0);

@@ -1,10 +1,9 @@
 // Device::freeze(), dirty tracking and sync(), on each engine the media
 // allows: freeze really stops stores, the image is one cut, nothing is lost.
+// What kernel-mode writes get is in kernel_write_test.cc.
 #include <fcntl.h>
-#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -16,6 +15,8 @@
 #include <vector>
 
 #include "fault_catcher.h"
+#include "media/uffd_compat.h"
+#include "media/userfaultfd.h"
 #include "rawdax/rawdax.h"
 #include "engine/write_tracker.h"
 #include "test_util.h"
@@ -27,7 +28,6 @@ using ::rawdax::testing::eventually;
 
 using namespace std::chrono_literals;
 using ::rawdax::testing::run_catching_faults;
-using ::rawdax::testing::ScratchDir;
 using ::rawdax::testing::ScratchRegion;
 using ::rawdax::testing::TestMedia;
 
@@ -62,7 +62,6 @@ class FreezeTest : public ::testing::TestWithParam<EngineCase> {
     EXPECT_TRUE(dev_->read(offset, std::as_writable_bytes(std::span(&v, 1))));
     return v;
   }
-  bool uffd() const { return GetParam().engine == EngineChoice::kUffd; }
 
   ScratchRegion scratch_{GetParam().media};
   std::unique_ptr<Region> region_;
@@ -173,37 +172,6 @@ TEST_P(FreezeTest, StoresWaitLoadsAndBlockReadsGoOn) {
   EXPECT_GT(dev_->stats().stall_max_ns, 0u);
 }
 
-TEST_P(FreezeTest, KernelModeWriteIntoAFrozenMapping) {
-  open();
-  ScratchDir dir(::rawdax::testing::disk_parent());
-  std::string path = dir.path() + "/src";
-  std::vector<char> data(kPage, 'k');
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT, 0600);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(::pwrite(fd, data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
-  ASSERT_TRUE(m);
-  auto frozen = dev_->freeze();
-  ASSERT_TRUE(frozen);
-  auto reader = std::async(std::launch::async, [&] {
-    ssize_t n = ::pread(fd, m->data() + 8 * kPage, kPage, 0);
-    return n < 0 ? -errno : n;
-  });
-  if (uffd()) {
-    // The copy into the mapping waits in the kernel until thaw.
-    EXPECT_EQ(reader.wait_for(200ms), std::future_status::timeout);
-    frozen->thaw();
-    EXPECT_EQ(reader.get(), static_cast<ssize_t>(kPage));
-    EXPECT_EQ(std::memcmp(m->data() + 8 * kPage, data.data(), kPage), 0);
-  } else {
-    // The mprotect engine cannot hold kernel-mode writes: EFAULT (documented).
-    EXPECT_EQ(reader.get(), -EFAULT);
-    frozen->thaw();
-    EXPECT_EQ(read_u64(8 * kPage), 0u);
-  }
-  ::close(fd);
-}
-
 TEST_P(FreezeTest, FreezesNestAcrossThreads) {
   open();
   auto m = dev_->map(0, kSize, Access::ReadWrite);
@@ -288,11 +256,11 @@ TEST_P(FreezeTest, RemoveWhileFrozenWakesEveryWriter) {
 // never answer) makes a timed freeze give up and leave the device unfrozen.
 TEST_P(FreezeTest, FreezeTimesOutAndLeavesTheDeviceUnfrozen) {
   open();
-  int uffd = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC));
-  ASSERT_GE(uffd, 0);
-  uffdio_api api{};
-  api.api = UFFD_API;
-  ASSERT_EQ(::ioctl(uffd, UFFDIO_API, &api), 0);
+  // The block write's copy from `src` is a user-mode access: it faults on a
+  // user-mode-only userfaultfd too.
+  auto opened = open_userfaultfd(O_CLOEXEC, 0);
+  ASSERT_TRUE(opened) << opened.error().message();
+  int uffd = opened->fd.get();
   void* src = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(src, MAP_FAILED);
   uffdio_register reg{};
@@ -320,7 +288,6 @@ TEST_P(FreezeTest, FreezeTimesOutAndLeavesTheDeviceUnfrozen) {
   ASSERT_EQ(::ioctl(uffd, UFFDIO_ZEROPAGE, &zero), 0);
   EXPECT_TRUE(stuck.get());
   ::munmap(src, kPage);
-  ::close(uffd);
 }
 
 std::vector<EngineCase> engine_cases() {

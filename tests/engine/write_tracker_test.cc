@@ -6,10 +6,8 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/magic.h>
-#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -28,8 +26,8 @@
 #include "common/mapped_range.h"
 #include "common/unique_fd.h"
 #include "media/uffd_compat.h"
+#include "media/userfaultfd.h"
 #include "test_util.h"
-
 
 namespace rawdax::internal {
 namespace {
@@ -668,14 +666,11 @@ TEST_P(WriteTrackerBench, PrintCosts) {
   // The alternative: re-protect the whole range blindly with UFFDIO_WRITEPROTECT
   // (which reports nothing). Same mapping, own async-WP userfaultfd.
   tracker.remove_range(base, kBytes);
-  UniqueFd uffd(static_cast<int>(
-      ::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)));
-  ASSERT_TRUE(uffd.valid());
-  uffdio_api api{};
-  api.api = UFFD_API;
-  api.features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
-                 UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
-  ASSERT_EQ(::ioctl(uffd.get(), UFFDIO_API, &api), 0);
+  auto opened = open_userfaultfd(O_CLOEXEC | O_NONBLOCK,
+                                 UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
+                                     UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
+  ASSERT_TRUE(opened) << opened.error().message();
+  UniqueFd uffd = std::move(opened->fd);
   uffdio_register reg{};
   reg.range = {reinterpret_cast<uint64_t>(base), kBytes};
   reg.mode = UFFDIO_REGISTER_MODE_WP;

@@ -35,6 +35,10 @@ stress+=':CrashInjectionTest.*:SegvParkingTest.Stress*'
 filter=$suites
 [ "$full" = 1 ] || filter="$suites-$stress"
 
+# The plain user of the --user boot runs these binaries over 9p, with the
+# host's modes.
+"$repo/tests/reach_for_users.sh" "$build"
+
 results=$(mktemp -d "${TMPDIR:-/tmp}/rawdax-guest-stage.XXXXXX")
 chmod 1777 "$results"
 trap 'rm -rf "$results"' EXIT

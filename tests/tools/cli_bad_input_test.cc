@@ -166,7 +166,7 @@ TEST_F(CliBadInputTest, ThroughTheDaemonTheSameAndItKeepsServing) {
 TEST_F(CliBadInputTest, SizeOneRoundsUpToTheAlignment) {
   CliRun caps = rawdax("list --capabilities --region " + region());
   ASSERT_EQ(caps.exit_code, 0) << caps.err;
-  uint64_t alignment = nlohmann::json::parse(caps.out)[0]["capabilities"]["alignment"];
+  uint64_t alignment = nlohmann::json::parse(caps.out)[0]["capabilities"]["media"]["alignment"];
   CliRun one = rawdax("create-namespace -n one -s 1 --region " + region());
   ASSERT_EQ(one.exit_code, 0) << one.err;
   EXPECT_EQ(nlohmann::json::parse(one.out)["size"], alignment);

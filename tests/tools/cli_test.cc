@@ -1,18 +1,22 @@
 // The rawdax binary, driven as a user would: verbs, JSON, errors, serve.
 #include <signal.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
+#include "common/units.h"
 #include "rawdax/rawdax.h"
 #include "cli_run.h"
+#include "plain_user.h"
 #include "test_util.h"
 
 namespace rawdax {
@@ -157,15 +161,70 @@ TEST_F(CliTest, VmArgsNameTheNamespaceFile) {
   EXPECT_NE(missing.err.find("nope"), std::string::npos) << missing.err;
 }
 
+// The userfaultfd mode this process should get, worked out apart from the
+// probe: full for root, or where the sysctl or the device node allows it.
+std::string expected_uffd_mode() {
+  if (::geteuid() == 0 || read_text("/proc/sys/vm/unprivileged_userfaultfd") == "1\n" ||
+      ::access("/dev/userfaultfd", R_OK | W_OK) == 0) {
+    return "full";
+  }
+  return "user-mode-only";
+}
+
+// Media, engine, privilege, kernel and page size are told apart.
 TEST_F(CliTest, CapabilitiesAsJson) {
   CliRun run = rawdax("list --capabilities --json --region " + region());
   ASSERT_EQ(run.exit_code, 0) << run.err;
   auto caps = nlohmann::json::parse(run.out)[0]["capabilities"];
-  for (const char* key : {"persist", "page_size", "huge_page_size", "uffd_wp_sync",
-                          "uffd_wp_async", "engine", "flush_instruction"}) {
-    EXPECT_TRUE(caps.contains(key)) << key;
+  std::set<std::string> groups;
+  for (const auto& [key, value] : caps.items()) groups.insert(key);
+  EXPECT_EQ(groups, (std::set<std::string>{"media", "engine", "privilege", "kernel", "page_size"}));
+  for (const char* key : {"kind", "filesystem", "persist", "flush_instruction", "huge_page_size",
+                          "alignment", "map_sync", "punch_hole", "uffd_wp_sync", "uffd_wp_async"}) {
+    EXPECT_TRUE(caps["media"].contains(key)) << key;
   }
-  EXPECT_EQ(caps["persist"], "msync");
+  EXPECT_EQ(caps["media"]["persist"], "msync");
+  EXPECT_EQ(caps["engine"], "mprotect");  // the disk refuses sync uffd-wp
+  EXPECT_EQ(caps["privilege"]["uffd_mode"], expected_uffd_mode());
+  struct utsname names;
+  ASSERT_EQ(::uname(&names), 0);
+  EXPECT_EQ(caps["kernel"]["release"], names.release);
+  for (const char* key : {"uffd_wp_sync", "uffd_wp_async", "uffd_wp_hugetlbfs_shmem",
+                          "uffd_wp_unpopulated", "pagemap_scan", "map_sync"}) {
+    EXPECT_TRUE(caps["kernel"][key].is_boolean()) << key;
+  }
+  // What the media accepts, the kernel offers.
+  if (caps["media"]["uffd_wp_async"].get<bool>()) {
+    EXPECT_TRUE(caps["kernel"]["uffd_wp_async"]);
+  }
+  EXPECT_TRUE(caps["kernel"]["map_sync"]) << "every kernel since 4.15 knows MAP_SYNC";
+  EXPECT_EQ(caps["page_size"], static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)));
+
+  CliRun human = rawdax("list --capabilities --human --region " + region());
+  ASSERT_EQ(human.exit_code, 0) << human.err;
+  auto shown = nlohmann::json::parse(human.out)[0]["capabilities"];
+  EXPECT_EQ(shown["page_size"], format_size(caps["page_size"].get<uint64_t>()));
+  EXPECT_EQ(shown["media"]["alignment"], format_size(caps["media"]["alignment"].get<uint64_t>()));
+  shown["page_size"] = caps["page_size"];
+  shown["media"]["alignment"] = caps["media"]["alignment"];
+  shown["media"]["huge_page_size"] = caps["media"]["huge_page_size"];
+  EXPECT_EQ(shown, caps) << "--human changes only the sizes";
+}
+
+// A plain user gets a user-mode-only userfaultfd, and tmpfs and memfd keep
+// the uffd engine with it.
+TEST(CliPlainUser, TmpfsAndMemfdKeepTheUffdEngine) {
+  RAWDAX_AS_PLAIN_USER();
+  ScratchDir dir(::rawdax::testing::tmpfs_parent());
+  for (std::string spec : {dir.path() + "/region", std::string("memfd:")}) {
+    CliRun run = run_cli(dir.path(), "list --capabilities --region " + spec);
+    ASSERT_EQ(run.exit_code, 0) << spec << ": " << run.err;
+    auto caps = nlohmann::json::parse(run.out)[0]["capabilities"];
+    EXPECT_EQ(caps["privilege"]["uffd_mode"], "user-mode-only")
+        << spec << " (vm.unprivileged_userfaultfd=1?)";
+    EXPECT_EQ(caps["media"]["uffd_wp_sync"], true) << spec;
+    EXPECT_EQ(caps["engine"], "uffd") << spec;
+  }
 }
 
 TEST_F(CliTest, BadInputGivesOneClearLineAndChangesNothing) {
