@@ -19,6 +19,7 @@ nlohmann::json capabilities_json(const Capabilities& caps) {
           {"punch_hole", caps.punch_hole},
           {"uffd_wp_sync", caps.uffd_wp_sync},
           {"uffd_wp_async", caps.uffd_wp_async},
+          {"hugetlb", caps.hugetlb},
           {"engine", to_string(caps.engine)}};
 }
 
