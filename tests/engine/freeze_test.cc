@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <algorithm>
 #include <cstring>
 #include <future>
 #include <gtest/gtest.h>
@@ -30,13 +31,37 @@ using ::rawdax::testing::ScratchDir;
 using ::rawdax::testing::ScratchRegion;
 using ::rawdax::testing::TestMedia;
 
-constexpr uint64_t kSize = 4 << 20;
-constexpr uint64_t kPage = 4096;
+// An anonymous page, for the stuck-source test.
+constexpr uint64_t kAnonPage = 4096;
 
 struct EngineCase {
   TestMedia media;
   EngineChoice engine;
 };
+
+// Each selected media with the engines it allows: uffd where sync uffd-wp
+// registers (tmpfs, memfd, hugetlbfs), mprotect everywhere but memfd, whose
+// regions are this process's own and gain nothing from a second engine.
+std::vector<EngineCase> engine_cases() {
+  std::vector<EngineCase> out;
+  for (TestMedia media : ::rawdax::testing::all_media()) {
+    switch (media) {
+      case TestMedia::kTmpfs:
+      case TestMedia::kHugetlbfs:
+        out.push_back({media, EngineChoice::kUffd});
+        out.push_back({media, EngineChoice::kMprotect});
+        break;
+      case TestMedia::kDisk:
+      case TestMedia::kFsdax:
+        out.push_back({media, EngineChoice::kMprotect});
+        break;
+      case TestMedia::kMemfd:
+        out.push_back({media, EngineChoice::kUffd});
+        break;
+    }
+  }
+  return out;
+}
 
 std::string case_name(const ::testing::TestParamInfo<EngineCase>& info) {
   return std::string(::rawdax::testing::media_name(info.param.media)) +
@@ -49,7 +74,9 @@ class FreezeTest : public ::testing::TestWithParam<EngineCase> {
     auto region = Region::open(scratch_.spec(), {.create = true});
     ASSERT_TRUE(region) << region.error().message();
     region_ = std::move(*region);
-    ASSERT_TRUE(region_->create_namespace({.name = "f", .size = kSize}));
+    page_ = region_->capabilities().page_size;
+    size_ = std::max<uint64_t>(4 << 20, 64 * page_);
+    ASSERT_TRUE(region_->create_namespace({.name = "f", .size = size_}));
     auto dev = region_->open_device("f", {.track_dirty = track_dirty, .engine = GetParam().engine});
     ASSERT_TRUE(dev) << dev.error().message();
     dev_ = std::move(*dev);
@@ -66,16 +93,20 @@ class FreezeTest : public ::testing::TestWithParam<EngineCase> {
   ScratchRegion scratch_{GetParam().media};
   std::unique_ptr<Region> region_;
   std::unique_ptr<Device> dev_;
+  // The media's page (a huge page on hugetlbfs): the unit of write-protection
+  // and dirty tracking. The namespace is 4 MiB, and at least 64 pages.
+  uint64_t page_ = 0;
+  uint64_t size_ = 0;
 };
 
 // Two threads store sequence numbers through mappings, one through the block
 // face. Each freeze's image holds every acknowledged write and stays still.
 TEST_P(FreezeTest, EveryFreezeIsOneStableCut) {
   open();
-  auto m1 = dev_->map(0, kSize / 2, Access::ReadWrite);
-  auto m2 = dev_->map(kSize / 2, kSize / 2, Access::ReadWrite);
+  auto m1 = dev_->map(0, size_ / 2, Access::ReadWrite);
+  auto m2 = dev_->map(size_ / 2, size_ / 2, Access::ReadWrite);
   ASSERT_TRUE(m1 && m2);
-  const uint64_t slot[3] = {10 * kPage, kSize / 2 + 20 * kPage, 30 * kPage};
+  const uint64_t slot[3] = {10 * page_, size_ / 2 + 20 * page_, 30 * page_};
   std::atomic<uint64_t> acked[3] = {0, 0, 0};
   std::atomic<bool> stop{false};
   auto store_writer = [&](int w, std::byte* base, uint64_t offset_in_map) {
@@ -86,7 +117,7 @@ TEST_P(FreezeTest, EveryFreezeIsOneStableCut) {
     }
   };
   std::thread w0(store_writer, 0, m1->data(), slot[0]);
-  std::thread w1(store_writer, 1, m2->data(), slot[1] - kSize / 2);
+  std::thread w1(store_writer, 1, m2->data(), slot[1] - size_ / 2);
   std::thread w2([&] {
     for (uint64_t seq = 1; !stop.load(std::memory_order_relaxed); ++seq) {
       ASSERT_TRUE(dev_->write(slot[2], std::as_bytes(std::span(&seq, 1))));
@@ -139,7 +170,7 @@ TEST_P(FreezeTest, EveryFreezeIsOneStableCut) {
 
 TEST_P(FreezeTest, StoresWaitLoadsAndBlockReadsGoOn) {
   open();
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
   auto* words = reinterpret_cast<volatile uint64_t*>(m->data());
   words[0] = 1;
@@ -147,7 +178,7 @@ TEST_P(FreezeTest, StoresWaitLoadsAndBlockReadsGoOn) {
   ASSERT_TRUE(frozen);
   std::atomic<bool> stored{false};
   std::thread writer([&] {
-    words[512] = 42;  // page 1
+    words[page_ / 8] = 42;  // page 1
     stored.store(true);
   });
   std::atomic<uint64_t> loads{0};
@@ -159,16 +190,16 @@ TEST_P(FreezeTest, StoresWaitLoadsAndBlockReadsGoOn) {
   });
   std::this_thread::sleep_for(100ms);
   EXPECT_FALSE(stored.load()) << "a store landed while frozen";
-  EXPECT_EQ(read_u64(512 * 8), 0u);
+  EXPECT_EQ(read_u64(page_), 0u);
   EXPECT_TRUE(eventually([&] { return loads.load() > 1000; })) << "loads stalled while frozen";
-  std::vector<std::byte> buf(kPage);
+  std::vector<std::byte> buf(page_);
   EXPECT_TRUE(dev_->read(0, buf));
   frozen->thaw();
   ASSERT_TRUE(eventually([&] { return stored.load(); }));
   writer.join();
   stop.store(true);
   reader.join();
-  EXPECT_EQ(read_u64(512 * 8), 42u);
+  EXPECT_EQ(read_u64(page_), 42u);
   EXPECT_GT(dev_->stats().stall_max_ns, 0u);
 }
 
@@ -176,36 +207,36 @@ TEST_P(FreezeTest, KernelModeWriteIntoAFrozenMapping) {
   open();
   ScratchDir dir(::rawdax::testing::disk_parent());
   std::string path = dir.path() + "/src";
-  std::vector<char> data(kPage, 'k');
+  std::vector<char> data(page_, 'k');
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT, 0600);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::pwrite(fd, data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
   auto frozen = dev_->freeze();
   ASSERT_TRUE(frozen);
   auto reader = std::async(std::launch::async, [&] {
-    ssize_t n = ::pread(fd, m->data() + 8 * kPage, kPage, 0);
+    ssize_t n = ::pread(fd, m->data() + 8 * page_, page_, 0);
     return n < 0 ? -errno : n;
   });
   if (uffd()) {
     // The copy into the mapping waits in the kernel until thaw.
     EXPECT_EQ(reader.wait_for(200ms), std::future_status::timeout);
     frozen->thaw();
-    EXPECT_EQ(reader.get(), static_cast<ssize_t>(kPage));
-    EXPECT_EQ(std::memcmp(m->data() + 8 * kPage, data.data(), kPage), 0);
+    EXPECT_EQ(reader.get(), static_cast<ssize_t>(page_));
+    EXPECT_EQ(std::memcmp(m->data() + 8 * page_, data.data(), page_), 0);
   } else {
     // The mprotect engine cannot hold kernel-mode writes: EFAULT (documented).
     EXPECT_EQ(reader.get(), -EFAULT);
     frozen->thaw();
-    EXPECT_EQ(read_u64(8 * kPage), 0u);
+    EXPECT_EQ(read_u64(8 * page_), 0u);
   }
   ::close(fd);
 }
 
 TEST_P(FreezeTest, FreezesNestAcrossThreads) {
   open();
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
   auto outer = dev_->freeze();
   ASSERT_TRUE(outer);
@@ -213,7 +244,7 @@ TEST_P(FreezeTest, FreezesNestAcrossThreads) {
   ASSERT_TRUE(inner);
   std::atomic<bool> stored{false};
   std::thread writer([&] {
-    m->data()[3 * kPage] = std::byte{5};
+    m->data()[3 * page_] = std::byte{5};
     stored.store(true);
   });
   outer->thaw();
@@ -229,7 +260,7 @@ TEST_P(FreezeTest, NewMappingsWhileFrozenStartProtected) {
   open();
   auto frozen = dev_->freeze();
   ASSERT_TRUE(frozen);
-  auto m = dev_->map(kPage, kPage, Access::ReadWrite);
+  auto m = dev_->map(page_, page_, Access::ReadWrite);
   ASSERT_TRUE(m) << m.error().message();
   std::atomic<bool> stored{false};
   std::thread writer([&] {
@@ -242,7 +273,7 @@ TEST_P(FreezeTest, NewMappingsWhileFrozenStartProtected) {
   ASSERT_TRUE(eventually([&] { return stored.load(); }));
   writer.join();
   std::byte b{};
-  ASSERT_TRUE(dev_->read(kPage + 7, std::span(&b, 1)));
+  ASSERT_TRUE(dev_->read(page_ + 7, std::span(&b, 1)));
   EXPECT_EQ(b, std::byte{7});
 }
 
@@ -262,12 +293,12 @@ TEST_P(FreezeTest, BlockWritesWaitForThaw) {
 
 TEST_P(FreezeTest, RemoveWhileFrozenWakesEveryWriter) {
   open();
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
   auto frozen = dev_->freeze();
   ASSERT_TRUE(frozen);
   auto storer = std::async(std::launch::async, [&] {
-    return run_catching_faults([&] { m->data()[kPage] = std::byte{1}; });
+    return run_catching_faults([&] { m->data()[page_] = std::byte{1}; });
   });
   uint64_t v = 1;
   auto block = std::async(std::launch::async,
@@ -292,14 +323,15 @@ TEST_P(FreezeTest, FreezeTimesOutAndLeavesTheDeviceUnfrozen) {
   uffdio_api api{};
   api.api = UFFD_API;
   ASSERT_EQ(::ioctl(uffd, UFFDIO_API, &api), 0);
-  void* src = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* src =
+      ::mmap(nullptr, kAnonPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(src, MAP_FAILED);
   uffdio_register reg{};
-  reg.range = {reinterpret_cast<uint64_t>(src), kPage};
+  reg.range = {reinterpret_cast<uint64_t>(src), kAnonPage};
   reg.mode = UFFDIO_REGISTER_MODE_MISSING;
   ASSERT_EQ(::ioctl(uffd, UFFDIO_REGISTER, &reg), 0);
   auto stuck = std::async(std::launch::async, [&] {
-    return dev_->write(0, std::span(static_cast<const std::byte*>(src), kPage));
+    return dev_->write(0, std::span(static_cast<const std::byte*>(src), kAnonPage));
   });
   std::this_thread::sleep_for(50ms);
   auto t0 = std::chrono::steady_clock::now();
@@ -309,63 +341,57 @@ TEST_P(FreezeTest, FreezeTimesOutAndLeavesTheDeviceUnfrozen) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
   // Not frozen: other writes and stores go through at once.
   uint64_t v = 7;
-  EXPECT_TRUE(dev_->write(kPage, std::as_bytes(std::span(&v, 1))));
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  EXPECT_TRUE(dev_->write(page_, std::as_bytes(std::span(&v, 1))));
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
-  m->data()[2 * kPage] = std::byte{1};
+  m->data()[2 * page_] = std::byte{1};
   EXPECT_EQ(dev_->stats().freezes, 0u);
   uffdio_zeropage zero{};
-  zero.range = {reinterpret_cast<uint64_t>(src), kPage};
+  zero.range = {reinterpret_cast<uint64_t>(src), kAnonPage};
   ASSERT_EQ(::ioctl(uffd, UFFDIO_ZEROPAGE, &zero), 0);
   EXPECT_TRUE(stuck.get());
-  ::munmap(src, kPage);
+  ::munmap(src, kAnonPage);
   ::close(uffd);
 }
 
 TEST_P(FreezeTest, SyncPersistsExactlyTheDirtyPages) {
   open(/*track_dirty=*/true);
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
   ASSERT_TRUE(dev_->sync());  // a clean start
   uint64_t before = dev_->stats().synced_pages;
-  for (uint64_t page : {1, 2, 10}) std::memset(m->data() + page * kPage, int(page), 100);
-  std::vector<std::byte> block(2 * kPage, std::byte{0x77});
-  ASSERT_TRUE(dev_->write(20 * kPage, block));
+  for (uint64_t page : {1, 2, 10}) std::memset(m->data() + page * page_, int(page), 100);
+  std::vector<std::byte> block(2 * page_, std::byte{0x77});
+  ASSERT_TRUE(dev_->write(20 * page_, block));
   EXPECT_GE(dev_->stats().dirty_pages, 2u);
   ASSERT_TRUE(dev_->sync());
   EXPECT_EQ(dev_->stats().synced_pages - before, 5u);
   EXPECT_EQ(dev_->stats().dirty_pages, 0u);
   ASSERT_TRUE(dev_->sync());
   EXPECT_EQ(dev_->stats().synced_pages - before, 5u) << "a sync with nothing written persisted pages";
-  m->data()[10 * kPage + 1] = std::byte{1};  // re-armed: the next store is seen again
+  m->data()[10 * page_ + 1] = std::byte{1};  // re-armed: the next store is seen again
   ASSERT_TRUE(dev_->sync());
   EXPECT_EQ(dev_->stats().synced_pages - before, 6u);
 
-  if (GetParam().media == TestMedia::kDisk) {
+  if (GetParam().media == TestMedia::kDisk || GetParam().media == TestMedia::kFsdax) {
     int fd = ::open(dev_->info().path.c_str(), O_RDONLY);
     ASSERT_GE(fd, 0);
     std::vector<char> got(100);
-    ASSERT_EQ(::pread(fd, got.data(), got.size(), 2 * kPage), 100);
+    ASSERT_EQ(::pread(fd, got.data(), got.size(), 2 * page_), 100);
     EXPECT_EQ(got, std::vector<char>(100, 2));
-    ASSERT_EQ(::pread(fd, got.data(), got.size(), 20 * kPage), 100);
+    ASSERT_EQ(::pread(fd, got.data(), got.size(), 20 * page_), 100);
     EXPECT_EQ(got, std::vector<char>(100, 0x77));
     ::close(fd);
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Engines, FreezeTest,
-    ::testing::Values(EngineCase{TestMedia::kTmpfs, EngineChoice::kUffd},
-                      EngineCase{TestMedia::kTmpfs, EngineChoice::kMprotect},
-                      EngineCase{TestMedia::kDisk, EngineChoice::kMprotect},
-                      EngineCase{TestMedia::kMemfd, EngineChoice::kUffd}),
-    case_name);
+INSTANTIATE_TEST_SUITE_P(Engines, FreezeTest, ::testing::ValuesIn(engine_cases()), case_name);
 
 TEST(EngineChoice, UffdIsRefusedWhereTheMediaRefusesSyncWriteProtect) {
   ScratchRegion scratch(TestMedia::kDisk);
   auto region = Region::open(scratch.spec(), {.create = true});
   ASSERT_TRUE(region);
-  ASSERT_TRUE((*region)->create_namespace({.name = "e", .size = kSize}));
+  ASSERT_TRUE((*region)->create_namespace({.name = "e", .size = 4 << 20}));
   if ((*region)->capabilities().uffd_wp_sync) {
     GTEST_SKIP() << "this disk filesystem accepts sync uffd-wp";
   }
