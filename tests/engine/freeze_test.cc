@@ -1,6 +1,7 @@
 // Device::freeze(), dirty tracking and sync(), on each engine the media
 // allows: freeze really stops stores, the image is one cut, nothing is lost.
 #include <fcntl.h>
+#include <poll.h>
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -16,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/mapped_range.h"
+#include "common/unique_fd.h"
 #include "fault_catcher.h"
 #include "rawdax/rawdax.h"
 #include "test_util.h"
@@ -318,14 +321,17 @@ TEST_P(FreezeTest, RemoveWhileFrozenWakesEveryWriter) {
 // never answer) makes a timed freeze give up and leave the device unfrozen.
 TEST_P(FreezeTest, FreezeTimesOutAndLeavesTheDeviceUnfrozen) {
   open();
-  int uffd = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC));
+  // Non-blocking, or poll() reports only POLLERR; the fault still waits.
+  int uffd = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
   ASSERT_GE(uffd, 0);
+  UniqueFd uffd_owner(uffd);
   uffdio_api api{};
   api.api = UFFD_API;
   ASSERT_EQ(::ioctl(uffd, UFFDIO_API, &api), 0);
   void* src =
       ::mmap(nullptr, kAnonPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(src, MAP_FAILED);
+  MappedRange src_owner(src, kAnonPage);
   uffdio_register reg{};
   reg.range = {reinterpret_cast<uint64_t>(src), kAnonPage};
   reg.mode = UFFDIO_REGISTER_MODE_MISSING;
@@ -333,7 +339,21 @@ TEST_P(FreezeTest, FreezeTimesOutAndLeavesTheDeviceUnfrozen) {
   auto stuck = std::async(std::launch::async, [&] {
     return dev_->write(0, std::span(static_cast<const std::byte*>(src), kAnonPage));
   });
-  std::this_thread::sleep_for(50ms);
+  // However the test ends, the stuck write is let go before `stuck` is
+  // waited for (its destructor would wait for ever).
+  struct LetGo {
+    int uffd;
+    void* src;
+    ~LetGo() {
+      uffdio_zeropage zero{};
+      zero.range = {reinterpret_cast<uint64_t>(src), kAnonPage};
+      ::ioctl(uffd, UFFDIO_ZEROPAGE, &zero);  // EEXIST once the test did it
+    }
+  } let_go{uffd, src};
+  // In flight once its source page has faulted, however busy the machine.
+  pollfd faulted{uffd, POLLIN, 0};
+  ASSERT_EQ(::poll(&faulted, 1, 10000), 1) << "the block write never reached its source page";
+  ASSERT_EQ(faulted.revents, POLLIN);
   auto t0 = std::chrono::steady_clock::now();
   auto frozen = dev_->freeze({.timeout = 100ms});
   ASSERT_FALSE(frozen);
@@ -350,8 +370,6 @@ TEST_P(FreezeTest, FreezeTimesOutAndLeavesTheDeviceUnfrozen) {
   zero.range = {reinterpret_cast<uint64_t>(src), kAnonPage};
   ASSERT_EQ(::ioctl(uffd, UFFDIO_ZEROPAGE, &zero), 0);
   EXPECT_TRUE(stuck.get());
-  ::munmap(src, kAnonPage);
-  ::close(uffd);
 }
 
 TEST_P(FreezeTest, SyncPersistsExactlyTheDirtyPages) {
