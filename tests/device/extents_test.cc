@@ -112,7 +112,7 @@ INSTANTIATE_TEST_SUITE_P(Media, DeviceExtentsTest, RAWDAX_ALL_MEDIA,
                          ::rawdax::testing::param_name);
 // Not on hugetlbfs: its namespaces have every page allocated and never punch
 // one, and it has no SEEK_DATA/SEEK_HOLE, so they are one data run
-// (HugetlbfsTest.NamespacesAreOneDataRun checks that instead).
+// (HugetlbfsTest.DiscardKeepsTheHugePages checks that instead).
 INSTANTIATE_TEST_SUITE_P(Media, SparseExtentsTest,
                          ::testing::ValuesIn(::rawdax::testing::media_except(
                              ::rawdax::testing::all_media(), {TestMedia::kHugetlbfs})),
