@@ -64,9 +64,23 @@ inline const char* media_name(TestMedia media) {
   std::exit(2);
 }
 
-// The directory that the environment variable `var` names, which must exist
-// (and, for hugetlbfs, be on a hugetlbfs mount).
-inline std::string media_dir_from_env(TestMedia media, const char* var) {
+// The environment variable naming the directory a media's regions go in;
+// null for the media that need none.
+inline const char* media_dir_variable(TestMedia media) {
+  switch (media) {
+    case TestMedia::kHugetlbfs: return "RAWDAX_TEST_HUGETLBFS";
+    case TestMedia::kFsdax: return "RAWDAX_TEST_FSDAX";
+    case TestMedia::kTmpfs:
+    case TestMedia::kDisk:
+    case TestMedia::kMemfd: break;
+  }
+  return nullptr;
+}
+
+// The directory media_dir_variable(media) names, which must exist (and, for
+// hugetlbfs, be on a hugetlbfs mount).
+inline std::string media_dir_from_env(TestMedia media) {
+  const char* var = media_dir_variable(media);
   const char* dir = std::getenv(var);
   if (dir == nullptr || *dir == '\0') {
     media_selection_error(std::string("RAWDAX_TEST_MEDIA selects ") + media_name(media) +
@@ -105,8 +119,7 @@ inline const std::vector<TestMedia>& all_media() {
         if (std::find(out.begin(), out.end(), media) != out.end()) {
           media_selection_error("RAWDAX_TEST_MEDIA=" + list + " names " + name + " twice");
         }
-        if (media == TestMedia::kHugetlbfs) media_dir_from_env(media, "RAWDAX_TEST_HUGETLBFS");
-        if (media == TestMedia::kFsdax) media_dir_from_env(media, "RAWDAX_TEST_FSDAX");
+        if (media_dir_variable(media) != nullptr) media_dir_from_env(media);
         out.push_back(media);
       }
       if (!known) {
@@ -179,8 +192,8 @@ inline std::string media_parent(TestMedia media) {
   switch (media) {
     case TestMedia::kTmpfs: return tmpfs_parent();
     case TestMedia::kDisk: return disk_parent();
-    case TestMedia::kHugetlbfs: return media_dir_from_env(media, "RAWDAX_TEST_HUGETLBFS");
-    case TestMedia::kFsdax: return media_dir_from_env(media, "RAWDAX_TEST_FSDAX");
+    case TestMedia::kHugetlbfs:
+    case TestMedia::kFsdax: return media_dir_from_env(media);
     case TestMedia::kMemfd: break;
   }
   media_selection_error(std::string(media_name(media)) + " regions have no directory");

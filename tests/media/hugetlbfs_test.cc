@@ -368,6 +368,31 @@ TEST_P(HugetlbfsTest, AllocationBeyondThePoolFailsAndGivesThePagesBack) {
   EXPECT_EQ(free_pages(page_), free + 1);
 }
 
+// With no free huge page at all, what must write a file through a mapping
+// (a new region's lock, a metadata update) fails with ENOSPC, not SIGBUS,
+// and takes no page.
+TEST_P(HugetlbfsTest, AnEmptyPoolFailsFileWritesCleanly) {
+  const std::string filler = scratch_.spec() + "/../filler";
+  auto taken = create_sized_file(filler, free_pages(page_) * page_, /*allocate=*/true);
+  ASSERT_TRUE(taken) << taken.error().message();
+  ASSERT_EQ(free_pages(page_), 0u);
+  const std::string fresh = scratch_.spec() + "/../fresh";
+  auto refused = Region::open(fresh, {.create = true});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code(), std::errc::no_space_on_device);
+  EXPECT_NE(refused.error().message().find(fresh + "/rawdax.lock"), std::string::npos)
+      << refused.error().message();
+  const std::string meta = scratch_.spec() + "/rawdax.meta";
+  const std::string before = ::rawdax::testing::read_text(meta);
+  Status replaced = replace_file_atomically(meta, "anything");
+  ASSERT_FALSE(replaced);
+  EXPECT_EQ(replaced.error().code(), std::errc::no_space_on_device);
+  EXPECT_EQ(::rawdax::testing::read_text(meta), before);
+  EXPECT_FALSE(std::filesystem::exists(meta + ".tmp." + std::to_string(::getpid())));
+  taken->reset();
+  ASSERT_EQ(::unlink(filler.c_str()), 0);
+}
+
 // The kernel behaviour docs/media.md relies on: a shared mapping reserves
 // its pages at mmap (ENOMEM when the pool is short), the reservation belongs
 // to the file until it is truncated, and a writable mapping past the end of
