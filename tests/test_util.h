@@ -1,19 +1,25 @@
-// Helpers shared by the tests: scratch regions on each media kind, polling,
-// reading a file whole.
+// Helpers shared by the tests: the media selected for this run, scratch
+// regions on each media kind, polling, reading a file whole.
 #ifndef RAWDAX_TESTS_TEST_UTIL_H_
 #define RAWDAX_TESTS_TEST_UTIL_H_
 
+#include <gtest/gtest.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace rawdax::testing {
 
@@ -37,16 +43,119 @@ inline std::string read_text(const std::string& path) {
   return ss.str();
 }
 
-// The media every device/region test runs on.
-enum class TestMedia { kTmpfs, kDisk, kMemfd };
+// The media the device, region, engine and snapshot suites run on.
+enum class TestMedia { kTmpfs, kDisk, kMemfd, kHugetlbfs, kFsdax };
 
 inline const char* media_name(TestMedia media) {
   switch (media) {
     case TestMedia::kTmpfs: return "tmpfs";
     case TestMedia::kDisk: return "disk";
     case TestMedia::kMemfd: return "memfd";
+    case TestMedia::kHugetlbfs: return "hugetlbfs";
+    case TestMedia::kFsdax: return "fsdax";
   }
   return "?";
+}
+
+// Ends the test binary before any test runs: a media list that cannot be
+// honoured is an error, never a reason to test less.
+[[noreturn]] inline void media_selection_error(const std::string& why) {
+  std::fprintf(stderr, "rawdax tests: %s\n", why.c_str());
+  std::exit(2);
+}
+
+// The environment variable naming the directory a media's regions go in;
+// null for the media that need none.
+inline const char* media_dir_variable(TestMedia media) {
+  switch (media) {
+    case TestMedia::kHugetlbfs: return "RAWDAX_TEST_HUGETLBFS";
+    case TestMedia::kFsdax: return "RAWDAX_TEST_FSDAX";
+    case TestMedia::kTmpfs:
+    case TestMedia::kDisk:
+    case TestMedia::kMemfd: break;
+  }
+  return nullptr;
+}
+
+// The directory media_dir_variable(media) names, which must exist (and, for
+// hugetlbfs, be on a hugetlbfs mount).
+inline std::string media_dir_from_env(TestMedia media) {
+  const char* var = media_dir_variable(media);
+  const char* dir = std::getenv(var);
+  if (dir == nullptr || *dir == '\0') {
+    media_selection_error(std::string("RAWDAX_TEST_MEDIA selects ") + media_name(media) +
+                          ", but " + var + " (the directory its regions go in) is unset");
+  }
+  struct statfs fs;
+  if (::statfs(dir, &fs) != 0 || !std::filesystem::is_directory(dir)) {
+    media_selection_error(std::string(var) + "=" + dir + " is not a directory");
+  }
+  constexpr unsigned long kHugetlbfsMagic = 0x958458f6;  // linux/magic.h
+  if (media == TestMedia::kHugetlbfs && static_cast<unsigned long>(fs.f_type) != kHugetlbfsMagic) {
+    media_selection_error(std::string(var) + "=" + dir + " is not on a hugetlbfs mount");
+  }
+  return dir;
+}
+
+// The media selected by RAWDAX_TEST_MEDIA: comma-separated names from
+// media_name(), "tmpfs,disk,memfd" when unset. hugetlbfs regions go under
+// $RAWDAX_TEST_HUGETLBFS and fsdax ones under $RAWDAX_TEST_FSDAX. An
+// unknown or repeated name, an empty list, or a selected media without its
+// directory ends the binary with a message (media_selection_error).
+inline const std::vector<TestMedia>& all_media() {
+  static const std::vector<TestMedia> selected = [] {
+    const char* env = std::getenv("RAWDAX_TEST_MEDIA");
+    std::string list = env != nullptr ? env : "tmpfs,disk,memfd";
+    std::vector<TestMedia> out;
+    std::stringstream in(list);
+    for (std::string name; std::getline(in, name, ',');) {
+      name.erase(0, name.find_first_not_of(' '));
+      name.erase(name.find_last_not_of(' ') + 1);
+      bool known = false;
+      for (TestMedia media : {TestMedia::kTmpfs, TestMedia::kDisk, TestMedia::kMemfd,
+                              TestMedia::kHugetlbfs, TestMedia::kFsdax}) {
+        if (name != media_name(media)) continue;
+        known = true;
+        if (std::find(out.begin(), out.end(), media) != out.end()) {
+          media_selection_error("RAWDAX_TEST_MEDIA=" + list + " names " + name + " twice");
+        }
+        if (media_dir_variable(media) != nullptr) media_dir_from_env(media);
+        out.push_back(media);
+      }
+      if (!known) {
+        media_selection_error("RAWDAX_TEST_MEDIA=" + list + ": unknown media '" + name +
+                              "' (known: tmpfs, disk, memfd, hugetlbfs, fsdax)");
+      }
+    }
+    if (out.empty()) media_selection_error("RAWDAX_TEST_MEDIA is set but names no media");
+    return out;
+  }();
+  return selected;
+}
+
+// The selected media minus `excluded`. A suite that cannot run on some
+// media is registered with this list, never skipped there; every caller
+// says why, and docs/media.md ("Tests on each media") lists them all.
+inline std::vector<TestMedia> media_except(std::vector<TestMedia> media,
+                                           std::initializer_list<TestMedia> excluded) {
+  std::erase_if(media, [&](TestMedia m) {
+    return std::find(excluded.begin(), excluded.end(), m) != excluded.end();
+  });
+  return media;
+}
+
+// The selected media among `wanted`: for a suite about one media.
+inline std::vector<TestMedia> media_among(std::initializer_list<TestMedia> wanted) {
+  std::vector<TestMedia> out;
+  for (TestMedia m : all_media()) {
+    if (std::find(wanted.begin(), wanted.end(), m) != wanted.end()) out.push_back(m);
+  }
+  return out;
+}
+
+// Media whose regions persist across Region objects (they have files).
+inline std::vector<TestMedia> file_media() {
+  return media_except(all_media(), {TestMedia::kMemfd});
 }
 
 // A fresh, empty directory that is removed with everything in it.
@@ -82,6 +191,18 @@ inline std::string disk_parent() {
   return dir;
 }
 
+// Where the regions of a directory media go.
+inline std::string media_parent(TestMedia media) {
+  switch (media) {
+    case TestMedia::kTmpfs: return tmpfs_parent();
+    case TestMedia::kDisk: return disk_parent();
+    case TestMedia::kHugetlbfs:
+    case TestMedia::kFsdax: return media_dir_from_env(media);
+    case TestMedia::kMemfd: break;
+  }
+  media_selection_error(std::string(media_name(media)) + " regions have no directory");
+}
+
 // Where a region of `media` lives for one test: owns the scratch directory.
 class ScratchRegion {
  public:
@@ -89,8 +210,7 @@ class ScratchRegion {
     if (media == TestMedia::kMemfd) {
       spec_ = "memfd:";
     } else {
-      dir_ = std::make_unique<ScratchDir>(media == TestMedia::kTmpfs ? tmpfs_parent()
-                                                                     : disk_parent());
+      dir_ = std::make_unique<ScratchDir>(media_parent(media));
       spec_ = dir_->path() + "/region";
     }
   }
@@ -108,13 +228,12 @@ inline std::string param_name(const ::testing::TestParamInfo<TestMedia>& info) {
   return media_name(info.param);
 }
 
-// Media whose regions persist across Region objects (they have files).
-#define RAWDAX_FILE_MEDIA \
-  ::testing::Values(::rawdax::testing::TestMedia::kTmpfs, ::rawdax::testing::TestMedia::kDisk)
-
-#define RAWDAX_ALL_MEDIA \
-  ::testing::Values(::rawdax::testing::TestMedia::kTmpfs, \
-                    ::rawdax::testing::TestMedia::kDisk, ::rawdax::testing::TestMedia::kMemfd)
+// Parameter lists for INSTANTIATE_TEST_SUITE_P over the selected media. A
+// suite instantiated with a list that may be empty (file media when only
+// memfd is selected, a media_except() or media_among() list) also needs
+// GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST.
+#define RAWDAX_ALL_MEDIA ::testing::ValuesIn(::rawdax::testing::all_media())
+#define RAWDAX_FILE_MEDIA ::testing::ValuesIn(::rawdax::testing::file_media())
 
 }  // namespace rawdax::testing
 

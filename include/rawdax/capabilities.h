@@ -71,6 +71,10 @@ struct Capabilities {
   bool punch_hole = false;         // fallocate(PUNCH_HOLE) frees space
   bool uffd_wp_sync = false;       // sync userfaultfd write-protect registers on the media
   bool uffd_wp_async = false;      // async write-protect (WP_ASYNC) registers on the media
+  // Pages come from the kernel's hugetlb pool (hugetlbfs): page_size is the
+  // huge page, a namespace's pages are allocated when it is created or grown,
+  // and the free space is the pool's free pages (docs/media.md).
+  bool hugetlb = false;
   ProtectionEngine engine = ProtectionEngine::kMprotect;
   UffdMode uffd_mode = UffdMode::kNone;  // of the process that probed
   KernelFeatures kernel;

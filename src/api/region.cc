@@ -7,6 +7,7 @@
 #include "engine/protector.h"
 #include "media/files.h"
 #include "region/catalog.h"
+#include "region/names.h"
 #include "snapshot/snapshot_file.h"
 
 namespace rawdax {
@@ -135,6 +136,13 @@ Result<NamespaceInfo> Region::restore_namespace(std::string_view name, const std
   if (!chain) return chain.error().with_context(what);
   for (const auto& file : *chain) RAWDAX_RETURN_IF_ERROR(file.verify_pages());
   const internal::SnapshotHeader& newest = chain->front().header();
+  // The restored namespace has exactly the snapshot's size, which a media
+  // with larger pages may not hold (a 4 KiB-page image into hugetlbfs).
+  if (Status aligned = check_aligned("snapshot namespace size", newest.namespace_size,
+                                     capabilities());
+      !aligned) {
+    return aligned.error().with_context(what);
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (live_core_locked(name)) {

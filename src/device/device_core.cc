@@ -27,6 +27,15 @@ int revoked_backing_fd() {
   return fd;
 }
 
+// How much of the backing object a block-face view maps for a namespace of
+// `size` bytes: room to grow, except on hugetlbfs, where a writable mapping
+// past EOF extends the file (hugetlbfs_file_mmap), so a view covers exactly
+// the size and every grow maps a new one.
+uint64_t view_capacity(uint64_t size, const Capabilities& caps) {
+  if (caps.hugetlb) return size;
+  return *round_up(std::max(size * 2, kMinViewCapacity), caps.alignment);
+}
+
 // mmap()s `len` bytes of `fd` at `offset`, placed so that the address is
 // congruent to the offset modulo `huge`: the kernel can then map whole huge
 // pages with one PMD each (shmem THP, DAX). huge == 0 maps anywhere.
@@ -82,7 +91,7 @@ Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> ca
     if (*actual > info->size && ::ftruncate(core->fd_.get(), static_cast<off_t>(info->size)) != 0) {
       return errno_error(errno, "namespace " + info->name + ": cannot trim " + info->path);
     }
-    capacity = *round_up(std::max(info->size * 2, kMinViewCapacity), caps.alignment);
+    capacity = view_capacity(info->size, caps);
   }
   auto view = core->map_view(capacity);
   if (!view) return view.error();
@@ -132,8 +141,13 @@ NamespaceInfo DeviceCore::info() const {
 }
 
 Result<MappedRange> DeviceCore::map_view(uint64_t capacity) const {
+  // A view past EOF reserves nothing (MAP_NORESERVE). A hugetlbfs view ends
+  // at EOF, over pages allocated at create, and is made without it: should a
+  // page be missing after all, the mapping's reservation fails here with
+  // ENOMEM rather than a later fault with SIGBUS.
+  int noreserve = capabilities().hugetlb ? 0 : MAP_NORESERVE;
   void* addr = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE,
-                      shared_map_flags(capabilities()) | MAP_NORESERVE, fd_.get(), 0);
+                      shared_map_flags(capabilities()) | noreserve, fd_.get(), 0);
   if (addr == MAP_FAILED) {
     return errno_error(errno, "namespace " + name_ + ": cannot map " + std::to_string(capacity) +
                                   " bytes of " + info_.path);
@@ -287,7 +301,11 @@ Status DeviceCore::zero_range(uint64_t offset, uint64_t length, bool allow_hole)
   uint64_t hole_begin = *round_up(offset, caps.alignment);
   uint64_t hole_end = (offset + length) & ~(caps.alignment - 1);
   bool punched = false;
-  if (allow_hole && caps.punch_hole && caps.kind != MediaKind::kDevdax && hole_begin < hole_end) {
+  // A hugetlbfs namespace keeps its pages: a punched page goes back to the
+  // shared pool, and a later store to it would raise SIGBUS if the pool were
+  // empty by then.
+  if (allow_hole && caps.punch_hole && !caps.hugetlb && caps.kind != MediaKind::kDevdax &&
+      hole_begin < hole_end) {
     auto done = punch_hole(fd_.get(), hole_begin, hole_end - hole_begin);
     if (!done) return done.error().with_context("namespace " + name_ + ": ");
     punched = *done;
@@ -380,15 +398,11 @@ Result<Mapping> DeviceCore::map(uint64_t offset, uint64_t length, Access access,
   // an address or length that is not a multiple of its align: asking for
   // whole aligned units keeps every later split on the engine's aligned
   // pages.
-  const bool whole_units = caps.kind == MediaKind::kDevdax;
-  if (offset % caps.alignment != 0 || (whole_units && length % caps.alignment != 0)) {
-    return Error(std::errc::invalid_argument,
-                 "media " + std::string(to_string(caps.kind)) + ", namespace " + name_ +
-                     ": map offset " + std::to_string(offset) + " length " +
-                     std::to_string(length) + " is misaligned: " +
-                     (whole_units ? "offset and length must be multiples of the device alignment "
-                                  : "the offset must be a multiple of the alignment ") +
-                     std::to_string(caps.alignment));
+  Status aligned = check_aligned("map offset", offset, caps);
+  if (aligned && caps.kind == MediaKind::kDevdax) aligned = check_aligned("map length", length, caps);
+  if (!aligned) {
+    return aligned.error().with_context("media " + std::string(to_string(caps.kind)) +
+                                        ", namespace " + name_ + ": ");
   }
   // The size is checked under maps_mu_, which a shrink holds while it checks
   // for mappings in the cut, so no mapping can slip into a cut.
@@ -402,7 +416,7 @@ Result<Mapping> DeviceCore::map(uint64_t offset, uint64_t length, Access access,
   size_t mapped = static_cast<size_t>(*round_up(length, caps.page_size));
   int prot = PROT_READ | (access == Access::ReadWrite ? PROT_WRITE : 0);
   // hugetlbfs places its mappings itself; elsewhere ask for huge alignment.
-  uint64_t huge = caps.filesystem == "hugetlbfs" ? 0 : caps.huge_page_size;
+  uint64_t huge = caps.hugetlb ? 0 : caps.huge_page_size;
   void* addr = map_huge_aligned(fd_.get(), offset, mapped, prot, shared_map_flags(caps), huge);
   if (addr == MAP_FAILED) {
     return errno_error(errno, "namespace " + name_ + ": mmap offset " + std::to_string(offset) +
@@ -464,6 +478,13 @@ Status DeviceCore::resize(uint64_t new_size, ResizeOptions options) {
     return Error(std::errc::operation_not_supported,
                  "namespace " + name_ + ": a devdax namespace has the device's fixed size");
   }
+  // Rounding up to a huge page could add (or keep) up to a whole huge page
+  // of a scarce pool that nobody asked for: hugetlbfs wants exact sizes.
+  if (caps.hugetlb && new_size != 0) {
+    if (Status aligned = check_aligned("resize to size", new_size, caps); !aligned) {
+      return aligned.error().with_context("namespace " + name_ + ": ");
+    }
+  }
   auto rounded = validate_namespace_size(name_, new_size, caps.alignment);
   if (!rounded) return rounded.error();
   std::lock_guard<std::mutex> lifecycle(lifecycle_mu_);
@@ -489,14 +510,10 @@ Status DeviceCore::resize(uint64_t new_size, ResizeOptions options) {
   if (target == old_size) return ok();
   if (target > old_size) {
     RAWDAX_RETURN_IF_ERROR(catalog_->check_space(name_, target - old_size));
-    auto actual = file_size(fd_.get());
-    if (!actual) return actual.error();
-    if (*actual < target && ::ftruncate(fd_.get(), static_cast<off_t>(target)) != 0) {
-      return errno_error(errno, "namespace " + name_ + ": cannot grow " + info_.path + " to " +
-                                    std::to_string(target));
-    }
+    Status grown = size_file(fd_.get(), target, caps.hugetlb, info_.path);
+    if (!grown) return grown.error().with_context("namespace " + name_ + ": cannot grow: ");
     if (target > view_capacity_) {
-      uint64_t capacity = *round_up(target * 2, caps.alignment);
+      uint64_t capacity = view_capacity(target, caps);
       auto view = map_view(capacity);
       if (!view) return view.error();
       view_.store(view->data(), std::memory_order_release);

@@ -10,7 +10,8 @@
 //
 // Views. The block face works on a "view": one shared mapping of the backing
 // object whose capacity may exceed the current size (mapping past EOF is
-// allowed; only touching it faults, and bounds checks prevent that). Growing
+// allowed; only touching it faults, and bounds checks prevent that), except
+// on hugetlbfs, where a writable mapping past EOF would extend the file. Growing
 // past the capacity publishes a new, larger view; old views stay mapped until
 // the media is released, so a request that loaded the old pointer still
 // works (all views are shared mappings of the same pages: coherent). The

@@ -27,6 +27,7 @@
 #ifndef RAWDAX_ENGINE_UFFD_PROTECTOR_H_
 #define RAWDAX_ENGINE_UFFD_PROTECTOR_H_
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -44,7 +45,10 @@ class UffdProtector : public Protector {
   ~UffdProtector() override;
 
   Status on_map(MappingRecord& record) override;
-  uint64_t live_chunk_pages() const override { return 64; }
+  // 256 KiB: 64 pages of 4 KiB, one huge page (a store waits for its run).
+  uint64_t live_chunk_pages() const override {
+    return std::max<uint64_t>(1, (uint64_t{256} << 10) / core_.page_size());
+  }
   Status release_copied(uint64_t first_page, uint64_t count) override;  // nothing: see .cc
   Status end_live_copy() override;
   void on_unmap(MappingRecord& record) override;

@@ -7,6 +7,7 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -329,7 +330,15 @@ void NbdConnection::open_backing() {
   const std::string path = device_->info().path;
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   struct stat st;
-  if (fd.valid() && ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode)) backing_ = std::move(fd);
+  if (!fd.valid() || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return;
+  // sendfile needs a filesystem that splices, which hugetlbfs does not
+  // (EINVAL): one byte into a pipe tells, before any header promises data.
+  int ends[2];
+  if (::pipe2(ends, O_CLOEXEC | O_NONBLOCK) != 0) return;
+  UniqueFd pipe_out(ends[0]), pipe_in(ends[1]);
+  off_t at = 0;
+  if (::sendfile(pipe_in.get(), fd.get(), &at, 1) != 1) return;
+  backing_ = std::move(fd);
 }
 
 uint16_t NbdConnection::transmission_flags() const {

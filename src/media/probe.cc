@@ -83,17 +83,20 @@ bool uffd_wp_registers(void* addr, size_t len, uint64_t features) {
 }
 
 // Fills the flags that need a live mapping of the media: MAP_SYNC, uffd-wp.
+// The mappings are never touched and reserve nothing (MAP_NORESERVE), so the
+// probe needs no free huge page: a hugetlbfs region whose pages all back
+// namespaces still opens with its true capabilities.
 void probe_mapping(int fd, uint64_t len, Capabilities& caps) {
   void* sync_addr = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
-                           MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);
+                           MAP_SHARED_VALIDATE | MAP_SYNC | MAP_NORESERVE, fd, 0);
   caps.map_sync = sync_addr != MAP_FAILED;
   // A kernel without MAP_SYNC refuses the unknown flag with EINVAL; one that
   // knows it refuses media without DAX with EOPNOTSUPP.
   caps.kernel.map_sync = caps.map_sync || errno == EOPNOTSUPP;
   if (caps.map_sync) ::munmap(sync_addr, len);
 
-  void* addr = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (addr == MAP_FAILED) return;  // e.g. hugetlbfs with no free huge pages
+  void* addr = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  if (addr == MAP_FAILED) return;
   MappedRange mapping(addr, len);
   caps.uffd_wp_sync = uffd_wp_registers(
       addr, len, UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
@@ -137,7 +140,11 @@ Result<Capabilities> probe_directory(const std::string& dir) {
   bool volatile_fs = hugetlb || static_cast<unsigned long>(fs.f_type) == TMPFS_MAGIC ||
                      static_cast<unsigned long>(fs.f_type) == RAMFS_MAGIC;
   if (hugetlb) {
+    // Every mapping of a hugetlbfs file is made of huge pages: they are its
+    // pages, for mapping lengths, write-protection and dirty tracking alike.
+    caps.hugetlb = true;
     caps.huge_page_size = static_cast<uint64_t>(fs.f_bsize);
+    caps.page_size = caps.huge_page_size;
   } else if (static_cast<unsigned long>(fs.f_type) == TMPFS_MAGIC && shmem_thp_possible()) {
     caps.huge_page_size =
         read_sysfs_u64("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", 2u << 20);
@@ -146,7 +153,7 @@ Result<Capabilities> probe_directory(const std::string& dir) {
 
   std::string probe_path = dir + "/.rawdax-probe." + std::to_string(::getpid());
   ::unlink(probe_path.c_str());
-  auto fd = create_sized_file(probe_path, caps.alignment);
+  auto fd = create_sized_file(probe_path, caps.alignment, /*allocate=*/false);
   if (!fd) return fd.error().with_context("probing region directory: ");
   ::unlink(probe_path.c_str());  // the open fd keeps it alive for the probe
   probe_mapping(fd->get(), caps.alignment, caps);

@@ -17,6 +17,7 @@
 #include "common/units.h"
 #include "common/uuid.h"
 #include "media/files.h"
+#include "media/hugetlb_pool.h"
 #include "media/probe.h"
 #include "region/names.h"
 
@@ -228,22 +229,37 @@ Result<NamespaceInfo> Catalog::find(std::string_view name) const {
 
 Status Catalog::check_space(const std::string& name, uint64_t size) const {
   uint64_t available = 0;
-  std::string where;
+  std::string where, unit;
+  bool sized_fs = false;  // statvfs reports a size
   if (caps_.kind == MediaKind::kDirectory) {
     struct statvfs vfs;
     if (::statvfs(dir_.c_str(), &vfs) != 0) return errno_error(errno, "statvfs " + dir_);
     available = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+    sized_fs = vfs.f_blocks > 0;
     where = dir_;
   } else {
     available = static_cast<uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
                 static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
     where = "memory";
   }
+  if (caps_.hugetlb) {
+    // hugetlbfs takes its pages from the kernel's pool; statvfs only knows a
+    // mount's size= limit, and reports no blocks at all without one.
+    auto pool = hugetlb_free_bytes(caps_.huge_page_size);
+    if (!pool) return pool.error().with_context("namespace " + name + ": ");
+    if (sized_fs) *pool = std::min(*pool, available);
+    // The metadata update that follows writes the new rawdax.meta beside the
+    // old one: one more huge page until the rename.
+    available = *pool > caps_.huge_page_size ? *pool - caps_.huge_page_size : 0;
+    where = "hugetlbfs " + dir_;
+    unit = " in huge pages of " + format_size(caps_.huge_page_size) +
+           " (one more is kept for the metadata update)";
+  }
   if (size > available) {
     return Error(std::errc::no_space_on_device,
                  "namespace " + name + ": " + std::to_string(size) + " bytes (" +
                      format_size(size) + ") do not fit: " + where + " has " +
-                     std::to_string(available) + " (" + format_size(available) + ") free");
+                     std::to_string(available) + " (" + format_size(available) + ") free" + unit);
   }
   return ok();
 }
@@ -287,7 +303,9 @@ Result<NamespaceInfo> Catalog::create(const NamespaceSpec& spec) {
     return with_path(ns);
   }
   std::string path = backing_dir(dir_) + "/" + ns.uuid;
-  auto fd = create_sized_file(path, ns.size);
+  // On hugetlbfs every page is allocated now: a store must never need a
+  // free huge page later (a fault finding none raises SIGBUS).
+  auto fd = create_sized_file(path, ns.size, caps_.hugetlb);
   if (!fd) return fd.error().with_context("namespace " + ns.name + ": ");
   Status made = fsync_directory(backing_dir(dir_));
   if (made) made = commit(std::move(next));
@@ -358,7 +376,7 @@ Result<Catalog::DetachedObject> Catalog::create_detached(const std::string& name
     object.fd = std::move(*fd);
     return object;
   }
-  auto fd = create_sized_file(backing_dir(dir_) + "/" + object.uuid, object.size);
+  auto fd = create_sized_file(backing_dir(dir_) + "/" + object.uuid, object.size, caps_.hugetlb);
   if (!fd) return fd.error().with_context("namespace " + name + ": ");
   object.fd = std::move(*fd);
   return object;

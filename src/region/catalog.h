@@ -3,6 +3,8 @@
 // Kinds:
 //  - directory: metadata in DIR/rawdax.meta (see metadata.h), one backing
 //    file per namespace in DIR/ns/<uuid>, an exclusive flock on DIR/rawdax.lock.
+//    On hugetlbfs (Capabilities::hugetlb) backing objects have every page
+//    allocated when they are made, so that no store can find the pool empty.
 //  - memfd: metadata in memory, one memfd per namespace; lives as long as the
 //    Catalog (and any mappings of its memfds).
 //  - devdax: exactly one namespace, the whole device, named after it; it can
@@ -62,7 +64,9 @@ class Catalog {
   Status set_size(std::string_view name, uint64_t size);
 
   // ENOSPC, naming the namespace, `bytes` and the space free, when the media
-  // cannot hold `bytes` more.
+  // cannot hold `bytes` more. On hugetlbfs the space is the pool's free huge
+  // pages (capped by a size= mount limit) less one, which the metadata update
+  // after a create or grow needs.
   Status check_space(const std::string& name, uint64_t bytes) const;
 
   // A backing object that no metadata names yet: a restore fills it, then

@@ -57,6 +57,11 @@ Result<RegionMetadata> decode_metadata(std::string_view bytes, const std::string
   }
   if (version != kVersion) return corrupt("unsupported version " + std::to_string(version));
   std::string_view json = bytes.substr(eol + 1);
+  // NUL padding (a hugetlbfs file is whole huge pages) is not part of it.
+  if (json.size() > length &&
+      json.find_first_not_of('\0', static_cast<size_t>(length)) == std::string_view::npos) {
+    json = json.substr(0, static_cast<size_t>(length));
+  }
   if (json.size() != length) {
     return corrupt("length " + std::to_string(json.size()) + " but header says " +
                    std::to_string(length));

@@ -1,8 +1,10 @@
 // The region's metadata record and its on-disk encoding.
 //
 // Encoding: one header line "RAWDAXMETA <version> <xxh64-hex> <length>\n",
-// then <length> bytes of JSON. The checksum covers the JSON. A generation
-// counter increases with every update, so readers can tell versions apart.
+// then <length> bytes of JSON. The checksum covers the JSON. Only NULs may
+// follow it: a filesystem without write(2) (hugetlbfs) holds the record in
+// whole huge pages (see write_file_contents). A generation counter increases
+// with every update, so readers can tell versions apart.
 // Pure functions; thread-safe.
 #ifndef RAWDAX_REGION_METADATA_H_
 #define RAWDAX_REGION_METADATA_H_

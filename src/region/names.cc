@@ -38,4 +38,12 @@ Result<uint64_t> validate_namespace_size(std::string_view name, uint64_t size,
   return *rounded;
 }
 
+Status check_aligned(std::string_view what, uint64_t value, const Capabilities& caps) {
+  if (value % caps.alignment == 0) return ok();
+  return Error(std::errc::invalid_argument,
+               std::string(what) + " " + std::to_string(value) + " is not a multiple of the " +
+                   caps.filesystem + " alignment " + std::to_string(caps.alignment) + " (" +
+                   format_size(caps.alignment) + ")");
+}
+
 }  // namespace rawdax

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "rawdax/capabilities.h"
 #include "rawdax/result.h"
 
 namespace rawdax {
@@ -19,6 +20,11 @@ Status validate_namespace_name(std::string_view name);
 // names the namespace and the size asked for.
 Result<uint64_t> validate_namespace_size(std::string_view name, uint64_t size,
                                          uint64_t alignment);
+
+// EINVAL when `value`, an offset or length the caller must not round, is not
+// a multiple of the media's alignment: "<what> <value> is not a multiple of
+// the <media> alignment <A>". Callers prefix the namespace.
+Status check_aligned(std::string_view what, uint64_t value, const Capabilities& caps);
 
 }  // namespace rawdax
 

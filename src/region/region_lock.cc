@@ -5,6 +5,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <string_view>
+
+#include "media/files.h"
 
 namespace rawdax {
 
@@ -17,17 +20,17 @@ Result<RegionLock> RegionLock::acquire(const std::string& dir) {
     char buf[32] = {};
     ssize_t n = ::pread(fd.get(), buf, sizeof buf - 1, 0);
     std::string holder = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
-    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+    // The pid ends at a newline, or at the NUL padding of a filesystem
+    // without write(2) (see write_file_contents).
+    holder = holder.substr(0, holder.find_first_of(std::string_view("\n\0", 2)));
+    while (!holder.empty() && holder.back() == ' ') holder.pop_back();
     return Error(std::errc::device_or_resource_busy,
                  "region " + dir + " is in use by " +
                      (holder.empty() ? std::string("another process") : "pid " + holder) +
                      " (it holds " + path + ")");
   }
-  std::string pid = std::to_string(::getpid()) + "\n";
-  if (::ftruncate(fd.get(), 0) != 0 ||
-      ::pwrite(fd.get(), pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
-    return errno_error(errno, "cannot record pid in " + path);
-  }
+  Status recorded = write_file_contents(fd.get(), std::to_string(::getpid()) + "\n", path);
+  if (!recorded) return recorded.error().with_context("cannot record pid: ");
   return RegionLock(std::move(fd));
 }
 

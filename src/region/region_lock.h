@@ -1,6 +1,7 @@
 // RegionLock: the exclusive flock that makes one process the owner of a
 // region directory. The holder's pid is written into the lock file so that a
-// second opener's error can name it. The lock is released when the object is
+// second opener's error can name it (write_file_contents: on hugetlbfs the
+// file is one huge page, the pid followed by NULs). The lock is released when the object is
 // destroyed or the process dies (the kernel drops flocks with the last fd).
 // Not thread-safe; owned by one Catalog.
 #ifndef RAWDAX_REGION_REGION_LOCK_H_

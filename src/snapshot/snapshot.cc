@@ -61,7 +61,9 @@ class LiveCopy : public PageCopier {
         unchanged_(std::move(unchanged)),
         stash_(make_stash(std::min<uint64_t>(std::max<uint64_t>(kStashBytes / core.page_size(), 1),
                                              state_.size()),
-                          core.page_size())) {
+                          core.page_size())),
+        batch_pages_(std::max<uint64_t>(kBatchBytes / core.page_size(), 1)),
+        progress_pages_(std::max<uint64_t>(kProgressBytes / core.page_size(), 1)) {
     for (uint32_t s = 0; s < stash_.size() / core.page_size(); ++s) free_slots_.push_back(s);
   }
 
@@ -97,7 +99,7 @@ class LiveCopy : public PageCopier {
         }
         const uint64_t c = next.fetch_add(1, std::memory_order_relaxed);
         if (c >= chunks) return;
-        if (reports && progress && c * chunk - reported >= kProgressPages) {
+        if (reports && progress && c * chunk - reported >= progress_pages_) {
           progress(reported = c * chunk, state_.size());
         }
         if (!copy_chunk(c, chunk, buffer)) return;
@@ -153,7 +155,7 @@ class LiveCopy : public PageCopier {
         continue;
       }
       uint64_t q = p;
-      while (q < end && state_[q] == kTodo && q - p < kBatchPages) state_[q++] = kCopying;
+      while (q < end && state_[q] == kTodo && q - p < batch_pages_) state_[q++] = kCopying;
       Status copied;
       if (stash && q - p <= Slots().size() && q - p <= free_slots_.size()) {
         Slots slots;
@@ -277,9 +279,11 @@ class LiveCopy : public PageCopier {
     return p == MAP_FAILED ? MappedRange() : MappedRange(p, pages * page_size);
   }
 
-  static constexpr uint64_t kBatchPages = 64;  // pages per read and write
+  // Pages per read and write: 64 of 4 KiB, one of 2 MiB. In bytes, because a
+  // writer whose page is in a run waits for the whole run.
+  static constexpr uint64_t kBatchBytes = 256 << 10;
   static constexpr int kHelperNice = 10;
-  static constexpr uint64_t kProgressPages = 4096;
+  static constexpr uint64_t kProgressBytes = 16 << 20;  // between progress reports
   static constexpr uint64_t kStashBytes = 4 << 20;  // 1024 slots of 4 KiB, 2 of 2 MiB
 
   DeviceCore& core_;
@@ -294,6 +298,8 @@ class LiveCopy : public PageCopier {
   const MappedRange stash_;
   std::vector<uint32_t> free_slots_;                    // guarded by mu_
   std::vector<std::pair<uint64_t, uint32_t>> stashed_;  // {page, slot}; guarded by mu_
+  const uint64_t batch_pages_;
+  const uint64_t progress_pages_;
   Status status_;                  // guarded by mu_
   uint64_t max_stall_ns_ = 0;      // guarded by mu_
 };

@@ -89,7 +89,7 @@ Result<SnapshotWriter> SnapshotWriter::create(const std::string& path, SnapshotH
   w.tmp_path_ = path + ".tmp." + std::to_string(::getpid());
   w.header_ = std::move(header);
   ::unlink(w.tmp_path_.c_str());
-  auto fd = create_sized_file(w.tmp_path_, w.header_.file_size());
+  auto fd = create_sized_file(w.tmp_path_, w.header_.file_size(), /*allocate=*/false);
   if (!fd) return fd.error().with_context("snapshot " + path + ": ");
   w.fd_ = std::move(*fd);
   w.bitmap_.assign(w.header_.bitmap_bytes(), 0);

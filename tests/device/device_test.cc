@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <gtest/gtest.h>
 #include <numeric>
@@ -20,7 +21,9 @@ using ::rawdax::testing::ScratchDir;
 using ::rawdax::testing::ScratchRegion;
 using ::rawdax::testing::TestMedia;
 
-constexpr uint64_t kSize = 4 << 20;
+// The namespace: 4 MiB, and at least 8 of the media's pages (huge pages on
+// hugetlbfs), so that page-granular offsets below fit on every media.
+uint64_t namespace_size(uint64_t page) { return std::max<uint64_t>(4 << 20, 8 * page); }
 
 std::vector<std::byte> pattern(size_t n, uint32_t seed) {
   std::vector<std::byte> out(n);
@@ -35,7 +38,9 @@ class DeviceTest : public ::testing::TestWithParam<TestMedia> {
     auto region = Region::open(scratch_.spec(), {.create = true});
     ASSERT_TRUE(region) << region.error().message();
     region_ = std::move(*region);
-    ASSERT_TRUE(region_->create_namespace({.name = "dev", .size = kSize}));
+    page_ = region_->capabilities().page_size;
+    size_ = namespace_size(page_);
+    ASSERT_TRUE(region_->create_namespace({.name = "dev", .size = size_}));
     auto dev = region_->open_device("dev");
     ASSERT_TRUE(dev) << dev.error().message();
     dev_ = std::move(*dev);
@@ -50,13 +55,15 @@ class DeviceTest : public ::testing::TestWithParam<TestMedia> {
   ScratchRegion scratch_{GetParam()};
   std::unique_ptr<Region> region_;
   std::unique_ptr<Device> dev_;
+  uint64_t page_ = 0;  // the media's page: mapping offsets are multiples of it
+  uint64_t size_ = 0;  // namespace_size(page_)
 };
 
 TEST_P(DeviceTest, BlockWriteIsVisibleThroughAMapping) {
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m) << m.error().message();
   for (auto [off, len] : {std::pair<uint64_t, size_t>{1, 1}, {4095, 2}, {12345, 7777},
-                          {kSize - 3, 3}, {65536, 65536}}) {
+                          {size_ - 3, 3}, {65536, 65536}}) {
     auto data = pattern(len, static_cast<uint32_t>(off));
     ASSERT_TRUE(dev_->write(off, data));
     EXPECT_EQ(std::memcmp(m->data() + off, data.data(), len), 0) << "offset " << off;
@@ -64,10 +71,10 @@ TEST_P(DeviceTest, BlockWriteIsVisibleThroughAMapping) {
 }
 
 TEST_P(DeviceTest, MappingStoreIsVisibleToBlockReads) {
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
   for (auto [off, len] : {std::pair<uint64_t, size_t>{3, 5}, {8191, 3}, {100001, 4099},
-                          {kSize - 1, 1}}) {
+                          {size_ - 1, 1}}) {
     auto data = pattern(len, static_cast<uint32_t>(off) + 1);
     std::memcpy(m->data() + off, data.data(), len);
     EXPECT_EQ(read_block(off, len), data) << "offset " << off;
@@ -75,43 +82,44 @@ TEST_P(DeviceTest, MappingStoreIsVisibleToBlockReads) {
 }
 
 TEST_P(DeviceTest, TwoMappingsOfOneRangeSeeEachOther) {
-  auto a = dev_->map(8192, 16384, Access::ReadWrite);
-  auto b = dev_->map(0, kSize, Access::ReadWrite);
+  const uint64_t at = 2 * page_, len = 4 * page_;
+  auto a = dev_->map(at, len, Access::ReadWrite);
+  auto b = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(a && b);
-  EXPECT_NE(a->data(), b->data() + 8192);
+  EXPECT_NE(a->data(), b->data() + at);
   a->data()[5] = std::byte{0x5a};
-  EXPECT_EQ(b->data()[8192 + 5], std::byte{0x5a});
-  b->data()[8192 + 16383] = std::byte{0xa5};
-  EXPECT_EQ(a->data()[16383], std::byte{0xa5});
-  EXPECT_EQ(a->offset(), 8192u);
+  EXPECT_EQ(b->data()[at + 5], std::byte{0x5a});
+  b->data()[at + len - 1] = std::byte{0xa5};
+  EXPECT_EQ(a->data()[len - 1], std::byte{0xa5});
+  EXPECT_EQ(a->offset(), at);
   EXPECT_EQ(dev_->stats().live_mappings, 2u);
 }
 
 TEST_P(DeviceTest, OutOfRangeRequestsFailAndWriteNothing) {
-  auto before = read_block(kSize - 4096, 4096);
+  auto before = read_block(size_ - 4096, 4096);
   auto data = pattern(8192, 9);
-  auto w = dev_->write(kSize - 4096, data);
+  auto w = dev_->write(size_ - 4096, data);
   ASSERT_FALSE(w);
   EXPECT_EQ(w.error().code(), std::errc::no_space_on_device);
   for (const std::string& part :
-       {std::string("dev"), std::to_string(kSize - 4096), std::string("8192"),
-        std::to_string(kSize)}) {
+       {std::string("dev"), std::to_string(size_ - 4096), std::string("8192"),
+        std::to_string(size_)}) {
     EXPECT_NE(w.error().message().find(part), std::string::npos) << w.error().message();
   }
-  EXPECT_EQ(read_block(kSize - 4096, 4096), before);
+  EXPECT_EQ(read_block(size_ - 4096, 4096), before);
 
   std::vector<std::byte> buf(16);
-  auto r = dev_->read(kSize - 8, buf);
+  auto r = dev_->read(size_ - 8, buf);
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code(), std::errc::invalid_argument);
   auto overflow = dev_->write(UINT64_MAX - 4, data);
   ASSERT_FALSE(overflow);
   EXPECT_NE(overflow.error().message().find("overflows"), std::string::npos);
-  EXPECT_FALSE(dev_->read(kSize + 1, std::span<std::byte>()));
-  EXPECT_TRUE(dev_->read(kSize, std::span<std::byte>()));  // empty read at the end is fine
-  EXPECT_FALSE(dev_->write_zeroes(kSize - 1, 2));
+  EXPECT_FALSE(dev_->read(size_ + 1, std::span<std::byte>()));
+  EXPECT_TRUE(dev_->read(size_, std::span<std::byte>()));  // empty read at the end is fine
+  EXPECT_FALSE(dev_->write_zeroes(size_ - 1, 2));
   EXPECT_FALSE(dev_->discard(UINT64_MAX, 2));
-  EXPECT_EQ(read_block(kSize - 4096, 4096), before);
+  EXPECT_EQ(read_block(size_ - 4096, 4096), before);
 }
 
 TEST_P(DeviceTest, BadMapRequestsAreRefused) {
@@ -119,10 +127,10 @@ TEST_P(DeviceTest, BadMapRequestsAreRefused) {
   struct Case {
     uint64_t off, len;
     std::string text;
-  } cases[] = {{1, 4096, "alignment"},
+  } cases[] = {{1, 4096, "alignment " + std::to_string(align)},
                {0, 0, "length 0"},
-               {0, kSize + 1, "outside"},
-               {kSize, align, "outside"},
+               {0, size_ + 1, "outside"},
+               {size_, align, "outside"},
                {align, UINT64_MAX, "overflows"}};
   for (const auto& c : cases) {
     auto m = dev_->map(c.off, c.len, Access::ReadWrite);
@@ -134,11 +142,11 @@ TEST_P(DeviceTest, BadMapRequestsAreRefused) {
 }
 
 TEST_P(DeviceTest, WriteZeroesAndDiscardReadBackZero) {
-  auto data = pattern(kSize, 3);
+  auto data = pattern(size_, 3);
   ASSERT_TRUE(dev_->write(0, data));
   ASSERT_TRUE(dev_->write_zeroes(1000, 3 * 4096 + 17));
   ASSERT_TRUE(dev_->discard(1 << 20, (1 << 20) + 5));
-  auto m = dev_->map(0, kSize, Access::ReadOnly);
+  auto m = dev_->map(0, size_, Access::ReadOnly);
   ASSERT_TRUE(m);
   auto zero_in = [&](uint64_t b, uint64_t e) {
     for (uint64_t i = b; i < e; ++i) {
@@ -159,14 +167,14 @@ using FileDeviceTest = DeviceTest;  // media with a backing file path to stat
 
 TEST_P(FileDeviceTest, DiscardFreesSpaceWhereTheMediaCan) {
   ASSERT_TRUE(dev_->capabilities().punch_hole);
-  ASSERT_TRUE(dev_->write(0, pattern(kSize, 4), {.fua = true}));
+  ASSERT_TRUE(dev_->write(0, pattern(size_, 4), {.fua = true}));
   struct stat before, after;
   ASSERT_EQ(::stat(dev_->info().path.c_str(), &before), 0);
-  ASSERT_TRUE(dev_->discard(0, kSize));
+  ASSERT_TRUE(dev_->discard(0, size_));
   ASSERT_EQ(::stat(dev_->info().path.c_str(), &after), 0);
   EXPECT_LT(after.st_blocks, before.st_blocks);
-  ASSERT_TRUE(dev_->write(0, pattern(kSize, 4)));
-  ASSERT_TRUE(dev_->write_zeroes(0, kSize, {.no_hole = true}));
+  ASSERT_TRUE(dev_->write(0, pattern(size_, 4)));
+  ASSERT_TRUE(dev_->write_zeroes(0, size_, {.no_hole = true}));
   ASSERT_EQ(::stat(dev_->info().path.c_str(), &after), 0);
   EXPECT_GE(after.st_blocks, before.st_blocks);  // NO_HOLE keeps the space
 }
@@ -223,12 +231,12 @@ TEST_P(DeviceTest, MappingOutlivesDeviceAndBlocksDestroy) {
 }
 
 TEST_P(DeviceTest, PersistRejectsRangesOutsideTheMapping) {
-  auto m = dev_->map(4096, 8192, Access::ReadWrite);
+  auto m = dev_->map(page_, 2 * page_, Access::ReadWrite);
   ASSERT_TRUE(m);
-  EXPECT_TRUE(m->persist(m->data(), 8192));
+  EXPECT_TRUE(m->persist(m->data(), 2 * page_));
   EXPECT_TRUE(m->persist(m->data() + 100, 1));
   EXPECT_FALSE(m->persist(m->data() - 1, 2));
-  EXPECT_FALSE(m->persist(m->data() + 8000, 200));
+  EXPECT_FALSE(m->persist(m->data() + 2 * page_ - 192, 200));
 }
 
 TEST_P(DeviceTest, StatsCount) {
@@ -244,7 +252,13 @@ TEST_P(DeviceTest, StatsCount) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllMedia, DeviceTest, RAWDAX_ALL_MEDIA, testing::param_name);
-INSTANTIATE_TEST_SUITE_P(FileMedia, FileDeviceTest, RAWDAX_FILE_MEDIA, testing::param_name);
+// Not on hugetlbfs: a hugetlbfs namespace keeps its huge pages on discard
+// (HugetlbfsTest.DiscardKeepsTheHugePages checks that instead).
+INSTANTIATE_TEST_SUITE_P(FileMedia, FileDeviceTest,
+                         ::testing::ValuesIn(::rawdax::testing::media_except(
+                             ::rawdax::testing::file_media(), {TestMedia::kHugetlbfs})),
+                         testing::param_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(FileDeviceTest);
 
 // Durability on the disk media: what FUA writes and persist() cover is in
 // the backing file, seen by a separate pread and after reopening the region.

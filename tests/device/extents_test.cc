@@ -36,7 +36,10 @@ class DeviceExtentsTest : public ::testing::TestWithParam<TestMedia> {
   std::unique_ptr<Device> dev_;
 };
 
-TEST_P(DeviceExtentsTest, RunsFollowWritesAndDiscards) {
+// Media whose namespaces are sparse: unwritten and discarded ranges are holes.
+using SparseExtentsTest = DeviceExtentsTest;
+
+TEST_P(SparseExtentsTest, RunsFollowWritesAndDiscards) {
   auto fresh = dev_->extents(0, kSize);
   ASSERT_TRUE(fresh) << fresh.error().message();
   ASSERT_EQ(fresh->size(), 1u);
@@ -107,6 +110,14 @@ TEST_P(DeviceExtentsTest, BoundsAndRemoval) {
 
 INSTANTIATE_TEST_SUITE_P(Media, DeviceExtentsTest, RAWDAX_ALL_MEDIA,
                          ::rawdax::testing::param_name);
+// Not on hugetlbfs: its namespaces have every page allocated and never punch
+// one, and it has no SEEK_DATA/SEEK_HOLE, so they are one data run
+// (HugetlbfsTest.DiscardKeepsTheHugePages checks that instead).
+INSTANTIATE_TEST_SUITE_P(Media, SparseExtentsTest,
+                         ::testing::ValuesIn(::rawdax::testing::media_except(
+                             ::rawdax::testing::all_media(), {TestMedia::kHugetlbfs})),
+                         ::rawdax::testing::param_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(SparseExtentsTest);
 
 }  // namespace
 }  // namespace rawdax

@@ -1,5 +1,6 @@
 // Device::resize(): grow under load, refuse or revoke on shrink, clean errors
 // past the end, crash-consistent metadata, and a resize storm at the boundary.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -20,7 +21,7 @@ using ::rawdax::testing::run_catching_faults;
 using ::rawdax::testing::ScratchRegion;
 using ::rawdax::testing::TestMedia;
 
-constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kMiB = uint64_t{1} << 20;
 
 class ResizeTest : public ::testing::TestWithParam<TestMedia> {
  protected:
@@ -28,7 +29,9 @@ class ResizeTest : public ::testing::TestWithParam<TestMedia> {
     auto region = Region::open(scratch_.spec(), {.create = true});
     ASSERT_TRUE(region) << region.error().message();
     region_ = std::move(*region);
-    ASSERT_TRUE(region_->create_namespace({.name = "r", .size = 4 * kMiB}));
+    page_ = region_->capabilities().page_size;
+    unit_ = std::max(kMiB, page_);
+    ASSERT_TRUE(region_->create_namespace({.name = "r", .size = 4 * unit_}));
     auto dev = region_->open_device("r");
     ASSERT_TRUE(dev);
     dev_ = std::move(*dev);
@@ -45,33 +48,38 @@ class ResizeTest : public ::testing::TestWithParam<TestMedia> {
   ScratchRegion scratch_{GetParam()};
   std::unique_ptr<Region> region_;
   std::unique_ptr<Device> dev_;
+  uint64_t page_ = 0;  // the media's page (a huge page on hugetlbfs)
+  uint64_t unit_ = 0;  // sizes below are multiples of it: 1 MiB, or a larger page
 };
 
 TEST_P(ResizeTest, GrowKeepsDataAndServesTheNewRange) {
-  std::vector<std::byte> data(4 * kMiB, std::byte{0x5c});
+  std::vector<std::byte> data(4 * unit_, std::byte{0x5c});
   ASSERT_TRUE(dev_->write(0, data));
-  auto old_map = dev_->map(0, 4 * kMiB, Access::ReadWrite);
+  auto old_map = dev_->map(0, 4 * unit_, Access::ReadWrite);
   ASSERT_TRUE(old_map);
-  ASSERT_TRUE(dev_->resize(8 * kMiB));
-  EXPECT_EQ(dev_->size(), 8 * kMiB);
-  EXPECT_EQ(region_->find("r")->size, 8 * kMiB);
-  EXPECT_TRUE(all_zero(4 * kMiB, 4 * kMiB));
-  std::vector<std::byte> got(4 * kMiB);
+  ASSERT_TRUE(dev_->resize(8 * unit_));
+  EXPECT_EQ(dev_->size(), 8 * unit_);
+  EXPECT_EQ(region_->find("r")->size, 8 * unit_);
+  EXPECT_TRUE(all_zero(4 * unit_, 4 * unit_));
+  std::vector<std::byte> got(4 * unit_);
   ASSERT_TRUE(dev_->read(0, got));
   EXPECT_EQ(got, data);
-  auto new_map = dev_->map(6 * kMiB, 2 * kMiB, Access::ReadWrite);
+  auto new_map = dev_->map(6 * unit_, 2 * unit_, Access::ReadWrite);
   ASSERT_TRUE(new_map) << new_map.error().message();
   new_map->data()[5] = std::byte{9};
   std::byte b{};
-  ASSERT_TRUE(dev_->read(6 * kMiB + 5, std::span(&b, 1)));
+  ASSERT_TRUE(dev_->read(6 * unit_ + 5, std::span(&b, 1)));
   EXPECT_EQ(b, std::byte{9});
   EXPECT_EQ(old_map->data()[0], std::byte{0x5c});
 }
 
 TEST_P(ResizeTest, GrowPastTheViewCapacityStaysCoherent) {
-  // The first view covers max(2 x size, 1 GiB); this forces a second one.
-  const uint64_t big = (1ull << 30) + 64 * kMiB;
-  auto m = dev_->map(0, kMiB, Access::ReadWrite);
+  // The first view covers max(2 x size, 1 GiB), or exactly the size on
+  // hugetlbfs (a mapping past its end would grow the file): this forces a
+  // second one.
+  const uint64_t big =
+      region_->capabilities().hugetlb ? 8 * unit_ : (1ull << 30) + 64 * kMiB;
+  auto m = dev_->map(0, unit_, Access::ReadWrite);
   ASSERT_TRUE(m);
   ASSERT_TRUE(dev_->resize(big)) << "grow to " << big;
   std::vector<std::byte> tail(4096, std::byte{3});
@@ -85,41 +93,41 @@ TEST_P(ResizeTest, GrowPastTheViewCapacityStaysCoherent) {
 }
 
 TEST_P(ResizeTest, ShrinkUnderAMappingIsRefusedUnlessForced) {
-  auto cut = dev_->map(2 * kMiB, 2 * kMiB, Access::ReadWrite);
-  auto kept = dev_->map(0, kMiB, Access::ReadWrite);
+  auto cut = dev_->map(2 * unit_, 2 * unit_, Access::ReadWrite);
+  auto kept = dev_->map(0, unit_, Access::ReadWrite);
   ASSERT_TRUE(cut && kept);
-  auto busy = dev_->resize(3 * kMiB);
+  auto busy = dev_->resize(3 * unit_);
   ASSERT_FALSE(busy);
   EXPECT_EQ(busy.error().code(), std::errc::device_or_resource_busy);
-  EXPECT_NE(busy.error().message().find("offset " + std::to_string(2 * kMiB)), std::string::npos)
+  EXPECT_NE(busy.error().message().find("offset " + std::to_string(2 * unit_)), std::string::npos)
       << busy.error().message();
-  EXPECT_EQ(dev_->size(), 4 * kMiB);
+  EXPECT_EQ(dev_->size(), 4 * unit_);
   EXPECT_FALSE(cut->revoked());
   cut->data()[0] = std::byte{1};  // still a live mapping
 
-  ASSERT_TRUE(dev_->resize(3 * kMiB, {.force = true}));
-  EXPECT_EQ(dev_->size(), 3 * kMiB);
+  ASSERT_TRUE(dev_->resize(3 * unit_, {.force = true}));
+  EXPECT_EQ(dev_->size(), 3 * unit_);
   EXPECT_TRUE(cut->revoked());
   EXPECT_FALSE(kept->revoked());
   EXPECT_EQ(run_catching_faults([&] { cut->data()[0] = std::byte{2}; }), SIGBUS);
   kept->data()[0] = std::byte{2};  // outside the cut: untouched
 
   std::vector<std::byte> buf(4096);
-  auto past = dev_->write(3 * kMiB, buf);
+  auto past = dev_->write(3 * unit_, buf);
   ASSERT_FALSE(past);
   EXPECT_EQ(past.error().code(), std::errc::no_space_on_device);
-  EXPECT_NE(past.error().message().find("size " + std::to_string(3 * kMiB)), std::string::npos);
-  EXPECT_FALSE(dev_->read(3 * kMiB - 1, buf));
-  EXPECT_FALSE(dev_->map(3 * kMiB, 4096, Access::ReadOnly));
+  EXPECT_NE(past.error().message().find("size " + std::to_string(3 * unit_)), std::string::npos);
+  EXPECT_FALSE(dev_->read(3 * unit_ - 1, buf));
+  EXPECT_FALSE(dev_->map(3 * unit_, 4096, Access::ReadOnly));
 }
 
 TEST_P(ResizeTest, ShrinkThenGrowExposesZeros) {
-  ASSERT_TRUE(dev_->write(0, std::vector<std::byte>(4 * kMiB, std::byte{0xff})));
-  ASSERT_TRUE(dev_->resize(kMiB + 4096));
-  ASSERT_TRUE(dev_->resize(4 * kMiB));
-  EXPECT_TRUE(all_zero(kMiB + 4096, 3 * kMiB - 4096));
+  ASSERT_TRUE(dev_->write(0, std::vector<std::byte>(4 * unit_, std::byte{0xff})));
+  ASSERT_TRUE(dev_->resize(unit_ + page_));
+  ASSERT_TRUE(dev_->resize(4 * unit_));
+  EXPECT_TRUE(all_zero(unit_ + page_, 3 * unit_ - page_));
   std::byte b{};
-  ASSERT_TRUE(dev_->read(kMiB, std::span(&b, 1)));
+  ASSERT_TRUE(dev_->read(unit_, std::span(&b, 1)));
   EXPECT_EQ(b, std::byte{0xff});
 }
 
@@ -130,10 +138,10 @@ TEST_P(ResizeTest, BadSizesChangeNothing) {
   auto huge = dev_->resize(uint64_t{1} << 60);
   ASSERT_FALSE(huge);
   EXPECT_EQ(huge.error().code(), std::errc::no_space_on_device);
-  EXPECT_EQ(dev_->size(), 4 * kMiB);
+  EXPECT_EQ(dev_->size(), 4 * unit_);
   EXPECT_EQ(region_->generation(), gen);
   ASSERT_TRUE(dev_->remove());
-  EXPECT_EQ(dev_->resize(8 * kMiB).error().code(), std::errc::no_such_device_or_address);
+  EXPECT_EQ(dev_->resize(8 * unit_).error().code(), std::errc::no_such_device_or_address);
 }
 
 // A freeze promises a stable image: a resize while one is held is refused,
@@ -141,12 +149,12 @@ TEST_P(ResizeTest, BadSizesChangeNothing) {
 // never moves inside a freeze.
 TEST_P(ResizeTest, RefusedWhileFrozenAndNeverInsideAFreeze) {
   std::vector<std::byte> data(4096, std::byte{7});
-  ASSERT_TRUE(dev_->write(3 * kMiB, data));
+  ASSERT_TRUE(dev_->write(3 * unit_, data));
   uint64_t gen = region_->generation();
   {
     auto frozen = dev_->freeze();
     ASSERT_TRUE(frozen);
-    for (uint64_t size : {8 * kMiB, 2 * kMiB}) {
+    for (uint64_t size : {8 * unit_, 2 * unit_}) {
       Status st = dev_->resize(size, {.force = true});
       ASSERT_FALSE(st) << size;
       EXPECT_EQ(st.error().code(), std::errc::device_or_resource_busy);
@@ -155,19 +163,19 @@ TEST_P(ResizeTest, RefusedWhileFrozenAndNeverInsideAFreeze) {
                 std::string::npos)
           << st.error().message();
     }
-    EXPECT_EQ(dev_->size(), 4 * kMiB);
+    EXPECT_EQ(dev_->size(), 4 * unit_);
     EXPECT_EQ(region_->generation(), gen);
   }
   std::vector<std::byte> back(4096);
-  ASSERT_TRUE(dev_->read(3 * kMiB, back));
+  ASSERT_TRUE(dev_->read(3 * unit_, back));
   EXPECT_EQ(back, data);
-  ASSERT_TRUE(dev_->resize(8 * kMiB));
+  ASSERT_TRUE(dev_->resize(8 * unit_));
 
   std::atomic<bool> stop{false};
   std::atomic<int> resized{0}, refused{0}, moved{0}, freezes{0};
   std::thread resizer([&] {
     for (int i = 0; !stop.load(); ++i) {
-      Status st = dev_->resize(i % 2 == 0 ? 4 * kMiB : 8 * kMiB, {.force = true});
+      Status st = dev_->resize(i % 2 == 0 ? 4 * unit_ : 8 * unit_, {.force = true});
       if (st) {
         resized.fetch_add(1);
       } else if (st.error().code() == std::errc::device_or_resource_busy) {
@@ -202,7 +210,8 @@ TEST_P(ResizeTest, RefusedWhileFrozenAndNeverInsideAFreeze) {
 // The seed left resize during a fault unprotected. Here one thread resizes in a
 // loop while others do block I/O and map/unmap at the moving boundary.
 TEST_P(ResizeTest, ResizeStormAtTheBoundary) {
-  const std::vector<uint64_t> sizes = {2 * kMiB, 5 * kMiB, 3 * kMiB, 8 * kMiB, 2 * kMiB + 4096};
+  const std::vector<uint64_t> sizes = {2 * unit_, 5 * unit_, 3 * unit_, 8 * unit_,
+                                       2 * unit_ + page_};
   std::atomic<bool> stop{false};
   std::atomic<int> unexpected{0};
   std::atomic<uint64_t> io_ok{0}, io_refused{0}, maps_ok{0}, resizes_ok{0}, resizes_busy{0};
@@ -241,15 +250,15 @@ TEST_P(ResizeTest, ResizeStormAtTheBoundary) {
   });
   std::thread mapper([&] {
     for (uint64_t i = 0; !stop.load(); ++i) {
-      uint64_t off = (dev_->size() / kMiB - 1) * kMiB;
-      auto m = dev_->map(off, kMiB, Access::ReadWrite);
+      uint64_t off = (dev_->size() / unit_ - 1) * unit_;
+      auto m = dev_->map(off, unit_, Access::ReadWrite);
       if (!m) {
         expected_error(m.error());
         continue;
       }
       maps_ok.fetch_add(1);
       // Not forced, so no shrink can cut this mapping while it is held.
-      for (size_t j = 0; j < kMiB; j += 4096) m->data()[j] = std::byte{static_cast<uint8_t>(i)};
+      for (size_t j = 0; j < unit_; j += 4096) m->data()[j] = std::byte{static_cast<uint8_t>(i)};
     }
   });
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);

@@ -2,6 +2,7 @@
 // percpu_ref contract), under load.
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -132,8 +133,10 @@ TEST_P(TeardownTest, RemoveUnderLoadRefusesRevokesAndDrains) {
 TEST_P(TeardownTest, ForcedDestroyWithTwoLiveMappings) {
   auto dev = make_device("busy");
   ASSERT_TRUE(dev);
-  auto first = dev->map(0, 1 << 20, Access::ReadWrite);
-  auto second = dev->map(1 << 20, 1 << 20, Access::ReadOnly);
+  // 1 MiB each, or a page where pages are larger (hugetlbfs).
+  const uint64_t part = std::max<uint64_t>(1 << 20, region_->capabilities().page_size);
+  auto first = dev->map(0, part, Access::ReadWrite);
+  auto second = dev->map(part, part, Access::ReadOnly);
   ASSERT_TRUE(first && second);
   first->data()[0] = std::byte{7};
   std::string path = dev->info().path;

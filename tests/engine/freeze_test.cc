@@ -2,23 +2,27 @@
 // allows: freeze really stops stores, the image is one cut, nothing is lost.
 // What kernel-mode writes get is in kernel_write_test.cc.
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <algorithm>
 #include <cstring>
 #include <future>
 #include <gtest/gtest.h>
 #include <thread>
 #include <vector>
 
+#include "common/mapped_range.h"
+#include "common/unique_fd.h"
+#include "engine/write_tracker.h"
 #include "fault_catcher.h"
 #include "media/uffd_compat.h"
 #include "media/userfaultfd.h"
 #include "rawdax/rawdax.h"
-#include "engine/write_tracker.h"
 #include "test_util.h"
 
 namespace rawdax {
@@ -28,16 +32,41 @@ using ::rawdax::testing::eventually;
 
 using namespace std::chrono_literals;
 using ::rawdax::testing::run_catching_faults;
+using ::rawdax::testing::ScratchDir;
 using ::rawdax::testing::ScratchRegion;
 using ::rawdax::testing::TestMedia;
 
-constexpr uint64_t kSize = 4 << 20;
-constexpr uint64_t kPage = 4096;
+// An anonymous page, for the stuck-source test.
+constexpr uint64_t kAnonPage = 4096;
 
 struct EngineCase {
   TestMedia media;
   EngineChoice engine;
 };
+
+// Each selected media with the engines it allows: uffd where sync uffd-wp
+// registers (tmpfs, memfd, hugetlbfs), mprotect everywhere but memfd, whose
+// regions are this process's own and gain nothing from a second engine.
+std::vector<EngineCase> engine_cases() {
+  std::vector<EngineCase> out;
+  for (TestMedia media : ::rawdax::testing::all_media()) {
+    switch (media) {
+      case TestMedia::kTmpfs:
+      case TestMedia::kHugetlbfs:
+        out.push_back({media, EngineChoice::kUffd});
+        out.push_back({media, EngineChoice::kMprotect});
+        break;
+      case TestMedia::kDisk:
+      case TestMedia::kFsdax:
+        out.push_back({media, EngineChoice::kMprotect});
+        break;
+      case TestMedia::kMemfd:
+        out.push_back({media, EngineChoice::kUffd});
+        break;
+    }
+  }
+  return out;
+}
 
 std::string case_name(const ::testing::TestParamInfo<EngineCase>& info) {
   return std::string(::rawdax::testing::media_name(info.param.media)) +
@@ -50,7 +79,9 @@ class FreezeTest : public ::testing::TestWithParam<EngineCase> {
     auto region = Region::open(scratch_.spec(), {.create = true});
     ASSERT_TRUE(region) << region.error().message();
     region_ = std::move(*region);
-    ASSERT_TRUE(region_->create_namespace({.name = "f", .size = kSize}));
+    page_ = region_->capabilities().page_size;
+    size_ = std::max<uint64_t>(4 << 20, 64 * page_);
+    ASSERT_TRUE(region_->create_namespace({.name = "f", .size = size_}));
     auto dev = region_->open_device("f", {.track_dirty = track_dirty, .engine = GetParam().engine});
     ASSERT_TRUE(dev) << dev.error().message();
     dev_ = std::move(*dev);
@@ -62,20 +93,25 @@ class FreezeTest : public ::testing::TestWithParam<EngineCase> {
     EXPECT_TRUE(dev_->read(offset, std::as_writable_bytes(std::span(&v, 1))));
     return v;
   }
+  bool uffd() const { return GetParam().engine == EngineChoice::kUffd; }
 
   ScratchRegion scratch_{GetParam().media};
   std::unique_ptr<Region> region_;
   std::unique_ptr<Device> dev_;
+  // The media's page (a huge page on hugetlbfs): the unit of write-protection
+  // and dirty tracking. The namespace is 4 MiB, and at least 64 pages.
+  uint64_t page_ = 0;
+  uint64_t size_ = 0;
 };
 
 // Two threads store sequence numbers through mappings, one through the block
 // face. Each freeze's image holds every acknowledged write and stays still.
 TEST_P(FreezeTest, EveryFreezeIsOneStableCut) {
   open();
-  auto m1 = dev_->map(0, kSize / 2, Access::ReadWrite);
-  auto m2 = dev_->map(kSize / 2, kSize / 2, Access::ReadWrite);
+  auto m1 = dev_->map(0, size_ / 2, Access::ReadWrite);
+  auto m2 = dev_->map(size_ / 2, size_ / 2, Access::ReadWrite);
   ASSERT_TRUE(m1 && m2);
-  const uint64_t slot[3] = {10 * kPage, kSize / 2 + 20 * kPage, 30 * kPage};
+  const uint64_t slot[3] = {10 * page_, size_ / 2 + 20 * page_, 30 * page_};
   std::atomic<uint64_t> acked[3] = {0, 0, 0};
   std::atomic<bool> stop{false};
   auto store_writer = [&](int w, std::byte* base, uint64_t offset_in_map) {
@@ -86,7 +122,7 @@ TEST_P(FreezeTest, EveryFreezeIsOneStableCut) {
     }
   };
   std::thread w0(store_writer, 0, m1->data(), slot[0]);
-  std::thread w1(store_writer, 1, m2->data(), slot[1] - kSize / 2);
+  std::thread w1(store_writer, 1, m2->data(), slot[1] - size_ / 2);
   std::thread w2([&] {
     for (uint64_t seq = 1; !stop.load(std::memory_order_relaxed); ++seq) {
       ASSERT_TRUE(dev_->write(slot[2], std::as_bytes(std::span(&seq, 1))));
@@ -139,7 +175,7 @@ TEST_P(FreezeTest, EveryFreezeIsOneStableCut) {
 
 TEST_P(FreezeTest, StoresWaitLoadsAndBlockReadsGoOn) {
   open();
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
   auto* words = reinterpret_cast<volatile uint64_t*>(m->data());
   words[0] = 1;
@@ -147,7 +183,7 @@ TEST_P(FreezeTest, StoresWaitLoadsAndBlockReadsGoOn) {
   ASSERT_TRUE(frozen);
   std::atomic<bool> stored{false};
   std::thread writer([&] {
-    words[512] = 42;  // page 1
+    words[page_ / 8] = 42;  // page 1
     stored.store(true);
   });
   std::atomic<uint64_t> loads{0};
@@ -159,22 +195,22 @@ TEST_P(FreezeTest, StoresWaitLoadsAndBlockReadsGoOn) {
   });
   std::this_thread::sleep_for(100ms);
   EXPECT_FALSE(stored.load()) << "a store landed while frozen";
-  EXPECT_EQ(read_u64(512 * 8), 0u);
+  EXPECT_EQ(read_u64(page_), 0u);
   EXPECT_TRUE(eventually([&] { return loads.load() > 1000; })) << "loads stalled while frozen";
-  std::vector<std::byte> buf(kPage);
+  std::vector<std::byte> buf(page_);
   EXPECT_TRUE(dev_->read(0, buf));
   frozen->thaw();
   ASSERT_TRUE(eventually([&] { return stored.load(); }));
   writer.join();
   stop.store(true);
   reader.join();
-  EXPECT_EQ(read_u64(512 * 8), 42u);
+  EXPECT_EQ(read_u64(page_), 42u);
   EXPECT_GT(dev_->stats().stall_max_ns, 0u);
 }
 
 TEST_P(FreezeTest, FreezesNestAcrossThreads) {
   open();
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
   auto outer = dev_->freeze();
   ASSERT_TRUE(outer);
@@ -182,7 +218,7 @@ TEST_P(FreezeTest, FreezesNestAcrossThreads) {
   ASSERT_TRUE(inner);
   std::atomic<bool> stored{false};
   std::thread writer([&] {
-    m->data()[3 * kPage] = std::byte{5};
+    m->data()[3 * page_] = std::byte{5};
     stored.store(true);
   });
   outer->thaw();
@@ -198,7 +234,7 @@ TEST_P(FreezeTest, NewMappingsWhileFrozenStartProtected) {
   open();
   auto frozen = dev_->freeze();
   ASSERT_TRUE(frozen);
-  auto m = dev_->map(kPage, kPage, Access::ReadWrite);
+  auto m = dev_->map(page_, page_, Access::ReadWrite);
   ASSERT_TRUE(m) << m.error().message();
   std::atomic<bool> stored{false};
   std::thread writer([&] {
@@ -211,7 +247,7 @@ TEST_P(FreezeTest, NewMappingsWhileFrozenStartProtected) {
   ASSERT_TRUE(eventually([&] { return stored.load(); }));
   writer.join();
   std::byte b{};
-  ASSERT_TRUE(dev_->read(kPage + 7, std::span(&b, 1)));
+  ASSERT_TRUE(dev_->read(page_ + 7, std::span(&b, 1)));
   EXPECT_EQ(b, std::byte{7});
 }
 
@@ -231,12 +267,12 @@ TEST_P(FreezeTest, BlockWritesWaitForThaw) {
 
 TEST_P(FreezeTest, RemoveWhileFrozenWakesEveryWriter) {
   open();
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
   auto frozen = dev_->freeze();
   ASSERT_TRUE(frozen);
   auto storer = std::async(std::launch::async, [&] {
-    return run_catching_faults([&] { m->data()[kPage] = std::byte{1}; });
+    return run_catching_faults([&] { m->data()[page_] = std::byte{1}; });
   });
   uint64_t v = 1;
   auto block = std::async(std::launch::async,
@@ -256,21 +292,38 @@ TEST_P(FreezeTest, RemoveWhileFrozenWakesEveryWriter) {
 // never answer) makes a timed freeze give up and leave the device unfrozen.
 TEST_P(FreezeTest, FreezeTimesOutAndLeavesTheDeviceUnfrozen) {
   open();
-  // The block write's copy from `src` is a user-mode access: it faults on a
+  // Non-blocking, or poll() reports only POLLERR; the fault still waits. The
+  // block write's copy from `src` is a user-mode access: it faults on a
   // user-mode-only userfaultfd too.
-  auto opened = open_userfaultfd(O_CLOEXEC, 0);
+  auto opened = open_userfaultfd(O_CLOEXEC | O_NONBLOCK, 0);
   ASSERT_TRUE(opened) << opened.error().message();
   int uffd = opened->fd.get();
-  void* src = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* src =
+      ::mmap(nullptr, kAnonPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(src, MAP_FAILED);
+  MappedRange src_owner(src, kAnonPage);
   uffdio_register reg{};
-  reg.range = {reinterpret_cast<uint64_t>(src), kPage};
+  reg.range = {reinterpret_cast<uint64_t>(src), kAnonPage};
   reg.mode = UFFDIO_REGISTER_MODE_MISSING;
   ASSERT_EQ(::ioctl(uffd, UFFDIO_REGISTER, &reg), 0);
   auto stuck = std::async(std::launch::async, [&] {
-    return dev_->write(0, std::span(static_cast<const std::byte*>(src), kPage));
+    return dev_->write(0, std::span(static_cast<const std::byte*>(src), kAnonPage));
   });
-  std::this_thread::sleep_for(50ms);
+  // However the test ends, the stuck write is let go before `stuck` is
+  // waited for (its destructor would wait for ever).
+  struct LetGo {
+    int uffd;
+    void* src;
+    ~LetGo() {
+      uffdio_zeropage zero{};
+      zero.range = {reinterpret_cast<uint64_t>(src), kAnonPage};
+      ::ioctl(uffd, UFFDIO_ZEROPAGE, &zero);  // EEXIST once the test did it
+    }
+  } let_go{uffd, src};
+  // In flight once its source page has faulted, however busy the machine.
+  pollfd faulted{uffd, POLLIN, 0};
+  ASSERT_EQ(::poll(&faulted, 1, 10000), 1) << "the block write never reached its source page";
+  ASSERT_EQ(faulted.revents, POLLIN);
   auto t0 = std::chrono::steady_clock::now();
   auto frozen = dev_->freeze({.timeout = 100ms});
   ASSERT_FALSE(frozen);
@@ -278,23 +331,15 @@ TEST_P(FreezeTest, FreezeTimesOutAndLeavesTheDeviceUnfrozen) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
   // Not frozen: other writes and stores go through at once.
   uint64_t v = 7;
-  EXPECT_TRUE(dev_->write(kPage, std::as_bytes(std::span(&v, 1))));
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  EXPECT_TRUE(dev_->write(page_, std::as_bytes(std::span(&v, 1))));
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
-  m->data()[2 * kPage] = std::byte{1};
+  m->data()[2 * page_] = std::byte{1};
   EXPECT_EQ(dev_->stats().freezes, 0u);
   uffdio_zeropage zero{};
-  zero.range = {reinterpret_cast<uint64_t>(src), kPage};
+  zero.range = {reinterpret_cast<uint64_t>(src), kAnonPage};
   ASSERT_EQ(::ioctl(uffd, UFFDIO_ZEROPAGE, &zero), 0);
   EXPECT_TRUE(stuck.get());
-  ::munmap(src, kPage);
-}
-
-std::vector<EngineCase> engine_cases() {
-  return {EngineCase{TestMedia::kTmpfs, EngineChoice::kUffd},
-          EngineCase{TestMedia::kTmpfs, EngineChoice::kMprotect},
-          EngineCase{TestMedia::kDisk, EngineChoice::kMprotect},
-          EngineCase{TestMedia::kMemfd, EngineChoice::kUffd}};
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, FreezeTest, ::testing::ValuesIn(engine_cases()), case_name);
@@ -319,30 +364,30 @@ class WholeRangeTrackingTest : public FreezeTest {};
 
 TEST_P(ExactTrackingTest, SyncPersistsExactlyTheDirtyPages) {
   open(/*track_dirty=*/true);
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
   ASSERT_TRUE(dev_->sync());  // a clean start
   uint64_t before = dev_->stats().synced_pages;
-  for (uint64_t page : {1, 2, 10}) std::memset(m->data() + page * kPage, int(page), 100);
-  std::vector<std::byte> block(2 * kPage, std::byte{0x77});
-  ASSERT_TRUE(dev_->write(20 * kPage, block));
+  for (uint64_t page : {1, 2, 10}) std::memset(m->data() + page * page_, int(page), 100);
+  std::vector<std::byte> block(2 * page_, std::byte{0x77});
+  ASSERT_TRUE(dev_->write(20 * page_, block));
   EXPECT_GE(dev_->stats().dirty_pages, 2u);
   ASSERT_TRUE(dev_->sync());
   EXPECT_EQ(dev_->stats().synced_pages - before, 5u);
   EXPECT_EQ(dev_->stats().dirty_pages, 0u);
   ASSERT_TRUE(dev_->sync());
   EXPECT_EQ(dev_->stats().synced_pages - before, 5u) << "a sync with nothing written persisted pages";
-  m->data()[10 * kPage + 1] = std::byte{1};  // re-armed: the next store is seen again
+  m->data()[10 * page_ + 1] = std::byte{1};  // re-armed: the next store is seen again
   ASSERT_TRUE(dev_->sync());
   EXPECT_EQ(dev_->stats().synced_pages - before, 6u);
 
-  if (GetParam().media == TestMedia::kDisk) {
+  if (GetParam().media == TestMedia::kDisk || GetParam().media == TestMedia::kFsdax) {
     int fd = ::open(dev_->info().path.c_str(), O_RDONLY);
     ASSERT_GE(fd, 0);
     std::vector<char> got(100);
-    ASSERT_EQ(::pread(fd, got.data(), got.size(), 2 * kPage), 100);
+    ASSERT_EQ(::pread(fd, got.data(), got.size(), 2 * page_), 100);
     EXPECT_EQ(got, std::vector<char>(100, 2));
-    ASSERT_EQ(::pread(fd, got.data(), got.size(), 20 * kPage), 100);
+    ASSERT_EQ(::pread(fd, got.data(), got.size(), 20 * page_), 100);
     EXPECT_EQ(got, std::vector<char>(100, 0x77));
     ::close(fd);
   }
@@ -356,22 +401,22 @@ TEST_P(WholeRangeTrackingTest, SyncPersistsEveryMappedPage) {
   open(/*track_dirty=*/true);
   ASSERT_TRUE(dev_->sync());
   uint64_t before = dev_->stats().synced_pages;
-  std::vector<std::byte> block(2 * kPage, std::byte{0x77});
-  ASSERT_TRUE(dev_->write(20 * kPage, block));
+  std::vector<std::byte> block(2 * page_, std::byte{0x77});
+  ASSERT_TRUE(dev_->write(20 * page_, block));
   ASSERT_TRUE(dev_->sync());
   EXPECT_EQ(dev_->stats().synced_pages - before, 2u) << "block writes are tracked exactly";
 
-  const uint64_t mapped = kSize / 2;
+  const uint64_t mapped = size_ / 2;
   {
     auto m = dev_->map(0, mapped, Access::ReadWrite);
     ASSERT_TRUE(m);
-    m->data()[3 * kPage] = std::byte{1};
+    m->data()[3 * page_] = std::byte{1};
     before = dev_->stats().synced_pages;
     ASSERT_TRUE(dev_->sync());
-    EXPECT_EQ(dev_->stats().synced_pages - before, mapped / kPage);
+    EXPECT_EQ(dev_->stats().synced_pages - before, mapped / page_);
     before = dev_->stats().synced_pages;
     ASSERT_TRUE(dev_->sync());
-    EXPECT_EQ(dev_->stats().synced_pages - before, mapped / kPage)
+    EXPECT_EQ(dev_->stats().synced_pages - before, mapped / page_)
         << "with nothing written, a whole-range sync still persists the mapping";
   }
   before = dev_->stats().synced_pages;
@@ -391,7 +436,7 @@ TEST(EngineChoice, UffdIsRefusedWhereTheMediaRefusesSyncWriteProtect) {
   ScratchRegion scratch(TestMedia::kDisk);
   auto region = Region::open(scratch.spec(), {.create = true});
   ASSERT_TRUE(region);
-  ASSERT_TRUE((*region)->create_namespace({.name = "e", .size = kSize}));
+  ASSERT_TRUE((*region)->create_namespace({.name = "e", .size = 4 << 20}));
   if ((*region)->capabilities().uffd_wp_sync) {
     GTEST_SKIP() << "this disk filesystem accepts sync uffd-wp";
   }

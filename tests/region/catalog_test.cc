@@ -1,8 +1,10 @@
 // Region-level behaviour through the public Region API, on every media.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <gtest/gtest.h>
@@ -35,9 +37,11 @@ TEST_P(RegionTest, CreateListFindDestroy) {
   ASSERT_TRUE(region);
   EXPECT_TRUE(region->list().empty());
   uint64_t gen0 = region->generation();
-  auto info = region->create_namespace({.name = "vm1", .size = 1 << 20});
+  // An aligned size is kept as asked: 1 MiB, or one page where pages are larger.
+  const uint64_t aligned = std::max<uint64_t>(1 << 20, region->capabilities().alignment);
+  auto info = region->create_namespace({.name = "vm1", .size = aligned});
   ASSERT_TRUE(info) << info.error().message();
-  EXPECT_EQ(info->size, 1u << 20);
+  EXPECT_EQ(info->size, aligned);
   EXPECT_EQ(info->mode, "raw");
   EXPECT_EQ(region->generation(), gen0 + 1);
   ASSERT_TRUE(region->create_namespace({.name = "vm2", .size = 5000}));
@@ -97,10 +101,12 @@ TEST_P(RegionTest, NoSpaceErrorNamesSizeAndFreeSpace) {
 
 TEST_P(FileRegionTest, SurvivesReopen) {
   std::string uuid;
+  uint64_t size = 0;
   {
     auto region = open();
     ASSERT_TRUE(region);
-    auto info = region->create_namespace({.name = "keep", .size = 3 << 20});
+    size = 3 * std::max<uint64_t>(1 << 20, region->capabilities().alignment);
+    auto info = region->create_namespace({.name = "keep", .size = size});
     ASSERT_TRUE(info);
     uuid = info->uuid;
   }
@@ -109,7 +115,7 @@ TEST_P(FileRegionTest, SurvivesReopen) {
   auto info = region->find("keep");
   ASSERT_TRUE(info);
   EXPECT_EQ(info->uuid, uuid);
-  EXPECT_EQ(info->size, 3u << 20);
+  EXPECT_EQ(info->size, size);
 }
 
 TEST_P(FileRegionTest, SecondOpenerIsRefusedWithThePid) {
@@ -132,8 +138,11 @@ TEST_P(FileRegionTest, OrphansAreCleanedOnOpen) {
     ASSERT_TRUE(region->create_namespace({.name = "live", .size = 1 << 20}));
   }
   std::string dir = scratch_.spec();
+  // (On hugetlbfs, which has no write(2), the files stay empty: still orphans.)
   std::ofstream(dir + "/ns/0b7c1b55-0000-4000-8000-000000000000") << "orphan";
   std::ofstream(dir + "/rawdax.meta.tmp.12345") << "half";
+  ASSERT_TRUE(std::filesystem::exists(dir + "/ns/0b7c1b55-0000-4000-8000-000000000000"));
+  ASSERT_TRUE(std::filesystem::exists(dir + "/rawdax.meta.tmp.12345"));
   auto region = open();
   ASSERT_TRUE(region);
   EXPECT_FALSE(std::filesystem::exists(dir + "/ns/0b7c1b55-0000-4000-8000-000000000000"));
@@ -149,14 +158,17 @@ TEST_P(FileRegionTest, CorruptMetadataIsRefusedClearly) {
     ASSERT_TRUE(region);
     ASSERT_TRUE(region->create_namespace({.name = "vm1", .size = 1 << 20}));
   }
+  // Through a mapping: hugetlbfs has no write(2).
   std::string meta = scratch_.spec() + "/rawdax.meta";
   int fd = ::open(meta.c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
-  char c;
-  ASSERT_EQ(::pread(fd, &c, 1, 60), 1);
-  c = static_cast<char>(c ^ 1);
-  ASSERT_EQ(::pwrite(fd, &c, 1, 60), 1);
+  size_t len = std::filesystem::file_size(meta);
+  ASSERT_GT(len, 60u);
+  void* addr = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   ::close(fd);
+  ASSERT_NE(addr, MAP_FAILED);
+  static_cast<char*>(addr)[60] ^= 1;
+  ::munmap(addr, len);
   auto region = Region::open(scratch_.spec());
   ASSERT_FALSE(region);
   EXPECT_NE(region.error().message().find("corrupt region metadata"), std::string::npos);
@@ -173,8 +185,18 @@ TEST_P(RegionTest, CapabilitiesFollowTheMedia) {
   auto region = open();
   ASSERT_TRUE(region);
   const Capabilities& caps = region->capabilities();
-  EXPECT_EQ(caps.page_size, static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)));
+  const auto base_page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   EXPECT_EQ(caps.engine == ProtectionEngine::kUffd, caps.uffd_wp_sync);
+  EXPECT_EQ(caps.hugetlb, GetParam() == TestMedia::kHugetlbfs);
+  if (GetParam() == TestMedia::kHugetlbfs) {
+    // A mapping of a hugetlbfs file is made of huge pages only.
+    EXPECT_GE(caps.huge_page_size, uint64_t{2} << 20);
+    EXPECT_EQ(caps.page_size, caps.huge_page_size);
+    EXPECT_EQ(caps.alignment, caps.huge_page_size);
+  } else {
+    EXPECT_EQ(caps.page_size, base_page);
+    EXPECT_EQ(caps.alignment, base_page);
+  }
   switch (GetParam()) {
     case TestMedia::kTmpfs:
       EXPECT_EQ(caps.filesystem, "tmpfs");
@@ -189,11 +211,22 @@ TEST_P(RegionTest, CapabilitiesFollowTheMedia) {
       EXPECT_NE(caps.filesystem, "tmpfs");
       EXPECT_EQ(caps.persist, caps.map_sync ? PersistMethod::kCacheFlush : PersistMethod::kMsync);
       break;
+    case TestMedia::kHugetlbfs:
+      EXPECT_EQ(caps.filesystem, "hugetlbfs");
+      EXPECT_EQ(caps.persist, PersistMethod::kNone);
+      EXPECT_TRUE(caps.uffd_wp_sync);  // the kernel's hugetlbfs uffd-wp (5.19+)
+      break;
+    case TestMedia::kFsdax:
+      EXPECT_EQ(caps.kind, MediaKind::kDirectory);
+      EXPECT_TRUE(caps.map_sync);
+      EXPECT_EQ(caps.persist, PersistMethod::kCacheFlush);
+      break;
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllMedia, RegionTest, RAWDAX_ALL_MEDIA, testing::param_name);
 INSTANTIATE_TEST_SUITE_P(FileMedia, FileRegionTest, RAWDAX_FILE_MEDIA, testing::param_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(FileRegionTest);
 
 TEST(DevdaxRegion, MissingDeviceIsAClearError) {
   auto region = Region::open("devdax:/dev/dax-does-not-exist.0");

@@ -19,6 +19,7 @@ namespace rawdax {
 namespace {
 
 using ::rawdax::testing::ScratchDir;
+using ::rawdax::testing::TestMedia;
 
 [[noreturn]] void churn(const std::string& spec, int seed) {
   auto region = Region::open(spec, {.create = true});
@@ -77,13 +78,14 @@ void kill_loop(const std::string& parent, int rounds) {
   EXPECT_GE(killed_mid_work, 20);
 }
 
-TEST(CrashConsistency, KillDuringCreateAndDestroyOnDisk) {
-  kill_loop(::rawdax::testing::disk_parent(), 60);
+class CrashConsistency : public ::testing::TestWithParam<TestMedia> {};
+
+TEST_P(CrashConsistency, KillDuringCreateAndDestroy) {
+  kill_loop(::rawdax::testing::media_parent(GetParam()), 60);
 }
 
-TEST(CrashConsistency, KillDuringCreateAndDestroyOnTmpfs) {
-  kill_loop(::rawdax::testing::tmpfs_parent(), 60);
-}
+INSTANTIATE_TEST_SUITE_P(FileMedia, CrashConsistency, RAWDAX_FILE_MEDIA, testing::param_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(CrashConsistency);
 
 }  // namespace
 }  // namespace rawdax

@@ -48,6 +48,26 @@ TEST(Metadata, TruncationIsDetected) {
   }
 }
 
+// A filesystem without write(2) (hugetlbfs) holds the record in whole huge
+// pages: NULs may follow it, nothing else may.
+TEST(Metadata, OnlyNulPaddingMayFollowTheRecord) {
+  std::string bytes = encode_metadata(sample());
+  std::string padded = bytes + std::string((size_t{2} << 20) - bytes.size(), '\0');
+  auto back = decode_metadata(padded, "meta");
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_EQ(back->namespaces.size(), 2u);
+  for (char c : {'x', ' ', '\n'}) {
+    std::string bad = padded;
+    bad[bytes.size() + 100] = c;
+    auto r = decode_metadata(bad, "meta");
+    ASSERT_FALSE(r) << "byte " << int(c) << " after the record went unnoticed";
+    EXPECT_NE(r.error().message().find("but header says"), std::string::npos)
+        << r.error().message();
+  }
+  // Padding does not hide a short record.
+  EXPECT_FALSE(decode_metadata(bytes.substr(0, bytes.size() - 1) + std::string(100, '\0'), "meta"));
+}
+
 TEST(Metadata, RejectsDuplicateNamesEvenWithAValidChecksum) {
   RegionMetadata meta = sample();
   meta.namespaces[1].name = "vm1";

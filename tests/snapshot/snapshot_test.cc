@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <atomic>
 #include <chrono>
@@ -25,8 +26,10 @@ using ::rawdax::testing::ScratchDir;
 using ::rawdax::testing::ScratchRegion;
 using ::rawdax::testing::TestMedia;
 
-constexpr uint64_t kPage = 4096;
-constexpr uint64_t kSize = 256 * kPage;
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+// The large namespaces, whose copy must take long next to one page's copy
+// (2 MiB on hugetlbfs).
+constexpr uint64_t kBig = 256 * kMiB;
 
 class SnapshotTest : public ::testing::TestWithParam<TestMedia> {
  protected:
@@ -34,7 +37,11 @@ class SnapshotTest : public ::testing::TestWithParam<TestMedia> {
     auto region = Region::open(scratch_.spec(), {.create = true});
     ASSERT_TRUE(region) << region.error().message();
     region_ = std::move(*region);
-    ASSERT_TRUE(region_->create_namespace({.name = "src", .size = kSize}));
+    // 1 MiB, and at least 16 pages: 256 pages of 4 KiB, 16 of 2 MiB.
+    page_ = region_->capabilities().page_size;
+    pages_ = std::clamp<uint64_t>(kMiB / page_, 16, 256);
+    size_ = pages_ * page_;
+    ASSERT_TRUE(region_->create_namespace({.name = "src", .size = size_}));
     auto dev = region_->open_device("src", {.track_dirty = true});
     ASSERT_TRUE(dev) << dev.error().message();
     dev_ = std::move(*dev);
@@ -50,8 +57,8 @@ class SnapshotTest : public ::testing::TestWithParam<TestMedia> {
     return whole_range ? kSize / kPage : written;
   }
   void fill_page(uint64_t page, uint8_t value) {
-    std::vector<std::byte> buf(kPage, std::byte{value});
-    ASSERT_TRUE(dev_->write(page * kPage, buf));
+    std::vector<std::byte> buf(page_, std::byte{value});
+    ASSERT_TRUE(dev_->write(page * page_, buf));
   }
   std::vector<std::byte> contents(const std::string& name) {
     auto dev = region_->open_device(name);
@@ -63,7 +70,7 @@ class SnapshotTest : public ::testing::TestWithParam<TestMedia> {
     return out;
   }
   std::vector<std::byte> source() {
-    std::vector<std::byte> out(kSize);
+    std::vector<std::byte> out(size_);
     EXPECT_TRUE(dev_->read(0, out));
     return out;
   }
@@ -93,13 +100,19 @@ class SnapshotTest : public ::testing::TestWithParam<TestMedia> {
   ScratchDir files_{::rawdax::testing::disk_parent()};
   std::unique_ptr<Region> region_;
   std::unique_ptr<Device> dev_;
+  uint64_t page_ = 0;   // the media's page: snapshots store whole pages
+  uint64_t pages_ = 0;  // of the namespace "src"
+  uint64_t size_ = 0;
 };
 
 TEST_P(SnapshotTest, FullSnapshotStoresNoHolesAndRestoresExactly) {
-  for (uint64_t page : {0, 3, 4, 100, 255}) fill_page(page, static_cast<uint8_t>(page % 200 + 1));
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  // Six distinct pages whatever pages_ is (256: 0 3 4 100 255 129; 16: 0 3 4 6 15 9).
+  for (uint64_t page : {uint64_t{0}, uint64_t{3}, uint64_t{4}, pages_ * 100 / 256, pages_ - 1}) {
+    fill_page(page, static_cast<uint8_t>(page % 200 + 1));
+  }
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
-  m->data()[50 * kPage + 7] = std::byte{9};  // a store through a mapping counts too
+  m->data()[(pages_ / 2 + 1) * page_ + 7] = std::byte{9};  // a store through a mapping counts too
   uint64_t last_done = 0, last_total = 0, calls = 0;
   auto info = dev_->snapshot(file("full.snap"), {.progress = [&](uint64_t done, uint64_t total) {
                                                    EXPECT_GE(done, last_done);
@@ -109,10 +122,10 @@ TEST_P(SnapshotTest, FullSnapshotStoresNoHolesAndRestoresExactly) {
                                                  }});
   ASSERT_TRUE(info) << info.error().message();
   EXPECT_GE(calls, 1u);
-  EXPECT_EQ(last_done, kSize / kPage);  // the last report is complete
-  EXPECT_EQ(last_total, kSize / kPage);
+  EXPECT_EQ(last_done, size_ / page_);  // the last report is complete
+  EXPECT_EQ(last_total, size_ / page_);
   EXPECT_EQ(info->pages, 6u);  // the hole pages of the sparse namespace are not stored
-  EXPECT_EQ(info->bytes_written, 6 * kPage);
+  EXPECT_EQ(info->bytes_written, 6 * page_);
   EXPECT_TRUE(info->base_id.empty());
   EXPECT_FALSE(std::filesystem::exists(file("full.snap") + ".tmp." + std::to_string(::getpid())));
 
@@ -123,26 +136,26 @@ TEST_P(SnapshotTest, FullSnapshotStoresNoHolesAndRestoresExactly) {
 
   auto restored = region_->restore_namespace("copy", file("full.snap"));
   ASSERT_TRUE(restored) << restored.error().message();
-  EXPECT_EQ(restored->size, kSize);
+  EXPECT_EQ(restored->size, size_);
   EXPECT_EQ(contents("copy"), source());
 }
 
 TEST_P(SnapshotTest, IncrementalChainEqualsTheSource) {
-  for (uint64_t page = 0; page < 256; page += 2) fill_page(page, 1);
+  for (uint64_t page = 0; page < pages_; page += 2) fill_page(page, 1);
   auto full = dev_->snapshot(file("a.snap"));
   ASSERT_TRUE(full) << full.error().message();
   fill_page(1, 2);
   fill_page(2, 2);
-  auto m = dev_->map(0, kSize, Access::ReadWrite);
+  auto m = dev_->map(0, size_, Access::ReadWrite);
   ASSERT_TRUE(m);
-  m->data()[77 * kPage] = std::byte{3};
+  m->data()[pages_ * 77 / 256 * page_] = std::byte{3};  // page 77 of 256, 4 of 16
   auto inc1 = dev_->snapshot(file("b.snap"), {.base = file("a.snap")});
   ASSERT_TRUE(inc1) << inc1.error().message();
   EXPECT_EQ(inc1->pages, incremental_pages(3));  // the pages written since the base
   EXPECT_EQ(inc1->base_id, full->id);
-  std::vector<std::byte> zero(kPage);
-  ASSERT_TRUE(dev_->write(4 * kPage, zero));  // zeroing is a change too
-  m->data()[200 * kPage + 1] = std::byte{4};
+  std::vector<std::byte> zero(page_);
+  ASSERT_TRUE(dev_->write(4 * page_, zero));  // zeroing is a change too
+  m->data()[pages_ * 200 / 256 * page_ + 1] = std::byte{4};  // page 200 of 256, 12 of 16
   auto inc2 = dev_->snapshot(file("c.snap"), {.base = file("b.snap")});
   ASSERT_TRUE(inc2) << inc2.error().message();
   EXPECT_EQ(inc2->pages, incremental_pages(2));
@@ -179,8 +192,8 @@ TEST_P(SnapshotTest, IncrementalFromAnOlderBaseStoresWhatDiffersFromIt) {
   dev_.reset();
   auto plain = region_->open_device("src");
   ASSERT_TRUE(plain);
-  std::vector<std::byte> zero(kPage);
-  ASSERT_TRUE((*plain)->write(2 * kPage, zero));
+  std::vector<std::byte> zero(page_);
+  ASSERT_TRUE((*plain)->write(2 * page_, zero));
   auto d = (*plain)->snapshot(file("d.snap"), {.base = file("c.snap")});
   ASSERT_TRUE(d) << d.error().message();
   EXPECT_EQ(d->pages, 1u);  // page 2, zeroed
@@ -205,7 +218,7 @@ TEST_P(SnapshotTest, DamageIsRefusedAndNothingIsCreated) {
   auto header = verify_snapshot(file("a.snap"));
   ASSERT_TRUE(header);
   uint64_t size = std::filesystem::file_size(file("flip.snap"));
-  flip_byte(file("flip.snap"), size - kSize + 2 * kPage + 100);  // data area: page 2
+  flip_byte(file("flip.snap"), size - size_ + 2 * page_ + 100);  // data area: page 2
   expect_refused(file("flip.snap"), "fails its checksum");
 
   // A truncated file.
@@ -226,21 +239,22 @@ TEST_P(SnapshotTest, DamageIsRefusedAndNothingIsCreated) {
   // The base changed after the incremental was made: its data is damaged.
   std::filesystem::remove(file("a.snap"));
   std::filesystem::copy_file(file("a.orig"), file("a.snap"));
-  flip_byte(file("a.snap"), size - kSize + 1 * kPage + 5);
+  flip_byte(file("a.snap"), size - size_ + 1 * page_ + 5);
   expect_refused(file("b.snap"), "fails its checksum");
 }
 
 TEST_P(SnapshotTest, RestoreRefusesAnotherSizeUnlessForced) {
   fill_page(5, 5);
   ASSERT_TRUE(dev_->snapshot(file("a.snap")));
-  ASSERT_TRUE(region_->create_namespace({.name = "small", .size = 16 * kPage}));
+  const uint64_t small = size_ / 16;
+  ASSERT_TRUE(region_->create_namespace({.name = "small", .size = small}));
   auto refused = region_->restore_namespace("small", file("a.snap"));
   ASSERT_FALSE(refused);
   EXPECT_NE(refused.error().message().find("force"), std::string::npos);
-  EXPECT_EQ(region_->find("small")->size, 16 * kPage);
+  EXPECT_EQ(region_->find("small")->size, small);
   auto forced = region_->restore_namespace("small", file("a.snap"), {.force = true});
   ASSERT_TRUE(forced) << forced.error().message();
-  EXPECT_EQ(forced->size, kSize);
+  EXPECT_EQ(forced->size, size_);
   EXPECT_EQ(contents("small"), source());
 }
 
@@ -268,26 +282,26 @@ TEST_P(SnapshotTest, SnapshotAfterRemoveFailsClearly) {
 // have exactly that shape: one cut.
 class OneCutTest : public ::testing::TestWithParam<TestMedia> {
  protected:
-  static constexpr uint64_t kBig = 256ull << 20;
-  static constexpr uint64_t kPages = kBig / kPage;
-
   void SetUp() override {
     auto region = Region::open(scratch_.spec(), {.create = true});
     ASSERT_TRUE(region) << region.error().message();
     region_ = std::move(*region);
-    ASSERT_TRUE(region_->create_namespace({.name = "src", .size = kBig}));
+    page_ = region_->capabilities().page_size;
+    big_ = kBig;
+    pages_ = big_ / page_;
+    ASSERT_TRUE(region_->create_namespace({.name = "src", .size = big_}));
     auto dev = region_->open_device("src", {.track_dirty = true});
     ASSERT_TRUE(dev) << dev.error().message();
     dev_ = std::move(*dev);
-    auto m = dev_->map(0, kBig, Access::ReadWrite);
+    auto m = dev_->map(0, big_, Access::ReadWrite);
     ASSERT_TRUE(m);
     mapping_ = std::move(*m);
     writer_ = std::thread([this] {
       auto* base = mapping_->data();
       for (uint64_t pass = 1; !stop_.load(std::memory_order_relaxed); ++pass) {
-        for (uint64_t k = 0; k < kPages; ++k) {
+        for (uint64_t k = 0; k < pages_; ++k) {
           auto t0 = std::chrono::steady_clock::now();
-          *reinterpret_cast<volatile uint64_t*>(base + k * kPage) = pass;
+          *reinterpret_cast<volatile uint64_t*>(base + k * page_) = pass;
           auto ns = static_cast<uint64_t>(
               std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
                   .count());
@@ -310,12 +324,12 @@ class OneCutTest : public ::testing::TestWithParam<TestMedia> {
     ASSERT_TRUE(restored) << restored.error().message();
     auto dev = region_->open_device(into);
     ASSERT_TRUE(dev);
-    std::vector<uint64_t> first(kPages);
-    for (uint64_t k = 0; k < kPages; ++k) {
-      ASSERT_TRUE((*dev)->read(k * kPage, std::as_writable_bytes(std::span(&first[k], 1))));
+    std::vector<uint64_t> first(pages_);
+    for (uint64_t k = 0; k < pages_; ++k) {
+      ASSERT_TRUE((*dev)->read(k * page_, std::as_writable_bytes(std::span(&first[k], 1))));
     }
     uint64_t v = first[0], cuts = 0;
-    for (uint64_t k = 1; k < kPages; ++k) {
+    for (uint64_t k = 1; k < pages_; ++k) {
       if (first[k] == first[k - 1]) continue;
       ++cuts;
       ASSERT_EQ(first[k] + 1, first[k - 1]) << path << ": page " << k << " holds " << first[k]
@@ -333,6 +347,7 @@ class OneCutTest : public ::testing::TestWithParam<TestMedia> {
   std::thread writer_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> passes_{0}, max_store_ns_{0};
+  uint64_t page_ = 0, big_ = 0, pages_ = 0;  // set before the writer starts
 };
 
 TEST_P(OneCutTest, FullSnapshotWhileAWriterSweeps) {
@@ -340,9 +355,10 @@ TEST_P(OneCutTest, FullSnapshotWhileAWriterSweeps) {
   auto info = dev_->snapshot(file("full.snap"));
   ASSERT_TRUE(info) << info.error().message();
   uint64_t worst = max_store_ns_.load();
-  std::printf("%s: snapshot of 256 MiB took %.1f ms; writer's worst store %.3f ms; "
+  std::printf("%s: snapshot of %llu MiB took %.1f ms; writer's worst store %.3f ms; "
               "reported stall %.3f ms\n",
-              ::rawdax::testing::media_name(GetParam()), info->duration_ns / 1e6, worst / 1e6,
+              ::rawdax::testing::media_name(GetParam()),
+              static_cast<unsigned long long>(big_ / kMiB), info->duration_ns / 1e6, worst / 1e6,
               info->max_writer_stall_ns / 1e6);
   // Live on both engines: a writer waits for at most a page copy (uffd) or
   // two 2 MiB chunk copies (mprotect), never for the whole copy.
@@ -357,7 +373,7 @@ TEST_P(OneCutTest, OneCutWhateverTheNumberOfCopyThreads) {
     const std::string name = "threads-" + std::to_string(threads);
     auto info = dev_->snapshot(file(name + ".snap"), {.copy_threads = threads});
     ASSERT_TRUE(info) << info.error().message();
-    EXPECT_EQ(info->pages, kPages) << threads << " threads";
+    EXPECT_EQ(info->pages, pages_) << threads << " threads";
     expect_one_cut(file(name + ".snap"), name);
   }
 }
@@ -369,14 +385,14 @@ TEST_P(OneCutTest, IncrementalChainWhileAWriterSweeps) {
   std::this_thread::sleep_for(std::chrono::milliseconds(30));
   auto last = dev_->snapshot(file("c.snap"), {.base = file("b.snap")});
   ASSERT_TRUE(last) << last.error().message();
-  EXPECT_LT(last->pages, kPages + 1);
+  EXPECT_LT(last->pages, pages_ + 1);
   expect_one_cut(file("c.snap"), "copy");
 }
 
 // A store far ahead of the copier (the last page) waits for its own page or
 // chunk to be copied, not for the copier to get there.
 TEST_P(SnapshotTest, AStoreAheadOfTheCopierIsServedFirst) {
-  const uint64_t big = 256ull << 20;
+  const uint64_t big = kBig;
   ASSERT_TRUE(region_->create_namespace({.name = "big", .size = big}));
   auto dev = region_->open_device("big");
   ASSERT_TRUE(dev);
@@ -387,7 +403,7 @@ TEST_P(SnapshotTest, AStoreAheadOfTheCopierIsServedFirst) {
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> worst{0};
   std::thread writer([&] {
-    auto* last = reinterpret_cast<volatile uint64_t*>(m->data() + big - kPage);
+    auto* last = reinterpret_cast<volatile uint64_t*>(m->data() + big - page_);
     for (uint64_t i = 1; !stop.load(); ++i) {
       auto t0 = std::chrono::steady_clock::now();
       *last = i;
@@ -403,8 +419,9 @@ TEST_P(SnapshotTest, AStoreAheadOfTheCopierIsServedFirst) {
   stop.store(true);
   writer.join();
   ASSERT_TRUE(info) << info.error().message();
-  std::printf("%s: snapshot of 256 MiB took %.1f ms; worst store at the end %.3f ms\n",
-              ::rawdax::testing::media_name(GetParam()), info->duration_ns / 1e6,
+  std::printf("%s: snapshot of %llu MiB took %.1f ms; worst store at the end %.3f ms\n",
+              ::rawdax::testing::media_name(GetParam()),
+              static_cast<unsigned long long>(big / kMiB), info->duration_ns / 1e6,
               worst.load() / 1e6);
   EXPECT_LT(worst.load() * 4, info->duration_ns);
 }
@@ -421,8 +438,8 @@ TEST_P(SnapshotTest, MappingsTakeStoresWithoutFaultsAfterASnapshot) {
   auto part = (*dev)->map(size / 2, 1 << 20, Access::ReadWrite);
   ASSERT_TRUE(whole && part);
   auto store_everywhere = [&](uint8_t v) {
-    for (uint64_t off = 0; off < size; off += kPage) whole->data()[off] = std::byte{v};
-    for (uint64_t off = 0; off < part->size(); off += kPage) part->data()[off] = std::byte{v};
+    for (uint64_t off = 0; off < size; off += page_) whole->data()[off] = std::byte{v};
+    for (uint64_t off = 0; off < part->size(); off += page_) part->data()[off] = std::byte{v};
   };
   store_everywhere(1);
   ScratchDir fast(::rawdax::testing::tmpfs_parent());
@@ -438,7 +455,8 @@ TEST_P(SnapshotTest, MappingsTakeStoresWithoutFaultsAfterASnapshot) {
 // while snapshots are taken back to back. Every image must hold one cut per
 // half ("pages [0,k) hold v, the rest v-1").
 TEST_P(SnapshotTest, StressBlockAndMappingWritersAcrossSnapshots) {
-  const uint64_t size = 8ull << 20, half = size / 2, pages = half / kPage;
+  // 8 MiB, and at least 16 pages, so that each half has 8 pages to cut.
+  const uint64_t size = std::max(8 * kMiB, 16 * page_), half = size / 2, pages = half / page_;
   ASSERT_TRUE(region_->create_namespace({.name = "stress", .size = size}));
   auto dev = region_->open_device("stress");
   ASSERT_TRUE(dev);
@@ -448,14 +466,14 @@ TEST_P(SnapshotTest, StressBlockAndMappingWritersAcrossSnapshots) {
   std::thread block([&] {
     for (uint64_t pass = 1; !stop.load(); ++pass) {
       for (uint64_t k = 0; k < pages && !stop.load(); ++k) {
-        ASSERT_TRUE((*dev)->write(k * kPage, std::as_bytes(std::span(&pass, 1))));
+        ASSERT_TRUE((*dev)->write(k * page_, std::as_bytes(std::span(&pass, 1))));
       }
     }
   });
   std::thread store([&] {
     for (uint64_t pass = 1; !stop.load(); ++pass) {
       for (uint64_t k = 0; k < pages && !stop.load(); ++k) {
-        std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(m->data() + k * kPage))
+        std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(m->data() + k * page_))
             .store(pass, std::memory_order_relaxed);
       }
     }
@@ -480,8 +498,8 @@ TEST_P(SnapshotTest, StressBlockAndMappingWritersAcrossSnapshots) {
       uint64_t cuts = 0;
       for (uint64_t k = 1; k < pages; ++k) {
         uint64_t prev, cur;
-        std::memcpy(&prev, image.data() + base + (k - 1) * kPage, 8);
-        std::memcpy(&cur, image.data() + base + k * kPage, 8);
+        std::memcpy(&prev, image.data() + base + (k - 1) * page_, 8);
+        std::memcpy(&cur, image.data() + base + k * page_, 8);
         if (cur == prev) continue;
         ++cuts;
         ASSERT_EQ(cur + 1, prev) << taken[i] << " at page " << k << " of half " << base / half;
