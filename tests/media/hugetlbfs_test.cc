@@ -499,10 +499,10 @@ TEST_P(HugetlbfsCliTest, EveryNamespaceVerb) {
   CliRun caps = rawdax("list --capabilities");
   ASSERT_EQ(caps.exit_code, 0) << caps;
   auto c = nlohmann::json::parse(caps.out)[0]["capabilities"];
-  EXPECT_EQ(c["filesystem"], "hugetlbfs");
+  EXPECT_EQ(c["media"]["filesystem"], "hugetlbfs");
   EXPECT_EQ(c["page_size"], page_);
-  EXPECT_EQ(c["alignment"], page_);
-  EXPECT_EQ(c["hugetlb"], true);
+  EXPECT_EQ(c["media"]["alignment"], page_);
+  EXPECT_EQ(c["media"]["hugetlb"], true);
 
   CliRun grown = rawdax("resize-namespace a --size " + std::to_string(4 * page_));
   ASSERT_EQ(grown.exit_code, 0) << grown;

@@ -54,7 +54,7 @@ class SnapshotTest : public ::testing::TestWithParam<TestMedia> {
   uint64_t incremental_pages(uint64_t written) const {
     bool whole_range = dev_->engine() == ProtectionEngine::kMprotect &&
                        !internal::write_tracker_supported();
-    return whole_range ? kSize / kPage : written;
+    return whole_range ? pages_ : written;
   }
   void fill_page(uint64_t page, uint8_t value) {
     std::vector<std::byte> buf(page_, std::byte{value});
