@@ -398,11 +398,16 @@ Result<Mapping> DeviceCore::map(uint64_t offset, uint64_t length, Access access,
   // an address or length that is not a multiple of its align: asking for
   // whole aligned units keeps every later split on the engine's aligned
   // pages.
-  Status aligned = check_aligned("map offset", offset, caps);
-  if (aligned && caps.kind == MediaKind::kDevdax) aligned = check_aligned("map length", length, caps);
-  if (!aligned) {
-    return aligned.error().with_context("media " + std::string(to_string(caps.kind)) +
-                                        ", namespace " + name_ + ": ");
+  const std::string where = "media " + std::string(to_string(caps.kind)) + ", namespace " + name_;
+  if (caps.kind == MediaKind::kDevdax &&
+      (offset % caps.alignment != 0 || length % caps.alignment != 0)) {
+    return Error(std::errc::invalid_argument,
+                 where + ": map offset " + std::to_string(offset) + " length " +
+                     std::to_string(length) + " is misaligned: both must be multiples of the " +
+                     "device alignment " + std::to_string(caps.alignment));
+  }
+  if (Status aligned = check_aligned("map offset", offset, caps); !aligned) {
+    return aligned.error().with_context(where + ": ");
   }
   // The size is checked under maps_mu_, which a shrink holds while it checks
   // for mappings in the cut, so no mapping can slip into a cut.

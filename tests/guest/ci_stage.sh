@@ -76,8 +76,11 @@ run_suites() {
   echo "guest stage: $name: $ran tests passed in $((SECONDS - start)) s"
 }
 
-run_suites root tmpfs,disk,memfd,fsdax,hugetlbfs
-run_suites user tmpfs,disk,memfd,fsdax,hugetlbfs --user
+# Room for what the host suites hold at once: a 1.1 GiB namespace on fsdax
+# (ResizeTest), three 256 MiB ones on hugetlbfs (OneCutTest under --full).
+guest_size=(--pmem-size 2G --hugepages 400 --memory 4G)
+run_suites root tmpfs,disk,memfd,fsdax,hugetlbfs "${guest_size[@]}"
+run_suites user tmpfs,disk,memfd,fsdax,hugetlbfs "${guest_size[@]}" --user
 
 for media in fsdax devdax; do
   start=$SECONDS
