@@ -25,7 +25,7 @@ bin="$build/tests/rawdax_tests"
 # The device, engine, snapshot, region and crash suites.
 suites='*RegionTest*:*DeviceTest*:*TeardownTest*:*ResizeTest*:ResizePersistence.*'
 suites+=':*FreezeTest*:*TrackingTest*:EngineChoice.*:SegvParking*:*WriteTracker*:DirtyBitmap.*'
-suites+=':*SnapshotTest*:*OneCutTest*:CrashConsistency.*:CrashInjectionTest.*:Durability.*'
+suites+=':*SnapshotTest*:*OneCutTest*:*CrashConsistency*:CrashInjectionTest.*:Durability.*'
 suites+=':*DeviceExtentsTest*:LiveRef*:*Devdax*:*Fsdax*:RequireDax*:*Hugetlbfs*'
 # Stress tests prove concurrency, not media: the host runs them (plain, ASan,
 # TSan); under TCG each takes 5 to 40 s. `--full` runs them here too.
