@@ -23,6 +23,12 @@ TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracke
 WERROR     ?= OFF
 REGION     ?= ./rawdax-data
 CTEST_J    ?= 2
+# Every ctest run: a pattern or label that selects no test is an error, and
+# so is a skipped test (GTEST_SKIP passes in ctest's eyes): NO_SKIPS, run in
+# the build tree after ctest, fails on any "[  SKIPPED ]" in its log.
+CTEST      := ctest -j$(CTEST_J) --output-on-failure --no-tests=error
+NO_SKIPS   := { ! grep -h '\[  SKIPPED \]' Testing/Temporary/LastTest.log || \
+               { echo "skipped tests fail the run (a test that cannot run here is not registered here)" >&2; false; }; }
 
 # Build, test and peer packages. Peers (nbdkit, libnbd, qemu-img, fio, and QEMU
 # with a Debian kernel, busybox, ndctl and mke2fs for the guest) serve the
@@ -58,7 +64,7 @@ run: build
 	$(BUILD)/rawdax serve --region $(REGION)
 
 test: build
-	cd $(BUILD) && ctest -j$(CTEST_J) --output-on-failure
+	cd $(BUILD) && $(CTEST) && $(NO_SKIPS)
 
 # The suite as a plain user (vm.unprivileged_userfaultfd stays as it is): run
 # as root, it creates the system user $(CI_USER) if missing, lends it the
@@ -75,8 +81,8 @@ test-user: build
 	chown -R $(CI_USER): $(BUILD)
 	cd $(BUILD) && status=0; setpriv --reuid=$(CI_USER) --regid=$(CI_USER) --init-groups --reset-env -- \
 	  env HOME=$(CURDIR)/$(BUILD)/home PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
-	  ctest -j$(CTEST_J) --output-on-failure -LE root || status=$$?; \
-	  chown -R $$(id -u):$$(id -g) $(CURDIR)/$(BUILD); exit $$status
+	  $(CTEST) -LE root || status=$$?; \
+	  chown -R $$(id -u):$$(id -g) $(CURDIR)/$(BUILD); [ $$status = 0 ] || exit $$status; $(NO_SKIPS)
 
 # Unit and integration tests under ASan+UBSan (clang, so clang's warnings count too).
 test-asan: deps
@@ -84,7 +90,7 @@ test-asan: deps
 	  -DRAWDAX_SANITIZE=address,undefined -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_BENCHMARKS=OFF
 	cmake --build $(ASAN_BUILD)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  ctest -j$(CTEST_J) --output-on-failure
+	  $(CTEST) && $(NO_SKIPS)
 
 # The concurrency and stress tests under TSan. die_after_fork=0: the control
 # process tests fork the test binary, and the child's Client starts its reader
@@ -94,7 +100,7 @@ test-tsan: deps
 	  -DRAWDAX_SANITIZE=thread -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_BENCHMARKS=OFF
 	cmake --build $(TSAN_BUILD)
 	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 die_after_fork=0" \
-	  ctest -j$(CTEST_J) --output-on-failure -R '$(TSAN_TESTS)'
+	  $(CTEST) -R '$(TSAN_TESTS)' && $(NO_SKIPS)
 
 # The device, engine, snapshot, region and crash suites under Debian 12's own
 # kernel (6.1) in a QEMU guest with real device-dax, fsdax (ext4 -o dax),
