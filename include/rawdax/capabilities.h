@@ -18,7 +18,9 @@ namespace rawdax {
 enum class MediaKind {
   kDirectory,  // one backing file per namespace in a directory
   kMemfd,      // anonymous shared memory in this process ("memfd:")
-  kDevdax,     // a device-dax character device ("devdax:/dev/daxX.Y")
+  kDevdax,     // a device-dax character device ("devdax:/dev/daxX.Y"), carved into
+               // extents; "devdax-whole:" is the older layout: one namespace, the whole device
+  kFile,       // one preallocated file carved into extents ("file:PATH")
 };
 
 // How bytes stored through a mapping are made durable.

@@ -24,6 +24,9 @@ struct NamespaceInfo {
   uint64_t size = 0;
   std::string mode = "raw";  // both faces over the raw bytes
   std::string path;          // backing file, "memfd:NAME", or the devdax device
+  // Where the namespace's bytes start in `path`: its extent's offset on a
+  // carved region (devdax:, file:), 0 where each namespace has its own object.
+  uint64_t offset = 0;
 };
 
 }  // namespace rawdax

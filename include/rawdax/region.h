@@ -6,8 +6,15 @@
 //
 // A region spec is a directory on any filesystem (tmpfs, ext4, hugetlbfs, a
 // DAX filesystem), "memfd:" (anonymous memory in this process, gone when the
-// Region and its devices and mappings are), or "devdax:/dev/daxX.Y" (one
-// namespace: the whole device).
+// Region and its devices and mappings are), or a carved device:
+// "devdax:/dev/daxX.Y" or "file:PATH" (one preallocated file). A carved
+// region keeps a label area at the start of the device and gives each
+// namespace an aligned extent of it (docs/region.md). "devdax-whole:PATH"
+// opens a device in the layout of rawdax before carving: one namespace, the
+// whole device, for copying it out.
+//
+// First use of a carved device: with `create`, a device that is all zeros is
+// formatted; one with data and no label area is refused (init() formats it).
 //
 // A directory region is owned by one Region object at a time, across
 // processes (flock); a second open fails with EBUSY naming the holder's pid.
@@ -43,6 +50,39 @@ struct RegionOptions {
   // (ENOTSUP) names the directory and its filesystem; nothing is created.
   // devdax: is always DAX.
   bool require_dax = false;
+  // file: regions: the size of a missing file that `create` makes (0: 4 GiB).
+  // Files on disk and DAX filesystems are allocated whole; tmpfs stays sparse.
+  uint64_t file_size = 0;
+};
+
+// The space of a region, as list --json reports it.
+struct RegionSpace {
+  bool carved = false;           // devdax: or file:
+  uint64_t device_size = 0;      // carved: usable bytes of the device or file
+  uint64_t label_area_size = 0;  // carved: bytes before the first extent
+  uint64_t align = 0;            // granularity of sizes and extents
+  uint64_t free = 0;             // bytes new namespaces could take in all
+  uint64_t largest_free = 0;     // the largest namespace that can be created now
+  uint32_t label_slots = 0;      // carved: label slots (one per namespace, plus one spare)
+  // carved: set when the newest label index was unusable and the region
+  // opened from the previous one; says what was wrong.
+  std::string recovered_from;
+};
+
+struct InitOptions {
+  // Erase what the device holds: namespaces in a label area, or data on a
+  // device without one. Without it such a device is refused (EEXIST) with a
+  // description of what would be erased.
+  bool force = false;
+  uint64_t file_size = 0;  // file: make a missing file of this size (0: 4 GiB)
+};
+
+struct InitReport {
+  std::string spec;
+  uint64_t device_size = 0;
+  uint64_t label_area_size = 0;
+  uint64_t align = 0;
+  std::string erased;  // what the device held that is gone; empty when nothing
 };
 
 struct DestroyOptions {
@@ -56,6 +96,10 @@ struct RestoreOptions {
 class Region {
  public:
   static Result<std::unique_ptr<Region>> open(std::string_view spec, RegionOptions options = {});
+  // Formats a carved device (devdax:, file:) with an empty label area. The
+  // data area is not written: new namespaces are zeroed when they are
+  // created. EINVAL for other specs; EBUSY while the region is open.
+  static Result<InitReport> init(std::string_view spec, InitOptions options = {});
   ~Region();
   Region(const Region&) = delete;
   Region& operator=(const Region&) = delete;
@@ -66,9 +110,12 @@ class Region {
   uint64_t generation() const;
 
   std::vector<NamespaceInfo> list() const;
+  RegionSpace space() const;
   Result<NamespaceInfo> find(std::string_view name) const;
 
-  // EINVAL (name, size), EEXIST, ENOSPC (names the size and the space free).
+  // EINVAL (name, size), EEXIST, ENOSPC (names the size and the space free;
+  // on a carved region also the largest free extent). A carved namespace
+  // takes the best-fitting free extent and is zeroed before it is named.
   Result<NamespaceInfo> create_namespace(const NamespaceSpec& spec);
   // ENOENT when absent. EBUSY while a Device or Mapping of the namespace
   // (opened through this Region) is alive, unless options.force: then the
@@ -93,7 +140,11 @@ class Region {
   // read-only unless `writable`. The caller owns it and must close it.
   // Mappings of it in other processes raise SIGBUS once the namespace is
   // destroyed (destroy truncates the backing object before removing it).
-  // ENOENT when absent.
+  // On a carved region the fd is the whole device or file: the namespace is
+  // [info.offset, info.offset + info.size) of it, and nothing stops the
+  // receiver from mapping more, nor revokes its mappings at destroy (a file
+  // region punches the extent, so they read zeros). Hand it only to a
+  // process trusted with the whole device. ENOENT when absent.
   Result<int> open_backing_fd(std::string_view name, bool writable) const;
 
  private:

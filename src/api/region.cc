@@ -2,6 +2,8 @@
 // It sits above the device layer so that open_device() is not an upward call.
 #include "rawdax/region.h"
 
+#include <cstring>
+
 #include "common/crash_point.h"
 #include "device/device_core.h"
 #include "engine/protector.h"
@@ -13,9 +15,13 @@
 namespace rawdax {
 
 Result<std::unique_ptr<Region>> Region::open(std::string_view spec, RegionOptions options) {
-  auto catalog = Catalog::open(spec, options.create, options.require_dax);
+  auto catalog = Catalog::open(spec, options.create, options.require_dax, options.file_size);
   if (!catalog) return catalog.error();
   return std::unique_ptr<Region>(new Region(std::shared_ptr<Catalog>(std::move(*catalog))));
+}
+
+Result<InitReport> Region::init(std::string_view spec, InitOptions options) {
+  return Catalog::init(spec, options);
 }
 
 Region::Region(std::shared_ptr<Catalog> catalog) : catalog_(std::move(catalog)) {}
@@ -25,6 +31,7 @@ const std::string& Region::spec() const { return catalog_->spec(); }
 const Capabilities& Region::capabilities() const { return catalog_->capabilities(); }
 uint64_t Region::generation() const { return catalog_->generation(); }
 std::vector<NamespaceInfo> Region::list() const { return catalog_->list(); }
+RegionSpace Region::space() const { return catalog_->space(); }
 Result<NamespaceInfo> Region::find(std::string_view name) const { return catalog_->find(name); }
 
 Result<NamespaceInfo> Region::create_namespace(const NamespaceSpec& spec) {
@@ -104,8 +111,8 @@ Status write_chain(const std::vector<internal::SnapshotFile>& chain,
   return ok();
 }
 
-// devdax holds exactly one namespace: there is no room for a second copy,
-// so the restore overwrites it in place (not crash-atomic; docs/snapshot.md).
+// devdax-whole holds exactly one namespace: there is no room for a second
+// copy, so the restore overwrites it in place (not crash-atomic; docs/snapshot.md).
 Result<NamespaceInfo> restore_in_place(Region& region, std::string_view name,
                                        const std::vector<internal::SnapshotFile>& chain,
                                        const std::string& what) {
@@ -113,7 +120,7 @@ Result<NamespaceInfo> restore_in_place(Region& region, std::string_view name,
   if (!dev) return dev.error().with_context(what);
   const internal::SnapshotHeader& newest = chain.front().header();
   if ((*dev)->size() != newest.namespace_size) {
-    return Error(std::errc::invalid_argument, what + "a devdax namespace cannot be resized");
+    return Error(std::errc::invalid_argument, what + "a devdax-whole namespace cannot be resized");
   }
   Status done = (*dev)->write_zeroes(0, newest.namespace_size);
   if (done) {
@@ -156,13 +163,19 @@ Result<NamespaceInfo> Region::restore_namespace(std::string_view name, const std
                      " bytes, the snapshot " + std::to_string(newest.namespace_size) +
                      " (force resizes it)");
   }
-  if (capabilities().kind == MediaKind::kDevdax) return restore_in_place(*this, name, *chain, what);
+  if (capabilities().kind == MediaKind::kDevdax && !catalog_->carved()) {
+    return restore_in_place(*this, name, *chain, what);
+  }
 
   // Into a new backing object that the metadata names only once it is
   // complete: a crash or failure leaves the namespace as it was (or absent).
   auto object = catalog_->create_detached(std::string(name), newest.namespace_size);
   if (!object) return object.error().with_context(what);
   Status written = write_chain(*chain, [&](uint64_t offset, std::span<const std::byte> data) {
+    if (object->view.valid()) {  // a carved extent, zeroed: only its pages are written
+      std::memcpy(object->view.data() + offset, data.data(), data.size());
+      return ok();
+    }
     return pwrite_all(object->fd.get(), data.data(), data.size(), offset,
                       "namespace " + std::string(name));
   });

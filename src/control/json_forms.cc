@@ -4,7 +4,7 @@ namespace rawdax::control {
 
 nlohmann::json namespace_json(const NamespaceInfo& ns) {
   return {{"name", ns.name}, {"uuid", ns.uuid}, {"size", ns.size}, {"mode", ns.mode},
-          {"path", ns.path}};
+          {"path", ns.path}, {"offset", ns.offset}};
 }
 
 nlohmann::json capabilities_json(const Capabilities& caps) {

@@ -31,8 +31,10 @@ int revoked_backing_fd() {
 // `size` bytes: room to grow, except on hugetlbfs, where a writable mapping
 // past EOF extends the file (hugetlbfs_file_mmap), so a view covers exactly
 // the size and every grow maps a new one.
-uint64_t view_capacity(uint64_t size, const Capabilities& caps) {
-  if (caps.hugetlb) return size;
+uint64_t view_capacity(uint64_t size, const Capabilities& caps, bool carved) {
+  // A carved namespace's neighbours follow its extent: a view covers exactly
+  // the extent, so no pointer into the block face can reach their bytes.
+  if (caps.hugetlb || carved) return size;
   return *round_up(std::max(size * 2, kMinViewCapacity), caps.alignment);
 }
 
@@ -78,7 +80,9 @@ Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> ca
   core->size_.store(info->size);
   const Capabilities& caps = core->capabilities();
   uint64_t capacity = info->size;
-  if (caps.kind != MediaKind::kDevdax) {
+  if (catalog->carved()) {
+    catalog->hold_view(info->uuid, info->offset, capacity);
+  } else if (caps.kind != MediaKind::kDevdax) {
     auto actual = file_size(core->fd_.get());
     if (!actual) return actual.error();
     if (*actual < info->size) {
@@ -91,7 +95,7 @@ Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> ca
     if (*actual > info->size && ::ftruncate(core->fd_.get(), static_cast<off_t>(info->size)) != 0) {
       return errno_error(errno, "namespace " + info->name + ": cannot trim " + info->path);
     }
-    capacity = view_capacity(info->size, caps);
+    capacity = view_capacity(info->size, caps, false);
   }
   auto view = core->map_view(capacity);
   if (!view) return view.error();
@@ -147,7 +151,8 @@ Result<MappedRange> DeviceCore::map_view(uint64_t capacity) const {
   // ENOMEM rather than a later fault with SIGBUS.
   int noreserve = capabilities().hugetlb ? 0 : MAP_NORESERVE;
   void* addr = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE,
-                      shared_map_flags(capabilities()) | noreserve, fd_.get(), 0);
+                      shared_map_flags(capabilities()) | noreserve, fd_.get(),
+                      static_cast<off_t>(info_.offset));
   if (addr == MAP_FAILED) {
     return errno_error(errno, "namespace " + name_ + ": cannot map " + std::to_string(capacity) +
                                   " bytes of " + info_.path);
@@ -193,7 +198,7 @@ Status DeviceCore::read_for_copy(uint64_t offset, std::span<std::byte> out) {
   RAWDAX_RETURN_IF_ERROR(check_range("read", offset, out.size(), size(), false, false));
   for (size_t done = 0; done < out.size();) {
     ssize_t n = ::pread(fd_.get(), out.data() + done, out.size() - done,
-                        static_cast<off_t>(offset + done));
+                        static_cast<off_t>(info_.offset + offset + done));
     if (n > 0) {
       done += static_cast<size_t>(n);
       continue;
@@ -306,7 +311,7 @@ Status DeviceCore::zero_range(uint64_t offset, uint64_t length, bool allow_hole)
   // empty by then.
   if (allow_hole && caps.punch_hole && !caps.hugetlb && caps.kind != MediaKind::kDevdax &&
       hole_begin < hole_end) {
-    auto done = punch_hole(fd_.get(), hole_begin, hole_end - hole_begin);
+    auto done = punch_hole(fd_.get(), info_.offset + hole_begin, hole_end - hole_begin);
     if (!done) return done.error().with_context("namespace " + name_ + ": ");
     punched = *done;
   }
@@ -343,9 +348,11 @@ Result<std::vector<Extent>> DeviceCore::extents(uint64_t offset, uint64_t length
   // lseek moves the fd's file position, which nothing else here uses (the
   // block face is mmap, holes are fallocate), so concurrent callers only race
   // on a value nobody reads.
+  // Offsets in the backing object are the namespace's plus its extent's.
+  const uint64_t base = info_.offset;
   auto seek = [&](uint64_t pos, int whence) -> Result<uint64_t> {
-    off_t at = ::lseek(fd_.get(), static_cast<off_t>(pos), whence);
-    if (at >= 0) return std::min(static_cast<uint64_t>(at), end);
+    off_t at = ::lseek(fd_.get(), static_cast<off_t>(base + pos), whence);
+    if (at >= 0) return std::min(static_cast<uint64_t>(at) - base, end);
     if (errno == ENXIO) return end;  // no more data (SEEK_DATA) past pos
     return errno_error(errno, "namespace " + name_ + ": lseek at offset " + std::to_string(pos));
   };
@@ -376,13 +383,13 @@ Result<bool> DeviceCore::is_hole(uint64_t offset, uint64_t length) {
   if (!hold) return removed_error("is_hole");
   RAWDAX_RETURN_IF_ERROR(check_range("is_hole", offset, length, size(), false, false));
   if (length == 0 || capabilities().kind == MediaKind::kDevdax) return false;
-  off_t data = ::lseek(fd_.get(), static_cast<off_t>(offset), SEEK_DATA);
+  off_t data = ::lseek(fd_.get(), static_cast<off_t>(info_.offset + offset), SEEK_DATA);
   if (data < 0) {
     if (errno == ENXIO) return true;      // no data at or after offset
     if (errno == EINVAL) return false;    // no SEEK_DATA here: all data
     return errno_error(errno, "namespace " + name_ + ": lseek at offset " + std::to_string(offset));
   }
-  return static_cast<uint64_t>(data) >= offset + length;
+  return static_cast<uint64_t>(data) >= info_.offset + offset + length;
 }
 
 Result<Mapping> DeviceCore::map(uint64_t offset, uint64_t length, Access access,
@@ -422,7 +429,10 @@ Result<Mapping> DeviceCore::map(uint64_t offset, uint64_t length, Access access,
   int prot = PROT_READ | (access == Access::ReadWrite ? PROT_WRITE : 0);
   // hugetlbfs places its mappings itself; elsewhere ask for huge alignment.
   uint64_t huge = caps.hugetlb ? 0 : caps.huge_page_size;
-  void* addr = map_huge_aligned(fd_.get(), offset, mapped, prot, shared_map_flags(caps), huge);
+  // Mapped at the extent's offset in the device: a mapping of a carved
+  // namespace covers its own bytes only.
+  void* addr = map_huge_aligned(fd_.get(), info_.offset + offset, mapped, prot,
+                                shared_map_flags(caps), huge);
   if (addr == MAP_FAILED) {
     return errno_error(errno, "namespace " + name_ + ": mmap offset " + std::to_string(offset) +
                                   " length " + std::to_string(length));
@@ -479,9 +489,10 @@ void DeviceCore::revoke_locked(MappingRecord& record) {
 
 Status DeviceCore::resize(uint64_t new_size, ResizeOptions options) {
   const Capabilities& caps = capabilities();
-  if (caps.kind == MediaKind::kDevdax) {
+  const bool carved = catalog_->carved();
+  if (caps.kind == MediaKind::kDevdax && !carved) {
     return Error(std::errc::operation_not_supported,
-                 "namespace " + name_ + ": a devdax namespace has the device's fixed size");
+                 "namespace " + name_ + ": a devdax-whole namespace has the device's fixed size");
   }
   // Rounding up to a huge page could add (or keep) up to a whole huge page
   // of a scarce pool that nobody asked for: hugetlbfs wants exact sizes.
@@ -513,12 +524,27 @@ Status DeviceCore::resize(uint64_t new_size, ResizeOptions options) {
   const uint64_t old_size = size();
   const uint64_t target = *rounded;
   if (target == old_size) return ok();
+  if (target > old_size && carved) {
+    // In place or not at all; the catalog zeroes the grown bytes before the
+    // label covers them, and only then does a view reach them.
+    RAWDAX_RETURN_IF_ERROR(catalog_->set_size(name_, target));
+    if (target > view_capacity_) {
+      auto view = map_view(target);
+      if (!view) return view.error();
+      catalog_->hold_view(info_.uuid, info_.offset, target);
+      view_.store(view->data(), std::memory_order_release);
+      view_capacity_ = target;
+      views_.push_back(std::move(*view));
+    }
+    size_.store(target, std::memory_order_release);
+    return ok();
+  }
   if (target > old_size) {
     RAWDAX_RETURN_IF_ERROR(catalog_->check_space(name_, target - old_size));
     Status grown = size_file(fd_.get(), target, caps.hugetlb, info_.path);
     if (!grown) return grown.error().with_context("namespace " + name_ + ": cannot grow: ");
     if (target > view_capacity_) {
-      uint64_t capacity = view_capacity(target, caps);
+      uint64_t capacity = view_capacity(target, caps, false);
       auto view = map_view(capacity);
       if (!view) return view.error();
       view_.store(view->data(), std::memory_order_release);
@@ -550,7 +576,9 @@ Status DeviceCore::resize(uint64_t new_size, ResizeOptions options) {
   }
   // The cut stays mapped and in the file until the media is released, so a
   // late reader cannot fault; zeroing it frees its space and means a later
-  // grow exposes zeros.
+  // grow exposes zeros. A carved cut stays held by this device's views (no
+  // neighbour gets it before they go), and a grow zeroes it again anyway.
+  if (carved) return ok();
   return zero_range(target, old_size - target, /*allow_hole=*/true);
 }
 
@@ -570,6 +598,14 @@ Status DeviceCore::remove() {
 
 void DeviceCore::release_media() {
   if (views_.empty()) return;
+  if (catalog_->carved()) {
+    view_.store(nullptr, std::memory_order_release);
+    views_.clear();
+    fd_.reset();
+    // Only now can no pointer of ours reach the extent's cut-off bytes.
+    catalog_->release_view(info_.uuid);
+    return;
+  }
   if (capabilities().kind != MediaKind::kDevdax) {
     auto actual = file_size(fd_.get());
     if (actual && *actual > size()) {

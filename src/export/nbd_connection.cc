@@ -339,6 +339,7 @@ void NbdConnection::open_backing() {
   off_t at = 0;
   if (::sendfile(pipe_in.get(), fd.get(), &at, 1) != 1) return;
   backing_ = std::move(fd);
+  backing_offset_ = device_->info().offset;  // a carved namespace's extent
 }
 
 uint16_t NbdConnection::transmission_flags() const {
@@ -606,7 +607,7 @@ bool NbdConnection::send_backing(const RequestHeader& r) {
   client_order(context_, ClientEdge::kSent);
   uint64_t sent = 0;
   while (sent < r.length) {
-    off_t at = static_cast<off_t>(r.offset + sent);
+    off_t at = static_cast<off_t>(backing_offset_ + r.offset + sent);
     ssize_t n = ::sendfile(fd_.get(), backing_.get(), &at, r.length - sent);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {

@@ -159,6 +159,7 @@ class NbdConnection {
   std::string export_name_;
   std::unique_ptr<Device> device_;
   UniqueFd backing_;  // the namespace's backing file, read-only; invalid: no sendfile
+  uint64_t backing_offset_ = 0;  // where the namespace starts in backing_
   bool wrote_since_flush_ = false;
   bool logged_shutdown_ = false;
 };

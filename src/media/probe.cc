@@ -242,7 +242,9 @@ Result<Capabilities> probe_devdax(int fd, const DevdaxGeometry& geometry) {
 }
 
 int shared_map_flags(const Capabilities& caps) {
-  if (caps.map_sync && caps.kind == MediaKind::kDirectory) return MAP_SHARED_VALIDATE | MAP_SYNC;
+  if (caps.map_sync && (caps.kind == MediaKind::kDirectory || caps.kind == MediaKind::kFile)) {
+    return MAP_SHARED_VALIDATE | MAP_SYNC;
+  }
   return MAP_SHARED;
 }
 
@@ -251,6 +253,7 @@ std::string_view to_string(MediaKind kind) {
     case MediaKind::kDirectory: return "directory";
     case MediaKind::kMemfd: return "memfd";
     case MediaKind::kDevdax: return "devdax";
+    case MediaKind::kFile: return "file";
   }
   return "unknown";
 }

@@ -7,8 +7,19 @@
 //    allocated when they are made, so that no store can find the pool empty.
 //  - memfd: metadata in memory, one memfd per namespace; lives as long as the
 //    Catalog (and any mappings of its memfds).
-//  - devdax: exactly one namespace, the whole device, named after it; it can
-//    be neither created nor destroyed.
+//  - carved (devdax:, file:): one device or file (CarvedMedia) whose label
+//    area (label_area.h) names each namespace's extent. Extents are taken by
+//    best fit (FreeSpace), zeroed before a label names them, and grow only
+//    in place. Besides the labels, extents can be held in memory: by a
+//    device whose views still cover bytes a shrink cut off (until the device
+//    releases its media), and by a restore or create in progress. Held bytes
+//    are never handed out.
+//  - devdax-whole: exactly one namespace, the whole device, named after it;
+//    it can be neither created nor destroyed (the layout before carving).
+//
+// Crash consistency (carved): label updates are atomic (label_area.h); a
+// new extent is zeroed and, for a restore, filled and persisted before the
+// update that names it.
 //
 // Crash consistency (directory): create makes and fsyncs the backing file
 // before the metadata names it; destroy drops the name from the metadata
@@ -31,8 +42,13 @@
 
 #include "common/unique_fd.h"
 #include "rawdax/capabilities.h"
+#include "common/mapped_range.h"
 #include "rawdax/namespace.h"
+#include "rawdax/region.h"
 #include "rawdax/result.h"
+#include "region/carved_media.h"
+#include "region/free_space.h"
+#include "region/label_area.h"
 #include "region/metadata.h"
 #include "region/region_lock.h"
 
@@ -45,7 +61,12 @@ class Catalog {
   // `require_dax`, media without DAX (a directory whose filesystem refuses
   // MAP_SYNC, memfd) is ENOTSUP, and nothing is created or changed.
   static Result<std::unique_ptr<Catalog>> open(std::string_view spec, bool create,
-                                               bool require_dax = false);
+                                               bool require_dax = false, uint64_t file_size = 0);
+  // See Region::init.
+  static Result<InitReport> init(std::string_view spec, InitOptions options);
+
+  bool carved() const { return carved_ != nullptr; }
+  RegionSpace space() const;
 
   const Capabilities& capabilities() const { return caps_; }
   const std::string& spec() const { return spec_; }
@@ -61,7 +82,16 @@ class Catalog {
 
   // Records a new size (the caller has sized the backing object). ENOENT when
   // the namespace is gone.
+  // On a carved region a grow happens in place only: ENOSPC, naming the
+  // largest size that fits in place, when the following bytes are not free;
+  // the grown part is zeroed before the label names it.
   Status set_size(std::string_view name, uint64_t size);
+
+  // Carved: `length` bytes from the namespace's offset are covered by a view
+  // of an open device and must stay out of other namespaces' reach even when
+  // the namespace shrinks below them. Until release_view(uuid).
+  void hold_view(const std::string& uuid, uint64_t offset, uint64_t length);
+  void release_view(const std::string& uuid);
 
   // ENOSPC, naming the namespace, `bytes` and the space free, when the media
   // cannot hold `bytes` more. On hugetlbfs the space is the pool's free huge
@@ -73,17 +103,23 @@ class Catalog {
   // install() names it in one metadata update, so a crash leaves the old
   // state or the new one (an unnamed file is an orphan that open() removes).
   // `name` is validated as for create(). ENOTSUP on devdax.
+  // On a carved region the object is a zeroed free extent, held until it
+  // is installed or discarded: `view` maps it and `fd` is the device's.
   struct DetachedObject {
     std::string name;
     std::string uuid;
     uint64_t size = 0;
     UniqueFd fd;
+    uint64_t offset = 0;  // carved: the extent's offset
+    MappedRange view;     // carved only
   };
   Result<DetachedObject> create_detached(const std::string& name, uint64_t size);
   // Names the object: a new namespace, or, when the name exists, the
   // namespace's new backing object (its old one is removed after the
   // metadata update). The uuid is the object's.
-  Result<NamespaceInfo> install(DetachedObject object);
+  // With `replace` false, EEXIST when the name exists (create() of a carved
+  // namespace is create_detached() then install()).
+  Result<NamespaceInfo> install(DetachedObject object, bool replace = true);
   // Drops an object that will not be installed.
   void discard(DetachedObject object);
 
@@ -94,6 +130,16 @@ class Catalog {
   Catalog() = default;
   Status open_directory(bool create, bool require_dax);
   Status open_devdax(const std::string& path);
+  Status open_carved(bool create, bool require_dax, uint64_t file_size);
+  // Carved: the extents in use, labels and holds, except `skip_uuid`'s.
+  FreeSpace free_space_locked(const std::string& skip_uuid = "") const;
+  // ENOSPC naming the largest size `ns` reaches in place, when `new_size` does not fit.
+  Status check_grow_locked(const NamespaceInfo& ns, uint64_t new_size) const;
+  Error no_space_error(const std::string& name, uint64_t size, const FreeSpace& space) const;
+  Result<uint64_t> available_bytes(std::string* where, std::string* unit) const;
+  // Carved: gives a freed extent's pages back where that is cheap (a file
+  // region punches it). Best effort: the next create zeroes it anyway.
+  void release_extent_locked(ByteRange range) const;
   Status remove_orphans();
   Status commit(RegionMetadata next);  // persists, then installs `next`
   // After the metadata stopped naming it (directory kind): truncates the
@@ -113,6 +159,9 @@ class Catalog {
   RegionMetadata meta_;                    // guarded by mu_
   std::map<std::string, UniqueFd> memfds_;  // by uuid; memfd kind; guarded by mu_
   UniqueFd devdax_fd_;
+  std::unique_ptr<CarvedMedia> carved_;
+  LabelState labels_;                       // carved; guarded by mu_
+  std::map<std::string, ByteRange> holds_;  // carved; by uuid; guarded by mu_
 };
 
 }  // namespace rawdax

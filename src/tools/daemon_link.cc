@@ -81,7 +81,7 @@ Result<NamespaceInfo> DaemonLink::namespace_info(const json& reply) const {
   NamespaceInfo ns;
   if (!reply.is_object() || !take(reply, "name", ns.name) || !take(reply, "uuid", ns.uuid) ||
       !take(reply, "size", ns.size) || !take(reply, "mode", ns.mode) ||
-      !take(reply, "path", ns.path)) {
+      !take(reply, "path", ns.path) || !take(reply, "offset", ns.offset)) {
     return bad_reply("namespace");
   }
   ns.path = rebase(ns.path);
