@@ -106,6 +106,9 @@ class ClientNamespace {
 
   const std::string& name() const { return name_; }
   uint64_t size() const { return size_; }  // when it was opened
+  // Where the namespace starts in fd(): its extent's offset on a carved
+  // region (devdax:, file:), where fd() is the whole device; else 0.
+  uint64_t offset() const { return offset_; }
   Access access() const { return access_; }
   bool exclusive() const { return exclusive_; }
   int fd() const { return fd_; }  // still owned by this object
@@ -126,6 +129,7 @@ class ClientNamespace {
   ClientNamespace() = default;
   std::string name_;
   uint64_t size_ = 0;
+  uint64_t offset_ = 0;
   uint64_t alignment_ = 0;  // the media's mmap granularity
   Access access_ = Access::ReadOnly;
   bool exclusive_ = false;

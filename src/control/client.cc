@@ -76,6 +76,7 @@ void ClientMapping::reset() {
 ClientNamespace::ClientNamespace(ClientNamespace&& other) noexcept
     : name_(std::move(other.name_)),
       size_(other.size_),
+      offset_(other.offset_),
       alignment_(other.alignment_),
       access_(other.access_),
       exclusive_(other.exclusive_),
@@ -88,6 +89,7 @@ ClientNamespace& ClientNamespace::operator=(ClientNamespace&& other) noexcept {
     if (fd_ >= 0) ::close(fd_);
     name_ = std::move(other.name_);
     size_ = other.size_;
+    offset_ = other.offset_;
     alignment_ = other.alignment_;
     access_ = other.access_;
     exclusive_ = other.exclusive_;
@@ -119,7 +121,10 @@ Result<ClientMapping> ClientNamespace::map(uint64_t offset, size_t length) const
   size_t delta = static_cast<size_t>(offset - start);
   size_t mapped = (delta + length + align - 1) / align * align;
   int prot = access_ == Access::ReadWrite ? PROT_READ | PROT_WRITE : PROT_READ;
-  void* base = ::mmap(nullptr, mapped, prot, MAP_SHARED, fd_, static_cast<off_t>(start));
+  // A carved namespace is an extent of the fd's device, starting at
+  // offset_ (aligned): [offset_, offset_ + size_) is all this maps.
+  void* base =
+      ::mmap(nullptr, mapped, prot, MAP_SHARED, fd_, static_cast<off_t>(offset_ + start));
   if (base == MAP_FAILED) return errno_error(errno, "namespace " + name_ + ": mmap");
   ClientMapping mapping(base, mapped, static_cast<std::byte*>(base) + delta, length);
   if (access_ == Access::ReadWrite && protection_ != nullptr) {
@@ -421,6 +426,9 @@ Result<ClientNamespace> Client::open_namespace(std::string_view name, Access acc
     return protocol_error("open-namespace reply without a size");
   }
   ns.size_ = size->get<uint64_t>();
+  if (auto offset = ret->find("offset"); offset != ret->end() && offset->is_number_unsigned()) {
+    ns.offset_ = offset->get<uint64_t>();
+  }
   if (auto caps = ret->find("capabilities"); caps != ret->end() && caps->is_object()) {
     if (auto media = caps->find("media"); media != caps->end() && media->is_object()) {
       auto align = media->find("alignment");

@@ -267,7 +267,8 @@ class Dispatcher::Command {
 
   Result<json> query_region() {
     return json{{"region", d_.region_.spec()},
-                {"capabilities", capabilities_json(d_.region_.capabilities())}};
+                {"capabilities", capabilities_json(d_.region_.capabilities())},
+                {"space", space_json(d_.region_.space())}};
   }
 
   Result<json> create_namespace() {
@@ -384,9 +385,12 @@ class Dispatcher::Command {
     d_.log_("namespace " + *name + " opened " + *access + (*exclusive ? " exclusively" : "") +
             " by pid " + std::to_string(session_.peer->pid()));
     uint64_t size = (*state)->device ? (*state)->device->size() : info->size;
+    // On a carved region the fd is the whole device: the namespace starts
+    // at `offset` in it (docs/control.md).
     json out = {{"name", *name},
                 {"uuid", info->uuid},
                 {"size", size},
+                {"offset", info->offset},
                 {"access", *access},
                 {"exclusive", *exclusive},
                 {"capabilities", capabilities_json(d_.region_.capabilities())}};

@@ -34,6 +34,20 @@ nlohmann::json capabilities_json(const Capabilities& caps) {
           {"page_size", caps.page_size}};
 }
 
+nlohmann::json space_json(const RegionSpace& s) {
+  nlohmann::json j = {{"carved", s.carved},
+                      {"align", s.align},
+                      {"free", s.free},
+                      {"largest_free_extent", s.largest_free}};
+  if (s.carved) {
+    j["device_size"] = s.device_size;
+    j["label_area_size"] = s.label_area_size;
+    j["label_slots"] = s.label_slots;
+    if (!s.recovered_from.empty()) j["recovered_from"] = s.recovered_from;
+  }
+  return j;
+}
+
 nlohmann::json snapshot_json(const SnapshotInfo& s) {
   nlohmann::json j = {{"path", s.path},
                       {"id", s.id},

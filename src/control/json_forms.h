@@ -16,6 +16,9 @@ nlohmann::json namespace_json(const NamespaceInfo& ns);
 // media accepts), "engine", "privilege" (the userfaultfd mode this process
 // gets), "kernel" (what the running kernel offers), "page_size".
 nlohmann::json capabilities_json(const Capabilities& caps);
+// A region's space: free bytes and the largest free extent, plus the
+// device geometry of a carved region.
+nlohmann::json space_json(const RegionSpace& s);
 // duration_ns and max_writer_stall_ns only for a snapshot just taken
 // (duration_ns > 0), not for one read back from a file.
 nlohmann::json snapshot_json(const SnapshotInfo& s);

@@ -11,7 +11,8 @@ namespace rawdax::cli {
 
 void add_global_options(CLI::App& verb, GlobalOptions& options) {
   verb.add_option("--region", options.region,
-                  "Region: a directory, memfd: or devdax:PATH (created on first use)")
+                  "Region: a directory, memfd:, or a carved device devdax:PATH or file:PATH "
+                  "(created on first use; a device with data needs init-region)")
       ->capture_default_str();
   verb.add_flag("--require-dax", options.require_dax,
                 "Fail unless the region's media is DAX (devdax:, or a directory on a "
@@ -48,6 +49,18 @@ nlohmann::json capabilities_json(nlohmann::json raw, bool human) {
   if (auto media = raw.find("media"); media != raw.end() && media->is_object()) {
     render(*media, "huge_page_size");
     render(*media, "alignment");
+  }
+  return raw;
+}
+
+nlohmann::json to_json(const RegionSpace& space, bool human) {
+  return space_json(control::space_json(space), human);
+}
+
+nlohmann::json space_json(nlohmann::json raw, bool human) {
+  for (const char* key : {"align", "free", "largest_free_extent", "device_size", "label_area_size"}) {
+    auto it = raw.find(key);
+    if (it != raw.end() && it->is_number_unsigned()) *it = size_json(it->get<uint64_t>(), human);
   }
   return raw;
 }

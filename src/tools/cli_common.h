@@ -36,6 +36,9 @@ nlohmann::json to_json(const Capabilities& caps, bool human);
 // Capabilities as the daemon reports them (raw sizes), rendered like
 // to_json(caps, human) renders them.
 nlohmann::json capabilities_json(nlohmann::json raw, bool human);
+nlohmann::json to_json(const RegionSpace& space, bool human);
+// A region's space as the daemon reports it, rendered like to_json(space, human).
+nlohmann::json space_json(nlohmann::json raw, bool human);
 
 // Prints "rawdax: error: MESSAGE" on stderr and returns the exit code 1.
 int fail(const Error& error);

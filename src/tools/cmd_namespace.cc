@@ -1,6 +1,8 @@
 // Verbs: list, create-namespace, destroy-namespace, resize-namespace. Each
 // goes through the region's daemon when one runs (daemon_link.h), and opens
-// the region itself otherwise; the output is the same either way.
+// the region itself otherwise; the output is the same either way. And
+// init-region, which formats a carved device (never through a daemon: the
+// daemon holds the device's lock, so it is refused while one runs).
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <memory>
@@ -17,12 +19,14 @@ namespace {
 struct ListOptions {
   GlobalOptions global;
   bool capabilities = false;
+  bool space = false;
 };
 
 // What list prints, from either source.
 struct Listing {
   std::string spec;
   nlohmann::json capabilities;  // rendered
+  nlohmann::json space;         // rendered
   std::vector<NamespaceInfo> namespaces;
 };
 
@@ -37,13 +41,14 @@ Result<Listing> list_through(DaemonLink& daemon, const ListOptions& options) {
     if (!ns) return ns.error();
     out.namespaces.push_back(std::move(*ns));
   }
-  if (options.capabilities) {
+  if (options.capabilities || options.space) {
     auto region = daemon.execute("query-region", nlohmann::json::object());
     if (!region) return region.error();
-    if (!region->is_object() || !region->contains("capabilities")) {
+    if (!region->is_object() || !region->contains("capabilities") || !region->contains("space")) {
       return Error(std::errc::protocol_error, "malformed region description");
     }
     out.capabilities = capabilities_json((*region)["capabilities"], options.global.human);
+    out.space = space_json((*region)["space"], options.global.human);
   }
   return out;
 }
@@ -52,7 +57,7 @@ Result<Listing> list_directly(const ListOptions& options) {
   auto region = open_region(options.global);
   if (!region) return region.error();
   return Listing{(*region)->spec(), to_json((*region)->capabilities(), options.global.human),
-                 (*region)->list()};
+                 to_json((*region)->space(), options.global.human), (*region)->list()};
 }
 
 int run_list(const ListOptions& options) {
@@ -61,13 +66,13 @@ int run_list(const ListOptions& options) {
   if (!listing) return fail(listing.error());
   nlohmann::json namespaces = nlohmann::json::array();
   for (const auto& ns : listing->namespaces) namespaces.push_back(to_json(ns, options.global.human));
-  if (!options.capabilities) {
+  if (!options.capabilities && !options.space) {
     print_json(namespaces);
     return 0;
   }
-  nlohmann::json entry = {{"region", listing->spec},
-                          {"capabilities", listing->capabilities},
-                          {"namespaces", namespaces}};
+  nlohmann::json entry = {{"region", listing->spec}, {"space", listing->space}};
+  if (options.capabilities) entry["capabilities"] = listing->capabilities;
+  entry["namespaces"] = namespaces;
   print_json(nlohmann::json::array({entry}));
   return 0;
 }
@@ -151,14 +156,69 @@ int run_resize(const ResizeOptions& options) {
   return 0;
 }
 
+struct InitRegionOptions {
+  std::string spec;
+  std::string size;
+  bool force = false;
+  bool json = false;
+  bool human = false;
+};
+
+int run_init_region(const InitRegionOptions& options) {
+  uint64_t file_size = 0;
+  if (!options.size.empty()) {
+    auto size = parse_size(options.size);
+    if (!size) return fail(size.error().with_context("init-region " + options.spec + ": "));
+    file_size = *size;
+  }
+  auto report = Region::init(options.spec, {.force = options.force, .file_size = file_size});
+  if (!report) return fail(report.error());
+  if (options.json || options.human) {
+    nlohmann::json j = {{"region", report->spec},
+                        {"device_size", report->device_size},
+                        {"label_area_size", report->label_area_size},
+                        {"align", report->align},
+                        {"erased", report->erased}};
+    if (options.human) {
+      for (const char* key : {"device_size", "label_area_size", "align"}) {
+        j[key] = format_size(j[key].get<uint64_t>());
+      }
+    }
+    print_json(j);
+    return 0;
+  }
+  std::cout << "region " << report->spec << ": formatted: "
+            << format_size(report->device_size - report->label_area_size)
+            << " for namespaces in extents of " << format_size(report->align) << " (label area "
+            << format_size(report->label_area_size) << ")\n";
+  if (!report->erased.empty()) std::cout << "erased: " << report->erased << "\n";
+  return 0;
+}
+
 }  // namespace
 
 void register_namespace_commands(CLI::App& app, int* exit_code) {
+  auto init_options = std::make_shared<InitRegionOptions>();
+  CLI::App* init = app.add_subcommand(
+      "init-region",
+      "Format a carved device (devdax:PATH or file:PATH) with an empty label area");
+  init->add_option("spec", init_options->spec, "devdax:/dev/daxX.Y or file:PATH")->required();
+  init->add_flag("--force,-f", init_options->force,
+                 "Erase what the device holds (its namespaces, or data without a label area); "
+                 "without it such a device is refused with a list of what would be erased");
+  init->add_option("--size,-s", init_options->size,
+                   "file: the size of a file to create, with K/M/G/T suffixes (default 4G)");
+  init->add_flag("--json", init_options->json, "JSON output");
+  init->add_flag("--human", init_options->human, "JSON output with human-readable sizes");
+  init->callback([=] { *exit_code = run_init_region(*init_options); });
+
   auto list_options = std::make_shared<ListOptions>();
   CLI::App* list = app.add_subcommand("list", "List the region's namespaces as JSON");
   add_global_options(*list, list_options->global);
   list->add_flag("--capabilities", list_options->capabilities,
-                 "Also print the region's detected capabilities");
+                 "Also print the region's detected capabilities (and its space)");
+  list->add_flag("--space", list_options->space,
+                 "Also print the region's free space and largest free extent");
   list->callback([=] { *exit_code = run_list(*list_options); });
 
   auto create_options = std::make_shared<CreateOptions>();
