@@ -16,6 +16,7 @@ struct VmArgsOptions {
   std::string name;
   bool virtio = false;
   std::string ram = "512M";
+  std::string qemu = "qemu-system-x86_64";
 };
 
 int run_vm_args(const VmArgsOptions& options) {
@@ -29,7 +30,15 @@ int run_vm_args(const VmArgsOptions& options) {
                       "namespace " + options.name + " not found in region " +
                           (*region)->spec()));
   }
-  auto pmem = internal::qemu_pmem_args(*ns, options.virtio, *ram);
+  // Only a carved namespace needs to know what the QEMU can do.
+  internal::QemuBackendSupport support;
+  if (ns->offset != 0) {
+    auto asked = internal::qemu_backend_support(options.qemu);
+    if (!asked) return fail(asked.error());
+    support = *asked;
+  }
+  auto pmem = internal::qemu_pmem_args(*ns, options.virtio, *ram, support,
+                                       (*region)->capabilities().alignment);
   if (!pmem) return fail(pmem.error());
   std::vector<std::string> args;
   args.push_back("-machine");
@@ -41,6 +50,7 @@ int run_vm_args(const VmArgsOptions& options) {
     print_json({{"name", ns->name},
                 {"device", options.virtio ? "virtio-pmem-pci" : "nvdimm"},
                 {"path", ns->path},
+                {"offset", ns->offset},
                 {"size", ns->size},
                 {"args", args}});
   } else {
@@ -59,6 +69,10 @@ void register_vm_commands(CLI::App& app, int* exit_code) {
   verb->add_option("name", options->name, "Namespace")->required();
   verb->add_flag("--virtio", options->virtio, "virtio-pmem-pci instead of an ACPI nvdimm");
   verb->add_option("--ram", options->ram, "Guest RAM (for -m and maxmem)")->capture_default_str();
+  verb->add_option("--qemu", options->qemu,
+                   "The QEMU binary the arguments are for; asked what it supports when the "
+                   "namespace is an extent of a carved region")
+      ->capture_default_str();
   verb->callback([=] { *exit_code = run_vm_args(*options); });
 }
 

@@ -1,5 +1,11 @@
 #include "vm/qemu_args.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <regex>
+
 namespace rawdax::internal {
 namespace {
 
@@ -13,13 +19,59 @@ std::string escape_commas(const std::string& value) {
   return out;
 }
 
+// Everything `command` prints on stdout and stderr, or ENOENT naming it
+// when it does not run to a zero exit.
+Result<std::string> output_of(const std::string& command, const std::string& what) {
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return errno_error(errno, "cannot run " + what);
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
+  int status = ::pclose(pipe);
+  if (status != 0) {
+    return Error(std::errc::no_such_file_or_directory,
+                 "cannot ask " + what + " what it supports (is QEMU installed? it said: " +
+                     out.substr(0, 200) + ")");
+  }
+  return out;
+}
+
 }  // namespace
 
-Result<QemuPmemArgs> qemu_pmem_args(const NamespaceInfo& ns, bool virtio, uint64_t guest_ram) {
+Result<QemuBackendSupport> qemu_backend_support(const std::string& qemu) {
+  const std::string quoted = "'" + qemu + "'";
+  auto props = output_of(quoted + " -object memory-backend-file,help", qemu);
+  if (!props) return props.error();
+  QemuBackendSupport out;
+  out.offset = props->find("\n  offset=") != std::string::npos ||
+               props->rfind("offset=", 0) == 0;
+  if (auto version = output_of(quoted + " --version", qemu)) {
+    std::smatch m;
+    if (std::regex_search(*version, m, std::regex("version ([0-9][0-9.]*)"))) out.version = m[1];
+  }
+  return out;
+}
+
+Result<QemuPmemArgs> qemu_pmem_args(const NamespaceInfo& ns, bool virtio, uint64_t guest_ram,
+                                    const QemuBackendSupport& support, uint64_t align) {
   if (ns.path.empty() || ns.path.front() != '/') {
     return Error(std::errc::invalid_argument,
                  "namespace " + ns.name + " (" + ns.path +
                      ") has no backing file a VM can map: use a directory region");
+  }
+  if (ns.offset != 0 && !support.offset) {
+    return Error(std::errc::operation_not_supported,
+                 "namespace " + ns.name + " is the extent at offset " + std::to_string(ns.offset) +
+                     " of " + ns.path + ": QEMU's memory-backend-file needs its offset " +
+                     "property for it, which QEMU has since version " + kQemuOffsetVersion +
+                     "; the installed QEMU" +
+                     (support.version.empty() ? std::string() : " (" + support.version + ")") +
+                     " lacks it");
+  }
+  std::string placement;
+  if (ns.offset != 0) placement += ",offset=" + std::to_string(ns.offset);
+  if (align > static_cast<uint64_t>(::sysconf(_SC_PAGESIZE))) {
+    placement += ",align=" + std::to_string(align);
   }
   const std::string id = "rawdax-" + ns.name;
   QemuPmemArgs out;
@@ -29,7 +81,7 @@ Result<QemuPmemArgs> qemu_pmem_args(const NamespaceInfo& ns, bool virtio, uint64
   out.memory_option = "slots=2,maxmem=" + std::to_string((guest_ram + ns.size) >> 20) + "M";
   out.args = {"-object",
               "memory-backend-file,id=" + id + ",share=on,mem-path=" + escape_commas(ns.path) +
-                  ",size=" + std::to_string(ns.size),
+                  ",size=" + std::to_string(ns.size) + placement,
               "-device",
               std::string(virtio ? "virtio-pmem-pci" : "nvdimm") + ",memdev=" + id +
                   ",id=" + id + "-dev"};
