@@ -286,6 +286,18 @@ class Dispatcher::Command {
     return namespace_json(*info);
   }
 
+  // On a carved region a holder's fd is the whole device: no truncate can
+  // take its mappings away, and freed bytes go to the next namespace
+  // created. So what holders map is never freed under them, force or not.
+  Status refuse_if_unrevocable(const std::string& name, const std::vector<Holder>& holders,
+                               const char* what) const {
+    if (holders.empty() || !d_.region_.space().carved) return ok();
+    return Error(std::errc::device_or_resource_busy,
+                 "namespace " + name + " is open by pid(s) " + pid_list(holders) +
+                     ", which map the carved device itself: it cannot be " + what +
+                     " until they release it (their mappings cannot be revoked)");
+  }
+
   Result<json> destroy_namespace() {
     auto name = args_.string("name");
     if (!name) return name.error();
@@ -300,6 +312,7 @@ class Dispatcher::Command {
                    "namespace " + *name + " is open by pid(s) " + pid_list(holders) +
                        "; force revokes it");
     }
+    RAWDAX_RETURN_IF_ERROR(refuse_if_unrevocable(*name, holders, "destroyed"));
     // Holders hear first; then removal truncates the backing object, which
     // turns their mappings' next access into SIGBUS.
     notify_locked(holders, {{"event", "NAMESPACE_REVOKED"}, {"data", {{"name", *name}}}});
@@ -330,6 +343,9 @@ class Dispatcher::Command {
         return Error(std::errc::device_or_resource_busy,
                      "namespace " + *name + " is open by pid(s) " +
                          pid_list((*state)->holders) + "; force shrinks it under them");
+      }
+      if (*size < (*dev)->size()) {
+        RAWDAX_RETURN_IF_ERROR(refuse_if_unrevocable(*name, (*state)->holders, "shrunk"));
       }
     }
     // Not under mu_: a resize waits for in-flight writes.
