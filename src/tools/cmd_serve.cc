@@ -28,7 +28,7 @@ struct ServeOptions {
   std::string default_size = "256M";
   std::string nbd = "127.0.0.1:10809";
   bool read_only = false;
-  std::string control;  // control socket; empty: <region>/control.sock (none for memfd:/devdax:)
+  std::string control;  // control socket; empty: default_control_path() (none for memfd:/devdax:)
 };
 
 // One line per event on stderr: "2026-11-25T21:30:00Z rawdax serve: MESSAGE".
@@ -134,8 +134,8 @@ void register_serve_command(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   serve->add_flag("--read-only", options->read_only, "Export every namespace read-only");
   serve->add_option("--control", options->control,
-                    "Control socket (default <region>/control.sock; none for memfd: and devdax: "
-                    "regions unless given)");
+                    "Control socket (default <region>/control.sock, PATH.control.sock for "
+                    "file:PATH; none for memfd: and devdax: regions unless given)");
   serve->callback([=] { *exit_code = run_serve(*options); });
 }
 

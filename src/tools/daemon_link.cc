@@ -7,7 +7,8 @@ namespace rawdax::cli {
 using json = nlohmann::json;
 
 std::string default_control_path(const std::string& region_spec) {
-  if (region_spec.rfind("memfd:", 0) == 0 || region_spec.rfind("devdax:", 0) == 0) return "";
+  if (region_spec.rfind("memfd:", 0) == 0 || region_spec.rfind("devdax", 0) == 0) return "";
+  if (region_spec.rfind("file:", 0) == 0) return region_spec.substr(5) + ".control.sock";
   return region_spec + "/control.sock";
 }
 

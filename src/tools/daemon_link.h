@@ -20,7 +20,8 @@
 namespace rawdax::cli {
 
 // The control socket serve uses by default for `region_spec`: "" for memfd:
-// and devdax: regions, which have no directory to hold one.
+// and devdax: regions, which have no directory to hold one; PATH.control.sock
+// beside a file:PATH region's file.
 std::string default_control_path(const std::string& region_spec);
 
 class DaemonLink {
