@@ -336,6 +336,11 @@ int run_bench(const BenchOptions& options) {
     if (!engine) return fail(engine.error());
     for (auto& p : *engine) pairs.push_back(p);
   }
+  if (want("region")) {
+    auto made = run_region_pairs(**region, *size, options.rounds);
+    if (!made) return fail(made.error());
+    for (auto& p : *made) pairs.push_back(p);
+  }
   if (want("snapshot")) {
     auto snapshot = run_snapshot_pairs(**region, *snapshot_size, std::min(options.rounds, 3));
     if (!snapshot) return fail(snapshot.error());
@@ -390,8 +395,8 @@ void register_bench_command(CLI::App& app, int* exit_code) {
                     "Namespace size for the live snapshot benchmark")
       ->capture_default_str();
   bench->add_option("--only", options->only,
-                    "Run one group: core, live-ref, teardown, engine, snapshot")
-      ->check(CLI::IsMember({"core", "live-ref", "teardown", "engine", "snapshot"}));
+                    "Run one group: core, live-ref, teardown, engine, region, snapshot")
+      ->check(CLI::IsMember({"core", "live-ref", "teardown", "engine", "region", "snapshot"}));
   bench->add_flag("--huge-pages", options->huge_pages,
                   "Set shmem THP to 'advise' for the run (root) to measure 2M pages");
   bench->add_option("--rounds", options->rounds, "Rounds per measurement (best is kept)")

@@ -53,7 +53,13 @@ struct Pair {
         std::snprintf(buf, sizeof buf, "%.2f ms/GiB <= %.0f, ratio >= %.2f", ms_per_gib(), goal,
                       1.0 / slowdown);
         break;
-      case GoalKind::kReport: std::snprintf(buf, sizeof buf, "(no goal)"); break;
+      case GoalKind::kReport:
+        if (gib > 0) {
+          std::snprintf(buf, sizeof buf, "%.1f ms/GiB (no goal)", ms_per_gib());
+        } else {
+          std::snprintf(buf, sizeof buf, "(no goal)");
+        }
+        break;
     }
     return buf;
   }
@@ -84,6 +90,12 @@ Result<std::vector<Pair>> run_engine_pairs(Region& region, uint64_t size, int ro
 // Live snapshot writer stall and time against fork-COW, and incremental
 // snapshot cost by dirty fraction (bench_snapshot.cc).
 Result<std::vector<Pair>> run_snapshot_pairs(Region& region, uint64_t size, int rounds);
+
+// Namespace create and destroy latency on the region (zeroing included: a
+// carved region zeroes an extent at create), against making and removing a
+// file of the same size, fsynced, on the same filesystem (/dev/shm for
+// devdax and memfd) (bench_region.cc).
+Result<std::vector<Pair>> run_region_pairs(Region& region, uint64_t size, int rounds);
 
 }  // namespace rawdax::cli
 
