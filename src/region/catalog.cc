@@ -521,7 +521,7 @@ Result<NamespaceInfo> Catalog::create(const NamespaceSpec& spec) {
                      "namespace " + spec.name + " already exists in region " + spec_);
       }
     }
-    auto object = create_detached(spec.name, *size);
+    auto object = create_detached(spec.name, *size, /*to_fill=*/false);
     if (!object) return object.error();
     return install(std::move(*object), /*replace=*/false);
   }
@@ -617,7 +617,8 @@ Status Catalog::remove_backing_file(const std::string& name, const std::string& 
   return fsync_directory(backing_dir(dir_));
 }
 
-Result<Catalog::DetachedObject> Catalog::create_detached(const std::string& name, uint64_t size) {
+Result<Catalog::DetachedObject> Catalog::create_detached(const std::string& name, uint64_t size,
+                                                         bool to_fill) {
   RAWDAX_RETURN_IF_ERROR(validate_namespace_name(name));
   auto rounded = validate_namespace_size(name, size, caps_.alignment);
   if (!rounded) return rounded.error();
@@ -641,12 +642,18 @@ Result<Catalog::DetachedObject> Catalog::create_detached(const std::string& name
     // Zeroed before any label can name it: no tenant ever reads another's
     // bytes, whatever a crash left in free space.
     Status zeroed = carved_->zero(object.offset, object.size);
-    auto view = zeroed ? carved_->map(object.offset, object.size) : Result<MappedRange>(zeroed.error());
-    if (!view) {
+    if (!zeroed) {
       release_view(object.uuid);
-      return view.error().with_context("namespace " + name + ": ");
+      return zeroed.error().with_context("namespace " + name + ": ");
     }
-    object.view = std::move(*view);
+    if (to_fill) {
+      auto view = carved_->map(object.offset, object.size);
+      if (!view) {
+        release_view(object.uuid);
+        return view.error().with_context("namespace " + name + ": ");
+      }
+      object.view = std::move(*view);
+    }
     return object;
   }
   RAWDAX_RETURN_IF_ERROR(check_space(name, *rounded));
@@ -664,8 +671,10 @@ Result<Catalog::DetachedObject> Catalog::create_detached(const std::string& name
 
 Result<NamespaceInfo> Catalog::install(DetachedObject object, bool replace) {
   if (carved_ != nullptr) {
-    // The extent's bytes are durable before the label names them.
-    Status persisted = carved_->persist(object.view.data(), object.view.size());
+    // The extent's bytes are durable before the label names them (zeroing
+    // persisted an unfilled one already).
+    Status persisted =
+        object.view.valid() ? carved_->persist(object.view.data(), object.view.size()) : ok();
     crash_point("detached extent persisted");
     std::lock_guard<std::mutex> lock(mu_);
     const NamespaceInfo* existing = lookup(object.name);

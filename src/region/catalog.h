@@ -104,7 +104,8 @@ class Catalog {
   // state or the new one (an unnamed file is an orphan that open() removes).
   // `name` is validated as for create(). ENOTSUP on devdax.
   // On a carved region the object is a zeroed free extent, held until it
-  // is installed or discarded: `view` maps it and `fd` is the device's.
+  // is installed or discarded: `view` maps it (when it is to be filled);
+  // `fd` is unused.
   struct DetachedObject {
     std::string name;
     std::string uuid;
@@ -113,7 +114,10 @@ class Catalog {
     uint64_t offset = 0;  // carved: the extent's offset
     MappedRange view;     // carved only
   };
-  Result<DetachedObject> create_detached(const std::string& name, uint64_t size);
+  // `to_fill` false: the caller only installs it (a create), so a carved
+  // extent gets no `view`, and install() has nothing more to persist.
+  Result<DetachedObject> create_detached(const std::string& name, uint64_t size,
+                                         bool to_fill = true);
   // Names the object: a new namespace, or, when the name exists, the
   // namespace's new backing object (its old one is removed after the
   // metadata update). The uuid is the object's.
