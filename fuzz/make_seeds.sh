@@ -1,6 +1,8 @@
 #!/bin/bash
 # Regenerates the seed corpora: from real files made by the CLI
 #   fuzz/corpus/metadata/  a region's rawdax.meta with two namespaces
+#   fuzz/corpus/label_area/ the start of a carved region's label area: two
+#                          namespaces, one resized (both index blocks used)
 #   fuzz/corpus/snapshot/  a full snapshot, and an incremental + split + its base
 #   fuzz/corpus/nbd_*/     NBD client streams (make_nbd_seeds.py)
 #   fuzz/corpus/control/   control request lines
@@ -13,6 +15,13 @@ trap 'rm -rf "$work"' EXIT
 "$cli" create-namespace --region "$work/r" --name a --size 16K >/dev/null
 "$cli" create-namespace --region "$work/r" --name b --size 8K >/dev/null
 cp "$work/r/rawdax.meta" "$here/corpus/metadata/two-namespaces"
+c="file:$work/carved.img"
+"$cli" init-region "$c" --size 16M >/dev/null
+"$cli" create-namespace --region "$c" --name a --size 1M >/dev/null
+"$cli" create-namespace --region "$c" --name b --size 2M >/dev/null
+"$cli" resize-namespace --region "$c" a --size 512K >/dev/null
+mkdir -p "$here/corpus/label_area"
+head -c 12288 "$work/carved.img" > "$here/corpus/label_area/two-namespaces"
 f=$("$cli" list --json --region "$work/r" | python3 -c 'import json,sys; print([n["path"] for n in json.load(sys.stdin) if n["name"] == "a"][0])')
 printf 'page zero' | dd of="$f" bs=1 conv=notrunc 2>/dev/null
 "$cli" snapshot a "$work/base.snap" --region "$work/r" >/dev/null
