@@ -210,6 +210,12 @@ class CarvedCrashTest : public ::testing::Test {
     }
     EXPECT_EQ(space.free, space.device_size - space.label_area_size - used)
         << when << ": free space does not add up: an extent leaked";
+    // Nor is anything left beside the region's file.
+    for (const auto& entry : fs::directory_iterator(dir_.path())) {
+      const std::string name = entry.path().filename().string();
+      EXPECT_TRUE(name == "region.img" || name == "source.snap" || name == "child.log")
+          << when << ": stray file " << name;
+    }
     return found;
   }
 
@@ -236,7 +242,9 @@ class CarvedCrashTest : public ::testing::Test {
       }
       ASSERT_EQ(code, kCrashExitCode) << what << " failed otherwise: " << child_log();
       ++crashes;
-      const std::string err = child_log();
+      // "rawdax: crash injected at persist point N (what)": keep "(what)".
+      std::string err = child_log();
+      err = err.substr(0, err.find('\n'));
       points.push_back(err.substr(err.find('(') == std::string::npos ? 0 : err.find('(')));
       int state = which_state(old_state, new_state, what + " " + points.back());
       old_seen += state == 0;
