@@ -153,7 +153,8 @@ class CarvedCrashTest : public ::testing::Test {
               ssize_t(garbage.size()));
     ::close(fd);
     // The layout this test's expectations are written against.
-    ASSERT_EQ(layout_of(**r), (Layout{{"a", {label_area_, kMiB}}, {"c", {label_area_ + 3 * kMiB, kMiB}}}));
+    ASSERT_EQ(layout_of(**r),
+              (Layout{{"a", {label_area_, kMiB}}, {"c", {label_area_ + 3 * kMiB, kMiB}}}));
   }
 
   static Layout layout_of(const Region& region) {

@@ -262,7 +262,9 @@ TEST_F(LabelAreaTest, SlotExhaustionIsENOSPCAndChangesNothing) {
   ASSERT_EQ(state.geometry.slot_count, 4u);
   auto nop = [](const std::byte*, size_t) { return ok(); };
   std::vector<Label> four;
-  for (uint64_t i = 0; i < 4; ++i) four.push_back(label("n" + std::to_string(i), area.size() + i * align, align));
+  for (uint64_t i = 0; i < 4; ++i) {
+    four.push_back(label("n" + std::to_string(i), area.size() + i * align, align));
+  }
   ASSERT_TRUE(commit_labels(area.data(), state, four, nop, kDevice));
 
   // Changing one label needs a slot the current index does not use: none.
@@ -326,7 +328,8 @@ TEST_F(LabelAreaTest, TornIndexWriteOpensToTheOldState) {
       if (whole) {
         EXPECT_EQ(by_name(read->labels), by_name(new_labels)) << "cut " << cut;
       } else {
-        EXPECT_EQ(by_name(read->labels), by_name(old_labels)) << "cut " << cut << (prefix_landed ? " prefix" : " suffix");
+        EXPECT_EQ(by_name(read->labels), by_name(old_labels))
+            << "cut " << cut << (prefix_landed ? " prefix" : " suffix");
         ++old_seen;
       }
     }
