@@ -151,13 +151,23 @@ Result<Capabilities> probe_directory(const std::string& dir) {
   }
   caps.alignment = hugetlb ? caps.huge_page_size : caps.page_size;
 
-  std::string probe_path = dir + "/.rawdax-probe." + std::to_string(::getpid());
-  ::unlink(probe_path.c_str());
-  auto fd = create_sized_file(probe_path, caps.alignment, /*allocate=*/false);
-  if (!fd) return fd.error().with_context("probing region directory: ");
-  ::unlink(probe_path.c_str());  // the open fd keeps it alive for the probe
-  probe_mapping(fd->get(), caps.alignment, caps);
-  auto punched = punch_hole(fd->get(), 0, caps.alignment);
+  // An unnamed file (O_TMPFILE) where the filesystem makes one: a crash
+  // during the probe then leaves nothing behind, also beside a file: region,
+  // whose directory no orphan cleanup visits. A named one otherwise.
+  UniqueFd fd(::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+  if (fd.valid()) {
+    Status sized = size_file(fd.get(), caps.alignment, /*allocate=*/false, "probe file in " + dir);
+    if (!sized) return sized.error().with_context("probing region directory: ");
+  } else {
+    std::string probe_path = dir + "/.rawdax-probe." + std::to_string(::getpid());
+    ::unlink(probe_path.c_str());
+    auto named = create_sized_file(probe_path, caps.alignment, /*allocate=*/false);
+    if (!named) return named.error().with_context("probing region directory: ");
+    ::unlink(probe_path.c_str());  // the open fd keeps it alive for the probe
+    fd = std::move(*named);
+  }
+  probe_mapping(fd.get(), caps.alignment, caps);
+  auto punched = punch_hole(fd.get(), 0, caps.alignment);
   caps.punch_hole = punched && *punched;
 
   if (caps.map_sync) {

@@ -81,6 +81,11 @@ const std::byte* slot_at(std::span<const std::byte> area, uint32_t slot) {
   return area.data() + kLabelSlotsOffset + uint64_t{slot} * kLabelSlotBytes;
 }
 
+bool block_blank(std::span<const std::byte> area, int block) {
+  const std::byte* p = area.data() + block * kIndexBlockBytes;
+  return std::all_of(p, p + kIndexBlockBytes, [](std::byte b) { return b == std::byte{0}; });
+}
+
 struct DecodedIndex {
   uint64_t seq = 0;
   LabelGeometry geometry;
@@ -91,9 +96,7 @@ struct DecodedIndex {
 Result<DecodedIndex> decode_index(std::span<const std::byte> area, int block) {
   const std::byte* p = area.data() + block * kIndexBlockBytes;
   auto bad = [](const std::string& why) { return Error(std::errc::illegal_byte_sequence, why); };
-  if (std::all_of(p, p + kIndexBlockBytes, [](std::byte b) { return b == std::byte{0}; })) {
-    return bad("blank");
-  }
+  if (block_blank(area, block)) return bad("blank");
   if (std::memcmp(p, kIndexMagic, sizeof kIndexMagic) != 0) return bad("bad magic");
   if (!checksum_ok(load<uint64_t>(p, kIdxChecksum), checksum(p, kIndexBlockBytes, kIdxChecksum))) {
     return bad("bad checksum");
@@ -253,6 +256,14 @@ Result<LabelState> read_label_area(std::span<const std::byte> area, const std::s
     if (i == 1 && index[other]) {
       state->recovered_from = "index block " + std::to_string(other) + " (sequence " +
                               std::to_string(index[other]->seq) + ") was unusable: " + why[other];
+    } else if (!index[other] && !block_blank(area, other)) {
+      // A block that does not decode has no sequence to compare: it may
+      // have held the newest state (a corrupt or torn update), so the
+      // fallback is reported, never silent.
+      state->recovered_from = "index block " + std::to_string(other) + " was unusable (" +
+                              index[other].error().message() + "); opened from index block " +
+                              std::to_string(block) + " (sequence " +
+                              std::to_string(state->seq) + "), an update after it may be lost";
     }
     return state;
   }

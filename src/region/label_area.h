@@ -77,8 +77,9 @@ struct LabelState {
   std::vector<Label> labels;
   std::vector<uint32_t> slots;           // slots[i] holds labels[i]
   std::vector<uint32_t> previous_slots;  // slots the other index block names
-  // Set when the newest index block was unusable and the previous state won:
-  // what was wrong with it. Empty otherwise.
+  // Set when an index block was unusable and the other one's state won: the
+  // newest one (a slot it names is bad), or one that does not decode at all
+  // (which may have been the newest). What was wrong with it; empty otherwise.
   std::string recovered_from;
 };
 
