@@ -64,8 +64,9 @@ struct RegionSpace {
   uint64_t free = 0;             // bytes new namespaces could take in all
   uint64_t largest_free = 0;     // the largest namespace that can be created now
   uint32_t label_slots = 0;      // carved: label slots (one per namespace, plus one spare)
-  // carved: set when the newest label index was unusable and the region
-  // opened from the previous one; says what was wrong.
+  // carved: set when a label index block was unusable (a corrupt or torn
+  // block, or the newest one naming a bad label) and the region opened from
+  // the other one; says what was wrong and that the last update may be lost.
   std::string recovered_from;
 };
 
