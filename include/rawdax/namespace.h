@@ -11,7 +11,8 @@ namespace rawdax {
 // What create_namespace() is asked for. Names are 1-63 characters of
 // [A-Za-z0-9._-] ("." and ".." excepted), unique within the region. The size
 // must be > 0; it is rounded up to the region's alignment (the page size, or
-// the huge page size on hugetlbfs and devdax).
+// the huge page size on hugetlbfs), except on a carved region (devdax:,
+// file:), where a size off the alignment is refused (EINVAL).
 struct NamespaceSpec {
   std::string name;
   uint64_t size = 0;

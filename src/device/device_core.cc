@@ -495,8 +495,9 @@ Status DeviceCore::resize(uint64_t new_size, ResizeOptions options) {
                  "namespace " + name_ + ": a devdax-whole namespace has the device's fixed size");
   }
   // Rounding up to a huge page could add (or keep) up to a whole huge page
-  // of a scarce pool that nobody asked for: hugetlbfs wants exact sizes.
-  if (caps.hugetlb && new_size != 0) {
+  // of a scarce pool that nobody asked for: hugetlbfs wants exact sizes, and
+  // so does a carved extent (2 MiB units on devdax).
+  if ((caps.hugetlb || carved) && new_size != 0) {
     if (Status aligned = check_aligned("resize to size", new_size, caps); !aligned) {
       return aligned.error().with_context("namespace " + name_ + ": ");
     }

@@ -514,6 +514,11 @@ Result<NamespaceInfo> Catalog::create(const NamespaceSpec& spec) {
   auto size = validate_namespace_size(spec.name, spec.size, caps_.alignment);
   if (!size) return size.error();
   if (carved_ != nullptr) {
+    // An extent is exactly the size asked for: rounding up would take a
+    // device's align (2 MiB on devdax) nobody asked for, silently.
+    if (Status aligned = check_aligned("size", spec.size, caps_); !aligned) {
+      return aligned.error().with_context("namespace " + spec.name + ": ");
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (lookup(spec.name) != nullptr) {
