@@ -80,9 +80,7 @@ Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> ca
   core->size_.store(info->size);
   const Capabilities& caps = core->capabilities();
   uint64_t capacity = info->size;
-  if (catalog->carved()) {
-    catalog->hold_view(info->uuid, info->offset, capacity);
-  } else if (caps.kind != MediaKind::kDevdax) {
+  if (!catalog->carved() && caps.kind != MediaKind::kDevdax) {
     auto actual = file_size(core->fd_.get());
     if (!actual) return actual.error();
     if (*actual < info->size) {
@@ -102,6 +100,8 @@ Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> ca
   core->view_.store(view->data());
   core->view_capacity_ = capacity;
   core->views_.push_back(std::move(*view));
+  // Held once a view exists: release_media() gives it back with the views.
+  if (catalog->carved()) catalog->hold_view(info->uuid, info->offset, capacity);
   if (options.track_dirty) {
     core->dirty_ = std::make_unique<DirtyBitmap>();
     core->snapshot_dirty_ = std::make_unique<DirtyBitmap>();
