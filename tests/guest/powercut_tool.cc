@@ -11,7 +11,8 @@
 //     they are the pattern of SEED; 1, naming the first difference, if not.
 //
 //   rawdax_powercut carve-churn REGION SEED [--format] [--ops N]
-//                               [--cut-after K --cut-text TEXT] [--max-units U]
+//                               [--cut-after K --cut-text TEXT [--small-after-cut]]
+//                               [--max-units U]
 //   rawdax_powercut carve-check REGION
 //     The carving power-cut loop (tests/guest/carve_powercut.sh), on a carved
 //     region (devdax:/dev/daxX.Y in the guest; file:PATH works anywhere).
@@ -73,7 +74,8 @@ int usage() {
                "usage: rawdax_powercut write REGION NAME SIZE SEED READY\n"
                "       rawdax_powercut check REGION NAME SIZE SEED\n"
                "       rawdax_powercut carve-churn REGION SEED [--format] [--ops N]\n"
-               "                       [--cut-after K --cut-text TEXT] [--max-units U]\n"
+               "                       [--cut-after K --cut-text TEXT [--small-after-cut]]\n"
+               "                       [--max-units U]\n"
                "       rawdax_powercut carve-check REGION\n");
   return 2;
 }
@@ -340,6 +342,9 @@ struct ChurnOptions {
   uint64_t cut_after = 0;
   std::string cut_text;       // printed after cut_after operations; then on forever
   uint64_t max_units = 24;    // largest namespace, in units of the align
+  // After the cut text, only one-unit namespaces: short operations, so the
+  // cut lands more often in a destroy or between operations than in a fill.
+  bool small_after_cut = false;
 };
 
 int carve_churn(CarveRun& run, const ChurnOptions& opt) {
@@ -385,6 +390,7 @@ int carve_churn(CarveRun& run, const ChurnOptions& opt) {
     if (create) {
       const uint64_t units_free = space.largest_free / align;
       uint64_t units = rng() % 2 == 0 ? 1 + rng() % 2 : 1 + rng() % opt.max_units;
+      if (opt.small_after_cut && !opt.cut_text.empty() && op >= opt.cut_after) units = 1;
       units = std::min(units, units_free);
       const std::string name = "c" + std::to_string(opt.seed) + "-" + std::to_string(op);
       std::printf("op %" PRIu64 ": create %s, %" PRIu64 " bytes\n", op, name.c_str(),
@@ -431,6 +437,8 @@ int carve_main(int argc, char** argv) {
       opt.cut_after = std::strtoull(argv[++i], nullptr, 0);
     } else if (a == "--cut-text" && has_value) {
       opt.cut_text = argv[++i];
+    } else if (a == "--small-after-cut") {
+      opt.small_after_cut = true;
     } else if (a == "--max-units" && has_value) {
       opt.max_units = std::max<uint64_t>(1, std::strtoull(argv[++i], nullptr, 0));
     } else {
