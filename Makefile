@@ -2,6 +2,7 @@
 #   make run    deps, build, then `rawdax serve` on ./rawdax-data (namespace `default`, 256M)
 #   make test   deps, build, all tests on this machine's kernel and media
 #   make test-guest  the suites on real DAX under Debian 12's kernel, in QEMU (docs/guest.md)
+#   make powercut-carve  CARVE_CUTS power cuts amid namespace creates and destroys on devdax
 #   make deps   install every Debian package the build, tests and peers need (apt-get)
 
 SHELL      := /bin/bash
@@ -41,7 +42,7 @@ DEB_PACKAGES := cmake ninja-build g++ clang libclang-rt-14-dev pkg-config \
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test test-user test-asan test-tsan test-guest test-guest-full fuzz soak bench bench-nbd clean
+.PHONY: deps build run test test-user test-asan test-tsan test-guest test-guest-full powercut-carve fuzz soak bench bench-nbd clean
 
 deps:
 	@missing=""; \
@@ -112,6 +113,16 @@ test-guest: build
 
 test-guest-full: build
 	tests/guest/ci_stage.sh $(BUILD) --full
+
+# Power cuts while namespaces are created and destroyed on the guest's
+# device-dax, CARVE_CUTS of them on one NVDIMM file, each checked by the next
+# boot (tests/guest/carve_powercut.sh; about 25 s a cut). Outside CI, whose
+# guest stage runs two. CARVE_SEED replays a run's operations and cut points.
+CARVE_CUTS ?= 20
+CARVE_SEED ?=
+powercut-carve: build
+	tests/guest/carve_powercut.sh $(CARVE_CUTS) --tool $(BUILD)/tests/rawdax_powercut \
+	  $(if $(CARVE_SEED),--seed $(CARVE_SEED))
 
 # Every libFuzzer target for FUZZ_SECONDS each, one after the other, from a
 # copy of its committed seed corpus (new inputs stay in $(FUZZ_BUILD)/corpus;

@@ -2,9 +2,10 @@
 # The guest stage (make test-guest; CI runs it after the sanitizer stages):
 # rawdax's device, engine, snapshot, region and crash suites under Debian 12's
 # own kernel (6.1) in tests/guest/run, on every guest media, once as root and
-# once as a plain user, then the power-cut checks. A boot, a failed test, a
-# skipped test or a boot that ran no test fails the stage. Prints each part's
-# time.
+# once as a plain user, then the power-cut checks (one cut each on fsdax and
+# devdax, two amid namespace creates and destroys on devdax). A boot, a
+# failed test, a skipped test or a boot that ran no test fails the stage.
+# Prints each part's time.
 #
 # Usage: tests/guest/ci_stage.sh [BUILD_DIR] [--full]
 #   --full  also the stress tests (minutes each under TCG; outside CI)
@@ -88,4 +89,10 @@ for media in fsdax devdax; do
     { echo "guest stage: power cut on $media FAILED" >&2; exit 1; }
   echo "guest stage: power cut on $media passed in $((SECONDS - start)) s"
 done
+# Two cuts amid namespace creates and destroys on carved devdax (the second
+# starts from what the first left); make powercut-carve runs many.
+start=$SECONDS
+bash "$here/carve_powercut.sh" 2 --tool "$build/tests/rawdax_powercut" ||
+  { echo "guest stage: power cuts while carving FAILED" >&2; exit 1; }
+echo "guest stage: 2 power cuts while carving passed in $((SECONDS - start)) s"
 echo "guest stage: passed in $((SECONDS - stage_start)) s"
