@@ -256,8 +256,11 @@ int carve_check(CarveRun& run) {
     std::sort(broken.begin(), broken.end(), [](auto& a, auto& b) { return a.offset < b.offset; });
     broken[1].offset = broken[0].offset + space.align * (broken[0].size > space.align ? 1 : 0);
   } else {
-    broken.push_back({.name = "bogus", .uuid = "bogus", .size = space.align,
-                      .offset = space.device_size});
+    rawdax::NamespaceInfo bogus;
+    bogus.name = bogus.uuid = "bogus";
+    bogus.size = space.align;
+    bogus.offset = space.device_size;
+    broken.push_back(bogus);
   }
   if (layout_errors(broken, space).empty()) return run.fail("the layout check accepts a broken layout");
 
@@ -421,7 +424,8 @@ int carve_churn(CarveRun& run, const ChurnOptions& opt) {
 
 int carve_main(int argc, char** argv) {
   const std::string mode = argv[1];
-  CarveRun run{.spec = argv[2]};
+  CarveRun run;
+  run.spec = argv[2];
   if (mode == "carve-check") return argc == 3 ? carve_check(run) : usage();
   if (argc < 4) return usage();
   ChurnOptions opt;
