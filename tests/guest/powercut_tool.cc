@@ -146,7 +146,7 @@ Verdict classify(const std::byte* data, uint64_t size, uint64_t key) {
   while (i < words && word(i) == pattern_word(key, i)) ++i;
   if (i == words) return {Fill::kComplete, ""};
   auto illegal = [&](uint64_t at, const char* rule) {
-    char buf[200];
+    char buf[512];
     std::snprintf(buf, sizeof buf,
                   "word at offset %" PRIu64 " is 0x%016" PRIx64 ", its pattern 0x%016" PRIx64
                   " (%s; the first word off the pattern is at %" PRIu64 ")",
