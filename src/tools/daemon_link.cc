@@ -7,7 +7,12 @@ namespace rawdax::cli {
 using json = nlohmann::json;
 
 std::string default_control_path(const std::string& region_spec) {
-  if (region_spec.rfind("memfd:", 0) == 0 || region_spec.rfind("devdax:", 0) == 0) return "";
+  // Only a directory region has a directory to hold the socket; every other
+  // spec is a prefix and a path ("file:PATH" would give the path of a
+  // socket inside the region's file).
+  for (const char* prefix : {"memfd:", "devdax:", "devdax-whole:", "file:"}) {
+    if (region_spec.rfind(prefix, 0) == 0) return "";
+  }
   return region_spec + "/control.sock";
 }
 

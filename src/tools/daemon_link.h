@@ -19,8 +19,9 @@
 
 namespace rawdax::cli {
 
-// The control socket serve uses by default for `region_spec`: "" for memfd:
-// and devdax: regions, which have no directory to hold one.
+// The control socket serve uses by default for `region_spec`: "" for memfd:,
+// devdax:, devdax-whole: and file: regions, which have no region directory
+// to hold one.
 std::string default_control_path(const std::string& region_spec);
 
 class DaemonLink {
