@@ -43,8 +43,11 @@ inline std::string read_text(const std::string& path) {
   return ss.str();
 }
 
-// The media the device, region, engine and snapshot suites run on.
-enum class TestMedia { kTmpfs, kDisk, kMemfd, kHugetlbfs, kFsdax };
+// The media the device, region, engine and snapshot suites run on. kCarved
+// is a carved region: one preallocated file on tmpfs ("file:DIR/region.img")
+// whose namespaces are extents of it, so every fd offset, mapping, hole and
+// sendfile of a namespace is its extent's offset plus its own.
+enum class TestMedia { kTmpfs, kDisk, kMemfd, kHugetlbfs, kFsdax, kCarved };
 
 inline const char* media_name(TestMedia media) {
   switch (media) {
@@ -53,6 +56,7 @@ inline const char* media_name(TestMedia media) {
     case TestMedia::kMemfd: return "memfd";
     case TestMedia::kHugetlbfs: return "hugetlbfs";
     case TestMedia::kFsdax: return "fsdax";
+    case TestMedia::kCarved: return "carved";
   }
   return "?";
 }
@@ -72,7 +76,8 @@ inline const char* media_dir_variable(TestMedia media) {
     case TestMedia::kFsdax: return "RAWDAX_TEST_FSDAX";
     case TestMedia::kTmpfs:
     case TestMedia::kDisk:
-    case TestMedia::kMemfd: break;
+    case TestMedia::kMemfd:
+    case TestMedia::kCarved: break;
   }
   return nullptr;
 }
@@ -98,14 +103,14 @@ inline std::string media_dir_from_env(TestMedia media) {
 }
 
 // The media selected by RAWDAX_TEST_MEDIA: comma-separated names from
-// media_name(), "tmpfs,disk,memfd" when unset. hugetlbfs regions go under
+// media_name(), "tmpfs,disk,memfd,carved" when unset. hugetlbfs regions go under
 // $RAWDAX_TEST_HUGETLBFS and fsdax ones under $RAWDAX_TEST_FSDAX. An
 // unknown or repeated name, an empty list, or a selected media without its
 // directory ends the binary with a message (media_selection_error).
 inline const std::vector<TestMedia>& all_media() {
   static const std::vector<TestMedia> selected = [] {
     const char* env = std::getenv("RAWDAX_TEST_MEDIA");
-    std::string list = env != nullptr ? env : "tmpfs,disk,memfd";
+    std::string list = env != nullptr ? env : "tmpfs,disk,memfd,carved";
     std::vector<TestMedia> out;
     std::stringstream in(list);
     for (std::string name; std::getline(in, name, ',');) {
@@ -113,7 +118,7 @@ inline const std::vector<TestMedia>& all_media() {
       name.erase(name.find_last_not_of(' ') + 1);
       bool known = false;
       for (TestMedia media : {TestMedia::kTmpfs, TestMedia::kDisk, TestMedia::kMemfd,
-                              TestMedia::kHugetlbfs, TestMedia::kFsdax}) {
+                              TestMedia::kHugetlbfs, TestMedia::kFsdax, TestMedia::kCarved}) {
         if (name != media_name(media)) continue;
         known = true;
         if (std::find(out.begin(), out.end(), media) != out.end()) {
@@ -124,7 +129,7 @@ inline const std::vector<TestMedia>& all_media() {
       }
       if (!known) {
         media_selection_error("RAWDAX_TEST_MEDIA=" + list + ": unknown media '" + name +
-                              "' (known: tmpfs, disk, memfd, hugetlbfs, fsdax)");
+                              "' (known: tmpfs, disk, memfd, hugetlbfs, fsdax, carved)");
       }
     }
     if (out.empty()) media_selection_error("RAWDAX_TEST_MEDIA is set but names no media");
@@ -156,6 +161,23 @@ inline std::vector<TestMedia> media_among(std::initializer_list<TestMedia> wante
 // Media whose regions persist across Region objects (they have files).
 inline std::vector<TestMedia> file_media() {
   return media_except(all_media(), {TestMedia::kMemfd});
+}
+
+// Media whose regions are directories: rawdax.meta, rawdax.lock and one
+// file per namespace under ns/. Suites about that layout (orphan files,
+// corrupt rawdax.meta, directory crash consistency, per-namespace files)
+// run on these; a carved region has one file and a label area instead.
+inline std::vector<TestMedia> directory_media() {
+  return media_except(file_media(), {TestMedia::kCarved});
+}
+
+// For suites that always ran on tmpfs whatever the selection (the NBD
+// server, rawdax serve): tmpfs, and carved too when it is selected, so that
+// their I/O paths (sendfile, holes, zeroing) also run at an extent's offset.
+inline std::vector<TestMedia> tmpfs_and_carved() {
+  std::vector<TestMedia> out = {TestMedia::kTmpfs};
+  for (TestMedia m : media_among({TestMedia::kCarved})) out.push_back(m);
+  return out;
 }
 
 // A fresh, empty directory that is removed with everything in it.
@@ -191,10 +213,11 @@ inline std::string disk_parent() {
   return dir;
 }
 
-// Where the regions of a directory media go.
+// Where the regions of a directory media go (and the file of a carved one).
 inline std::string media_parent(TestMedia media) {
   switch (media) {
-    case TestMedia::kTmpfs: return tmpfs_parent();
+    case TestMedia::kTmpfs:
+    case TestMedia::kCarved: return tmpfs_parent();  // the carved file's directory
     case TestMedia::kDisk: return disk_parent();
     case TestMedia::kHugetlbfs:
     case TestMedia::kFsdax: return media_dir_from_env(media);
@@ -209,6 +232,10 @@ class ScratchRegion {
   explicit ScratchRegion(TestMedia media) : media_(media) {
     if (media == TestMedia::kMemfd) {
       spec_ = "memfd:";
+    } else if (media == TestMedia::kCarved) {
+      // Region::open with create makes the file (sparse on tmpfs).
+      dir_ = std::make_unique<ScratchDir>(media_parent(media));
+      spec_ = "file:" + dir_->path() + "/region.img";
     } else {
       dir_ = std::make_unique<ScratchDir>(media_parent(media));
       spec_ = dir_->path() + "/region";
@@ -234,6 +261,8 @@ inline std::string param_name(const ::testing::TestParamInfo<TestMedia>& info) {
 // GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST.
 #define RAWDAX_ALL_MEDIA ::testing::ValuesIn(::rawdax::testing::all_media())
 #define RAWDAX_FILE_MEDIA ::testing::ValuesIn(::rawdax::testing::file_media())
+#define RAWDAX_DIRECTORY_MEDIA ::testing::ValuesIn(::rawdax::testing::directory_media())
+#define RAWDAX_TMPFS_AND_CARVED ::testing::ValuesIn(::rawdax::testing::tmpfs_and_carved())
 
 }  // namespace rawdax::testing
 

@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
@@ -77,6 +78,20 @@ class RawConnection {
 inline std::string error_class(const json& reply) {
   if (!reply.is_object() || !reply.contains("error")) return "";
   return reply["error"].value("class", "");
+}
+
+// Where the namespace starts in the fd passed with an open-namespace reply
+// line: its "offset" (a carved namespace's extent in the device; 0
+// elsewhere). A raw client maps the fd at it. nullopt when the line is no
+// such reply.
+inline std::optional<uint64_t> open_reply_offset(const std::string& line) {
+  json reply = json::parse(line, nullptr, false);
+  if (!reply.is_object() || !reply.contains("return") || !reply["return"].is_object()) {
+    return std::nullopt;
+  }
+  const json& ret = reply["return"];
+  if (!ret.contains("offset") || !ret["offset"].is_number_unsigned()) return std::nullopt;
+  return ret["offset"].get<uint64_t>();
 }
 
 // A region with namespace "vm1" and a ControlServer serving it, in this

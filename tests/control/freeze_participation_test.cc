@@ -124,9 +124,12 @@ int helper_silent_writer(const char* socket, int w, Shared* shared) {
     return 12;
   }
   auto reply = reader.read_line(fd->get());
-  if (!reply || reply->find("\"return\"") == std::string::npos || reader.fds().empty()) return 13;
+  if (!reply || reader.fds().empty()) return 13;
+  // The namespace starts at the reply's offset of the fd (a carved extent).
+  auto offset = ::rawdax::testing::open_reply_offset(*reply);
+  if (!offset) return 13;
   void* p = ::mmap(nullptr, kNsSize, PROT_READ | PROT_WRITE, MAP_SHARED,
-                   reader.fds().front().get(), 0);
+                   reader.fds().front().get(), static_cast<off_t>(*offset));
   if (p == MAP_FAILED) return 14;
   auto* word = reinterpret_cast<volatile uint64_t*>(static_cast<std::byte*>(p) + slot_offset(w));
   shared->ready.fetch_add(1);

@@ -287,6 +287,65 @@ TEST_P(ResizeTest, ResizeStormAtTheBoundary) {
 
 INSTANTIATE_TEST_SUITE_P(AllMedia, ResizeTest, RAWDAX_ALL_MEDIA, testing::param_name);
 
+// On a carved region a namespace is an extent of one file: it grows in place
+// or not at all, and the bytes a shrink cut off stay out of other
+// namespaces' reach while a view of the device still covers them.
+using CarvedResizeTest = ResizeTest;
+
+TEST_P(CarvedResizeTest, GrowIsInPlaceOnly) {
+  const NamespaceInfo r = *region_->find("r");
+  std::vector<std::byte> data(4 * unit_, std::byte{0x3c});
+  ASSERT_TRUE(dev_->write(0, data));
+  // The only free extent starts right after r: best fit puts n there.
+  auto n = region_->create_namespace({.name = "n", .size = unit_});
+  ASSERT_TRUE(n) << n.error().message();
+  ASSERT_EQ(n->offset, r.offset + r.size);
+  uint64_t gen = region_->generation();
+  auto blocked = dev_->resize(5 * unit_);
+  ASSERT_FALSE(blocked);
+  EXPECT_EQ(blocked.error().code(), std::errc::no_space_on_device);
+  EXPECT_NE(blocked.error().message().find("in place is " + std::to_string(4 * unit_)),
+            std::string::npos)
+      << blocked.error().message();
+  EXPECT_EQ(dev_->size(), 4 * unit_);
+  EXPECT_EQ(region_->find("r")->size, 4 * unit_);
+  EXPECT_EQ(region_->generation(), gen);
+
+  ASSERT_TRUE(region_->destroy_namespace("n"));
+  ASSERT_TRUE(dev_->resize(5 * unit_));
+  EXPECT_EQ(region_->find("r")->offset, r.offset) << "a namespace is never moved";
+  std::vector<std::byte> got(4 * unit_);
+  ASSERT_TRUE(dev_->read(0, got));
+  EXPECT_EQ(got, data);
+  EXPECT_TRUE(all_zero(4 * unit_, unit_)) << "the grown part shows what n held";
+}
+
+TEST_P(CarvedResizeTest, CutBytesStayHeldWhileTheDeviceMapsThem) {
+  const NamespaceInfo r = *region_->find("r");
+  ASSERT_TRUE(dev_->write(0, std::vector<std::byte>(4 * unit_, std::byte{0xff})));
+  ASSERT_TRUE(dev_->resize(2 * unit_));
+  EXPECT_EQ(region_->find("r")->size, 2 * unit_);
+  // dev_'s view still covers [2u, 4u) of r: nothing new may be placed there.
+  auto x = region_->create_namespace({.name = "x", .size = 2 * unit_});
+  ASSERT_TRUE(x) << x.error().message();
+  EXPECT_GE(x->offset, r.offset + 4 * unit_) << "a new namespace took bytes a view still covers";
+
+  dev_.reset();  // the last handle: its views go, and with them the hold
+  auto y = region_->create_namespace({.name = "y", .size = 2 * unit_});
+  ASSERT_TRUE(y) << y.error().message();
+  EXPECT_EQ(y->offset, r.offset + 2 * unit_) << "best fit: the freed cut is an exact fit";
+  auto dev = region_->open_device("y");
+  ASSERT_TRUE(dev) << dev.error().message();
+  std::vector<std::byte> got(2 * unit_);
+  ASSERT_TRUE((*dev)->read(0, got));
+  EXPECT_EQ(got, std::vector<std::byte>(2 * unit_)) << "y shows the bytes r held there";
+}
+
+INSTANTIATE_TEST_SUITE_P(Carved, CarvedResizeTest,
+                         ::testing::ValuesIn(::rawdax::testing::media_among({TestMedia::kCarved})),
+                         testing::param_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(CarvedResizeTest);
+
 TEST(ResizePersistence, NewSizeSurvivesReopenAndACrashedGrowIsTrimmed) {
   ScratchRegion scratch(TestMedia::kDisk);
   std::string path;

@@ -45,14 +45,16 @@ struct EngineCase {
 };
 
 // Each selected media with the engines it allows: uffd where sync uffd-wp
-// registers (tmpfs, memfd, hugetlbfs), mprotect everywhere but memfd, whose
-// regions are this process's own and gain nothing from a second engine.
+// registers (tmpfs, memfd, hugetlbfs, and carved, whose file is on tmpfs),
+// mprotect everywhere but memfd, whose regions are this process's own and
+// gain nothing from a second engine.
 std::vector<EngineCase> engine_cases() {
   std::vector<EngineCase> out;
   for (TestMedia media : ::rawdax::testing::all_media()) {
     switch (media) {
       case TestMedia::kTmpfs:
       case TestMedia::kHugetlbfs:
+      case TestMedia::kCarved:
         out.push_back({media, EngineChoice::kUffd});
         out.push_back({media, EngineChoice::kMprotect});
         break;
@@ -382,12 +384,14 @@ TEST_P(ExactTrackingTest, SyncPersistsExactlyTheDirtyPages) {
   EXPECT_EQ(dev_->stats().synced_pages - before, 6u);
 
   if (GetParam().media == TestMedia::kDisk || GetParam().media == TestMedia::kFsdax) {
+    // The namespace starts at info().offset of its backing file (0 unless carved).
+    const off_t base = static_cast<off_t>(dev_->info().offset);
     int fd = ::open(dev_->info().path.c_str(), O_RDONLY);
     ASSERT_GE(fd, 0);
     std::vector<char> got(100);
-    ASSERT_EQ(::pread(fd, got.data(), got.size(), 2 * page_), 100);
+    ASSERT_EQ(::pread(fd, got.data(), got.size(), base + 2 * page_), 100);
     EXPECT_EQ(got, std::vector<char>(100, 2));
-    ASSERT_EQ(::pread(fd, got.data(), got.size(), 20 * page_), 100);
+    ASSERT_EQ(::pread(fd, got.data(), got.size(), base + 20 * page_), 100);
     EXPECT_EQ(got, std::vector<char>(100, 0x77));
     ::close(fd);
   }

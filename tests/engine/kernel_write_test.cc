@@ -165,7 +165,8 @@ TEST_P(KernelWriteAsRoot, FullUffdTrackedPageLandsAndCountsDirty) {
 
 INSTANTIATE_TEST_SUITE_P(Media, KernelWriteAsRoot,
                          ::testing::Values(Case{TestMedia::kTmpfs, EngineChoice::kUffd},
-                                           Case{TestMedia::kMemfd, EngineChoice::kUffd}),
+                                           Case{TestMedia::kMemfd, EngineChoice::kUffd},
+                                           Case{TestMedia::kCarved, EngineChoice::kUffd}),
                          case_name);
 
 // --- uffd engine, user-mode-only userfaultfd (a plain user) ------------------
@@ -227,7 +228,8 @@ TEST_P(KernelWritePlainUser, UserModeOnlyUffdTrackedPageFailsWithEfault) {
 
 INSTANTIATE_TEST_SUITE_P(Media, KernelWritePlainUser,
                          ::testing::Values(Case{TestMedia::kTmpfs, EngineChoice::kUffd},
-                                           Case{TestMedia::kMemfd, EngineChoice::kUffd}),
+                                           Case{TestMedia::kMemfd, EngineChoice::kUffd},
+                                           Case{TestMedia::kCarved, EngineChoice::kUffd}),
                          case_name);
 
 // --- mprotect engine, whoever runs it ----------------------------------------
@@ -271,7 +273,8 @@ TEST_P(KernelWriteMprotect, TrackedPageLandsAndCountsDirty) {
 INSTANTIATE_TEST_SUITE_P(Media, KernelWriteMprotect,
                          ::testing::Values(Case{TestMedia::kTmpfs, EngineChoice::kMprotect},
                                            Case{TestMedia::kDisk, EngineChoice::kMprotect},
-                                           Case{TestMedia::kMemfd, EngineChoice::kMprotect}),
+                                           Case{TestMedia::kMemfd, EngineChoice::kMprotect},
+                                           Case{TestMedia::kCarved, EngineChoice::kMprotect}),
                          case_name);
 
 }  // namespace

@@ -114,7 +114,7 @@ class NbdBadInputTest : public NbdFixture {
   }
 };
 
-TEST_F(NbdBadInputTest, HandshakesThatNeverFinishAreClosedAndOthersAreServed) {
+TEST_P(NbdBadInputTest, HandshakesThatNeverFinishAreClosedAndOthersAreServed) {
   start();
   auto started = Clock::now();
   // Connects and never answers the greeting.
@@ -145,7 +145,7 @@ TEST_F(NbdBadInputTest, HandshakesThatNeverFinishAreClosedAndOthersAreServed) {
   EXPECT_EQ(bytes_at(0, 4096), std::string(4096, 'g'));
 }
 
-TEST_F(NbdBadInputTest, StalledRequestsAreClosedAndWriteNothing) {
+TEST_P(NbdBadInputTest, StalledRequestsAreClosedAndWriteNothing) {
   start();
   // Half a request header, then silence.
   RawClient half_header(socket_path());
@@ -188,7 +188,7 @@ TEST_F(NbdBadInputTest, StalledRequestsAreClosedAndWriteNothing) {
   ASSERT_NO_FATAL_FAILURE(serve_good_client(4096, 'h'));
 }
 
-TEST_F(NbdBadInputTest, TruncatedFramesCloseOnlyTheirConnection) {
+TEST_P(NbdBadInputTest, TruncatedFramesCloseOnlyTheirConnection) {
   start();
   RawClient good(socket_path());
   ASSERT_NO_FATAL_FAILURE(go(good, "default", /*structured=*/false));
@@ -225,7 +225,7 @@ TEST_F(NbdBadInputTest, TruncatedFramesCloseOnlyTheirConnection) {
   EXPECT_EQ(r.error, 0u);
 }
 
-TEST_F(NbdBadInputTest, ConnectionsBeyondTheLimitAreRefusedAtOnce) {
+TEST_P(NbdBadInputTest, ConnectionsBeyondTheLimitAreRefusedAtOnce) {
   start(/*max_connections=*/3);
   std::vector<std::unique_ptr<RawClient>> held;
   for (int i = 0; i < 3; ++i) {
@@ -372,6 +372,9 @@ TEST(NbdServeBadInput, ABurstOfBadClientsKeepsMemoryBoundedAndOthersServed) {
   EXPECT_TRUE(::rawdax::testing::serve_error_lines(log).empty()) << log;
   EXPECT_EQ(serve.stop(), 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(Media, NbdBadInputTest, RAWDAX_TMPFS_AND_CARVED,
+                         ::rawdax::testing::param_name);
 
 }  // namespace
 }  // namespace rawdax

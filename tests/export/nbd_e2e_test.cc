@@ -47,7 +47,7 @@ class NbdE2eTest : public NbdFixture {
     }                                                                                \
   } while (0)
 
-TEST_F(NbdE2eTest, NbdinfoShowsFlagsBlockSizesListAndMap) {
+TEST_P(NbdE2eTest, NbdinfoShowsFlagsBlockSizesListAndMap) {
   RAWDAX_REQUIRE_PROGRAM("nbdinfo");
   REQUIRE_PYTHON_LIBNBD();
   ASSERT_TRUE(region_->create_namespace({.name = "second", .size = 8 << 20}));
@@ -102,7 +102,7 @@ TEST_F(NbdE2eTest, NbdinfoShowsFlagsBlockSizesListAndMap) {
   EXPECT_EQ(map2[0]["type"], 3);
 }
 
-TEST_F(NbdE2eTest, NbdinfoReadOnlyExport) {
+TEST_P(NbdE2eTest, NbdinfoReadOnlyExport) {
   RAWDAX_REQUIRE_PROGRAM("nbdinfo");
   start_server(/*read_only=*/true);
   RunResult info = run("nbdinfo --json " + q(uri()));
@@ -118,7 +118,7 @@ class NbdCopyTest : public NbdE2eTest {
   uint64_t namespace_size() const override { return 256 << 20; }
 };
 
-TEST_F(NbdCopyTest, NbdcopyInAndOut256M) {
+TEST_P(NbdCopyTest, NbdcopyInAndOut256M) {
   RAWDAX_REQUIRE_PROGRAM("nbdcopy");
   start_server();
   std::string in = dir_.path() + "/in.img", out = dir_.path() + "/out.img";
@@ -140,7 +140,7 @@ TEST_F(NbdCopyTest, NbdcopyInAndOut256M) {
   EXPECT_EQ(head, want);
 }
 
-TEST_F(NbdE2eTest, QemuImgConvertInOutAndCompare) {
+TEST_P(NbdE2eTest, QemuImgConvertInOutAndCompare) {
   RAWDAX_REQUIRE_PROGRAM("qemu-img");
   start_server();
   std::string src = dir_.path() + "/src.img", out = dir_.path() + "/out.img";
@@ -170,7 +170,7 @@ TEST_F(NbdE2eTest, QemuImgConvertInOutAndCompare) {
   EXPECT_EQ(differ.exit_code, 1) << differ.out << differ.err;
 }
 
-TEST_F(NbdE2eTest, QemuIoWriteReadZeroDiscardFlushMap) {
+TEST_P(NbdE2eTest, QemuIoWriteReadZeroDiscardFlushMap) {
   RAWDAX_REQUIRE_PROGRAM("qemu-io");
   start_server();
   auto dev = open_device();
@@ -209,7 +209,7 @@ TEST_F(NbdE2eTest, QemuIoWriteReadZeroDiscardFlushMap) {
   EXPECT_EQ(device_bytes(2 << 20, 1)[0], 1);
 }
 
-TEST_F(NbdE2eTest, FioVerifyTwoJobsIodepth32) {
+TEST_P(NbdE2eTest, FioVerifyTwoJobsIodepth32) {
   RAWDAX_REQUIRE_PROGRAM("fio");
   if (run("fio --enghelp=nbd").exit_code != 0) GTEST_SKIP() << "fio lacks the nbd engine";
   start_server();
@@ -228,7 +228,7 @@ TEST_F(NbdE2eTest, FioVerifyTwoJobsIodepth32) {
   }
 }
 
-TEST_F(NbdE2eTest, PythonBadRequestsGetSpecErrorsAndConnectionsSurvive) {
+TEST_P(NbdE2eTest, PythonBadRequestsGetSpecErrorsAndConnectionsSurvive) {
   REQUIRE_PYTHON_LIBNBD();
   start_server();
   RunResult py = run(python() + " bad-requests " + q(uri()));
@@ -244,7 +244,7 @@ TEST_F(NbdE2eTest, PythonBadRequestsGetSpecErrorsAndConnectionsSurvive) {
   EXPECT_NE(log.find("client unix peer pid"), std::string::npos);
 }
 
-TEST_F(NbdE2eTest, TwoClientsSeeEachOthersWrites) {
+TEST_P(NbdE2eTest, TwoClientsSeeEachOthersWrites) {
   REQUIRE_PYTHON_LIBNBD();
   start_server();
   RunResult py = run(python() + " two-clients " + q(uri()));
@@ -252,7 +252,7 @@ TEST_F(NbdE2eTest, TwoClientsSeeEachOthersWrites) {
   EXPECT_EQ(py.out.find("FAIL"), std::string::npos) << py.out;
 }
 
-TEST_F(NbdE2eTest, RemovedNamespaceAnswersEshutdown) {
+TEST_P(NbdE2eTest, RemovedNamespaceAnswersEshutdown) {
   REQUIRE_PYTHON_LIBNBD();
   RAWDAX_REQUIRE_PROGRAM("nbdinfo");
   ASSERT_TRUE(region_->create_namespace({.name = "other", .size = 4 << 20}));
@@ -280,7 +280,7 @@ TEST_F(NbdE2eTest, RemovedNamespaceAnswersEshutdown) {
   EXPECT_EQ(nlohmann::json::parse(other.out)["exports"][0]["export-size"], 4 << 20);
 }
 
-TEST_F(NbdE2eTest, FrozenNamespaceMakesWritesWait) {
+TEST_P(NbdE2eTest, FrozenNamespaceMakesWritesWait) {
   REQUIRE_PYTHON_LIBNBD();
   start_server();
   auto dev = open_device();
@@ -305,6 +305,11 @@ TEST_F(NbdE2eTest, FrozenNamespaceMakesWritesWait) {
   EXPECT_EQ(write.exit_code, 0) << write.err;
   EXPECT_EQ(device_bytes(0, 4096), std::vector<char>(4096, 'F'));
 }
+
+INSTANTIATE_TEST_SUITE_P(Media, NbdE2eTest, RAWDAX_TMPFS_AND_CARVED,
+                         ::rawdax::testing::param_name);
+INSTANTIATE_TEST_SUITE_P(Media, NbdCopyTest, RAWDAX_TMPFS_AND_CARVED,
+                         ::rawdax::testing::param_name);
 
 }  // namespace
 }  // namespace rawdax

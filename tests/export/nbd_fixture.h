@@ -1,6 +1,7 @@
-// Shared pieces of the NBD tests: a region on tmpfs served in-process on a
-// unix socket in a scratch directory (so tests run in parallel), a runner for
-// peer binaries, and a raw socket client for byte-level protocol tests.
+// Shared pieces of the NBD tests: a region of the test's media (tmpfs, or a
+// carved file on tmpfs) served in-process on a unix socket in a scratch
+// directory (so tests run in parallel), a runner for peer binaries, and a raw
+// socket client for byte-level protocol tests.
 #ifndef RAWDAX_TESTS_EXPORT_NBD_FIXTURE_H_
 #define RAWDAX_TESTS_EXPORT_NBD_FIXTURE_H_
 
@@ -60,10 +61,10 @@ inline std::string python_with_libnbd() {
     }                                                                       \
   } while (0)
 
-class NbdFixture : public ::testing::Test {
+class NbdFixture : public ::testing::TestWithParam<TestMedia> {
  protected:
   void SetUp() override {
-    auto region = Region::open(dir_.path() + "/region", {.create = true});
+    auto region = Region::open(region_dir_.spec(), {.create = true});
     ASSERT_TRUE(region) << region.error().message();
     region_ = std::move(*region);
     auto made = region_->create_namespace({.name = "default", .size = namespace_size()});
@@ -124,6 +125,7 @@ class NbdFixture : public ::testing::Test {
   }
 
   ScratchDir dir_{tmpfs_parent()};
+  ScratchRegion region_dir_{GetParam()};
   std::unique_ptr<Region> region_;
   std::unique_ptr<NbdServer> server_;
   std::mutex log_mu_;

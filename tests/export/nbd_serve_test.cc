@@ -20,7 +20,7 @@ using ::rawdax::testing::python_with_libnbd;
 using ::rawdax::testing::ScratchDir;
 using ::rawdax::testing::slurp_file;
 
-class NbdServeTest : public ::testing::Test {
+class NbdServeTest : public ::testing::TestWithParam<::rawdax::testing::TestMedia> {
  protected:
   ~NbdServeTest() override {
     if (child_ > 0) {
@@ -35,7 +35,7 @@ class NbdServeTest : public ::testing::Test {
     ASSERT_GE(child_, 0);
     if (child_ == 0) {
       std::freopen(log_.c_str(), "w", stderr);
-      std::string region = dir_.path() + "/region";
+      const std::string& region = region_.spec();
       execl(RAWDAX_CLI_PATH, "rawdax", "serve", "--region", region.c_str(), "--default-size",
             "32M", "--nbd", nbd.c_str(), static_cast<char*>(nullptr));
       _exit(127);
@@ -75,11 +75,12 @@ class NbdServeTest : public ::testing::Test {
   }
 
   ScratchDir dir_{::rawdax::testing::tmpfs_parent()};
+  ::rawdax::testing::ScratchRegion region_{GetParam()};  // serve creates it
   std::string log_ = dir_.path() + "/serve.log";
   pid_t child_ = -1;
 };
 
-TEST_F(NbdServeTest, TcpOnAFreePortLogsTheUri) {
+TEST_P(NbdServeTest, TcpOnAFreePortLogsTheUri) {
   RAWDAX_REQUIRE_PROGRAM("nbdinfo");
   RAWDAX_REQUIRE_PROGRAM("qemu-img");
   serve("127.0.0.1:0");
@@ -95,7 +96,7 @@ TEST_F(NbdServeTest, TcpOnAFreePortLogsTheUri) {
   EXPECT_EQ(code, 0) << slurp_file(log_);
 }
 
-TEST_F(NbdServeTest, SigtermDuringIoExitsZeroWithinFiveSeconds) {
+TEST_P(NbdServeTest, SigtermDuringIoExitsZeroWithinFiveSeconds) {
   std::string py = python_with_libnbd();
   if (py.empty()) GTEST_SKIP() << "python3-libnbd is not installed (make deps installs it)";
   serve("unix:" + dir_.path() + "/nbd.sock");
@@ -129,6 +130,9 @@ TEST_F(NbdServeTest, SigtermDuringIoExitsZeroWithinFiveSeconds) {
   EXPECT_NE(log.find("NBD stopped"), std::string::npos) << log;
   EXPECT_EQ(log.find("cutting it off"), std::string::npos) << log;
 }
+
+INSTANTIATE_TEST_SUITE_P(Media, NbdServeTest, RAWDAX_TMPFS_AND_CARVED,
+                         ::rawdax::testing::param_name);
 
 }  // namespace
 }  // namespace rawdax

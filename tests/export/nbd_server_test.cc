@@ -20,7 +20,7 @@ using namespace ::rawdax::nbd::wire;  // NOLINT: the byte-level helpers
 
 class NbdServerTest : public NbdFixture {};
 
-TEST_F(NbdServerTest, HandshakeOptionsAndGo) {
+TEST_P(NbdServerTest, HandshakeOptionsAndGo) {
   ASSERT_TRUE(region_->create_namespace({.name = "second", .size = 2 << 20}));
   start_server();
   RawClient c(socket_path());
@@ -136,7 +136,7 @@ TEST_F(NbdServerTest, HandshakeOptionsAndGo) {
   EXPECT_TRUE(c.closed_by_server());
 }
 
-TEST_F(NbdServerTest, ExportNameAndSimpleReplies) {
+TEST_P(NbdServerTest, ExportNameAndSimpleReplies) {
   start_server();
   {
     RawClient c(socket_path());
@@ -188,7 +188,7 @@ TEST_F(NbdServerTest, ExportNameAndSimpleReplies) {
       << log;
 }
 
-TEST_F(NbdServerTest, PipelinedRequestsAreAllAnswered) {
+TEST_P(NbdServerTest, PipelinedRequestsAreAllAnswered) {
   start_server();
   RawClient c(socket_path());
   go(c, "default", /*structured=*/false);
@@ -213,7 +213,7 @@ TEST_F(NbdServerTest, PipelinedRequestsAreAllAnswered) {
   EXPECT_EQ(cookies.size(), 256u);
 }
 
-TEST_F(NbdServerTest, GarbageClosesOnlyThatConnection) {
+TEST_P(NbdServerTest, GarbageClosesOnlyThatConnection) {
   start_server();
   RawClient good(socket_path());
   go(good, "default", /*structured=*/true);
@@ -252,7 +252,7 @@ TEST_F(NbdServerTest, GarbageClosesOnlyThatConnection) {
   EXPECT_NE(log.find("missing"), std::string::npos) << log;
 }
 
-TEST_F(NbdServerTest, NamespaceCreatedLaterIsExported) {
+TEST_P(NbdServerTest, NamespaceCreatedLaterIsExported) {
   start_server();
   ASSERT_TRUE(region_->create_namespace({.name = "later", .size = 4 << 20}));
   RawClient c(socket_path());
@@ -264,7 +264,7 @@ TEST_F(NbdServerTest, NamespaceCreatedLaterIsExported) {
   EXPECT_EQ(server_->uri("later"), "nbd+unix:///later?socket=" + socket_path());
 }
 
-TEST_F(NbdServerTest, ReadOnlyExportRefusesWrites) {
+TEST_P(NbdServerTest, ReadOnlyExportRefusesWrites) {
   start_server(/*read_only=*/true);
   RawClient c(socket_path());
   greet(c);
@@ -281,7 +281,7 @@ TEST_F(NbdServerTest, ReadOnlyExportRefusesWrites) {
   EXPECT_EQ(c.recv(4), std::string(4, '\0'));
 }
 
-TEST_F(NbdServerTest, TcpListenerPicksAFreePortOnLoopback) {
+TEST_P(NbdServerTest, TcpListenerPicksAFreePortOnLoopback) {
   auto server = NbdServer::start(*region_, {.listen = "127.0.0.1:0", .read_only = false, .log = {}});
   ASSERT_TRUE(server) << server.error().message();
   const std::string& addr = (*server)->address();
@@ -297,6 +297,9 @@ TEST_F(NbdServerTest, TcpListenerPicksAFreePortOnLoopback) {
   ASSERT_FALSE(taken);
   EXPECT_EQ(taken.error().code(), std::errc::address_in_use);
 }
+
+INSTANTIATE_TEST_SUITE_P(Media, NbdServerTest, RAWDAX_TMPFS_AND_CARVED,
+                         ::rawdax::testing::param_name);
 
 }  // namespace
 }  // namespace rawdax

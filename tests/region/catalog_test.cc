@@ -29,8 +29,11 @@ class RegionTest : public ::testing::TestWithParam<TestMedia> {
   ScratchRegion scratch_;
 };
 
-// Region behaviour that needs files: reopening, locking, orphans, corruption.
+// Region behaviour that needs files: reopening, locking, a missing region.
 using FileRegionTest = RegionTest;
+// Region behaviour of the directory layout: orphan files under ns/, a
+// corrupt rawdax.meta. A carved region has neither (one file, a label area).
+using DirectoryRegionTest = RegionTest;
 
 TEST_P(RegionTest, CreateListFindDestroy) {
   auto region = open();
@@ -131,7 +134,7 @@ TEST_P(FileRegionTest, SecondOpenerIsRefusedWithThePid) {
   EXPECT_TRUE(Region::open(scratch_.spec()));
 }
 
-TEST_P(FileRegionTest, OrphansAreCleanedOnOpen) {
+TEST_P(DirectoryRegionTest, OrphansAreCleanedOnOpen) {
   {
     auto region = open();
     ASSERT_TRUE(region);
@@ -152,7 +155,7 @@ TEST_P(FileRegionTest, OrphansAreCleanedOnOpen) {
   EXPECT_TRUE(std::filesystem::exists(live->path));
 }
 
-TEST_P(FileRegionTest, CorruptMetadataIsRefusedClearly) {
+TEST_P(DirectoryRegionTest, CorruptMetadataIsRefusedClearly) {
   {
     auto region = open();
     ASSERT_TRUE(region);
@@ -188,6 +191,7 @@ TEST_P(RegionTest, CapabilitiesFollowTheMedia) {
   const auto base_page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   EXPECT_EQ(caps.engine == ProtectionEngine::kUffd, caps.uffd_wp_sync);
   EXPECT_EQ(caps.hugetlb, GetParam() == TestMedia::kHugetlbfs);
+  EXPECT_EQ(region->space().carved, GetParam() == TestMedia::kCarved);
   if (GetParam() == TestMedia::kHugetlbfs) {
     // A mapping of a hugetlbfs file is made of huge pages only.
     EXPECT_GE(caps.huge_page_size, uint64_t{2} << 20);
@@ -221,12 +225,20 @@ TEST_P(RegionTest, CapabilitiesFollowTheMedia) {
       EXPECT_TRUE(caps.map_sync);
       EXPECT_EQ(caps.persist, PersistMethod::kCacheFlush);
       break;
+    case TestMedia::kCarved:  // one file on tmpfs
+      EXPECT_EQ(caps.kind, MediaKind::kFile);
+      EXPECT_EQ(caps.filesystem, "tmpfs");
+      EXPECT_EQ(caps.persist, PersistMethod::kNone);
+      break;
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllMedia, RegionTest, RAWDAX_ALL_MEDIA, testing::param_name);
 INSTANTIATE_TEST_SUITE_P(FileMedia, FileRegionTest, RAWDAX_FILE_MEDIA, testing::param_name);
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(FileRegionTest);
+INSTANTIATE_TEST_SUITE_P(DirectoryMedia, DirectoryRegionTest, RAWDAX_DIRECTORY_MEDIA,
+                         testing::param_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(DirectoryRegionTest);
 
 TEST(DevdaxRegion, MissingDeviceIsAClearError) {
   auto region = Region::open("devdax:/dev/dax-does-not-exist.0");

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "common/units.h"
 #include "rawdax/rawdax.h"
@@ -26,6 +27,8 @@ using ::rawdax::testing::CliRun;
 using ::rawdax::testing::read_text;
 using ::rawdax::testing::run_cli;
 using ::rawdax::testing::ScratchDir;
+using ::rawdax::testing::ScratchRegion;
+using ::rawdax::testing::TestMedia;
 
 
 class CliTest : public ::testing::Test {
@@ -36,7 +39,25 @@ class CliTest : public ::testing::Test {
   ScratchDir dir_{::rawdax::testing::disk_parent()};
 };
 
-TEST_F(CliTest, CreateListDestroy) {
+// The verbs on a region, on the disk and, when selected, on a carved region
+// (whose namespaces are extents of one file: snapshot and restore read and
+// fill them at their offsets, a grow happens in place).
+class CliRegionTest : public ::testing::TestWithParam<TestMedia> {
+ protected:
+  CliRun rawdax(const std::string& args) { return run_cli(dir_.path(), args); }
+  const std::string& region() const { return region_.spec(); }
+
+  ScratchDir dir_{::rawdax::testing::disk_parent()};  // snapshots, the CLI's directory
+  ScratchRegion region_{GetParam()};
+};
+
+std::vector<TestMedia> cli_region_media() {
+  std::vector<TestMedia> out = {TestMedia::kDisk};
+  for (TestMedia m : ::rawdax::testing::media_among({TestMedia::kCarved})) out.push_back(m);
+  return out;
+}
+
+TEST_P(CliRegionTest, CreateListDestroy) {
   CliRun made = rawdax("create-namespace --region " + region() + " --name vm1 --size 2M");
   ASSERT_EQ(made.exit_code, 0) << made.err;
   auto created = nlohmann::json::parse(made.out);
@@ -59,7 +80,7 @@ TEST_F(CliTest, CreateListDestroy) {
   EXPECT_EQ(nlohmann::json::parse(rawdax("list --region " + region()).out).size(), 0u);
 }
 
-TEST_F(CliTest, ResizeNamespace) {
+TEST_P(CliRegionTest, ResizeNamespace) {
   ASSERT_EQ(rawdax("create-namespace --region " + region() + " -n r -s 1M").exit_code, 0);
   CliRun grown = rawdax("resize-namespace r --size 3M --region " + region());
   ASSERT_EQ(grown.exit_code, 0) << grown.err;
@@ -76,7 +97,7 @@ TEST_F(CliTest, ResizeNamespace) {
   EXPECT_NE(missing.err.find("nope"), std::string::npos);
 }
 
-TEST_F(CliTest, SnapshotVerifyRestore) {
+TEST_P(CliRegionTest, SnapshotVerifyRestore) {
   ASSERT_EQ(rawdax("create-namespace --region " + region() + " -n s -s 1M").exit_code, 0);
   std::string snap = dir_.path() + "/s.snap";
   CliRun taken = rawdax("snapshot s " + snap + " --json --region " + region());
@@ -109,7 +130,7 @@ TEST_F(CliTest, SnapshotVerifyRestore) {
 
 // Without a daemon each CLI call is a fresh process with no tracking
 // history: the incremental compares pages with its base chain instead.
-TEST_F(CliTest, IncrementalSnapshotFromTheCli) {
+TEST_P(CliRegionTest, IncrementalSnapshotFromTheCli) {
   ASSERT_EQ(rawdax("create-namespace --region " + region() + " -n s -s 1M").exit_code, 0);
   auto write_page = [&](uint64_t page, uint8_t value) {
     auto r = rawdax::Region::open(region());
@@ -227,7 +248,7 @@ TEST(CliPlainUser, TmpfsAndMemfdKeepTheUffdEngine) {
   }
 }
 
-TEST_F(CliTest, BadInputGivesOneClearLineAndChangesNothing) {
+TEST_P(CliRegionTest, BadInputGivesOneClearLineAndChangesNothing) {
   ASSERT_EQ(rawdax("create-namespace --region " + region() + " -n keep -s 1M").exit_code, 0);
   struct Case {
     std::string args;
@@ -348,6 +369,9 @@ TEST_F(CliTest, BenchPrintsRatiosAsJson) {
                      p["anchor_ns"].get<double>() / p["rawdax_ns"].get<double>());
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Media, CliRegionTest, ::testing::ValuesIn(cli_region_media()),
+                         ::rawdax::testing::param_name);
 
 }  // namespace
 }  // namespace rawdax
