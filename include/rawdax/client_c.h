@@ -34,9 +34,19 @@ int rawdax_client_execute(rawdax_client* client, const char* command,
                           const char* arguments_json, char** reply_json);
 
 /* open-namespace: *fd receives the backing fd (read-only unless `writable`),
- * *size (if not NULL) the namespace's size. */
+ * *size (if not NULL) the namespace's size. A namespace of a carved region
+ * (devdax:, file:) is an extent of its fd, not at offset 0: this call then
+ * fails with -ENOTSUP and opens nothing (a mapping at 0 would reach the
+ * device's label area); use rawdax_client_open_at(). */
 int rawdax_client_open(rawdax_client* client, const char* name, int writable, int exclusive,
                        int* fd, uint64_t* size);
+
+/* Like rawdax_client_open(), for every region: the namespace is
+ * [*offset, *offset + *size) of *fd. Map it with
+ * mmap(NULL, len, prot, MAP_SHARED, *fd, *offset + o), `o` a multiple of the
+ * media's alignment (docs/control.md, "Fd passing"). */
+int rawdax_client_open_at(rawdax_client* client, const char* name, int writable, int exclusive,
+                          int* fd, uint64_t* offset, uint64_t* size);
 
 /* release-namespace. */
 int rawdax_client_release(rawdax_client* client, const char* name);

@@ -63,17 +63,32 @@ int rawdax_client_execute(rawdax_client* c, const char* command, const char* arg
   return 0;
 }
 
-int rawdax_client_open(rawdax_client* c, const char* name, int writable, int exclusive, int* fd,
-                       uint64_t* size) {
+int rawdax_client_open_at(rawdax_client* c, const char* name, int writable, int exclusive,
+                          int* fd, uint64_t* offset, uint64_t* size) {
   if (c == nullptr || name == nullptr || fd == nullptr) return -EINVAL;
   *fd = -1;
   auto ns = c->client->open_namespace(
       name, writable ? rawdax::Access::ReadWrite : rawdax::Access::ReadOnly, exclusive != 0);
   if (!ns) return fail(c, ns.error());
+  if (offset == nullptr && ns->offset() != 0) {
+    // A caller that cannot learn the offset would map the label area.
+    rawdax::Status released = c->client->release_namespace(name);
+    (void)released;
+    return fail(c, rawdax::Error(std::errc::operation_not_supported,
+                                 "namespace " + std::string(name) + " is the extent at offset " +
+                                     std::to_string(ns->offset()) +
+                                     " of its device: open it with rawdax_client_open_at()"));
+  }
   c->error.clear();
+  if (offset != nullptr) *offset = ns->offset();
   if (size != nullptr) *size = ns->size();
   *fd = ns->release_fd();
   return 0;
+}
+
+int rawdax_client_open(rawdax_client* c, const char* name, int writable, int exclusive, int* fd,
+                       uint64_t* size) {
+  return rawdax_client_open_at(c, name, writable, exclusive, fd, nullptr, size);
 }
 
 int rawdax_client_release(rawdax_client* c, const char* name) {

@@ -307,12 +307,13 @@ class Dispatcher::Command {
     auto state = lookup_locked(*name);
     if (!state) return state.error();
     std::vector<Holder>& holders = (*state)->holders;
+    // Said first: on a carved region force would not help either.
+    RAWDAX_RETURN_IF_ERROR(refuse_if_unrevocable(*name, holders, "destroyed"));
     if (!holders.empty() && !*force) {
       return Error(std::errc::device_or_resource_busy,
                    "namespace " + *name + " is open by pid(s) " + pid_list(holders) +
                        "; force revokes it");
     }
-    RAWDAX_RETURN_IF_ERROR(refuse_if_unrevocable(*name, holders, "destroyed"));
     // Holders hear first; then removal truncates the backing object, which
     // turns their mappings' next access into SIGBUS.
     notify_locked(holders, {{"event", "NAMESPACE_REVOKED"}, {"data", {{"name", *name}}}});

@@ -12,6 +12,7 @@
 
 #include "cli_run.h"
 #include "rawdax/client.h"
+#include "rawdax/client_c.h"
 #include "rawdax/rawdax.h"
 #include "serve_child.h"
 #include "test_util.h"
@@ -183,6 +184,27 @@ TEST_F(CarvedCliTest, DaemonHandsOutTheDeviceAtTheExtentAndNeverFreesItUnderAHol
   EXPECT_EQ(shrink.exit_code, 1);
   EXPECT_NE(shrink.err.find("cannot be shrunk"), std::string::npos) << shrink.err;
   EXPECT_STREQ(reinterpret_cast<const char*>(m->data()), marker);
+
+  CliRun plain = rawdax("destroy-namespace vm --region " + spec());
+  EXPECT_EQ(plain.exit_code, 1);
+  EXPECT_EQ(plain.err.find("force revokes it"), std::string::npos)
+      << "force would not help on a carved region: " << plain.err;
+
+  // The C interface: the plain open refuses what it cannot place; the _at
+  // open gives the same offset.
+  rawdax_client* c = nullptr;
+  ASSERT_EQ(rawdax_client_connect(socket.c_str(), &c), 0);
+  int cfd = -1;
+  uint64_t coffset = 0, csize = 0;
+  EXPECT_EQ(rawdax_client_open(c, "vm", 1, 0, &cfd, &csize), -ENOTSUP);
+  EXPECT_EQ(cfd, -1);
+  EXPECT_NE(std::string(rawdax_client_error(c)).find("rawdax_client_open_at"), std::string::npos);
+  ASSERT_EQ(rawdax_client_open_at(c, "vm", 1, 0, &cfd, &coffset, &csize), 0)
+      << rawdax_client_error(c);
+  EXPECT_EQ(coffset, ns->offset());
+  EXPECT_EQ(csize, 4u << 20);
+  ::close(cfd);
+  rawdax_client_close(c);
 
   ASSERT_TRUE((*client)->release_namespace("vm"));
   CliRun gone = rawdax("destroy-namespace vm --region " + spec());
