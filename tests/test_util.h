@@ -3,6 +3,7 @@
 #ifndef RAWDAX_TESTS_TEST_UTIL_H_
 #define RAWDAX_TESTS_TEST_UTIL_H_
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -41,6 +42,20 @@ inline std::string read_text(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+// `size` bytes of the file at `path` from `offset` (a carved region's
+// device, read around rawdax); a short or failed read fails the test.
+inline std::vector<std::byte> read_file_range(const std::string& path, uint64_t offset,
+                                              uint64_t size) {
+  std::vector<std::byte> out(size);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  EXPECT_GE(fd, 0) << path;
+  EXPECT_EQ(::pread(fd, out.data(), size, static_cast<off_t>(offset)),
+            static_cast<ssize_t>(size))
+      << path;
+  ::close(fd);
+  return out;
 }
 
 // The media the device, region, engine and snapshot suites run on. kCarved

@@ -164,12 +164,7 @@ class CarvedCrashTest : public ::testing::Test {
   }
 
   std::vector<std::byte> read_file(uint64_t offset, uint64_t size) const {
-    std::vector<std::byte> out(size);
-    int fd = ::open(image().c_str(), O_RDONLY | O_CLOEXEC);
-    EXPECT_GE(fd, 0);
-    EXPECT_EQ(::pread(fd, out.data(), size, off_t(offset)), ssize_t(size));
-    ::close(fd);
-    return out;
+    return ::rawdax::testing::read_file_range(image(), offset, size);
   }
 
   std::string child_log() const {

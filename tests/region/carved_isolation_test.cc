@@ -66,12 +66,7 @@ class CarvedIsolationTest : public ::testing::Test {
   // The file's bytes from a's start to c's end.
   std::vector<std::byte> extents() const { return read_file(info_[0].offset, 3 * kMiB); }
   std::vector<std::byte> read_file(uint64_t offset, uint64_t size) const {
-    std::vector<std::byte> out(size);
-    int fd = ::open(image().c_str(), O_RDONLY | O_CLOEXEC);
-    EXPECT_GE(fd, 0);
-    EXPECT_EQ(::pread(fd, out.data(), size, off_t(offset)), ssize_t(size));
-    ::close(fd);
-    return out;
+    return ::rawdax::testing::read_file_range(image(), offset, size);
   }
 
   ScratchDir dir_{::rawdax::testing::tmpfs_parent()};
