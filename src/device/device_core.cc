@@ -31,10 +31,8 @@ int revoked_backing_fd() {
 // `size` bytes: room to grow, except on hugetlbfs, where a writable mapping
 // past EOF extends the file (hugetlbfs_file_mmap), so a view covers exactly
 // the size and every grow maps a new one.
-uint64_t view_capacity(uint64_t size, const Capabilities& caps, bool carved) {
-  // A carved namespace's neighbours follow its extent: a view covers exactly
-  // the extent, so no pointer into the block face can reach their bytes.
-  if (caps.hugetlb || carved) return size;
+uint64_t view_capacity(uint64_t size, const Capabilities& caps) {
+  if (caps.hugetlb) return size;
   return *round_up(std::max(size * 2, kMinViewCapacity), caps.alignment);
 }
 
@@ -79,6 +77,8 @@ Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> ca
   core->options_ = options;
   core->size_.store(info->size);
   const Capabilities& caps = core->capabilities();
+  // A carved namespace's view covers exactly its extent (and every grow maps
+  // a new one), so no pointer into the block face can reach a neighbour.
   uint64_t capacity = info->size;
   if (!catalog->carved() && caps.kind != MediaKind::kDevdax) {
     auto actual = file_size(core->fd_.get());
@@ -93,7 +93,7 @@ Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> ca
     if (*actual > info->size && ::ftruncate(core->fd_.get(), static_cast<off_t>(info->size)) != 0) {
       return errno_error(errno, "namespace " + info->name + ": cannot trim " + info->path);
     }
-    capacity = view_capacity(info->size, caps, false);
+    capacity = view_capacity(info->size, caps);
   }
   auto view = core->map_view(capacity);
   if (!view) return view.error();
@@ -545,7 +545,7 @@ Status DeviceCore::resize(uint64_t new_size, ResizeOptions options) {
     Status grown = size_file(fd_.get(), target, caps.hugetlb, info_.path);
     if (!grown) return grown.error().with_context("namespace " + name_ + ": cannot grow: ");
     if (target > view_capacity_) {
-      uint64_t capacity = view_capacity(target, caps, false);
+      uint64_t capacity = view_capacity(target, caps);
       auto view = map_view(capacity);
       if (!view) return view.error();
       view_.store(view->data(), std::memory_order_release);

@@ -11,7 +11,12 @@
 // Views. The block face works on a "view": one shared mapping of the backing
 // object whose capacity may exceed the current size (mapping past EOF is
 // allowed; only touching it faults, and bounds checks prevent that), except
-// on hugetlbfs, where a writable mapping past EOF would extend the file. Growing
+// on hugetlbfs, where a writable mapping past EOF would extend the file, and
+// on a carved region, where the bytes past the extent are a neighbour's: its
+// views are made at the extent's offset (info().offset) in the device and
+// cover exactly the extent, and the Catalog holds what they cover until the
+// media is released (so a shrink's cut goes to nobody while a late reader
+// may still touch it). Growing
 // past the capacity publishes a new, larger view; old views stay mapped until
 // the media is released, so a request that loaded the old pointer still
 // works (all views are shared mappings of the same pages: coherent). The

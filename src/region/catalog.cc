@@ -72,7 +72,7 @@ Result<std::unique_ptr<Catalog>> Catalog::open(std::string_view spec, bool creat
     if (!media) return media.error();
     catalog->carved_ = std::move(*media);
     catalog->caps_ = catalog->carved_->capabilities();
-    RAWDAX_RETURN_IF_ERROR(catalog->open_carved(create, require_dax, file_size));
+    RAWDAX_RETURN_IF_ERROR(catalog->open_carved(create));
     return catalog;
   }
   catalog->dir_ = std::string(spec);
@@ -198,7 +198,7 @@ std::string describe_namespaces(const std::vector<Label>& labels) {
 
 }  // namespace
 
-Status Catalog::open_carved(bool create, bool /*require_dax*/, uint64_t /*file_size*/) {
+Status Catalog::open_carved(bool create) {
   CarvedMedia& media = *carved_;
   std::span<const std::byte> area(media.label_area(), media.label_area_size());
   if (label_area_blank(area)) {

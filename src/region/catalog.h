@@ -134,7 +134,8 @@ class Catalog {
   Catalog() = default;
   Status open_directory(bool create, bool require_dax);
   Status open_devdax(const std::string& path);
-  Status open_carved(bool create, bool require_dax, uint64_t file_size);
+  // Reads (or, with create, formats a blank all-zero device) the label area.
+  Status open_carved(bool create);
   // Carved: the extents in use, labels and holds, except `skip_uuid`'s.
   FreeSpace free_space_locked(const std::string& skip_uuid = "") const;
   // ENOSPC naming the largest size `ns` reaches in place, when `new_size` does not fit.

@@ -115,11 +115,15 @@ TEST_F(CarvedCliTest, ListSpaceReportsOffsetsFreeSpaceAndTheLargestFreeExtent) {
 
   // The hole is reused by a namespace that fits it, before the tail.
   ASSERT_EQ(rawdax("create-namespace --region " + spec() + " --name d --size 2M").exit_code, 0);
-  for (const auto& ns : region_entry()["namespaces"]) {
+  const nlohmann::json after = region_entry();  // kept alive: the loop borrows from it
+  bool found = false;
+  for (const auto& ns : after["namespaces"]) {
     if (ns["name"] == "d") {
+      found = true;
       EXPECT_LT(ns["offset"].get<uint64_t>(), end);
     }
   }
+  EXPECT_TRUE(found) << after.dump();
 }
 
 TEST_F(CarvedCliTest, VmArgsPlaceTheExtentWithOffsetOrNameTheQemuVersionNeeded) {
