@@ -297,7 +297,11 @@ Status commit_labels(std::byte* area, LabelState& state, const std::vector<Label
   std::vector<bool> taken(slot_count, false);  // not to be written
   for (uint32_t s : state.slots) taken[s] = true;
   std::vector<bool> previous(slot_count, false);
-  for (uint32_t s : state.previous_slots) previous[s] = true;
+  // The other block may have been written for another geometry (or be a
+  // stray that decodes): only slots this area has count.
+  for (uint32_t s : state.previous_slots) {
+    if (s < slot_count) previous[s] = true;
+  }
 
   std::vector<uint32_t> slots;
   std::vector<std::pair<uint32_t, const Label*>> to_write;
