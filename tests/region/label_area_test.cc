@@ -137,6 +137,25 @@ TEST_F(LabelAreaTest, CommitPersistsNewSlotsBeforeTheOtherIndexBlock) {
   EXPECT_EQ(state.current_block, 1 - before);
 }
 
+// The other index block may decode with another geometry (a stray block, or
+// one written before a reformat) and name slots this area does not have: an
+// update must pick its slots among this area's only (fuzz_label_area found
+// the overflow; ASan runs this test in CI).
+TEST_F(LabelAreaTest, OtherBlockNamingSlotsBeyondThisAreaIsHarmless) {
+  LabelState state = format();
+  const uint32_t slots = state.geometry.slot_count;
+  state.previous_slots = {0, slots, slots + 7, 31743};
+  const uint64_t data = area_.size();
+  std::vector<Label> next = {label("a", data, 4096)};
+  ASSERT_TRUE(commit_labels(area_.data(), state, next, recorder(), kDevice));
+  ASSERT_EQ(state.slots.size(), 1u);
+  EXPECT_LT(state.slots[0], slots);
+  EXPECT_NE(state.slots[0], 0u) << "a slot the other block names is avoided while others are free";
+  auto read = read_label_area(area_, kDevice);
+  ASSERT_TRUE(read) << read.error().message();
+  EXPECT_EQ(read->labels, next);
+}
+
 TEST_F(LabelAreaTest, NewestValidIndexWinsInEitherBlock) {
   LabelState state = format();
   const uint64_t data = area_.size();
