@@ -43,7 +43,7 @@ class NbdE2eTest : public NbdFixture {
 #define REQUIRE_PYTHON_LIBNBD()                                                      \
   do {                                                                               \
     if (python_with_libnbd().empty()) {                                              \
-      GTEST_SKIP() << "python3-libnbd is not installed (make deps installs it)";     \
+      GTEST_FAIL() << "python3-libnbd is not installed (make deps installs it)";     \
     }                                                                                \
   } while (0)
 
@@ -211,7 +211,7 @@ TEST_P(NbdE2eTest, QemuIoWriteReadZeroDiscardFlushMap) {
 
 TEST_P(NbdE2eTest, FioVerifyTwoJobsIodepth32) {
   RAWDAX_REQUIRE_PROGRAM("fio");
-  if (run("fio --enghelp=nbd").exit_code != 0) GTEST_SKIP() << "fio lacks the nbd engine";
+  if (run("fio --enghelp=nbd").exit_code != 0) GTEST_FAIL() << "fio lacks the nbd engine (Debian's fio has it; make deps installs it)";
   start_server();
   RunResult fio = run("fio --name=verify --ioengine=nbd --uri=" + q(uri()) +
                 " --rw=randwrite --bs=4k --size=16M --offset_increment=16M --numjobs=2"

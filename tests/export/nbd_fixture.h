@@ -57,7 +57,7 @@ inline std::string python_with_libnbd() {
 #define RAWDAX_REQUIRE_PROGRAM(name)                                        \
   do {                                                                      \
     if (!::rawdax::testing::have_program(name)) {                           \
-      GTEST_SKIP() << name << " is not installed (make deps installs it)"; \
+      GTEST_FAIL() << name << " is not installed (make deps installs it)"; \
     }                                                                       \
   } while (0)
 

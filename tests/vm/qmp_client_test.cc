@@ -63,7 +63,7 @@ class BareQemu {
 
 TEST(QmpClient, TalksToQemu) {
   BareQemu qemu;
-  if (!qemu.running()) GTEST_SKIP() << "qemu-system-x86_64 not installed (make deps installs it)";
+  if (!qemu.running()) GTEST_FAIL() << "qemu-system-x86_64 not installed (make deps installs it)";
   const std::string& sock = qemu.socket();
   auto client = QmpClient::connect(sock);
   ASSERT_TRUE(client) << client.error().message();
@@ -85,7 +85,7 @@ TEST(QmpClient, TalksToQemu) {
 
 TEST(AttachedVms, PausesNestAndResumeWithTheLast) {
   BareQemu qemu;
-  if (!qemu.running()) GTEST_SKIP() << "qemu-system-x86_64 not installed (make deps installs it)";
+  if (!qemu.running()) GTEST_FAIL() << "qemu-system-x86_64 not installed (make deps installs it)";
   AttachedVms vms;
   auto none = vms.pause("vm1");  // nothing attached: nothing to pause
   ASSERT_TRUE(none);
@@ -114,7 +114,7 @@ TEST(AttachedVms, PausesNestAndResumeWithTheLast) {
 
 TEST(QmpClient, ABusySocketTimesOutClearly) {
   BareQemu qemu;
-  if (!qemu.running()) GTEST_SKIP() << "qemu-system-x86_64 not installed (make deps installs it)";
+  if (!qemu.running()) GTEST_FAIL() << "qemu-system-x86_64 not installed (make deps installs it)";
   auto first = QmpClient::connect(qemu.socket());
   ASSERT_TRUE(first) << first.error().message();
   auto second = QmpClient::connect(qemu.socket(), std::chrono::milliseconds(300));
