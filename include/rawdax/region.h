@@ -37,6 +37,7 @@
 #include "rawdax/capabilities.h"
 #include "rawdax/device.h"
 #include "rawdax/namespace.h"
+#include "rawdax/region_space.h"
 #include "rawdax/result.h"
 
 namespace rawdax {
@@ -53,45 +54,6 @@ struct RegionOptions {
   // file: regions: the size of a missing file that `create` makes (0: 4 GiB).
   // Files on disk and DAX filesystems are allocated whole; tmpfs stays sparse.
   uint64_t file_size = 0;
-};
-
-// The space of a region, as list --json reports it.
-struct RegionSpace {
-  bool carved = false;           // devdax: or file:
-  uint64_t device_size = 0;      // carved: usable bytes of the device or file
-  uint64_t label_area_size = 0;  // carved: bytes before the first extent
-  uint64_t align = 0;            // granularity of sizes and extents
-  uint64_t free = 0;             // bytes new namespaces could take in all
-  uint64_t largest_free = 0;     // the largest namespace that can be created now
-  uint32_t label_slots = 0;      // carved: label slots (one per namespace, plus one spare)
-  // carved: set when a label index block was unusable (a corrupt or torn
-  // block, or the newest one naming a bad label) and the region opened from
-  // the other one; says what was wrong and that the last update may be lost.
-  std::string recovered_from;
-};
-
-struct InitOptions {
-  // Erase what the device holds: namespaces in a label area, or data on a
-  // device without one. Without it such a device is refused (EEXIST) with a
-  // description of what would be erased.
-  bool force = false;
-  uint64_t file_size = 0;  // file: make a missing file of this size (0: 4 GiB)
-};
-
-struct InitReport {
-  std::string spec;
-  uint64_t device_size = 0;
-  uint64_t label_area_size = 0;
-  uint64_t align = 0;
-  std::string erased;  // what the device held that is gone; empty when nothing
-};
-
-struct DestroyOptions {
-  bool force = false;
-};
-
-struct RestoreOptions {
-  bool force = false;  // resize an existing namespace of another size
 };
 
 class Region {

@@ -44,7 +44,7 @@
 #include "rawdax/capabilities.h"
 #include "common/mapped_range.h"
 #include "rawdax/namespace.h"
-#include "rawdax/region.h"
+#include "rawdax/region_space.h"
 #include "rawdax/result.h"
 #include "region/carved_media.h"
 #include "region/free_space.h"
