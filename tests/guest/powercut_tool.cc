@@ -40,6 +40,8 @@
 #include <vector>
 
 #include "rawdax/rawdax.h"
+#include "powercut_ops.h"
+#include "powercut_pattern.h"
 
 namespace {
 std::atomic<int> g_msync_calls{0};
@@ -51,6 +53,14 @@ extern "C" int msync(void* addr, size_t len, int flags) {
 }
 
 namespace {
+
+using rawdax_powercut::classify;
+using rawdax_powercut::Fill;
+using rawdax_powercut::kChunk;
+using rawdax_powercut::kTrailer;
+using rawdax_powercut::layout_errors;
+using rawdax_powercut::pattern_word;
+using rawdax_powercut::Verdict;
 
 // splitmix64: the same bytes from the same seed on every machine.
 void fill(std::byte* out, uint64_t size, uint64_t seed) {
@@ -110,99 +120,10 @@ int usage() {
 // carve-churn first destroys the namespace in progress (the last cut's), so
 // each cut starts from complete namespaces only.
 
-constexpr uint64_t kChunk = uint64_t{2} << 20;
-constexpr uint64_t kTrailer = 64;
-
 uint64_t key_of(const rawdax::NamespaceInfo& ns, uint64_t salt = 0) {
   uint64_t h = 0xcbf29ce484222325ULL ^ salt;  // FNV-1a over "name/uuid"
   for (char c : ns.name + "/" + ns.uuid) h = (h ^ static_cast<uint8_t>(c)) * 0x100000001b3ULL;
   return h;
-}
-
-// Word i of the pattern of `key` (splitmix64, so any word can be checked alone).
-uint64_t pattern_word(uint64_t key, uint64_t i) {
-  uint64_t z = key + (i + 1) * 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-enum class Fill { kComplete, kInProgress, kIllegal };
-
-struct Verdict {
-  Fill fill = Fill::kIllegal;
-  std::string why;  // kIllegal: the first byte that no legal state has
-};
-
-// What the bytes of a namespace are, given its key (see above).
-Verdict classify(const std::byte* data, uint64_t size, uint64_t key) {
-  const uint64_t words = size / 8, trailer_from = (size - kTrailer) / 8;
-  auto word = [&](uint64_t i) {
-    uint64_t w;
-    std::memcpy(&w, data + i * 8, 8);
-    return w;
-  };
-  uint64_t i = 0;
-  while (i < words && word(i) == pattern_word(key, i)) ++i;
-  if (i == words) return {Fill::kComplete, ""};
-  auto illegal = [&](uint64_t at, const char* rule) {
-    char buf[512];
-    std::snprintf(buf, sizeof buf,
-                  "word at offset %" PRIu64 " is 0x%016" PRIx64 ", its pattern 0x%016" PRIx64
-                  " (%s; the first word off the pattern is at %" PRIu64 ")",
-                  at * 8, word(at), pattern_word(key, at), rule, i * 8);
-    return Verdict{Fill::kIllegal, buf};
-  };
-  // The chunk being filled: a 2 MiB piece of the body, or the trailer.
-  const uint64_t chunk_end =
-      i >= trailer_from ? words : std::min(trailer_from, (i * 8 / kChunk + 1) * kChunk / 8);
-  for (uint64_t j = i; j < chunk_end; ++j) {
-    if (word(j) != 0 && word(j) != pattern_word(key, j)) {
-      return illegal(j, "neither pattern nor zero in the chunk being filled");
-    }
-  }
-  for (uint64_t j = chunk_end; j < words; ++j) {
-    if (word(j) != 0) return illegal(j, "not zero after the chunk being filled");
-  }
-  return {Fill::kInProgress, ""};
-}
-
-// Everything wrong with the extents and the space accounting; empty if none.
-std::vector<std::string> layout_errors(std::vector<rawdax::NamespaceInfo> list,
-                                       const rawdax::RegionSpace& space) {
-  std::vector<std::string> out;
-  std::sort(list.begin(), list.end(), [](auto& a, auto& b) { return a.offset < b.offset; });
-  uint64_t used = 0;
-  for (size_t k = 0; k < list.size(); ++k) {
-    const auto& ns = list[k];
-    const std::string where = ns.name + " [" + std::to_string(ns.offset) + ", +" +
-                              std::to_string(ns.size) + ")";
-    if (ns.size == 0 || ns.offset % space.align != 0 || ns.size % space.align != 0) {
-      out.push_back(where + " is not a non-empty extent aligned to " + std::to_string(space.align));
-    }
-    if (ns.offset < space.label_area_size || ns.offset + ns.size > space.device_size) {
-      out.push_back(where + " is outside the data area [" + std::to_string(space.label_area_size) +
-                    ", " + std::to_string(space.device_size) + ")");
-    }
-    if (k > 0 && list[k - 1].offset + list[k - 1].size > ns.offset) {
-      out.push_back(where + " overlaps " + list[k - 1].name);
-    }
-    for (size_t m = 0; m < k; ++m) {
-      if (list[m].name == ns.name || list[m].uuid == ns.uuid) {
-        out.push_back(where + " shares its name or uuid with " + list[m].name);
-      }
-    }
-    used += ns.size;
-  }
-  const uint64_t data = space.device_size - space.label_area_size;
-  if (used > data || space.free != data - used) {
-    out.push_back("space() reports " + std::to_string(space.free) + " bytes free, but the " +
-                  std::to_string(data) + " data bytes less the namespaces' " +
-                  std::to_string(used) + " leave " +
-                  (used > data ? std::string("less than nothing") : std::to_string(data - used)));
-  }
-  if (space.largest_free > space.free) out.push_back("largest_free exceeds free");
-  return out;
 }
 
 struct CarveRun {
@@ -457,6 +378,9 @@ int carve_main(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (argc >= 3 && std::string_view(argv[1]).starts_with("carve-")) return carve_main(argc, argv);
+  if (argc >= 2 && std::string_view(argv[1]).starts_with("ops-")) {
+    return rawdax_powercut::ops_main(argc, argv);
+  }
   if (argc < 6) return usage();
   const std::string mode = argv[1], spec = argv[2];
   std::string name = argv[3];
