@@ -1,7 +1,8 @@
 // Power cuts amid every region operation at once (tests/guest/ops_powercut.sh).
 //
 //   rawdax_powercut ops-run REGION SNAPDIR SEED BOOT [--label L] [--kinds KINDS]
-//                   [--format] [--steps N | --cut KIND:STEP:TEXT | --cut-after-ms MS:TEXT]
+//                   [--format] [--steps N | --cut KIND:STEP:TEXT | --cut-after-ms MS:TEXT |
+//                    --until-cut]
 //   rawdax_powercut ops-check REGION SNAPDIR SEED BOOT [--label L] [--kinds KINDS]
 //                   [--acked K=N[!],...]
 //
@@ -14,7 +15,8 @@
 // ends after --steps N steps of each kind, or never: --cut prints TEXT once
 // kind KIND acknowledged STEP and stalls that thread (the runner SIGKILLs the
 // guest on TEXT, so that step is the last one of its kind); --cut-after-ms
-// prints TEXT after MS milliseconds of steps, wherever every thread then is.
+// prints TEXT after MS milliseconds of steps, wherever every thread then is;
+// --until-cut runs on for a cut that another process's text brings.
 //
 // ops-check, in the next boot, opens the region and checks what the cut
 // boot (BOOT, same SEED) left, given for each kind the last step the runner
@@ -217,6 +219,7 @@ struct Runner {
   uint64_t cut_step = 0;
   std::string cut_text;
   uint64_t cut_after_ms = 0;
+  bool until_cut = false;  // endless, the cut text printed elsewhere
 
   // Prepared devices, kept open by their threads.
   std::unique_ptr<rawdax::Device> r_dev, s_dev, i_dev, w_dev;
@@ -717,7 +720,8 @@ int ops_check(Checker& c) {
 int usage() {
   std::fprintf(stderr,
                "usage: rawdax_powercut ops-run REGION SNAPDIR SEED BOOT [--label L] [--kinds KINDS]\n"
-               "                       [--format] [--steps N | --cut KIND:STEP:TEXT | --cut-after-ms MS:TEXT]\n"
+               "                       [--format] [--steps N | --cut KIND:STEP:TEXT | --cut-after-ms MS:TEXT |\n"
+               "                        --until-cut]\n"
                "       rawdax_powercut ops-check REGION SNAPDIR SEED BOOT [--label L] [--kinds KINDS]\n"
                "                       [--acked K=N[!],...]\n");
   return 2;
@@ -748,6 +752,8 @@ int ops_main(int argc, char** argv) {
       for (char k : plan.kinds) {
         if (kAllKinds.find(k) == std::string::npos) return usage();
       }
+    } else if (a == "--until-cut") {
+      runner.until_cut = true;
     } else if (a == "--format") {
       format = true;
     } else if (a == "--steps" && has_value) {
@@ -783,8 +789,8 @@ int ops_main(int argc, char** argv) {
     checker.plan = plan;
     return ops_check(checker);
   }
-  const bool endless = runner.steps == 0;
-  if (endless == runner.cut_text.empty()) return usage();  // exactly one of --steps and a cut
+  // Exactly one of: --steps, a cut, --until-cut.
+  if ((runner.steps > 0) + !runner.cut_text.empty() + runner.until_cut != 1) return usage();
   runner.plan = plan;
   return ops_run(runner, format);
 }
