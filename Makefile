@@ -2,6 +2,8 @@
 #   make run    deps, build, then `rawdax serve` on ./rawdax-data (namespace `default`, 256M)
 #   make test   deps, build, all tests on this machine's kernel and media
 #   make test-guest  the suites on real DAX under Debian 12's kernel, in QEMU (docs/guest.md)
+#   make powercut  POWERCUT_CUTS guest power cuts amid every region operation (ext4 disk, devdax)
+#   make mutation-check  each metadata fsync dropped in turn: does the power-cut test catch it?
 #   make powercut-carve  CARVE_CUTS power cuts amid namespace creates and destroys on devdax
 #   make deps   install every Debian package the build, tests and peers need (apt-get)
 
@@ -42,7 +44,7 @@ DEB_PACKAGES := cmake ninja-build g++ clang libclang-rt-14-dev pkg-config \
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test test-user test-asan test-tsan test-guest test-guest-full powercut-carve fuzz soak bench bench-nbd clean
+.PHONY: deps build run test test-user test-asan test-tsan test-guest test-guest-full powercut mutation-check powercut-carve fuzz soak bench bench-nbd clean
 
 deps:
 	@missing=""; \
@@ -113,6 +115,25 @@ test-guest: build
 
 test-guest-full: build
 	tests/guest/ci_stage.sh $(BUILD) --full
+
+# Power cuts of the guest while every region operation runs (create,
+# destroy, resize, snapshot, incremental, restore, FUA/flush/persist writes),
+# on ext4 over a directsync virtio disk and on carved devdax at once; each
+# next boot checks the state against what was acknowledged
+# (tests/guest/ops_powercut.sh; about 35 s a cut). Every cut interrupts every
+# kind's loop, so POWERCUT_CUTS is the number of cuts per operation kind and
+# media. Outside CI, whose guest stage runs three. POWERCUT_SEED replays.
+POWERCUT_CUTS ?= 50
+POWERCUT_SEED ?=
+powercut: build
+	tests/guest/ops_powercut.sh $(POWERCUT_CUTS) --tool $(BUILD)/tests/rawdax_powercut \
+	  $(if $(POWERCUT_SEED),--seed $(POWERCUT_SEED))
+
+# Does the power-cut test catch a lost fsync? Each fsync, fdatasync and
+# directory fsync of the metadata path removed in turn, and cuts run on the
+# mutant (tests/guest/mutation_check.sh; 10-25 minutes; docs/hardening.md).
+mutation-check: build
+	tests/guest/mutation_check.sh
 
 # Power cuts while namespaces are created and destroyed on the guest's
 # device-dax, CARVE_CUTS of them on one NVDIMM file, each checked by the next

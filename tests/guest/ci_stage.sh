@@ -3,7 +3,8 @@
 # rawdax's device, engine, snapshot, region and crash suites under Debian 12's
 # own kernel (6.1) in tests/guest/run, on every guest media, once as root and
 # once as a plain user, then the power-cut checks (one cut each on fsdax and
-# devdax, two amid namespace creates and destroys on devdax). A boot, a
+# devdax, two amid namespace creates and destroys on devdax, three amid every
+# region operation on the ext4 disk and devdax). A boot, a
 # failed test, a skipped test or a boot that ran no test fails the stage.
 # Prints each part's time.
 #
@@ -95,4 +96,10 @@ start=$SECONDS
 bash "$here/carve_powercut.sh" 2 --tool "$build/tests/rawdax_powercut" ||
   { echo "guest stage: power cuts while carving FAILED" >&2; exit 1; }
 echo "guest stage: 2 power cuts while carving passed in $((SECONDS - start)) s"
+# Three cuts while every region operation runs on the ext4 disk and on
+# devdax (make powercut runs fifty).
+start=$SECONDS
+bash "$here/ops_powercut.sh" 3 --tool "$build/tests/rawdax_powercut" ||
+  { echo "guest stage: power cuts amid region operations FAILED" >&2; exit 1; }
+echo "guest stage: 3 power cuts amid region operations passed in $((SECONDS - start)) s"
 echo "guest stage: passed in $((SECONDS - stage_start)) s"
