@@ -8,7 +8,8 @@
 # only the operation kind that reaches the call, every cut right after an
 # acknowledged step (--step-cuts; one kind, so no other thread's fsync
 # commits the journal for it). A mutation is caught when a check fails.
-# Prints one line per mutation: caught after K cuts, or survived N cuts.
+# Prints one line per mutation: caught after K cuts, or survived N cuts
+# (each run's log stays in build/mutation-logs/).
 # Exit 0 once all ran (the verdicts are findings, not failures); 2 on a
 # build or setup error. Outside CI: about 10-25 minutes.
 set -euo pipefail
@@ -73,7 +74,12 @@ mutation snapshot-dir-fsync s src/snapshot/snapshot_file.cc \
   'RAWDAX_RETURN_IF_ERROR(fsync_directory(dir.empty() ? "." : dir));' \
   '(void)dir;'
 
-tree=$(mktemp -d "${TMPDIR:-/tmp}/rawdax-mutants.XXXXXX")
+# Beside the repository, not under /tmp: the guest mounts its own /tmp, and
+# runs the mutant tool from the host's tree.
+mkdir -p "$repo/build"
+tree=$(mktemp -d "$repo/build/mutants.XXXXXX")
+logs="$repo/build/mutation-logs"
+mkdir -p "$logs"
 cleanup() {
   git -C "$repo" worktree remove --force "$tree" 2>/dev/null || rm -rf "$tree"
 }
@@ -99,11 +105,18 @@ EOF
     { echo "mutation check: $id does not build" >&2; exit 2; }
   echo "mutation check: $id (kinds $kinds): up to $cuts cuts"
   verdict="survived $cuts cuts"
+  log="$logs/$id.log"
   if ! "$here/ops_powercut.sh" "$cuts" --media disk --kinds "$kinds" --step-cuts \
-       --tool "$tree/build/tests/rawdax_powercut" >"$tree/log" 2>&1; then
-    why=$(grep -aE 'OPS FAILED' "$tree/log" | head -n 1 || true)
-    after=$(grep -ac 'power cut (SIGKILL' "$tree/log" || true)
-    verdict="caught after $after cuts: ${why:-$(tail -n 1 "$tree/log")}"
+       --tool "$tree/build/tests/rawdax_powercut" >"$log" 2>&1; then
+    # Caught: a check after a cut failed. Anything else is an error of the run.
+    why=$(grep -aE 'OPS FAILED' "$log" | head -n 1 || true)
+    after=$(grep -ac 'power cut (SIGKILL' "$log" || true)
+    if [ -z "$why" ] || [ "$after" = 0 ]; then
+      echo "mutation check: $id: the run failed without a failed check ($log):" >&2
+      tail -n 5 "$log" >&2
+      exit 2
+    fi
+    verdict="caught after $after cuts: ${why#*OPS FAILED: }"
   fi
   echo "mutation check: $id: $verdict"
   results+=("$id: $verdict")
