@@ -26,18 +26,21 @@
 // in flight, the old or the new state of it. Then it checks again under
 // another seed, which must fail for every kind: so the checks can fail.
 //
+// Each step ends with its operation (the create, the resize, the snapshot,
+// the restore): on ext4 any fsync commits the whole journal, so a data write
+// after it would make a lost fsync of the operation durable anyway.
+//
 // The kinds, each on its own namespaces (U: the region's align, at least
 // 1 MiB; gen(K, n): the pattern of kind K, step n, of this boot):
-//   c  create and destroy. Step n destroys c.B.(n-2), creates c.B.n of 2-4 U
-//      and fills it (2 MiB chunks, then a 64-byte trailer, each written with
-//      FUA). Legal: the c.B.* namespaces are {}, {M} complete (or step 1
-//      being filled), or {M-1} complete and {M} complete or being filled;
-//      sizes as drawn; M >= acked.
-//   r  resize. Step n resizes r to U (odd n) or 2U (even), then writes
-//      gen(r, n) over it with FUA. Legal: size U or 2U, and either all of
-//      gen(r, g) for a g >= acked whose size that is, or (step g in flight)
-//      each word gen(r, g) or gen(r, g-1) below the old size, gen(r, g) or 0
-//      above it.
+//   c  create and destroy. Step n destroys c.B.(n-2), fills c.B.(n-1) (2 MiB
+//      chunks, then a 64-byte trailer, each written with FUA) and creates
+//      c.B.n of 2-4 U. Legal: the c.B.* namespaces are {}, {M} anywhere in
+//      its fill, or {M-1} filled and {M} all zeros; sizes as drawn;
+//      M >= acked.
+//   r  resize. Step n writes gen(r, n) over r (FUA), then resizes it to U
+//      (odd n) or 2U (even). Legal: the state after a step g >= acked (its
+//      pattern below the size both steps had, zeros in what it grew), or
+//      that state with words of gen(r, g+1) (step g+1 writing).
 //   s  snapshot. Step n writes gen(s, n) over s (FUA) and snapshots it to
 //      SNAPDIR/s.B.n.snap; then removes s.B.(n-2).snap. Legal: every named
 //      file verifies and restores to its gen; the newest is >= acked; a
@@ -53,9 +56,10 @@
 //   w  data path. Prepared: every 4 KiB block of w stamped with version 0
 //      (FUA). Step n stamps a drawn set of 1-8 blocks with version n, by
 //      write(FUA) (n % 3 == 0), write() then flush() (1), or stores through a
-//      mapping then persist() (2). Legal: each 512-byte sector holds a stamp
+//      mapping then persist() (2). Legal: each word holds the word of a stamp
 //      of its block whose version is at least that of the last acked step
-//      writing the block; what no acked step covers may be old or new.
+//      writing the block; what no acked step covers may be old or new, per
+//      8-byte word (a store through the mapping stops at any word).
 // Every check also looks for leaks: a directory region's ns/ holds exactly
 // its namespaces' files; a carved region's extents are disjoint, aligned and
 // accounted for (layout_errors).
@@ -92,7 +96,6 @@ namespace rawdax_powercut {
 namespace {
 
 constexpr uint64_t kBlock = 4096;
-constexpr uint64_t kSector = 512;
 constexpr uint64_t kLookAhead = 4096;  // steps a thread may run past the last ack seen
 const std::string kAllKinds = "crsixw";
 
@@ -296,36 +299,40 @@ struct Runner {
 
   bool more(uint64_t n) const { return steps == 0 || n <= steps; }
 
+  // The operation of a step comes last, so that no later fsync of the step
+  // (on ext4, any fsync commits the whole journal) makes it durable for it.
   void run_create() {
     for (uint64_t n = 1; more(n); ++n) {
-      const std::string old = plan.boot_prefix('c') + std::to_string(n - 2);
       if (n > 2) {
+        const std::string old = plan.boot_prefix('c') + std::to_string(n - 2);
         begin('c', "destroy", n);
         must(region->destroy_namespace(old), "destroy " + old);
       }
+      if (n > 1) {
+        const std::string last = plan.boot_prefix('c') + std::to_string(n - 1);
+        begin('c', "fill", n);
+        auto dev = must(region->open_device(last), "open " + last);
+        auto bytes = gen_bytes(dev->size(), plan.key('c', n - 1));
+        const uint64_t body = bytes.size() - kTrailer;
+        for (uint64_t at = 0; at < body; at += kChunk) {
+          const uint64_t len = std::min(kChunk, body - at);
+          must(dev->write(at, std::span(bytes).subspan(at, len), {.fua = true}), "fill " + last);
+        }
+        must(dev->write(body, std::span(bytes).subspan(body), {.fua = true}), "fill " + last);
+      }
       const std::string name = plan.boot_prefix('c') + std::to_string(n);
       begin('c', "create", n);
-      auto info = must(region->create_namespace({.name = name, .size = plan.create_size(n)}),
-                       "create " + name);
-      begin('c', "fill", n);
-      auto dev = must(region->open_device(name), "open " + name);
-      auto bytes = gen_bytes(info.size, plan.key('c', n));
-      const uint64_t body = info.size - kTrailer;
-      for (uint64_t at = 0; at < body; at += kChunk) {
-        const uint64_t len = std::min(kChunk, body - at);
-        must(dev->write(at, std::span(bytes).subspan(at, len), {.fua = true}), "fill " + name);
-      }
-      must(dev->write(body, std::span(bytes).subspan(body), {.fua = true}), "fill " + name);
+      must(region->create_namespace({.name = name, .size = plan.create_size(n)}), "create " + name);
       ack('c', n);
     }
   }
 
   void run_resize() {
     for (uint64_t n = 1; more(n); ++n) {
+      begin('r', "refill", n);
+      write_gen(*r_dev, r_dev->size(), plan.key('r', n), "write r");
       begin('r', "resize", n);
       must(r_dev->resize(plan.resize_size(n)), "resize r to " + std::to_string(plan.resize_size(n)));
-      begin('r', "refill", n);
-      write_gen(*r_dev, plan.resize_size(n), plan.key('r', n), "write r");
       ack('r', n);
     }
   }
@@ -436,6 +443,7 @@ struct Checker {
   std::map<char, Acked> acked;
   std::shared_ptr<rawdax::Region> scratch;  // memfd: restores of snapshot files
   std::map<char, std::string> facts;       // what each kind was found in
+  std::set<char> seeded;                   // kinds whose bytes only this seed explains
 
   // Restores `path` (verified first) into the scratch region and reads it back.
   std::optional<std::vector<std::byte>> restored(const std::string& path, std::string* why) {
@@ -469,20 +477,30 @@ struct Checker {
       for (auto& [n, ns] : mine) names += " " + ns.name;
       return "c namespaces" + names + " are not {M} or {M-1, M}";
     }
-    int in_progress = 0;
+    std::string state;
     for (auto& [n, ns] : mine) {
       if (ns.size != plan.create_size(n)) return ns.name + " has size " + std::to_string(ns.size);
       auto bytes = read_all(*region, ns.name);
+      const bool zero = std::all_of(bytes.begin(), bytes.end(), [](std::byte b) { return b == std::byte{0}; });
       const Verdict v = classify(bytes.data(), bytes.size(), plan.key('c', n));
       if (v.fill == Fill::kIllegal) return ns.name + ": " + v.why;
-      if (v.fill == Fill::kInProgress) {
-        if (n != m || (mine.size() == 1 && m > 1) || n <= a.step) return ns.name + " is incomplete but not the one being filled";
-        ++in_progress;
-      }
+      // With two, the older is filled and the newer untouched; alone, the
+      // newest may be anywhere in its fill.
+      if (mine.size() == 2 && n == m - 1 && v.fill != Fill::kComplete) return ns.name + " is not filled, but " + std::to_string(m) + " was created";
+      if (mine.size() == 2 && n == m && !zero) return ns.name + " was written before its step filled it";
+      state = zero ? "untouched" : v.fill == Fill::kComplete ? "filled" : "being filled";
+      if (!zero) seeded.insert('c');
     }
-    facts['c'] = std::to_string(mine.size()) + " namespaces, newest step " + std::to_string(m) +
-                 (in_progress ? " being filled" : " complete");
+    facts['c'] = std::to_string(mine.size()) + " namespaces, newest step " + std::to_string(m) + " " + state;
     return "";
+  }
+
+  // Word i of r as step g leaves it: its pattern below the size both steps
+  // had, zeros in what step g grew.
+  uint64_t resize_word(uint64_t g, uint64_t i) const {
+    if (g == 0) return pattern_word(plan.key('r', 0), i);
+    const uint64_t kept = std::min(plan.resize_size(g - 1), plan.resize_size(g)) / 8;
+    return i < kept ? pattern_word(plan.key('r', g), i) : 0;
   }
 
   std::string check_resize() {
@@ -494,24 +512,23 @@ struct Checker {
       return w;
     };
     const Acked a = acked['r'];
-    for (uint64_t g = a.step; g <= a.hi() + 1; ++g) {
+    for (uint64_t g = a.step; g <= a.hi(); ++g) {
       if (plan.resize_size(g) != size) continue;
-      const uint64_t now = plan.key('r', g);
       uint64_t i = 0;
-      while (i < words && word(i) == pattern_word(now, i)) ++i;
-      if (i == words && g <= a.hi()) {
+      while (i < words && word(i) == resize_word(g, i)) ++i;
+      if (i == words) {
         facts['r'] = "size " + std::to_string(size) + ", step " + std::to_string(g) + " complete";
+        seeded.insert('r');
         return "";
       }
-      if (g == 0 || g <= a.step) continue;  // step g in flight: g past the ack
-      const uint64_t before = plan.key('r', g - 1);
-      const uint64_t old_words = std::min(size, plan.resize_size(g - 1)) / 8;
+      // Step g+1 in flight: writing its pattern over this size, not resized yet.
+      const uint64_t next = plan.key('r', g + 1);
       for (; i < words; ++i) {
-        const uint64_t w = word(i);
-        if (w != pattern_word(now, i) && w != (i < old_words ? pattern_word(before, i) : 0)) break;
+        if (word(i) != resize_word(g, i) && word(i) != pattern_word(next, i)) break;
       }
-      if (i == words) {
-        facts['r'] = "size " + std::to_string(size) + ", step " + std::to_string(g) + " being written";
+      if (i == words && g + 1 <= a.hi()) {
+        facts['r'] = "size " + std::to_string(size) + ", step " + std::to_string(g + 1) + " writing";
+        seeded.insert('r');
         return "";
       }
     }
@@ -567,6 +584,7 @@ struct Checker {
       }
     }
     if (named.empty()) return "";
+    seeded.insert(kind);
     facts[kind] = std::to_string(named.size()) + " snapshots up to step " +
                   std::to_string(named.rbegin()->first) + ", " + std::to_string(temporary.size()) +
                   " unfinished (" + std::to_string(refused) + " refused by verify)";
@@ -606,6 +624,7 @@ struct Checker {
       std::string why;
       if (!restored(plan.snap('x', which), &why)) return "x's snapshot " + std::string(which) + ": " + why;
       facts['x'] = std::string("snapshot ") + which;
+      seeded.insert('x');
       return "";
     }
     return "x (" + std::to_string(bytes.size()) + " bytes) is neither snapshot a nor b";
@@ -623,30 +642,34 @@ struct Checker {
         if (j <= a.step) required[b] = j;
       }
     }
-    std::vector<std::byte> want(kBlock);
+    // Per 8-byte word: a store through the mapping that the cut stopped
+    // leaves a block part old, part new, at any word.
+    std::vector<std::vector<std::byte>> stamps;
     uint64_t newer = 0;
     for (uint64_t b = 0; b < blocks; ++b) {
-      for (uint64_t s = 0; s < kBlock / kSector; ++s) {
-        const std::byte* got = bytes.data() + b * kBlock + s * kSector;
-        bool legal = false;
-        for (uint64_t v : versions[b]) {
-          if (v < required[b]) continue;
-          stamp(want.data(), b, v, plan);
-          if (std::memcmp(got, want.data() + s * kSector, kSector) == 0) {
-            legal = true;
-            newer += v > a.step;
-            break;
-          }
+      stamps.clear();
+      std::vector<uint64_t> legal;
+      for (uint64_t v : versions[b]) {
+        if (v < required[b]) continue;
+        legal.push_back(v);
+        stamps.emplace_back(kBlock);
+        stamp(stamps.back().data(), b, v, plan);
+      }
+      for (uint64_t w = 0; w < kBlock / 8; ++w) {
+        const std::byte* got = bytes.data() + b * kBlock + w * 8;
+        size_t k = 0;
+        while (k < legal.size() && std::memcmp(got, stamps[k].data() + w * 8, 8) != 0) ++k;
+        if (k == legal.size()) {
+          return "w block " + std::to_string(b) + " word at offset " +
+                 std::to_string(b * kBlock + w * 8) + " holds no version from " +
+                 std::to_string(required[b]) + " (the last acked write of the block) on";
         }
-        if (!legal) {
-          return "w block " + std::to_string(b) + " sector " + std::to_string(s) + " (offset " +
-                 std::to_string(b * kBlock + s * kSector) + ") holds no version from " +
-                 std::to_string(required[b]) + " (the last acked write of it) on";
-        }
+        newer += legal[k] > a.step;
       }
     }
+    seeded.insert('w');
     facts['w'] = std::to_string(blocks) + " blocks as acked, " + std::to_string(newer) +
-                 " sectors newer than the ack";
+                 " words newer than the ack";
     return "";
   }
 
@@ -706,9 +729,10 @@ int ops_check(Checker& c) {
   Checker wrong = c;
   wrong.plan.base = mix(c.plan.base, 1);
   wrong.facts.clear();
+  wrong.seeded.clear();
   for (auto& [kind, error] : wrong.check_all()) {
-    // Only kinds whose bytes were checked (none: nothing to tell apart).
-    if (error.empty() && c.facts.contains(kind)) {
+    // Only kinds whose bytes carry the seed (an untouched namespace does not).
+    if (error.empty() && c.seeded.contains(kind)) {
       die(std::string(1, kind) + ": the check passes under another seed too");
     }
   }
