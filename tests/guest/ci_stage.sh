@@ -78,7 +78,7 @@ run_suites() {
 }
 
 # Room for what the host suites hold at once: a 1.1 GiB namespace on fsdax
-# (ResizeTest), three 256 MiB ones on hugetlbfs (OneCutTest under --full).
+# (ResizeTest), two 256 MiB ones on hugetlbfs (OneCutTest under --full).
 guest_size=(--pmem-size 2G --hugepages 400 --memory 4G)
 run_suites root tmpfs,disk,memfd,fsdax,hugetlbfs "${guest_size[@]}"
 run_suites user tmpfs,disk,memfd,fsdax,hugetlbfs "${guest_size[@]}" --user

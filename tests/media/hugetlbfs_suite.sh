@@ -13,8 +13,8 @@
 set -euo pipefail
 
 tests=${1:?usage: hugetlbfs_suite.sh RAWDAX_TESTS [PAGES]}
-# The largest need of one test, with room: OneCutTest holds three 256 MiB
-# namespaces (384 pages); HugetlbfsTest fills whatever is free.
+# The largest need of one test, with room: OneCutTest holds two 256 MiB
+# namespaces (256 pages); HugetlbfsTest fills whatever is free.
 pages=${2:-400}
 filter='*/hugetlbfs:*/hugetlbfs_*'
 pool=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
