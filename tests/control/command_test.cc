@@ -263,7 +263,7 @@ TEST_F(ControlCommandTest, FreezeHoldsWritesUntilThaw) {
     json stats = conn_.execute("query-stats");
     return stats["return"][0]["parked_writers"].get<uint64_t>();
   };
-  ASSERT_TRUE(::rawdax::testing::eventually([&] { return parked() == 1; },
+  EXPECT_TRUE(::rawdax::testing::eventually([&] { return parked() == 1; },
                                             std::chrono::seconds(60)))
       << "the block write neither landed nor waited";
   EXPECT_FALSE(written.load()) << "a block write landed while frozen";
