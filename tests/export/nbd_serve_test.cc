@@ -152,8 +152,9 @@ TEST_P(NbdServeTest, SigtermDuringIoExitsZeroWithinFiveSeconds) {
   UniqueFd fd(::open(info->path.c_str(), O_RDONLY | O_CLOEXEC));
   ASSERT_TRUE(fd.valid()) << info->path;
   // nbd_client.py's load: write i of client `slot` is 64 KiB of the word
-  // slot << 32 | i + 1, at block i % kBlocks of the slot's half. Write N (the
-  // one that failed) may have landed too, whole or in part.
+  // slot << 32 | i + 1, at block i % blocks of the slot's half (all its 64 KiB
+  // blocks but the last). Write N (the one that failed) may have landed too,
+  // whole or in part.
   constexpr uint64_t kBlock = 64 << 10;
   const uint64_t half = info->size / 2, blocks = half / kBlock - 1;
   std::vector<uint64_t> words(kBlock / 8);
