@@ -4,8 +4,7 @@
 # own kernel (6.1) in tests/guest/run, on every guest media, once as root and
 # once as a plain user, then the power-cut checks (one cut each on fsdax and
 # devdax, two amid namespace creates and destroys on devdax). A boot, a
-# failed test, a skipped test, a selected test left unrun (disabled) or a
-# boot that ran no test fails the stage.
+# failed test, a skipped test or a boot that ran no test fails the stage.
 # Prints each part's time.
 #
 # Usage: tests/guest/ci_stage.sh [BUILD_DIR] [--full]
@@ -66,7 +65,7 @@ run_suites() {
     exit 1
   fi
   # A test the filter selects but gtest does not run (a DISABLED_ one) is
-  # reported with status NOTRUN.
+  # reported with status NOTRUN: it fails the stage as a skipped one does.
   local counts ran failed skipped unrun
   counts=$(jq -r '[.tests, .failures,
                    ([.testsuites[].testsuite[] | select(.result == "SKIPPED")] | length),
