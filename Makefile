@@ -26,12 +26,12 @@ TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracke
 WERROR     ?= OFF
 REGION     ?= ./rawdax-data
 CTEST_J    ?= 2
-# Every ctest run: a pattern or label that selects no test is an error, and
-# so is a skipped test (GTEST_SKIP passes in ctest's eyes): NO_SKIPS, run in
-# the build tree after ctest, fails on any "[  SKIPPED ]" in its log.
+# Every ctest run: a pattern or label that selects no test is an error.
+# Its output goes to ctest.out in the build tree, and CTEST_CHECK, run there
+# after ctest, fails the stage on a test "Not Run" (disabled or not built),
+# a skipped one (GTEST_SKIP passes in ctest's eyes) or a run of no test.
 CTEST      := ctest -j$(CTEST_J) --output-on-failure --no-tests=error
-NO_SKIPS   := { ! grep -h '\[  SKIPPED \]' Testing/Temporary/LastTest.log || \
-               { echo "skipped tests fail the run (a test that cannot run here is not registered here)" >&2; false; }; }
+CTEST_CHECK := $(CURDIR)/tests/check_ctest.sh ctest.out
 
 # Build, test and peer packages. Peers (nbdkit, libnbd, qemu-img, fio, and QEMU
 # with a Debian kernel, busybox, ndctl and mke2fs for the guest) serve the
@@ -67,7 +67,7 @@ run: build
 	$(BUILD)/rawdax serve --region $(REGION)
 
 test: build
-	cd $(BUILD) && $(CTEST) && $(NO_SKIPS)
+	cd $(BUILD) && set -o pipefail && $(CTEST) | tee ctest.out && $(CTEST_CHECK)
 
 # The suite as a plain user (vm.unprivileged_userfaultfd stays as it is): run
 # as root, it creates the system user $(CI_USER) if missing, lends it the
@@ -82,28 +82,35 @@ test-user: build
 	tests/reach_for_users.sh $(BUILD)
 	mkdir -p $(BUILD)/home
 	chown -R $(CI_USER): $(BUILD)
-	cd $(BUILD) && status=0; setpriv --reuid=$(CI_USER) --regid=$(CI_USER) --init-groups --reset-env -- \
-	  env HOME=$(CURDIR)/$(BUILD)/home PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
-	  $(CTEST) -LE root || status=$$?; \
-	  chown -R $$(id -u):$$(id -g) $(CURDIR)/$(BUILD); [ $$status = 0 ] || exit $$status; $(NO_SKIPS)
+	cd $(BUILD) && set -o pipefail && status=0 && \
+	  { setpriv --reuid=$(CI_USER) --regid=$(CI_USER) --init-groups --reset-env -- \
+	    env HOME=$(CURDIR)/$(BUILD)/home PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
+	    $(CTEST) -LE root | tee ctest.out || status=$$?; } ; \
+	  chown -R $$(id -u):$$(id -g) $(CURDIR)/$(BUILD); [ $$status = 0 ] || exit $$status; $(CTEST_CHECK)
 
 # Unit and integration tests under ASan+UBSan (clang, so clang's warnings count too).
 test-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
 	  -DRAWDAX_SANITIZE=address,undefined -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_BENCHMARKS=OFF
 	cmake --build $(ASAN_BUILD)
-	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  $(CTEST) && $(NO_SKIPS)
+	cd $(ASAN_BUILD) && set -o pipefail && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  $(CTEST) | tee ctest.out && $(CTEST_CHECK)
 
 # The concurrency and stress tests under TSan. die_after_fork=0: the control
 # process tests fork the test binary, and the child's Client starts its reader
-# thread (the child runs only that client, then exits).
+# thread (the child runs only that client, then exits). Each alternative of
+# TSAN_TESTS must select a test: a renamed suite would otherwise drop out.
 test-tsan: deps
 	cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \
 	  -DRAWDAX_SANITIZE=thread -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_BENCHMARKS=OFF
 	cmake --build $(TSAN_BUILD)
-	cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 die_after_fork=0" \
-	  $(CTEST) -R '$(TSAN_TESTS)' && $(NO_SKIPS)
+	cd $(TSAN_BUILD) && for p in $$(echo '$(TSAN_TESTS)' | tr '|' ' '); do \
+	  n=$$(ctest -N -R "$$p" | sed -n 's/^Total Tests: *//p'); \
+	  [ "$${n:-0}" -gt 0 ] || { echo "make test-tsan: '$$p' in TSAN_TESTS selects no test" >&2; exit 1; }; \
+	done
+	cd $(TSAN_BUILD) && set -o pipefail && \
+	  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 die_after_fork=0" \
+	  $(CTEST) -R '$(TSAN_TESTS)' | tee ctest.out && $(CTEST_CHECK)
 
 # The device, engine, snapshot, region and crash suites under Debian 12's own
 # kernel (6.1) in a QEMU guest with real device-dax, fsdax (ext4 -o dax),
@@ -147,7 +154,8 @@ powercut-carve: build
 
 # Every libFuzzer target for FUZZ_SECONDS each, one after the other, from a
 # copy of its committed seed corpus (new inputs stay in $(FUZZ_BUILD)/corpus;
-# crashes, hangs and memory blow-ups fail the run).
+# crashes, hangs and memory blow-ups fail the run, and so does a target that
+# executed no input: its final stats say how many it ran).
 fuzz: deps
 	cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DRAWDAX_FUZZ=ON \
 	  -DRAWDAX_WERROR=$(WERROR) -DRAWDAX_BUILD_TESTS=OFF -DRAWDAX_BUILD_BENCHMARKS=OFF
@@ -156,8 +164,10 @@ fuzz: deps
 	  mkdir -p $(FUZZ_BUILD)/corpus/$$t && cp -n fuzz/corpus/$$t/* $(FUZZ_BUILD)/corpus/$$t/ && \
 	  $(FUZZ_BUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_FLAGS) \
 	    -artifact_prefix=$(FUZZ_BUILD)/crash-$$t- $(FUZZ_BUILD)/corpus/$$t 2>&1 | \
-	    grep -E 'stat::number_of_executed_units|ERROR|SUMMARY|Done' ; \
+	    tee $(FUZZ_BUILD)/fuzz-$$t.log | grep -E 'stat::number_of_executed_units|ERROR|SUMMARY|Done' ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	  runs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $(FUZZ_BUILD)/fuzz-$$t.log | tail -n 1); \
+	  [ "$${runs:-0}" -gt 0 ] || { echo "make fuzz: fuzz_$$t executed no input" >&2; exit 1; }; \
 	done
 
 # `rawdax serve` for SOAK_SECONDS under NBD I/O, namespace churn, freezes and

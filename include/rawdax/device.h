@@ -65,8 +65,9 @@ struct ZeroOptions {
   bool no_hole = false;  // keep the space allocated (memset, never punch)
 };
 
-// Counters since the device was opened. Monotonic; read with relaxed loads,
-// so a snapshot of several counters is not atomic as a whole.
+// Counters since the device was opened. Monotonic, except the gauges
+// (live_mappings, dirty_pages, parked_writers); read one by one, so a
+// snapshot of several counters is not atomic as a whole.
 struct DeviceStats {
   uint64_t reads = 0;
   uint64_t writes = 0;
@@ -84,6 +85,11 @@ struct DeviceStats {
   uint64_t freezes = 0;         // outermost freezes taken
   uint64_t stall_total_ns = 0;  // time writers (stores and block writes) waited on freezes
   uint64_t stall_max_ns = 0;    // the longest single wait
+  // Writers waiting now: block writes held by a freeze or a resize, and
+  // stores parked by the engine on a frozen mapping (or, during a live
+  // snapshot on the mprotect engine, on a chunk not yet copied). A writer
+  // counted here has not written yet; it lands after the thaw.
+  uint64_t parked_writers = 0;
 };
 
 // One run of the namespace as its backing allocation shows it.

@@ -58,7 +58,8 @@ json stats_json(const std::string& name, const DeviceStats& s) {
           {"write_faults", s.write_faults},
           {"freezes", s.freezes},
           {"stall_total_ns", s.stall_total_ns},
-          {"stall_max_ns", s.stall_max_ns}};
+          {"stall_max_ns", s.stall_max_ns},
+          {"parked_writers", s.parked_writers}};
 }
 
 // Typed access to a request's "arguments"; every failure is a GenericError

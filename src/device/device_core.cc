@@ -632,6 +632,7 @@ DeviceStats DeviceCore::stats() const {
   s.revoked_mappings = revoked_.load(kRelaxed);
   s.stall_total_ns = block_stall_total_ns_.load(kRelaxed);
   s.stall_max_ns = block_stall_max_ns_.load(kRelaxed);
+  s.parked_writers = static_cast<uint64_t>(ref_.parked_writers());
   if (dirty_ != nullptr) s.dirty_pages = dirty_->count();
   std::lock_guard<std::mutex> lock(maps_mu_);
   s.live_mappings = static_cast<uint64_t>(

@@ -198,6 +198,7 @@ void MprotectProtector::add_engine_stats_locked(DeviceStats& stats) const {
   uint64_t parked = gone_parked_, total = gone_stall_total_ns_, max = gone_stall_max_ns_;
   for (const auto& [addr, watched] : writable_) {
     SegvParking::Stats s = SegvParking::stats(watched.slot);
+    stats.parked_writers += s.parked_now;
     parked += s.parked;
     total += s.stall_total_ns;
     max = std::max(max, s.stall_max_ns);

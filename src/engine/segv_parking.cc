@@ -31,6 +31,9 @@ struct alignas(64) Slot {
   std::atomic<uintptr_t> start{0};
   std::atomic<uintptr_t> end{0};
   std::atomic<uint64_t> parked{0};
+  // Threads inside park() on this slot now. Never reset by register_range():
+  // each thread undoes its own increment, whatever registration it parked on.
+  std::atomic<uint32_t> parked_now{0};
   std::atomic<uint64_t> stall_total_ns{0};
   std::atomic<uint64_t> stall_max_ns{0};
   std::atomic<uintptr_t> demand{0};  // an address a parked thread waits for
@@ -84,13 +87,19 @@ void update_max(std::atomic<uint64_t>& max, uint64_t value) {
 
 // Sleeps while the slot is still the registration `reg` and its futex word
 // still `ctl` (frozen). Any thaw, refreeze or unregister changes one of them.
+//
+// parked_now counts the thread from after its store faulted to before the
+// handler returns to retry it, so while a reader sees the thread counted its
+// store has not landed (the retry comes after the decrement).
 void park(Slot& slot, uint32_t reg, uint32_t ctl) {
   const uint64_t start = now_ns();
   const timespec slice = {0, kParkSliceNs};
+  slot.parked_now.fetch_add(1, std::memory_order_seq_cst);
   while (slot.reg.load(std::memory_order_acquire) == reg &&
          slot.ctl.load(std::memory_order_acquire) == ctl) {
     futex_wait(&slot.ctl, ctl, &slice);
   }
+  slot.parked_now.fetch_sub(1, std::memory_order_seq_cst);
   // Unregistered meanwhile: the counters may belong to a new registration.
   if (slot.reg.load(std::memory_order_relaxed) != reg) return;
   const uint64_t stall = now_ns() - start;
@@ -319,6 +328,7 @@ SegvParking::Stats SegvParking::stats(int slot_id) {
   Slot* slot = slot_at(slot_id);
   if (slot == nullptr || (slot->reg.load(std::memory_order_acquire) & kInUse) == 0) return stats;
   stats.parked = slot->parked.load(std::memory_order_relaxed);
+  stats.parked_now = slot->parked_now.load(std::memory_order_seq_cst);
   stats.stall_total_ns = slot->stall_total_ns.load(std::memory_order_relaxed);
   stats.stall_max_ns = slot->stall_max_ns.load(std::memory_order_relaxed);
   return stats;

@@ -108,6 +108,10 @@ class SegvParking {
 
   struct Stats {
     uint64_t parked = 0;          // stores parked and released while registered
+    // Threads parked on the slot now, their stores not yet landed. A thread
+    // parked on an earlier registration of the slot may still be counted
+    // for the moment between its wake-up (the unregister) and its leaving.
+    uint64_t parked_now = 0;
     uint64_t stall_total_ns = 0;  // time they spent parked
     uint64_t stall_max_ns = 0;
   };

@@ -58,7 +58,13 @@ class UffdProtector : public Protector {
   Status protect_all_locked() override;
   void release_all_locked() override;
   Status collect_dirty_locked() override;
-  void add_engine_stats_locked(DeviceStats&) const override {}
+  // Parked faults: each is a writer asleep in the kernel, its store not
+  // landed. Read under mu_, as the handler adds them: release_all_locked()
+  // and forget_locked() wake writers and drop their entries in one critical
+  // section, so a counted writer has not been let go.
+  void add_engine_stats_locked(DeviceStats& stats) const override {
+    stats.parked_writers += parked_.size();
+  }
 
  private:
   explicit UffdProtector(DeviceCore& core) : Protector(core, ProtectionEngine::kUffd) {}

@@ -161,7 +161,14 @@ bool LiveRef::tryget_slow(Access access, Shard& shard) {
     const bool park = (state & kKilled) == 0;  // only a frozen writer gets here
     const uint64_t old = shard.puts[k].fetch_add(1);
     if ((old & kWakeFlag) != 0) wake_waiters(this);
-    if (!park || !wait_unfrozen()) return false;
+    if (!park) return false;
+    // Counted from before it sleeps to after it wakes: while a writer is
+    // counted it holds no reference and has not returned, so its write has
+    // not started (parked_writers()).
+    parked_writers_.fetch_add(1);
+    const bool unfrozen = wait_unfrozen();
+    parked_writers_.fetch_sub(1);
+    if (!unfrozen) return false;
     shard.gets[k].fetch_add(1);  // [A] again
   }
 }

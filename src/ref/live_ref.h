@@ -209,6 +209,9 @@ class LiveRef {
   bool killed() const { return (state_.load() & kKilled) != 0; }
   int freeze_depth() const { return static_cast<int>(state_.load() >> kDepthShift); }
   int num_shards() const { return static_cast<int>(mask_ + 1); }
+  // Writers inside tryget() waiting for the last unfreeze (or a kill) now.
+  // Each one counted has not started the work its reference guards.
+  int64_t parked_writers() const { return parked_writers_.load(); }
 
   // Outstanding references (gets minus puts) summed over shards, for tests
   // and debugging. Not a snapshot: racing gets and puts may be half seen.
@@ -262,6 +265,7 @@ class LiveRef {
 
   // Slow-path state, on its own line so that it never disturbs the above.
   alignas(64) std::atomic<uint32_t> gate_seq_{0};  // futex: bumped on unfreeze-to-0/kill
+  std::atomic<int64_t> parked_writers_{0};
   std::mutex waiters_mu_;
   int all_waiters_ = 0;     // guarded by waiters_mu_: wait_for_zero() sleepers
   int writer_waiters_ = 0;  // guarded by waiters_mu_: freeze() drainers

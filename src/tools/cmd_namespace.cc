@@ -2,7 +2,8 @@
 // goes through the region's daemon when one runs (daemon_link.h), and opens
 // the region itself otherwise; the output is the same either way. And
 // init-region, which formats a carved device (never through a daemon: the
-// daemon holds the device's lock, so it is refused while one runs).
+// daemon holds the device's lock, so it is refused while one runs), and
+// stats, which only a daemon can answer.
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <memory>
@@ -195,6 +196,38 @@ int run_init_region(const InitRegionOptions& options) {
   return 0;
 }
 
+struct StatsOptions {
+  GlobalOptions global;
+  std::string name;  // empty: every namespace
+};
+
+// The counters are the daemon's (each counts since the daemon opened the
+// namespace), so stats needs the region's daemon: opening the region here
+// would only show a fresh device's zeros.
+int run_stats(const StatsOptions& options) {
+  auto daemon = DaemonLink::connect(options.global.region);
+  if (!daemon) {
+    return fail(Error(std::errc::not_connected,
+                      "stats: no rawdax serve runs on region " + options.global.region +
+                          " (the counters are its own)"));
+  }
+  auto all = daemon->execute("query-stats", nlohmann::json::object());
+  if (!all) return fail(all.error());
+  if (!all->is_array()) return fail(Error(std::errc::protocol_error, "malformed stats"));
+  if (options.name.empty()) {
+    print_json(*all);
+    return 0;
+  }
+  for (const auto& entry : *all) {
+    if (entry.value("name", "") == options.name) {
+      print_json(nlohmann::json::array({entry}));
+      return 0;
+    }
+  }
+  return fail(Error(std::errc::no_such_device,
+                    "stats: namespace " + options.name + " is not open in the daemon"));
+}
+
 }  // namespace
 
 void register_namespace_commands(CLI::App& app, int* exit_code) {
@@ -247,6 +280,13 @@ void register_namespace_commands(CLI::App& app, int* exit_code) {
   resize->add_flag("--force,-f", resize_options->force,
                    "Shrink even under live mappings (they are revoked)");
   resize->callback([=] { *exit_code = run_resize(*resize_options); });
+
+  auto stats_options = std::make_shared<StatsOptions>();
+  CLI::App* stats = app.add_subcommand(
+      "stats", "Print the running daemon's counters for each namespace (query-stats)");
+  add_global_options(*stats, stats_options->global);
+  stats->add_option("name", stats_options->name, "Only this namespace");
+  stats->callback([=] { *exit_code = run_stats(*stats_options); });
 }
 
 }  // namespace rawdax::cli

@@ -7,8 +7,10 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <cstdio>
 #include <fstream>
 #include <gtest/gtest.h>
+#include <regex>
 #include <sstream>
 
 #include "cli_run.h"
@@ -19,6 +21,7 @@ namespace {
 
 using ::rawdax::testing::CliRun;
 using ::rawdax::testing::json;
+using ::rawdax::testing::RawConnection;
 using ::rawdax::testing::read_text;
 using ::rawdax::testing::run_cli;
 using ::rawdax::testing::ScratchDir;
@@ -103,6 +106,56 @@ TEST_F(ControlCliTest, VerbsPrintTheSameThroughTheDaemon) {
   EXPECT_EQ(serve.stop(), 0);
   // And with the daemon gone they work directly again.
   EXPECT_EQ(rawdax("list"), list);
+}
+
+// stats prints the daemon's counters (query-stats): a write over NBD that
+// waits on a freeze shows in parked_writers until the thaw. Without a daemon
+// there are no counters to show, and stats says so.
+TEST_F(ControlCliTest, StatsPrintsTheDaemonsCountersParkedWritersIncluded) {
+  CliRun none = rawdax("stats");
+  EXPECT_NE(none.exit_code, 0);
+  EXPECT_NE(none.err.find("no rawdax serve runs on region " + region()), std::string::npos)
+      << none;
+  ServeProcess serve(region(), serve_log());
+  ASSERT_TRUE(serve.ready()) << read_text(serve_log());
+  std::smatch m;
+  const std::string log = read_text(serve_log());
+  ASSERT_TRUE(std::regex_search(log, m, std::regex("NBD export (\\S+/default)"))) << log;
+  const std::string uri = m[1];
+  auto parked = [&]() -> uint64_t {
+    CliRun run = rawdax("stats default");
+    json j = json::parse(run.out, nullptr, false);
+    if (run.exit_code != 0 || !j.is_array() || j.size() != 1 || !j[0].contains("parked_writers")) {
+      ADD_FAILURE() << run;
+      return UINT64_MAX;
+    }
+    return j[0]["parked_writers"].get<uint64_t>();
+  };
+  EXPECT_EQ(parked(), 0u);
+
+  RawConnection conn(region() + "/control.sock");
+  ASSERT_TRUE(conn.execute("freeze", {{"name", "default"}, {"timeout", 5}}).contains("return"));
+  const std::string write = "/usr/bin/python3 -m nbd -u '" + uri +
+                            "' -c 'h.pwrite(b\"S\" * 4096, 0)' 2>&1";
+  std::FILE* writer = ::popen(write.c_str(), "r");
+  ASSERT_NE(writer, nullptr);
+  uint64_t seen = 0;  // until the write is counted (or stats is malformed)
+  ::rawdax::testing::eventually([&] { return (seen = parked()) != 0; }, std::chrono::seconds(60));
+  EXPECT_EQ(seen, 1u) << "the NBD write neither finished nor waited on the freeze";
+  EXPECT_TRUE(conn.execute("thaw", {{"name", "default"}}).contains("return"));
+  EXPECT_EQ(::pclose(writer), 0) << write;
+  EXPECT_EQ(parked(), 0u);
+
+  // Every namespace's counters, as query-stats has them.
+  CliRun all = rawdax("stats");
+  ASSERT_EQ(all.exit_code, 0) << all;
+  json direct = conn.execute("query-stats");
+  ASSERT_TRUE(direct.contains("return")) << direct;
+  EXPECT_EQ(json::parse(all.out, nullptr, false), direct["return"]) << all;
+  EXPECT_GE(direct["return"][0]["writes"].get<uint64_t>(), 1u);
+  CliRun missing = rawdax("stats nosuch");
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.err.find("namespace nosuch"), std::string::npos) << missing;
 }
 
 TEST_F(ControlCliTest, DaemonRestartKeepsNamespacesAndClientsReopen) {

@@ -258,12 +258,25 @@ TEST_F(ControlCommandTest, FreezeHoldsWritesUntilThaw) {
     EXPECT_TRUE((*dev)->write(0, std::span(&b, 1)));
     written = true;
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // The daemon's query-stats says when the write waits on the freeze.
+  auto parked = [&] {
+    json stats = conn_.execute("query-stats");
+    return stats["return"][0]["parked_writers"].get<uint64_t>();
+  };
+  EXPECT_TRUE(::rawdax::testing::eventually([&] { return parked() == 1; },
+                                            std::chrono::seconds(60)))
+      << "the block write neither landed nor waited";
   EXPECT_FALSE(written.load()) << "a block write landed while frozen";
+  std::byte first{1};
+  ASSERT_TRUE((*dev)->read(0, std::span(&first, 1)));
+  EXPECT_EQ(first, std::byte{0}) << "a block write landed while frozen";
   r = conn_.execute("thaw", {{"name", "vm1"}});
   EXPECT_TRUE(r.contains("return")) << r;
   writer.join();
   EXPECT_TRUE(written.load());
+  ASSERT_TRUE((*dev)->read(0, std::span(&first, 1)));
+  EXPECT_EQ(first, std::byte{7});
+  EXPECT_EQ(parked(), 0u);
   EXPECT_EQ(error_class(conn_.execute("thaw", {{"name", "vm1"}})), "GenericError");
 }
 

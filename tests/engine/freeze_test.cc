@@ -96,6 +96,12 @@ class FreezeTest : public ::testing::TestWithParam<EngineCase> {
     return v;
   }
   bool uffd() const { return GetParam().engine == EngineChoice::kUffd; }
+  // Waits until at least `n` writers wait on the freeze, as the device
+  // counts them: a counted writer has not written yet. The limit only bounds
+  // a failing run.
+  bool writers_parked(uint64_t n) {
+    return eventually([&] { return dev_->stats().parked_writers >= n; }, 60s);
+  }
 
   ScratchRegion scratch_{GetParam().media};
   std::unique_ptr<Region> region_;
@@ -195,7 +201,7 @@ TEST_P(FreezeTest, StoresWaitLoadsAndBlockReadsGoOn) {
       if (words[0] == 1) loads.fetch_add(1);
     }
   });
-  std::this_thread::sleep_for(100ms);
+  EXPECT_TRUE(writers_parked(1)) << "the store neither landed nor parked";
   EXPECT_FALSE(stored.load()) << "a store landed while frozen";
   EXPECT_EQ(read_u64(page_), 0u);
   EXPECT_TRUE(eventually([&] { return loads.load() > 1000; })) << "loads stalled while frozen";
@@ -207,7 +213,9 @@ TEST_P(FreezeTest, StoresWaitLoadsAndBlockReadsGoOn) {
   stop.store(true);
   reader.join();
   EXPECT_EQ(read_u64(page_), 42u);
-  EXPECT_GT(dev_->stats().stall_max_ns, 0u);
+  DeviceStats stats = dev_->stats();
+  EXPECT_GT(stats.stall_max_ns, 0u);
+  EXPECT_EQ(stats.parked_writers, 0u);
 }
 
 TEST_P(FreezeTest, FreezesNestAcrossThreads) {
@@ -223,12 +231,17 @@ TEST_P(FreezeTest, FreezesNestAcrossThreads) {
     m->data()[3 * page_] = std::byte{5};
     stored.store(true);
   });
+  EXPECT_TRUE(writers_parked(1));
   outer->thaw();
-  std::this_thread::sleep_for(100ms);
+  // A thaw that released the store would have cleared the uffd engine's
+  // parked faults before returning, and woken the mprotect engine's thread.
+  EXPECT_GE(dev_->stats().parked_writers, 1u) << "thawed while an inner freeze was still held";
   EXPECT_FALSE(stored.load()) << "thawed while an inner freeze was still held";
+  EXPECT_EQ(read_u64(3 * page_) & 0xff, 0u);
   inner->thaw();
   ASSERT_TRUE(eventually([&] { return stored.load(); }));
   writer.join();
+  EXPECT_EQ(read_u64(3 * page_) & 0xff, 5u);
   EXPECT_EQ(dev_->stats().freezes, 1u);
 }
 
@@ -243,8 +256,9 @@ TEST_P(FreezeTest, NewMappingsWhileFrozenStartProtected) {
     m->data()[7] = std::byte{7};
     stored.store(true);
   });
-  std::this_thread::sleep_for(100ms);
+  EXPECT_TRUE(writers_parked(1)) << "the store neither landed nor parked";
   EXPECT_FALSE(stored.load());
+  EXPECT_EQ(read_u64(page_), 0u);
   frozen->thaw();
   ASSERT_TRUE(eventually([&] { return stored.load(); }));
   writer.join();
@@ -260,11 +274,13 @@ TEST_P(FreezeTest, BlockWritesWaitForThaw) {
   uint64_t v = 99;
   auto writer = std::async(std::launch::async,
                            [&] { return dev_->write(0, std::as_bytes(std::span(&v, 1))); });
-  EXPECT_EQ(writer.wait_for(100ms), std::future_status::timeout);
+  EXPECT_TRUE(writers_parked(1)) << "the block write neither finished nor waited";
+  EXPECT_EQ(writer.wait_for(0s), std::future_status::timeout);
   EXPECT_EQ(read_u64(0), 0u);
   frozen->thaw();
   EXPECT_TRUE(writer.get());
   EXPECT_EQ(read_u64(0), 99u);
+  EXPECT_EQ(dev_->stats().parked_writers, 0u);
 }
 
 TEST_P(FreezeTest, RemoveWhileFrozenWakesEveryWriter) {
@@ -279,7 +295,8 @@ TEST_P(FreezeTest, RemoveWhileFrozenWakesEveryWriter) {
   uint64_t v = 1;
   auto block = std::async(std::launch::async,
                           [&] { return dev_->write(0, std::as_bytes(std::span(&v, 1))); });
-  std::this_thread::sleep_for(50ms);
+  // Both parked before the removal, so that it is what wakes them.
+  EXPECT_TRUE(writers_parked(2));
   ASSERT_TRUE(dev_->remove());
   ASSERT_EQ(storer.wait_for(5s), std::future_status::ready) << "parked store not woken";
   ASSERT_EQ(block.wait_for(5s), std::future_status::ready) << "parked block write not woken";

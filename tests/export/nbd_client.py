@@ -6,13 +6,15 @@
   nbd_client.py until-error URI    I/O until the server answers an error;
                                    prints the errno name (used for removal)
   nbd_client.py load URI SECONDS [SLOT]
-                                   I/O until SECONDS pass or the server goes;
-                                   SLOT (0 or 1) picks a half of the export
+                                   writes until SECONDS pass or the server goes;
+                                   SLOT (0 or 1) picks a half of the export;
+                                   prints how many writes were acknowledged
 
 Prints one line per check; exits 0 when every check holds, 1 otherwise.
 """
 import errno
 import os
+import struct
 import sys
 import time
 
@@ -137,19 +139,30 @@ def until_error(uri):
     failures.append("until-error")
 
 
+def load_block(slot, i):
+    """Write i of SLOT: 64 KiB of the 64-bit little-endian word slot << 32 | i + 1."""
+    return struct.pack("<Q", (slot << 32) | (i + 1)) * 8192
+
+
 def load(uri, seconds, slot):
+    """One write at a time, so writes 0..N-1 were acknowledged when write N
+    fails: "stopped after N writes". Write i goes to 64 KiB block
+    i % (half / 64 KiB - 1) of the slot's half (load_block says its bytes);
+    "writing" follows the first 32 acknowledgements."""
     h = connect(uri)
     half = h.get_size() // 2
     base = slot * half
     print("started")
     sys.stdout.flush()
     deadline = time.time() + seconds
-    block = os.urandom(65536)
     i = 0
     try:
         while time.time() < deadline:
-            h.pwrite(block, base + (i * 65536) % (half - 65536))
+            h.pwrite(load_block(slot, i), base + (i * 65536) % (half - 65536))
             i += 1
+            if i == 32:
+                print("writing")
+                sys.stdout.flush()
     except nbd.Error as e:
         print("stopped after %d writes: %s" % (i, e.string))
 

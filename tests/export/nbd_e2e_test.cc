@@ -295,7 +295,11 @@ TEST_P(NbdE2eTest, FrozenNamespaceMakesWritesWait) {
     write = run(nbdsh() + " -u " + q(uri()) + " -c 'h.pwrite(b\"F\" * 4096, 0)'", 20);
     done = true;
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  // The server's write waits on the freeze (the device counts it); the
+  // limit only bounds a failing run.
+  EXPECT_TRUE(::rawdax::testing::eventually([&] { return dev->stats().parked_writers >= 1; },
+                                            std::chrono::seconds(60)))
+      << "the NBD write neither finished nor waited on the freeze";
   EXPECT_FALSE(done.load()) << "a write finished while the namespace was frozen";
   char first = 1;
   ASSERT_TRUE(dev->read(0, std::as_writable_bytes(std::span(&first, 1))));

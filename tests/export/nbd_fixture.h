@@ -40,7 +40,8 @@ inline std::string slurp_file(const std::string& path) {
   return ss.str();
 }
 
-// Whether a peer program is installed (the tests skip, saying so, if not).
+// Whether a peer program is installed (a test needing a missing one fails,
+// saying so: make deps installs them all).
 inline bool have_program(const std::string& name) {
   return std::system(("command -v " + name + " >/dev/null 2>&1").c_str()) == 0;
 }

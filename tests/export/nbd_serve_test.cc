@@ -1,5 +1,7 @@
 // `rawdax serve` as an NBD server: the URI in its log, TCP on a free port,
-// and SIGTERM during I/O (in-flight requests answered, exit 0 within 5 s).
+// and SIGTERM during I/O (in-flight requests answered, exit 0 within 5 s,
+// every acknowledged write in the backing file).
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -11,7 +13,9 @@
 #include <regex>
 #include <thread>
 
+#include "common/unique_fd.h"
 #include "export/nbd_fixture.h"
+#include "rawdax/rawdax.h"
 
 namespace rawdax {
 namespace {
@@ -96,6 +100,8 @@ TEST_P(NbdServeTest, TcpOnAFreePortLogsTheUri) {
   EXPECT_EQ(code, 0) << slurp_file(log_);
 }
 
+// Every write a client saw acknowledged, before or after the SIGTERM, is in
+// the namespace's backing file once the daemon has exited.
 TEST_P(NbdServeTest, SigtermDuringIoExitsZeroWithinFiveSeconds) {
   std::string py = python_with_libnbd();
   if (py.empty()) GTEST_FAIL() << "python3-libnbd is not installed (make deps installs it)";
@@ -114,21 +120,61 @@ TEST_P(NbdServeTest, SigtermDuringIoExitsZeroWithinFiveSeconds) {
     ASSERT_STREQ(line, "started\n");
     clients.push_back(p);
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  for (std::FILE* p : clients) {  // both mid-I/O: some writes acknowledged
+    char line[256] = {};
+    ASSERT_NE(std::fgets(line, sizeof line, p), nullptr);
+    ASSERT_STREQ(line, "writing\n");
+  }
   auto [code, took] = terminate();
   EXPECT_EQ(code, 0) << slurp_file(log_);
   EXPECT_LT(took, std::chrono::seconds(5));
+  std::vector<uint64_t> acked;
   for (std::FILE* p : clients) {
     char line[256];
     std::string rest;
     while (std::fgets(line, sizeof line, p) != nullptr) rest += line;
     ::pclose(p);
-    EXPECT_NE(rest.find("stopped after"), std::string::npos) << rest;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(rest, m, std::regex("stopped after (\\d+) writes"))) << rest;
+    acked.push_back(std::stoull(m[1]));
   }
   std::string log = slurp_file(log_);
   EXPECT_NE(log.find("SIGTERM"), std::string::npos) << log;
   EXPECT_NE(log.find("NBD stopped"), std::string::npos) << log;
   EXPECT_EQ(log.find("cutting it off"), std::string::npos) << log;
+
+  // The namespace's bytes, read from its backing file (not through rawdax).
+  auto region = Region::open(region_.spec());
+  ASSERT_TRUE(region) << region.error().message();
+  auto info = (*region)->find("default");
+  ASSERT_TRUE(info) << info.error().message();
+  region->reset();  // closed: nothing but the file is read below
+  UniqueFd fd(::open(info->path.c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(fd.valid()) << info->path;
+  // nbd_client.py's load: write i of client `slot` is 64 KiB of the word
+  // slot << 32 | i + 1, at block i % blocks of the slot's half (all its 64 KiB
+  // blocks but the last). Write N (the one that failed) may have landed too,
+  // whole or in part.
+  constexpr uint64_t kBlock = 64 << 10;
+  const uint64_t half = info->size / 2, blocks = half / kBlock - 1;
+  std::vector<uint64_t> words(kBlock / 8);
+  for (uint64_t slot = 0; slot < 2; ++slot) {
+    const uint64_t n = acked[slot];
+    for (uint64_t b = 0; b < blocks; ++b) {
+      // The last acknowledged write to block b, or zeros if none was.
+      const uint64_t want = n > b ? (slot << 32 | ((n - 1 - b) / blocks * blocks + b + 1)) : 0;
+      const uint64_t failed = n % blocks == b ? (slot << 32 | (n + 1)) : want;
+      const uint64_t off = info->offset + slot * half + b * kBlock;
+      ASSERT_EQ(::pread(fd.get(), words.data(), kBlock, static_cast<off_t>(off)),
+                static_cast<ssize_t>(kBlock));
+      for (uint64_t w = 0; w < words.size(); ++w) {
+        if (words[w] == want || words[w] == failed) continue;
+        FAIL() << "client " << slot << " (" << n << " writes acknowledged): block " << b
+               << " word " << w << " holds " << std::hex << words[w] << ", want " << want
+               << " (or the failed write's " << failed << ")";
+      }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Media, NbdServeTest, RAWDAX_TMPFS_AND_CARVED,

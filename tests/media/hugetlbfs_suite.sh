@@ -7,14 +7,15 @@
 # teardown, resize, extents, freeze, snapshot, region, crash and control
 # suites, and HugetlbfsTest and HugetlbfsCliTest). Then it unmounts and gives
 # the pages back, however it ends. It fails when a test fails, when no test
-# ran, or when a test was skipped. Needs root: mounting and the page pool.
+# ran, or when a test was skipped or left unrun (disabled). Needs root:
+# mounting and the page pool.
 #
 # Usage: hugetlbfs_suite.sh RAWDAX_TESTS [PAGES]
 set -euo pipefail
 
 tests=${1:?usage: hugetlbfs_suite.sh RAWDAX_TESTS [PAGES]}
-# The largest need of one test, with room: OneCutTest holds three 256 MiB
-# namespaces (384 pages); HugetlbfsTest fills whatever is free.
+# The largest need of one test, with room: OneCutTest holds two 256 MiB
+# namespaces (256 pages); HugetlbfsTest fills whatever is free.
 pages=${2:-400}
 filter='*/hugetlbfs:*/hugetlbfs_*'
 pool=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
@@ -58,9 +59,11 @@ RAWDAX_TEST_MEDIA=hugetlbfs RAWDAX_TEST_HUGETLBFS="$dir" timeout --kill-after=10
 [ -s "$report" ] || fail "no test report (exit status $status)"
 ran=$(jq '[.testsuites[].testsuite[] | select(.result == "COMPLETED")] | length' "$report")
 skipped=$(jq -r '[.testsuites[].testsuite[] | select(.result == "SKIPPED") | .classname + "." + .name] | join(" ")' "$report")
+unrun=$(jq -r '[.testsuites[].testsuite[] | select(.status == "NOTRUN") | .classname + "." + .name] | join(" ")' "$report")
 failed=$(jq '.failures' "$report")
 echo "hugetlbfs suite: $ran tests ran, $failed failed, exit status $status"
 [ "$status" = 0 ] || fail "the suite failed (exit status $status)"
 [ "$failed" = 0 ] || fail "$failed tests failed"
 [ "$ran" -gt 0 ] || fail "no test ran (filter $filter)"
 [ -z "$skipped" ] || fail "skipped, which this suite does not allow: $skipped"
+[ -z "$unrun" ] || fail "selected but not run (disabled): $unrun"

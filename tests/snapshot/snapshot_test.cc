@@ -279,7 +279,10 @@ TEST_P(SnapshotTest, SnapshotAfterRemoveFailsClearly) {
 
 // A writer sweeps every page of the namespace storing the pass number, so at
 // any instant pages [0,k) hold v and [k,P) hold v-1. A restored snapshot must
-// have exactly that shape: one cut.
+// have exactly that shape: one cut. And the cut must lie within the
+// snapshot's own call: each page holds at least what the writer had stored
+// there before the call began and at most what it had stored when the call
+// returned (so a stale image, or an incremental that stored nothing, fails).
 class OneCutTest : public ::testing::TestWithParam<TestMedia> {
  protected:
   void SetUp() override {
@@ -298,10 +301,13 @@ class OneCutTest : public ::testing::TestWithParam<TestMedia> {
     mapping_ = std::move(*m);
     writer_ = std::thread([this] {
       auto* base = mapping_->data();
+      uint64_t stores = 0;
       for (uint64_t pass = 1; !stop_.load(std::memory_order_relaxed); ++pass) {
         for (uint64_t k = 0; k < pages_; ++k) {
           auto t0 = std::chrono::steady_clock::now();
           *reinterpret_cast<volatile uint64_t*>(base + k * page_) = pass;
+          // Release: whoever reads the count sees the store it counts.
+          stores_.store(++stores, std::memory_order_release);
           auto ns = static_cast<uint64_t>(
               std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
                   .count());
@@ -318,8 +324,34 @@ class OneCutTest : public ::testing::TestWithParam<TestMedia> {
   }
   std::string file(const std::string& name) const { return files_.path() + "/" + name; }
 
-  // Restores `path` and checks the pass numbers form one cut.
-  void expect_one_cut(const std::string& path, const std::string& into) {
+  // What page k holds after the writer's first `stores` stores: how many of
+  // them went to page k, i.e. the pass number of the last one.
+  uint64_t written_by(uint64_t stores, uint64_t k) const {
+    return stores > k ? (stores - k + pages_ - 1) / pages_ : 0;
+  }
+
+  // The writer's stores before a snapshot call and after it returned.
+  struct Window {
+    uint64_t before = 0, after = 0;
+  };
+  Result<SnapshotInfo> snapshot(const std::string& name, Window* window,
+                                SnapshotOptions options = {}) {
+    window->before = stores_.load(std::memory_order_acquire);
+    auto info = dev_->snapshot(file(name), options);
+    window->after = stores_.load(std::memory_order_acquire);
+    return info;
+  }
+  // Waits until the writer has stored into every page again since `since`
+  // (and one more), so every page differs from any image taken before.
+  void wait_for_a_new_pass(uint64_t since) {
+    ASSERT_TRUE(::rawdax::testing::eventually(
+        [&] { return stores_.load(std::memory_order_acquire) > since + pages_; },
+        std::chrono::seconds(120)));
+  }
+
+  // Restores `path` and checks the pass numbers form one cut, taken within
+  // `window`.
+  void expect_one_cut(const std::string& path, const std::string& into, Window window) {
     auto restored = region_->restore_namespace(into, path);
     ASSERT_TRUE(restored) << restored.error().message();
     auto dev = region_->open_device(into);
@@ -327,6 +359,13 @@ class OneCutTest : public ::testing::TestWithParam<TestMedia> {
     std::vector<uint64_t> first(pages_);
     for (uint64_t k = 0; k < pages_; ++k) {
       ASSERT_TRUE((*dev)->read(k * page_, std::as_writable_bytes(std::span(&first[k], 1))));
+    }
+    for (uint64_t k = 0; k < pages_; ++k) {
+      ASSERT_GE(first[k], written_by(window.before, k))
+          << path << ": page " << k << " is older than the snapshot's start";
+      // The store after the last one counted may have landed uncounted.
+      ASSERT_LE(first[k], written_by(window.after + 1, k))
+          << path << ": page " << k << " is newer than the snapshot's end";
     }
     uint64_t v = first[0], cuts = 0;
     for (uint64_t k = 1; k < pages_; ++k) {
@@ -337,6 +376,9 @@ class OneCutTest : public ::testing::TestWithParam<TestMedia> {
     }
     EXPECT_LE(cuts, 1u) << path << ": the image is not one cut";
     EXPECT_GE(v, 1u);
+    // Room for the next copy (hugetlbfs in the guest holds few).
+    dev->reset();
+    ASSERT_TRUE(region_->destroy_namespace(into));
   }
 
   ScratchRegion scratch_{GetParam()};
@@ -347,12 +389,14 @@ class OneCutTest : public ::testing::TestWithParam<TestMedia> {
   std::thread writer_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> passes_{0}, max_store_ns_{0};
+  std::atomic<uint64_t> stores_{0};  // the writer's stores so far
   uint64_t page_ = 0, big_ = 0, pages_ = 0;  // set before the writer starts
 };
 
 TEST_P(OneCutTest, FullSnapshotWhileAWriterSweeps) {
   max_store_ns_.store(0);
-  auto info = dev_->snapshot(file("full.snap"));
+  Window window;
+  auto info = snapshot("full.snap", &window);
   ASSERT_TRUE(info) << info.error().message();
   uint64_t worst = max_store_ns_.load();
   std::printf("%s: snapshot of %llu MiB took %.1f ms; writer's worst store %.3f ms; "
@@ -363,7 +407,7 @@ TEST_P(OneCutTest, FullSnapshotWhileAWriterSweeps) {
   // Live on both engines: a writer waits for at most a page copy (uffd) or
   // two 2 MiB chunk copies (mprotect), never for the whole copy.
   EXPECT_LT(worst * 2, info->duration_ns);
-  expect_one_cut(file("full.snap"), "copy");
+  expect_one_cut(file("full.snap"), "copy", window);
 }
 
 // The background pass on one thread and on several: every chunk is copied
@@ -371,22 +415,28 @@ TEST_P(OneCutTest, FullSnapshotWhileAWriterSweeps) {
 TEST_P(OneCutTest, OneCutWhateverTheNumberOfCopyThreads) {
   for (unsigned threads : {1u, 4u}) {
     const std::string name = "threads-" + std::to_string(threads);
-    auto info = dev_->snapshot(file(name + ".snap"), {.copy_threads = threads});
+    Window window;
+    auto info = snapshot(name + ".snap", &window, {.copy_threads = threads});
     ASSERT_TRUE(info) << info.error().message();
     EXPECT_EQ(info->pages, pages_) << threads << " threads";
-    expect_one_cut(file(name + ".snap"), name);
+    expect_one_cut(file(name + ".snap"), name, window);
   }
 }
 
+// Each incremental follows a full pass of the writer, so every page changed
+// since its base: restored, each link of the chain must show its own cut.
 TEST_P(OneCutTest, IncrementalChainWhileAWriterSweeps) {
-  ASSERT_TRUE(dev_->snapshot(file("a.snap")));
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));
-  ASSERT_TRUE(dev_->snapshot(file("b.snap"), {.base = file("a.snap")}));
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));
-  auto last = dev_->snapshot(file("c.snap"), {.base = file("b.snap")});
+  Window a, b, c;
+  ASSERT_TRUE(snapshot("a.snap", &a));
+  wait_for_a_new_pass(a.after);
+  ASSERT_TRUE(snapshot("b.snap", &b, {.base = file("a.snap")}));
+  wait_for_a_new_pass(b.after);
+  auto last = snapshot("c.snap", &c, {.base = file("b.snap")});
   ASSERT_TRUE(last) << last.error().message();
   EXPECT_LT(last->pages, pages_ + 1);
-  expect_one_cut(file("c.snap"), "copy");
+  expect_one_cut(file("a.snap"), "copy-a", a);
+  expect_one_cut(file("b.snap"), "copy-b", b);
+  expect_one_cut(file("c.snap"), "copy-c", c);
 }
 
 // A store far ahead of the copier (the last page) waits for its own page or

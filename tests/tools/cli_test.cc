@@ -283,7 +283,7 @@ TEST_P(CliRegionTest, BadInputGivesOneClearLineAndChangesNothing) {
 TEST_F(CliTest, EveryVerbHasHelp) {
   for (const char* verb :
        {"list", "create-namespace", "destroy-namespace", "resize-namespace", "snapshot", "restore",
-        "verify", "serve", "bench"}) {
+        "verify", "serve", "bench", "stats"}) {
     CliRun run = rawdax(std::string(verb) + " --help");
     EXPECT_EQ(run.exit_code, 0) << verb;
     EXPECT_NE(run.out.find("--region"), std::string::npos) << verb << ": " << run.out;
