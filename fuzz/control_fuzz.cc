@@ -4,6 +4,13 @@
 // does, against a region on tmpfs holding "default" (64 KiB) and "small"
 // (16 KiB). Every line must get one reply and nothing may crash or hang.
 //
+// Each reply is checked (check_reply): one line of valid JSON, an object
+// with exactly one of "return" and "error" (whose "class" is one of the four
+// of docs/control.md); it carries the request's "id" exactly when the request
+// line was a JSON object with a non-null "id", and that id is equal to it;
+// and a well-formed request naming an unknown command gets CommandNotFound,
+// which no known command ever gets.
+//
 // The harness keeps the fuzzer inside its scratch directory and bounded:
 //  * path arguments ("file", "base", "qmp") are taken as relative to a
 //    private files directory (an absolute "/a.snap" means FILES/a.snap); a
@@ -148,6 +155,71 @@ std::optional<std::string> bound(std::string_view line, const fs::path& files) {
   return request.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
+// The commands of docs/control.md; any other name is unknown.
+constexpr std::string_view kCommands[] = {
+    "query-namespaces", "query-region",      "create-namespace", "destroy-namespace",
+    "resize-namespace", "open-namespace",    "release-namespace", "freeze",
+    "freeze-ack",       "thaw",              "snapshot",          "query-stats",
+    "attach-vm",        "detach-vm"};
+
+// A request the dispatcher reaches the command table with: an object whose
+// "execute" is a string, with no members but execute/arguments/id, and
+// "arguments" (if any) an object.
+bool well_formed(const json& request) {
+  if (!request.is_object()) return false;
+  auto execute = request.find("execute");
+  if (execute == request.end() || !execute->is_string()) return false;
+  for (const auto& [key, value] : request.items()) {
+    if (key != "execute" && key != "arguments" && key != "id") return false;
+  }
+  auto args = request.find("arguments");
+  return args == request.end() || args->is_object();
+}
+
+void check_reply(std::string_view request_line, const std::string& reply_line) {
+  auto bad = [&](const std::string& why) {
+    die("reply " + reply_line + " to " + std::string(request_line) + ": " + why);
+  };
+  if (reply_line.find('\n') != std::string::npos) bad("more than one line");
+  json reply = json::parse(reply_line, nullptr, /*allow_exceptions=*/false);
+  if (reply.is_discarded() || !reply.is_object()) bad("not a JSON object");
+  const bool returned = reply.contains("return"), failed = reply.contains("error");
+  if (returned == failed) bad("needs exactly one of return and error");
+  std::string error_class;
+  if (failed) {
+    const json& error = reply["error"];
+    if (!error.is_object() || !error.contains("class") || !error["class"].is_string() ||
+        !error.contains("desc") || !error["desc"].is_string()) {
+      bad("a malformed error");
+    }
+    error_class = error["class"].get<std::string>();
+    if (error_class != rawdax::control::kCommandNotFound &&
+        error_class != rawdax::control::kGenericError &&
+        error_class != rawdax::control::kDeviceNotFound &&
+        error_class != rawdax::control::kDeviceBusy) {
+      bad("an unknown error class");
+    }
+  }
+  json request = json::parse(request_line, nullptr, /*allow_exceptions=*/false);
+  json id;  // null: the request had none (or not as an object)
+  if (!request.is_discarded() && request.is_object() && request.contains("id")) {
+    id = request["id"];
+  }
+  if (id.is_null() ? reply.contains("id") : (!reply.contains("id") || reply["id"] != id)) {
+    bad("the id is not the request's");
+  }
+  if (!well_formed(request)) return;
+  const std::string command = request["execute"].get<std::string>();
+  const bool known = std::find(std::begin(kCommands), std::end(kCommands), command) !=
+                     std::end(kCommands);
+  if (!known && error_class != rawdax::control::kCommandNotFound) {
+    bad("an unknown command without CommandNotFound");
+  }
+  if (known && error_class == rawdax::control::kCommandNotFound) {
+    bad("CommandNotFound for a known command");
+  }
+}
+
 void drain(int fd) {
   char sink[16 << 10];
   while (::recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0) {
@@ -184,6 +256,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (!sent) continue;
         rawdax::control::Dispatcher::Reply reply = dispatcher.handle(session, *sent);
         if (reply.line.empty()) std::abort();  // every request gets a reply
+        check_reply(*sent, reply.line);
         (void)peer->send(reply.line, reply.fd.get());
         drain(client.get());
       }

@@ -112,6 +112,16 @@ transmission = {
     + b"\0" * 256,
     "truncated-write-payload": bytes([0]) + request(WRITE, 0, 8192) + b"\1" * 100,
     "bad-request-magic": bytes([STRUCT]) + struct.pack(">IHHQQI", 0xDEADBEEF, 0, READ, 1, 0, 512),
+    # Reads back what unaligned writes, trims and zeroes left (the harness's model).
+    "write-trim-read-back": bytes([0]) + request(WRITE, 100, 5000, 0, bytes(range(250)) * 20)
+    + request(TRIM, 1000, 3000) + request(WRITE_ZEROES, 4000, 9000, NO_HOLE)
+    + request(READ, 0, 16384) + request(WRITE, (1 << 20) - 6, 6, FUA, b"endend")
+    + request(READ, (1 << 20) - 16, 16) + disc(),
+    # Hole chunks, DF reads and zero extents after a whole-export write-zeroes.
+    "structured-sparse-reads": bytes([STRUCT | META]) + request(WRITE_ZEROES, 0, 1 << 20)
+    + request(READ, 0, 1 << 20) + request(WRITE, 300000, 10, 0, b"0123456789")
+    + request(BLOCK_STATUS, 0, 1 << 20) + request(READ, 262144, 65536)
+    + request(READ, 0, 65536, DF) + request(BLOCK_STATUS, 299008, 8192, REQ_ONE) + disc(),
 }
 
 

@@ -3,7 +3,8 @@
 #   fuzz/corpus/metadata/  a region's rawdax.meta with two namespaces
 #   fuzz/corpus/label_area/ the start of a carved region's label area: two
 #                          namespaces, one resized (both index blocks used)
-#   fuzz/corpus/snapshot/  a full snapshot, and an incremental + split + its base
+#   fuzz/corpus/snapshot/  a full snapshot, and an incremental + split + its base;
+#                          geometries the CLI never makes (make_snapshot_seeds.py)
 #   fuzz/corpus/nbd_*/     NBD client streams (make_nbd_seeds.py)
 #   fuzz/corpus/control/   control request lines
 # Usage: fuzz/make_seeds.sh path/to/rawdax
@@ -15,6 +16,20 @@ trap 'rm -rf "$work"' EXIT
 "$cli" create-namespace --region "$work/r" --name a --size 16K >/dev/null
 "$cli" create-namespace --region "$work/r" --name b --size 8K >/dev/null
 cp "$work/r/rawdax.meta" "$here/corpus/metadata/two-namespaces"
+# A record the CLI would not write: the largest generation, another mode,
+# non-ASCII in the region uuid (free text), hugetlbfs-style NUL padding.
+python3 - "$here/corpus/metadata/edge-values" <<'PY'
+import ctypes, json, sys
+xxh64 = ctypes.CDLL("libxxhash.so.0").XXH64
+xxh64.restype = ctypes.c_uint64
+xxh64.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64]
+body = {"generation": 2**64 - 1, "region_uuid": "r\u00e9gion",
+        "namespaces": [{"name": "a.b-c_9", "uuid": "0f0e0d0c-0b0a-4908-8706-050403020100",
+                        "size": 2**63, "mode": "fsdax"}]}
+text = (json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
+out = b"RAWDAXMETA 1 %016x %d\n" % (xxh64(text, len(text), 0), len(text)) + text
+open(sys.argv[1], "wb").write(out + b"\0" * 64)
+PY
 c="file:$work/carved.img"
 "$cli" init-region "$c" --size 16M >/dev/null
 "$cli" create-namespace --region "$c" --name a --size 1M >/dev/null
@@ -30,6 +45,9 @@ printf 'page two' | dd of="$f" bs=1 seek=8192 conv=notrunc 2>/dev/null
 cp "$work/base.snap" "$here/corpus/snapshot/full"
 { cat "$work/top.snap"; printf '\n--RAWDAX-FUZZ-BASE--\n'; cat "$work/base.snap"; } \
   > "$here/corpus/snapshot/incremental-and-base"
+
+# Snapshots with short last pages, small pages, a size off 4 KiB.
+python3 "$here/make_snapshot_seeds.py"
 
 # NBD client streams (binary, built by a script).
 python3 "$here/make_nbd_seeds.py"

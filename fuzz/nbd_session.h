@@ -4,8 +4,9 @@
 //
 // The session is the server's own NbdConnection (what every accepted socket
 // runs); a helper thread plays the client: it writes the input, shuts its
-// sending side, and reads and drops every reply, so the server never blocks
-// on a full socket. The helper lives as long as the process (creating a
+// sending side, and reads every reply (handing the bytes, in order, to the
+// harness's sink when it gives one), so the server never blocks on a full
+// socket. The helper lives as long as the process (creating a
 // thread per input costs more than the session itself), and the harness
 // keeps a Device of each namespace open, so that a session's GO attaches to
 // the open namespace instead of mapping it anew. The session ends when the input is used up (EOF), on
@@ -22,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -75,14 +77,18 @@ inline Region& nbd_region() {
   return *region;
 }
 
+// What the client does with the server's bytes, in order as they arrive.
+using ReplySink = std::function<void(std::string_view)>;
+
 // Plays the client: sends `input`, then half-closes and drains replies until
-// the server closes. Non-blocking with poll, so that sending and draining
-// interleave (a server blocked on a full reply buffer stops reading).
-inline void play_client(int fd, std::string_view input) {
+// the server closes, passing them to `sink` (when set). Non-blocking with
+// poll, so that sending and draining interleave (a server blocked on a full
+// reply buffer stops reading).
+inline void play_client(int fd, std::string_view input, const ReplySink& sink) {
   ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
   size_t sent = 0;
   bool sending = true;
-  char sink[64 << 10];
+  char buf[64 << 10];
   while (true) {
     if (sending && sent == input.size()) {
       ::shutdown(fd, SHUT_WR);
@@ -91,9 +97,10 @@ inline void play_client(int fd, std::string_view input) {
     pollfd p = {fd, static_cast<short>(POLLIN | (sending ? POLLOUT : 0)), 0};
     if (::poll(&p, 1, -1) < 0) continue;
     if (p.revents & POLLIN) {
-      ssize_t n = ::recv(fd, sink, sizeof sink, 0);
+      ssize_t n = ::recv(fd, buf, sizeof buf, 0);
       if (n == 0) return;  // the server closed: the session is over
       if (n < 0 && errno != EAGAIN && errno != EINTR) return;
+      if (n > 0 && sink) sink(std::string_view(buf, static_cast<size_t>(n)));
     } else if (p.revents & (POLLHUP | POLLERR)) {
       return;
     }
@@ -114,11 +121,12 @@ class ClientThread {
  public:
   ClientThread() : thread_([this] { loop(); }) { thread_.detach(); }
 
-  // Starts playing `input` on `fd`; both must stay valid until wait().
-  void start(int fd, std::string_view input) {
+  // Starts playing `input` on `fd`; all three must stay valid until wait().
+  void start(int fd, std::string_view input, const ReplySink& sink) {
     std::lock_guard<std::mutex> lock(mu_);
     fd_ = fd;
     input_ = input;
+    sink_ = &sink;
     busy_ = true;
     cv_.notify_all();
   }
@@ -133,7 +141,7 @@ class ClientThread {
     while (true) {
       cv_.wait(lock, [this] { return busy_; });
       lock.unlock();
-      play_client(fd_, input_);
+      play_client(fd_, input_, *sink_);
       lock.lock();
       busy_ = false;
       cv_.notify_all();
@@ -145,17 +153,20 @@ class ClientThread {
   bool busy_ = false;  // guarded by mu_; fd_ and input_ are set before it turns true
   int fd_ = -1;
   std::string_view input_;
+  const ReplySink* sink_ = nullptr;
   std::thread thread_;
 };
 
-// One whole session: greeting, the client's bytes, and the end.
-inline void serve_session(nbd::ServerContext& context, std::string_view input) {
+// One whole session: greeting, the client's bytes, and the end. `sink` sees
+// every byte the server sent, on the client thread, before this returns.
+inline void serve_session(nbd::ServerContext& context, std::string_view input,
+                          const ReplySink& sink = {}) {
   // Never destroyed: the detached thread may outlive static destructors.
   static ClientThread* client_thread = new ClientThread;
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) std::abort();
   UniqueFd server(sv[0]), client(sv[1]);
-  client_thread->start(client.get(), input);
+  client_thread->start(client.get(), input, sink);
   {
     // "unix" in the peer's name: no TCP_NODELAY on this socket.
     nbd::NbdConnection session(std::move(server), "unix fuzz client", context);

@@ -224,9 +224,16 @@ Result<SnapshotFile> SnapshotFile::open(const std::string& path) {
 }
 
 Status SnapshotFile::read_page(uint64_t page, std::span<std::byte> out) const {
+  if (page >= header_.page_count() || out.size() != header_.page_bytes(page)) {
+    return Error(std::errc::invalid_argument,
+                 "snapshot " + path_ + ": read of page " + std::to_string(page) + " into " +
+                     std::to_string(out.size()) + " bytes");
+  }
   RAWDAX_RETURN_IF_ERROR(pread_all(fd_.get(), out.data(), out.size(),
                                    header_.data_offset() + page * header_.page_size, path_));
-  if (hash(out.data(), out.size(), page) != checksums_[page]) {
+  // page_checksum(), not a hash of `out`: a short last page was checksummed
+  // zero-padded when it was written.
+  if (page_checksum(out, page, header_.page_size) != checksums_[page]) {
     return Error(std::errc::illegal_byte_sequence,
                  "snapshot " + path_ + ": page " + std::to_string(page) + " (offset " +
                      std::to_string(page * header_.page_size) + ") fails its checksum");
@@ -237,7 +244,9 @@ Status SnapshotFile::read_page(uint64_t page, std::span<std::byte> out) const {
 Status SnapshotFile::verify_pages() const {
   std::vector<std::byte> buf(header_.page_size);
   for (uint64_t page = 0; page < header_.page_count(); ++page) {
-    if (has_page(page)) RAWDAX_RETURN_IF_ERROR(read_page(page, buf));
+    if (!has_page(page)) continue;
+    RAWDAX_RETURN_IF_ERROR(
+        read_page(page, std::span<std::byte>(buf.data(), header_.page_bytes(page))));
   }
   return ok();
 }

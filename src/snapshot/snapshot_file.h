@@ -19,6 +19,7 @@
 #ifndef RAWDAX_SNAPSHOT_SNAPSHOT_FILE_H_
 #define RAWDAX_SNAPSHOT_SNAPSHOT_FILE_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -47,6 +48,10 @@ struct SnapshotHeader {
   std::string header_checksum;
 
   uint64_t page_count() const { return (namespace_size + page_size - 1) / page_size; }
+  // The namespace bytes page `page` holds: page_size, less for a short last page.
+  uint64_t page_bytes(uint64_t page) const {
+    return std::min(page_size, namespace_size - page * page_size);
+  }
   uint64_t bitmap_offset() const { return 4096; }
   uint64_t bitmap_bytes() const { return (page_count() + 7) / 8; }
   uint64_t table_offset() const { return (bitmap_offset() + bitmap_bytes() + 7) & ~uint64_t{7}; }
@@ -91,9 +96,13 @@ class SnapshotFile {
   bool has_page(uint64_t page) const { return (bitmap_[page / 8] >> (page % 8)) & 1; }
   // The stored page's checksum (page_checksum() of its contents).
   uint64_t stored_checksum(uint64_t page) const { return checksums_[page]; }
-  // Reads a stored page and checks its checksum.
+  // Reads a stored page's header().page_bytes(page) bytes into `out`, which
+  // must be that long, and checks its checksum (page_checksum(), so a short
+  // last page is checked zero-padded, as it was written). Bytes the file holds
+  // past the namespace's end are not part of the image and are not read.
   Status read_page(uint64_t page, std::span<std::byte> out) const;
-  // Reads every stored page and checks its checksum.
+  // Reads every stored page and checks its checksum, exactly as read_page()
+  // does for a restore: what verifies is what a restore writes.
   Status verify_pages() const;
   // The base's path, resolved against this file's directory when relative.
   std::string resolved_base_path() const;
