@@ -239,11 +239,18 @@ void DeviceCore::drop_bad_pages(uint64_t offset, uint64_t length) {
   const uint64_t page = page_size();
   const uint64_t begin = *round_up(offset, page), end = (offset + length) / page * page;
   if (begin >= end) return;
+  std::byte* view = view_.load(std::memory_order_acquire);
   std::lock_guard<std::mutex> lock(bad_mu_);
   for (const BadRange& r : bad_) {
     const uint64_t from = std::max(begin, r.offset), to = std::min(end, r.offset + r.length);
-    // Best effort: if it fails, the write itself tells whether the page works.
-    if (from < to) (void)punch_hole(fd_.get(), info_.offset + from, to - from);
+    if (from >= to) continue;
+    // Best effort: if either fails, the write itself tells whether the page
+    // works. The punch drops a poisoned page from the file; the view's page
+    // table entry for it is then a hwpoison marker that a hole punch leaves
+    // in place (the kernel keeps those for shared mappings), which
+    // MADV_DONTNEED zaps, so the write faults in the new page.
+    (void)punch_hole(fd_.get(), info_.offset + from, to - from);
+    (void)::madvise(view + from, to - from, MADV_DONTNEED);
   }
 }
 

@@ -64,7 +64,8 @@ TEST(SafeCopyTest, CopyFromACutOffPageReportsTheFaultAndTheProcessGoesOn) {
   auto fault = SafeCopy::copy_from(out.data(), file.data(), 2 * kPage);
   ASSERT_TRUE(fault.has_value()) << "the copy of a page past EOF did not fault";
   EXPECT_EQ(fault->code, BUS_ADRERR);
-  EXPECT_EQ(fault->addr, reinterpret_cast<uintptr_t>(file.data()) + kPage);
+  // Somewhere in the cut-off page (memcpy variants copy in different orders).
+  EXPECT_EQ(fault->addr / kPage * kPage, reinterpret_cast<uintptr_t>(file.data()) + kPage);
   EXPECT_FALSE(fault->poison());
   EXPECT_NE(fault->describe().find("BUS_ADRERR"), std::string::npos);
   EXPECT_EQ(SafeCopy::recovered(), before + 1);
@@ -81,10 +82,10 @@ TEST(SafeCopyTest, CopyToAndFillFaultOnTheGuardedDestination) {
   std::vector<std::byte> in(2 * kPage, std::byte{1});
   auto to = SafeCopy::copy_to(file.data(), in.data(), 2 * kPage);
   ASSERT_TRUE(to.has_value());
-  EXPECT_EQ(to->addr, reinterpret_cast<uintptr_t>(file.data()) + kPage);
+  EXPECT_EQ(to->addr / kPage * kPage, reinterpret_cast<uintptr_t>(file.data()) + kPage);
   auto fill = SafeCopy::fill(file.data() + kPage / 2, 0, kPage);
   ASSERT_TRUE(fill.has_value());
-  EXPECT_EQ(fill->addr, reinterpret_cast<uintptr_t>(file.data()) + kPage);
+  EXPECT_EQ(fill->addr / kPage * kPage, reinterpret_cast<uintptr_t>(file.data()) + kPage);
   // The good page takes guarded stores as before.
   EXPECT_FALSE(SafeCopy::copy_to(file.data(), in.data(), kPage).has_value());
   EXPECT_EQ(file.data()[kPage - 1], std::byte{1});
@@ -150,7 +151,7 @@ TEST(SafeCopyTest, CoexistsWithAHandlerInstalledAfterIt) {
   std::vector<std::byte> out(kPage);
   auto fault = SafeCopy::copy_from(out.data(), bad, kPage);
   ASSERT_TRUE(fault.has_value());
-  EXPECT_EQ(fault->addr, reinterpret_cast<uintptr_t>(bad));
+  EXPECT_EQ(fault->addr / kPage * kPage, reinterpret_cast<uintptr_t>(bad));
 }
 
 TEST(SafeCopyTest, ZeroLengthAndGoodMemoryCopyPlainly) {
