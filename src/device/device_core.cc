@@ -470,10 +470,11 @@ Status DeviceCore::write(uint64_t offset, std::span<const std::byte> data, Write
   const bool had_bad = any_bad_.load(std::memory_order_acquire);
   if (had_bad) drop_bad_pages(offset, data.size());
   std::byte* view = view_.load(std::memory_order_acquire);
+  auto fault = SafeCopy::copy_to(view + offset, data.data(), data.size());
+  // After the stores (a sync that takes the bit persists them), and also
+  // when the copy stopped midway: some bytes may have landed.
   mark_dirty(offset, data.size());
-  if (auto fault = SafeCopy::copy_to(view + offset, data.data(), data.size())) {
-    return fault_error("write", offset, data.size(), view, *fault);
-  }
+  if (fault) return fault_error("write", offset, data.size(), view, *fault);
   writes_.fetch_add(1, kRelaxed);
   bytes_written_.fetch_add(data.size(), kRelaxed);
   if (options.fua) RAWDAX_RETURN_IF_ERROR(persist_guarded("write", offset, data.size()));
