@@ -43,9 +43,23 @@ class CutFile {
   std::byte* data_ = nullptr;
 };
 
-// Runs fn in a forked child; returns the signal that ended it (0: it exited).
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAsan = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAsan = true;
+#else
+constexpr bool kAsan = false;
+#endif
+#else
+constexpr bool kAsan = false;
+#endif
+
+// Runs fn in a forked child; whether a SIGBUS ended it the way it ends a
+// process without rawdax: killed by the signal, or, under ASan (whose own
+// SIGBUS handler is the action ours chains to), reported and exited non-zero.
 template <typename Fn>
-int child_signal(Fn fn) {
+bool child_dies_of_sigbus(Fn fn) {
   pid_t pid = ::fork();
   if (pid == 0) {
     fn();
@@ -53,7 +67,8 @@ int child_signal(Fn fn) {
   }
   int status = 0;
   ::waitpid(pid, &status, 0);
-  return WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+  if (WIFSIGNALED(status)) return WTERMSIG(status) == SIGBUS;
+  return kAsan && WIFEXITED(status) && WEXITSTATUS(status) != 0;
 }
 
 TEST(SafeCopyTest, CopyFromACutOffPageReportsTheFaultAndTheProcessGoesOn) {
@@ -120,19 +135,17 @@ TEST(SafeCopyTest, FaultsOutsideTheGuardStillRaiseSigbus) {
   CutFile file;
   file.cut();
   std::byte* bad = file.data() + kPage;
-  EXPECT_EQ(child_signal([&] {
-              volatile std::byte b = *static_cast<volatile std::byte*>(bad);
-              (void)b;
-            }),
-            SIGBUS);
-  EXPECT_EQ(child_signal([&] {
-              std::vector<std::byte> good(kPage);
-              // Guarded source is fine; the destination is the bad page.
-              (void)SafeCopy::copy_from(bad, good.data(), kPage);
-            }),
-            SIGBUS);
+  EXPECT_TRUE(child_dies_of_sigbus([&] {
+    volatile std::byte b = *static_cast<volatile std::byte*>(bad);
+    (void)b;
+  }));
+  EXPECT_TRUE(child_dies_of_sigbus([&] {
+    std::vector<std::byte> good(kPage);
+    // Guarded source is fine; the destination is the bad page.
+    (void)SafeCopy::copy_from(bad, good.data(), kPage);
+  }));
   // A SIGBUS sent by kill() is no access fault: it is not swallowed either.
-  EXPECT_EQ(child_signal([] { ::raise(SIGBUS); }), SIGBUS);
+  EXPECT_TRUE(child_dies_of_sigbus([] { ::raise(SIGBUS); }));
 }
 
 // A handler installed after ours (here the tests' catcher) sees its own
