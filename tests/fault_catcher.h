@@ -1,6 +1,8 @@
 // Runs code that may raise SIGBUS and reports it instead of dying: the
 // test-side equivalent of catching a revoked mapping's fault. SIGSEGV is left
-// alone: the mprotect engine's parking handler owns it.
+// alone: the mprotect engine's parking handler owns it. A SIGBUS outside
+// run_catching_faults() goes to the handler installed before (rawdax's
+// guarded copies, common/safe_copy.h, rely on that when it is theirs).
 #ifndef RAWDAX_TESTS_FAULT_CATCHER_H_
 #define RAWDAX_TESTS_FAULT_CATCHER_H_
 
@@ -13,10 +15,20 @@
 namespace rawdax::testing {
 
 inline thread_local sigjmp_buf* t_fault_jump = nullptr;
+inline struct sigaction g_fault_prev = {};
 
-inline void fault_handler(int sig, siginfo_t*, void*) {
+inline void fault_handler(int sig, siginfo_t* info, void* context) {
   if (t_fault_jump != nullptr) siglongjmp(*t_fault_jump, sig);
-  ::signal(sig, SIG_DFL);  // not ours: die as the signal would have made us
+  // Not ours: chain, or die as the signal would have made us.
+  if ((g_fault_prev.sa_flags & SA_SIGINFO) != 0 && g_fault_prev.sa_sigaction != nullptr) {
+    g_fault_prev.sa_sigaction(sig, info, context);
+    return;
+  }
+  if (g_fault_prev.sa_handler != SIG_DFL && g_fault_prev.sa_handler != SIG_IGN) {
+    g_fault_prev.sa_handler(sig);
+    return;
+  }
+  ::signal(sig, SIG_DFL);
   ::raise(sig);
 }
 
@@ -27,7 +39,7 @@ inline void install_fault_handlers() {
     sa.sa_sigaction = fault_handler;
     sa.sa_flags = SA_SIGINFO | SA_NODEFER;
     sigemptyset(&sa.sa_mask);
-    ::sigaction(SIGBUS, &sa, nullptr);
+    ::sigaction(SIGBUS, &sa, &g_fault_prev);
   });
 }
 

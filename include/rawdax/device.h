@@ -10,6 +10,11 @@
 // nothing: EINVAL (reads, bad alignment, overflow), ENOSPC (writes past the
 // end), EROFS/EACCES (writes on a read-only device).
 //
+// Media errors: a block request that meets poisoned memory or a backing file
+// cut short under the device fails with EIO naming the namespace and the bad
+// offset; the process and every other request go on, and the range joins
+// the namespace's bad-block list (info().badblocks; docs/device.md).
+//
 // Thread safety: all methods are thread-safe. Concurrent writes to the same
 // bytes race as plain memory does (last store wins, no tearing guarantee below
 // a page for the block face). Ownership: the caller owns the Device; Mappings
@@ -79,6 +84,8 @@ struct DeviceStats {
   uint64_t maps = 0;
   uint64_t live_mappings = 0;
   uint64_t revoked_mappings = 0;
+  uint64_t media_errors = 0;    // requests failed with EIO by the media (poison, a cut-short file)
+  uint64_t bad_ranges = 0;      // ranges in the bad-block list now (NamespaceInfo::badblocks)
   uint64_t dirty_pages = 0;     // set in the dirty bitmap now (tracking only)
   uint64_t synced_pages = 0;    // persisted by sync() since open
   uint64_t write_faults = 0;    // write faults the engine handled (tracking or parking)
@@ -132,6 +139,11 @@ class Device {
   const Capabilities& capabilities() const;
 
   Status read(uint64_t offset, std::span<std::byte> out) const;
+  // Fails as read() would, without reading: EINVAL outside the namespace,
+  // ENXIO after remove(), EIO when the range overlaps the bad-block list or
+  // lies past the end of a backing file cut short under the device. For
+  // callers that move the bytes another way (the NBD server's sendfile).
+  Status check_readable(uint64_t offset, uint64_t length) const;
   Status write(uint64_t offset, std::span<const std::byte> data, WriteOptions options = {});
   // Reads of the range return zeros afterwards. Punches a hole where the
   // media can (page-aligned interior), unless options.no_hole.

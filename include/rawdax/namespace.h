@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace rawdax {
 
@@ -18,6 +19,18 @@ struct NamespaceSpec {
   uint64_t size = 0;
 };
 
+// A range of a namespace whose media failed: memory poison the kernel
+// reported (SIGBUS BUS_MCEERR_*, EIO from read(2)), or a backing file that
+// someone else cut short under the device. Reads overlapping it fail with
+// EIO without touching the media; writing a whole page of it (write or
+// write_zeroes) takes that page off the list. Page-granular (at least the
+// region's alignment; the kernel's poison unit where it is larger).
+struct BadRange {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  bool operator==(const BadRange&) const = default;
+};
+
 // A namespace as the region records it.
 struct NamespaceInfo {
   std::string name;
@@ -28,6 +41,10 @@ struct NamespaceInfo {
   // Where the namespace's bytes start in `path`: its extent's offset on a
   // carved region (devdax:, file:), 0 where each namespace has its own object.
   uint64_t offset = 0;
+  // The namespace's bad-block list: sorted, disjoint, not adjacent.
+  // Persisted in the region metadata on a directory region; kept for the
+  // Region's lifetime on memfd, devdax and carved regions (docs/media.md).
+  std::vector<BadRange> badblocks = {};
 };
 
 }  // namespace rawdax

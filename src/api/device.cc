@@ -31,6 +31,9 @@ const Capabilities& Device::capabilities() const { return core_->capabilities();
 Status Device::read(uint64_t offset, std::span<std::byte> out) const {
   return core_->read(offset, out);
 }
+Status Device::check_readable(uint64_t offset, uint64_t length) const {
+  return core_->check_readable(offset, length);
+}
 Status Device::write(uint64_t offset, std::span<const std::byte> data, WriteOptions options) {
   return core_->write(offset, data, options, read_only_);
 }

@@ -53,6 +53,8 @@ json stats_json(const std::string& name, const DeviceStats& s) {
           {"maps", s.maps},
           {"live_mappings", s.live_mappings},
           {"revoked_mappings", s.revoked_mappings},
+          {"media_errors", s.media_errors},
+          {"bad_ranges", s.bad_ranges},
           {"dirty_pages", s.dirty_pages},
           {"synced_pages", s.synced_pages},
           {"write_faults", s.write_faults},
@@ -576,7 +578,10 @@ class Dispatcher::Command {
     std::lock_guard<std::mutex> lock(d_.mu_);
     json out = json::array();
     for (const auto& [name, state] : d_.namespaces_) {
-      if (state.device != nullptr) out.push_back(stats_json(name, state.device->stats()));
+      if (state.device == nullptr) continue;
+      json entry = stats_json(name, state.device->stats());
+      entry["badblocks"] = badblocks_json(state.device->info().badblocks);
+      out.push_back(std::move(entry));
     }
     return out;
   }

@@ -2,9 +2,15 @@
 
 namespace rawdax::control {
 
+nlohmann::json badblocks_json(const std::vector<BadRange>& badblocks) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const BadRange& r : badblocks) out.push_back({{"offset", r.offset}, {"length", r.length}});
+  return out;
+}
+
 nlohmann::json namespace_json(const NamespaceInfo& ns) {
   return {{"name", ns.name}, {"uuid", ns.uuid}, {"size", ns.size}, {"mode", ns.mode},
-          {"path", ns.path}, {"offset", ns.offset}};
+          {"path", ns.path}, {"offset", ns.offset}, {"badblocks", badblocks_json(ns.badblocks)}};
 }
 
 nlohmann::json capabilities_json(const Capabilities& caps) {

@@ -11,6 +11,8 @@
 
 namespace rawdax::control {
 
+// [{"offset":..,"length":..}, ...]
+nlohmann::json badblocks_json(const std::vector<BadRange>& badblocks);
 nlohmann::json namespace_json(const NamespaceInfo& ns);
 // Grouped so that each source is told apart: "media" (what the region's
 // media accepts), "engine", "privilege" (the userfaultfd mode this process

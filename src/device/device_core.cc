@@ -7,10 +7,12 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/safe_copy.h"
 #include "common/units.h"
 #include "media/files.h"
 #include "media/persist.h"
 #include "media/probe.h"
+#include "region/bad_ranges.h"
 #include "region/names.h"
 
 namespace rawdax::internal {
@@ -61,6 +63,39 @@ void* map_huge_aligned(int fd, uint64_t offset, size_t len, int prot, int flags,
   return addr;
 }
 
+// Splits the hole runs that overlap a bad range: the bad part is data (its
+// reads fail; it must not read as zeros), as nbdkit reports bad blocks.
+std::vector<Extent> with_bad_as_data(std::vector<Extent> runs, const std::vector<BadRange>& bad) {
+  std::vector<Extent> out;
+  for (const Extent& run : runs) {
+    if (!run.hole) {
+      out.push_back(run);
+      continue;
+    }
+    uint64_t at = run.offset;
+    const uint64_t end = run.offset + run.length;
+    for (const BadRange& r : bad) {
+      const uint64_t from = std::max(at, r.offset), to = std::min(end, r.offset + r.length);
+      if (from >= to) continue;
+      if (from > at) out.push_back({at, from - at, true});
+      out.push_back({from, to - from, false});
+      at = to;
+    }
+    if (at < end) out.push_back({at, end - at, true});
+  }
+  // Merge neighbours of one kind, so the answer stays minimal.
+  std::vector<Extent> merged;
+  for (const Extent& e : out) {
+    if (!merged.empty() && merged.back().hole == e.hole &&
+        merged.back().offset + merged.back().length == e.offset) {
+      merged.back().length += e.length;
+    } else {
+      merged.push_back(e);
+    }
+  }
+  return merged;
+}
+
 }  // namespace
 
 Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> catalog,
@@ -76,6 +111,10 @@ Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> ca
   core->fd_ = std::move(*fd);
   core->options_ = options;
   core->size_.store(info->size);
+  core->bad_ = info->badblocks;
+  core->any_bad_.store(!core->bad_.empty(), std::memory_order_release);
+  // Now rather than at the first copy: a failure is an error here.
+  RAWDAX_RETURN_IF_ERROR(SafeCopy::install());
   const Capabilities& caps = core->capabilities();
   // A carved namespace's view covers exactly its extent (and every grow maps
   // a new one), so no pointer into the block face can reach a neighbour.
@@ -132,8 +171,7 @@ void DeviceCore::thaw_block_writes() { ref_.unfreeze(); }
 Status DeviceCore::persist(uint64_t offset, uint64_t length) {
   auto hold = ref_.hold(RefAccess::kRead);
   if (!hold) return removed_error("persist");
-  std::byte* view = view_.load(std::memory_order_acquire);
-  return persist_range(capabilities().persist, view + offset, length);
+  return persist_guarded("persist", offset, length);
 }
 
 DeviceCore::~DeviceCore() { release_media(); }
@@ -141,7 +179,108 @@ DeviceCore::~DeviceCore() { release_media(); }
 NamespaceInfo DeviceCore::info() const {
   NamespaceInfo out = info_;
   out.size = size();
+  out.badblocks = badblocks();
   return out;
+}
+
+std::vector<BadRange> DeviceCore::badblocks() const {
+  std::lock_guard<std::mutex> lock(bad_mu_);
+  return bad_;
+}
+
+Error DeviceCore::listed_error(const char* op, uint64_t offset, uint64_t length,
+                               const BadRange& bad) const {
+  return Error(std::errc::io_error,
+               "namespace " + name_ + ": " + op + " at offset " + std::to_string(offset) +
+                   " length " + std::to_string(length) + ": media error: offset " +
+                   std::to_string(bad.offset) + " length " + std::to_string(bad.length) +
+                   " is in the bad-block list (write the whole range to clear it)");
+}
+
+Error DeviceCore::media_error(const char* op, uint64_t offset, uint64_t length,
+                              uint64_t bad_offset, uint64_t granule, const std::string& why) {
+  media_errors_.fetch_add(1, kRelaxed);
+  const uint64_t size = this->size();
+  const uint64_t begin = bad_offset / granule * granule;
+  const uint64_t end = std::min(size, begin + granule);
+  std::string recorded;
+  if (begin < end) {
+    std::lock_guard<std::mutex> lock(bad_mu_);
+    if (add_bad_range(bad_, begin, end - begin)) {
+      any_bad_.store(true, std::memory_order_release);
+      Status kept = catalog_->set_badblocks(name_, bad_);
+      if (!kept) recorded = " (not recorded in the region: " + kept.error().message() + ")";
+    }
+  }
+  return Error(std::errc::io_error,
+               "namespace " + name_ + ": " + op + " at offset " + std::to_string(offset) +
+                   " length " + std::to_string(length) + ": media error at offset " +
+                   std::to_string(bad_offset) + ": " + why + "; offset " +
+                   std::to_string(begin) + " length " + std::to_string(end - begin) +
+                   " is now in the bad-block list" + recorded);
+}
+
+Error DeviceCore::fault_error(const char* op, uint64_t offset, uint64_t length,
+                              const std::byte* base, const MediaFault& fault) {
+  const uint64_t at = fault.addr - reinterpret_cast<uintptr_t>(base);
+  uint64_t granule = page_size();
+  // The kernel's poison unit, when it says (a huge page on devdax).
+  if (fault.poison() && fault.lsb > 0 && fault.lsb < 40) {
+    granule = std::max<uint64_t>(granule, uint64_t{1} << fault.lsb);
+  }
+  return media_error(op, offset, length, at, granule, fault.describe());
+}
+
+void DeviceCore::drop_bad_pages(uint64_t offset, uint64_t length) {
+  const Capabilities& caps = capabilities();
+  // Only where a punched page is simply gone (the page cache, a DAX file's
+  // blocks): not devdax, and not hugetlbfs, whose pages come from a pool.
+  if (!caps.punch_hole || caps.hugetlb || caps.kind == MediaKind::kDevdax) return;
+  const uint64_t page = page_size();
+  const uint64_t begin = *round_up(offset, page), end = (offset + length) / page * page;
+  if (begin >= end) return;
+  std::byte* view = view_.load(std::memory_order_acquire);
+  std::lock_guard<std::mutex> lock(bad_mu_);
+  for (const BadRange& r : bad_) {
+    const uint64_t from = std::max(begin, r.offset), to = std::min(end, r.offset + r.length);
+    if (from >= to) continue;
+    // Best effort: if either fails, the write itself tells whether the page
+    // works. The punch drops a poisoned page from the file; the view's page
+    // table entry for it is then a hwpoison marker that a hole punch leaves
+    // in place (the kernel keeps those for shared mappings), which
+    // MADV_DONTNEED zaps, so the write faults in the new page.
+    (void)punch_hole(fd_.get(), info_.offset + from, to - from);
+    (void)::madvise(view + from, to - from, MADV_DONTNEED);
+  }
+}
+
+void DeviceCore::clear_bad_pages(uint64_t offset, uint64_t length) {
+  const uint64_t page = page_size();
+  const uint64_t begin = *round_up(offset, page), end = (offset + length) / page * page;
+  if (begin >= end) return;
+  std::lock_guard<std::mutex> lock(bad_mu_);
+  if (!remove_bad_range(bad_, begin, end - begin)) return;
+  any_bad_.store(!bad_.empty(), std::memory_order_release);
+  // Best effort: a stale record lists a range that reads fine, which the
+  // next write over it clears.
+  (void)catalog_->set_badblocks(name_, bad_);
+}
+
+Status DeviceCore::persist_guarded(const char* op, uint64_t offset, uint64_t length) {
+  std::byte* view = view_.load(std::memory_order_acquire);
+  struct Call {
+    PersistMethod method;
+    const std::byte* at;
+    uint64_t length;
+    Status result;
+  } call{capabilities().persist, view + offset, length, ok()};
+  // A cache-line flush is an access too: on a poisoned DAX page it faults.
+  auto fault = SafeCopy::run(view + offset, length, [](void* arg) {
+    auto* c = static_cast<Call*>(arg);
+    c->result = persist_range(c->method, c->at, c->length);
+  }, &call);
+  if (fault) return fault_error(op, offset, length, view, *fault);
+  return call.result;
 }
 
 Result<MappedRange> DeviceCore::map_view(uint64_t capacity) const {
@@ -185,10 +324,44 @@ Status DeviceCore::read(uint64_t offset, std::span<std::byte> out) {
   auto hold = ref_.hold(RefAccess::kRead);
   if (!hold) return removed_error("read");
   RAWDAX_RETURN_IF_ERROR(check_range("read", offset, out.size(), size(), false, false));
+  if (any_bad_.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> lock(bad_mu_);
+    if (auto bad = first_bad_overlap(bad_, offset, out.size())) {
+      media_errors_.fetch_add(1, kRelaxed);
+      return listed_error("read", offset, out.size(), *bad);
+    }
+  }
   std::byte* view = view_.load(std::memory_order_acquire);
-  if (!out.empty()) std::memcpy(out.data(), view + offset, out.size());
+  if (auto fault = SafeCopy::copy_from(out.data(), view + offset, out.size())) {
+    return fault_error("read", offset, out.size(), view, *fault);
+  }
   reads_.fetch_add(1, kRelaxed);
   bytes_read_.fetch_add(out.size(), kRelaxed);
+  return ok();
+}
+
+Status DeviceCore::check_readable(uint64_t offset, uint64_t length) {
+  auto hold = ref_.hold(RefAccess::kRead);
+  if (!hold) return removed_error("read");
+  RAWDAX_RETURN_IF_ERROR(check_range("read", offset, length, size(), false, false));
+  if (any_bad_.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> lock(bad_mu_);
+    if (auto bad = first_bad_overlap(bad_, offset, length)) {
+      media_errors_.fetch_add(1, kRelaxed);
+      return listed_error("read", offset, length, *bad);
+    }
+  }
+  // A backing file cut short by someone else: read() would fault, sendfile
+  // would stop short.
+  if (capabilities().kind != MediaKind::kDevdax && length > 0) {
+    auto actual = file_size(fd_.get());
+    if (actual && *actual < info_.offset + offset + length) {
+      const uint64_t eof = *actual > info_.offset ? *actual - info_.offset : 0;
+      return media_error("read", offset, length, std::max(offset, eof), page_size(),
+                         "the backing file ends at offset " + std::to_string(eof) +
+                             " (cut short under the device)");
+    }
+  }
   return ok();
 }
 
@@ -196,6 +369,13 @@ Status DeviceCore::read_for_copy(uint64_t offset, std::span<std::byte> out) {
   auto hold = ref_.hold(RefAccess::kRead);
   if (!hold) return removed_error("read");
   RAWDAX_RETURN_IF_ERROR(check_range("read", offset, out.size(), size(), false, false));
+  if (any_bad_.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> lock(bad_mu_);
+    if (auto bad = first_bad_overlap(bad_, offset, out.size())) {
+      media_errors_.fetch_add(1, kRelaxed);
+      return listed_error("read", offset, out.size(), *bad);
+    }
+  }
   for (size_t done = 0; done < out.size();) {
     ssize_t n = ::pread(fd_.get(), out.data() + done, out.size() - done,
                         static_cast<off_t>(info_.offset + offset + done));
@@ -204,14 +384,23 @@ Status DeviceCore::read_for_copy(uint64_t offset, std::span<std::byte> out) {
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EIO) {
+      // The kernel met poison (a hwpoisoned page-cache page, a DAX block
+      // that failed copy_mc): after a short read, at offset+done itself.
+      return media_error("read", offset, out.size(), offset + done, page_size(),
+                         "read(2) of the backing file failed with EIO");
+    }
     if (n < 0 && errno != EINVAL && errno != ENODEV && errno != ESPIPE) {
       return errno_error(errno, "namespace " + name_ + ": read at offset " +
                                     std::to_string(offset + done));
     }
-    // No read() on this media, or a short file (cannot happen while the
-    // size holds): copy from the view.
-    std::memcpy(out.data() + done, view_.load(std::memory_order_acquire) + offset + done,
-                out.size() - done);
+    // No read() on this media, or a file cut short under us: copy from the
+    // view, which faults (and fails the copy) on what is really missing.
+    std::byte* view = view_.load(std::memory_order_acquire);
+    if (auto fault = SafeCopy::copy_from(out.data() + done, view + offset + done,
+                                         out.size() - done)) {
+      return fault_error("read", offset, out.size(), view, *fault);
+    }
     break;
   }
   reads_.fetch_add(1, kRelaxed);
@@ -278,12 +467,18 @@ Status DeviceCore::write(uint64_t offset, std::span<const std::byte> data, Write
   if (!hold) return removed_error("write");
   RAWDAX_RETURN_IF_ERROR(check_range("write", offset, data.size(), size(), true, read_only));
   before_block_write(offset, data.size());
+  const bool had_bad = any_bad_.load(std::memory_order_acquire);
+  if (had_bad) drop_bad_pages(offset, data.size());
   std::byte* view = view_.load(std::memory_order_acquire);
-  if (!data.empty()) std::memcpy(view + offset, data.data(), data.size());
+  auto fault = SafeCopy::copy_to(view + offset, data.data(), data.size());
+  // After the stores (a sync that takes the bit persists them), and also
+  // when the copy stopped midway: some bytes may have landed.
   mark_dirty(offset, data.size());
+  if (fault) return fault_error("write", offset, data.size(), view, *fault);
   writes_.fetch_add(1, kRelaxed);
   bytes_written_.fetch_add(data.size(), kRelaxed);
-  if (options.fua) return persist_range(capabilities().persist, view + offset, data.size());
+  if (options.fua) RAWDAX_RETURN_IF_ERROR(persist_guarded("write", offset, data.size()));
+  if (had_bad) clear_bad_pages(offset, data.size());
   return ok();
 }
 
@@ -296,7 +491,11 @@ Status DeviceCore::write_zeroes(uint64_t offset, uint64_t length, ZeroOptions op
   before_block_write(offset, length);
   mark_dirty(offset, length);
   (is_discard ? discards_ : write_zeroes_).fetch_add(1, kRelaxed);
-  return zero_range(offset, length, !options.no_hole);
+  const bool had_bad = any_bad_.load(std::memory_order_acquire);
+  if (had_bad) drop_bad_pages(offset, length);
+  RAWDAX_RETURN_IF_ERROR(zero_range(offset, length, !options.no_hole));
+  if (had_bad) clear_bad_pages(offset, length);
+  return ok();
 }
 
 // Punches the aligned interior where the media can; memsets the rest.
@@ -315,20 +514,35 @@ Status DeviceCore::zero_range(uint64_t offset, uint64_t length, bool allow_hole)
     if (!done) return done.error().with_context("namespace " + name_ + ": ");
     punched = *done;
   }
+  auto fill = [&](uint64_t at, uint64_t n) -> Status {
+    if (auto fault = SafeCopy::fill(base + at, 0, n)) {
+      return fault_error("write-zeroes", offset, length, base, *fault);
+    }
+    return ok();
+  };
   if (punched) {
-    std::memset(base + offset, 0, hole_begin - offset);
-    std::memset(base + hole_end, 0, offset + length - hole_end);
+    RAWDAX_RETURN_IF_ERROR(fill(offset, hole_begin - offset));
+    RAWDAX_RETURN_IF_ERROR(fill(hole_end, offset + length - hole_end));
   } else {
-    std::memset(base + offset, 0, length);
+    RAWDAX_RETURN_IF_ERROR(fill(offset, length));
   }
-  return persist_range(caps.persist, base + offset, length);
+  return persist_guarded("write-zeroes", offset, length);
 }
 
 Status DeviceCore::flush() {
   auto hold = ref_.hold(RefAccess::kRead);
   if (!hold) return removed_error("flush");
   flushes_.fetch_add(1, kRelaxed);
-  Status st = persist_range(capabilities().persist, view_.load(std::memory_order_acquire), size());
+  // Around the listed ranges: flushing a poisoned page's lines would fault
+  // on every flush until the range is rewritten.
+  Status st;
+  uint64_t at = 0;
+  const uint64_t size = this->size();
+  for (const BadRange& bad : badblocks()) {
+    if (bad.offset > at && st) st = persist_guarded("flush", at, bad.offset - at);
+    at = std::max(at, bad.offset + bad.length);
+  }
+  if (at < size && st) st = persist_guarded("flush", at, size - at);
   if (!st) return st.error().with_context("namespace " + name_ + ": flush: ");
   return st;
 }
@@ -375,6 +589,10 @@ Result<std::vector<Extent>> DeviceCore::extents(uint64_t offset, uint64_t length
     runs.push_back({pos, stop - pos, false});
     pos = stop;
   }
+  if (any_bad_.load(std::memory_order_acquire)) {
+    runs = with_bad_as_data(std::move(runs), badblocks());
+    if (runs.size() > max_extents) runs.resize(max_extents);
+  }
   return runs;
 }
 
@@ -383,6 +601,12 @@ Result<bool> DeviceCore::is_hole(uint64_t offset, uint64_t length) {
   if (!hold) return removed_error("is_hole");
   RAWDAX_RETURN_IF_ERROR(check_range("is_hole", offset, length, size(), false, false));
   if (length == 0 || capabilities().kind == MediaKind::kDevdax) return false;
+  // A bad range is never a hole, even where the file has none (cut short):
+  // its reads fail, as nbdkit reports it.
+  if (any_bad_.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> lock(bad_mu_);
+    if (first_bad_overlap(bad_, offset, length)) return false;
+  }
   off_t data = ::lseek(fd_.get(), static_cast<off_t>(info_.offset + offset), SEEK_DATA);
   if (data < 0) {
     if (errno == ENXIO) return true;      // no data at or after offset
@@ -630,6 +854,11 @@ DeviceStats DeviceCore::stats() const {
   s.flushes = flushes_.load(kRelaxed);
   s.maps = maps_.load(kRelaxed);
   s.revoked_mappings = revoked_.load(kRelaxed);
+  s.media_errors = media_errors_.load(kRelaxed);
+  {
+    std::lock_guard<std::mutex> lock(bad_mu_);
+    s.bad_ranges = bad_.size();
+  }
   s.stall_total_ns = block_stall_total_ns_.load(kRelaxed);
   s.stall_max_ns = block_stall_max_ns_.load(kRelaxed);
   s.parked_writers = static_cast<uint64_t>(ref_.parked_writers());

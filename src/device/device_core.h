@@ -28,6 +28,17 @@
 // size (release); requests load the size (acquire) and then the view
 // (acquire), so a request that sees a size also sees a view that covers it.
 //
+// Media errors. Every access the block face and the snapshot copier make to
+// the namespace's bytes goes through SafeCopy (common/safe_copy.h): a SIGBUS
+// from poison or from a backing file cut short under us fails that one
+// request with EIO and puts the page on the namespace's bad-block list
+// (bad_, mirrored into the Catalog, which persists it where it can). Reads
+// overlapping a listed range fail with EIO without touching the media again;
+// a write covering whole listed pages first drops them where the media can
+// (a punched hole frees a poisoned page-cache page or fsdax block), then
+// takes them off the list once the write landed. A stale any_bad_ (false
+// while another thread just listed a page) only costs a guarded access.
+//
 // Thread safety: every method is thread-safe. lifecycle_mu_ serializes remove
 // and resize; maps_mu_ guards the mapping registry and is held across mmap,
 // munmap and revocation so that no address range changes owner unobserved.
@@ -48,6 +59,7 @@
 #include <vector>
 
 #include "common/mapped_range.h"
+#include "common/safe_copy.h"
 #include "common/unique_fd.h"
 #include "device/dirty_bitmap.h"
 #include "device/mapping_observer.h"
@@ -83,6 +95,12 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   bool removed() const { return ref_.killed(); }
 
   Status read(uint64_t offset, std::span<std::byte> out);
+  // Fails as read() would, without copying: EINVAL outside the namespace,
+  // ENXIO after remove(), EIO when the range overlaps the bad-block list or
+  // lies past the end of a backing file cut short (then listed). For paths
+  // that send the bytes another way (sendfile).
+  Status check_readable(uint64_t offset, uint64_t length);
+  std::vector<BadRange> badblocks() const;
   // read() for bulk copiers (snapshots): through the backing file where the
   // media allows it, so a copy of the whole namespace does not fault in the
   // view's page tables one by one (on virtualised hosts each fault costs
@@ -153,6 +171,22 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   // Replaces a mapping's pages with a placeholder that raises SIGBUS.
   void revoke_locked(MappingRecord& record);
   Status zero_range(uint64_t offset, uint64_t length, bool allow_hole);
+  // EIO for a request that overlaps the listed range `bad`.
+  Error listed_error(const char* op, uint64_t offset, uint64_t length, const BadRange& bad) const;
+  // Lists the unit a fault hit (`base` is the view the access went through)
+  // and returns the request's EIO naming it.
+  Error fault_error(const char* op, uint64_t offset, uint64_t length, const std::byte* base,
+                    const MediaFault& fault);
+  // Lists [bad_offset, +granule) (rounded out to the granule, clipped to the
+  // size) and returns the EIO naming it and `why`.
+  Error media_error(const char* op, uint64_t offset, uint64_t length, uint64_t bad_offset,
+                    uint64_t granule, const std::string& why);
+  // Whole listed pages inside [offset, offset+length): punched before a write
+  // (drop_bad_pages), taken off the list after it (clear_bad_pages).
+  void drop_bad_pages(uint64_t offset, uint64_t length);
+  void clear_bad_pages(uint64_t offset, uint64_t length);
+  // persist_range() over the view, guarded; EIO on a fault.
+  Status persist_guarded(const char* op, uint64_t offset, uint64_t length);
   // Trims the backing file to the final size, unmaps the views, closes the fd.
   void release_media();
 
@@ -175,6 +209,11 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   std::atomic<uint64_t> reads_{0}, writes_{0}, bytes_read_{0}, bytes_written_{0};
   std::atomic<uint64_t> write_zeroes_{0}, discards_{0}, flushes_{0}, maps_{0};
   std::atomic<uint64_t> revoked_{0};
+  std::atomic<uint64_t> media_errors_{0};
+
+  mutable std::mutex bad_mu_;          // taken before the Catalog's mutex
+  std::vector<BadRange> bad_;          // guarded by bad_mu_
+  std::atomic<bool> any_bad_{false};   // !bad_.empty(); hot-path hint (see above)
   std::atomic<uint64_t> block_stall_total_ns_{0}, block_stall_max_ns_{0};
 
   std::unique_ptr<DirtyBitmap> dirty_;           // set at open, never replaced

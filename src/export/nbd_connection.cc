@@ -575,16 +575,17 @@ void NbdConnection::put_read_header(const RequestHeader& r) {
   }
 }
 
-bool NbdConnection::read_data(const RequestHeader& r, bool checked) {
+bool NbdConnection::read_data(const RequestHeader& r) {
   if (backing_.valid() && r.length >= kSendfileMin) {
-    // The device vouches for the range (and that the namespace is still
-    // there) before the header promises the data.
-    if (!checked) {
-      auto probe = device_->is_hole(r.offset, r.length);
-      if (!probe) {
-        reply_error(r, to_nbd_error(probe.error()), probe.error().message());
-        return true;
-      }
+    // The device vouches for the range before the header promises the
+    // data: the namespace is still there, no listed bad block is in it, and
+    // the backing file still covers it (sendfile of a file cut short stops
+    // short instead of faulting). Refused here, the read is answered by the
+    // error alone.
+    Status readable = device_->check_readable(r.offset, r.length);
+    if (!readable) {
+      reply_error(r, to_nbd_error(readable.error()), readable.error().message());
+      return true;
     }
     put_read_header(r);
     return send_backing(r);
@@ -612,8 +613,13 @@ bool NbdConnection::send_backing(const RequestHeader& r) {
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       // The header already promised the data: the stream cannot recover.
-      log(describe(r) + ": sendfile stopped after " + std::to_string(sent) + " bytes (" +
-          (n < 0 ? std::string(std::strerror(errno)) : std::string("end of file")) +
+      // (Only a file cut short or poison met between the check and here;
+      // the check lists a cut-short range, so the next read gets EIO.)
+      const std::string why =
+          n < 0 ? std::string(std::strerror(errno)) : std::string("end of file");
+      Status recheck = device_->check_readable(r.offset + sent, r.length - sent);
+      log("error: " + describe(r) + ": sendfile stopped after " + std::to_string(sent) +
+          " bytes (" + why + (recheck ? "" : "; " + recheck.error().message()) +
           "); closing this connection");
       return false;
     }
@@ -628,6 +634,13 @@ bool NbdConnection::read_sparse(const RequestHeader& r) {
   // hole through a shared tmpfs mapping would allocate it). Only a whole
   // hole is detected: finding where a data run ends (SEEK_HOLE) costs a walk
   // over every page of the run, far more than sending it.
+  // A range past the end of a backing file cut short under us looks like a
+  // hole to SEEK_DATA, but it is missing, not zero: refuse it (EIO) first.
+  Status readable = device_->check_readable(r.offset, r.length);
+  if (!readable) {
+    reply_error(r, to_nbd_error(readable.error()), readable.error().message());
+    return true;
+  }
   auto hole = device_->is_hole(r.offset, r.length);
   if (!hole) {
     reply_error(r, to_nbd_error(hole.error()), hole.error().message());
@@ -639,7 +652,7 @@ bool NbdConnection::read_sparse(const RequestHeader& r) {
     out_.put_u32(r.length);
     return true;
   }
-  return read_data(r, /*checked=*/true);
+  return read_data(r);
 }
 
 void NbdConnection::block_status(const RequestHeader& r) {

@@ -119,8 +119,9 @@ class NbdConnection {
   void reply_error(const RequestHeader& request, uint32_t error, const std::string& why);
   void block_status(const RequestHeader& request);
   // A read answered with its data (simple reply or one data chunk); large
-  // ones by sendfile. `checked`: the device already vouched for the range.
-  bool read_data(const RequestHeader& request, bool checked = false);
+  // ones by sendfile, once the device vouched for the range (a read that
+  // meets a media error is answered with EIO alone).
+  bool read_data(const RequestHeader& request);
   // A structured read of a hole answered with one hole chunk.
   bool read_sparse(const RequestHeader& request);
   void put_read_header(const RequestHeader& request);

@@ -19,6 +19,7 @@
 #include "media/files.h"
 #include "media/hugetlb_pool.h"
 #include "media/probe.h"
+#include "region/bad_ranges.h"
 #include "region/names.h"
 
 namespace rawdax {
@@ -777,7 +778,31 @@ Status Catalog::set_size(std::string_view name, uint64_t size) {
   }
   RegionMetadata next = meta_;
   for (auto& ns : next.namespaces) {
-    if (ns.name == name) ns.size = size;
+    if (ns.name != name) continue;
+    ns.size = size;
+    // A shrink cuts bad bytes off with the rest (a grow exposes zeroed bytes).
+    internal::remove_bad_range(ns.badblocks, size, UINT64_MAX - size);
+  }
+  return commit(std::move(next));
+}
+
+Status Catalog::set_badblocks(std::string_view name, std::vector<BadRange> badblocks) {
+  std::lock_guard<std::mutex> lock(mu_);
+  NamespaceInfo* ns = nullptr;
+  for (auto& entry : meta_.namespaces) {
+    if (entry.name == name) ns = &entry;
+  }
+  if (ns == nullptr) return not_found(name);
+  if (ns->badblocks == badblocks) return ok();
+  if (caps_.kind != MediaKind::kDirectory || carved_ != nullptr) {
+    // No room in a carved label or a devdax-whole layout; memfd metadata is
+    // memory anyway. No update either: the labels did not change.
+    ns->badblocks = std::move(badblocks);
+    return ok();
+  }
+  RegionMetadata next = meta_;
+  for (auto& entry : next.namespaces) {
+    if (entry.name == name) entry.badblocks = std::move(badblocks);
   }
   return commit(std::move(next));
 }

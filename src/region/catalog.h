@@ -87,6 +87,11 @@ class Catalog {
   // the grown part is zeroed before the label names it.
   Status set_size(std::string_view name, uint64_t size);
 
+  // Replaces the namespace's bad-block list (sorted, disjoint; see
+  // bad_ranges.h) and records it: in the metadata on a directory region, in
+  // memory elsewhere. ENOENT when the namespace is gone.
+  Status set_badblocks(std::string_view name, std::vector<BadRange> badblocks);
+
   // Carved: `length` bytes from the namespace's offset are covered by a view
   // of an open device and must stay out of other namespaces' reach even when
   // the namespace shrinks below them. Until release_view(uuid).

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/uuid.h"
+#include "region/bad_ranges.h"
 #include "region/names.h"
 
 namespace rawdax {
@@ -41,8 +42,17 @@ std::string encode_metadata(const RegionMetadata& meta) {
   body["region_uuid"] = meta.region_uuid;
   body["namespaces"] = nlohmann::json::array();
   for (const auto& ns : meta.namespaces) {
-    body["namespaces"].push_back(
-        {{"name", ns.name}, {"uuid", ns.uuid}, {"size", ns.size}, {"mode", ns.mode}});
+    nlohmann::json entry = {
+        {"name", ns.name}, {"uuid", ns.uuid}, {"size", ns.size}, {"mode", ns.mode}};
+    // Only when there are any: a record without bad blocks stays what older
+    // versions wrote (and read; they ignore keys they do not know).
+    if (!ns.badblocks.empty()) {
+      entry["badblocks"] = nlohmann::json::array();
+      for (const BadRange& r : ns.badblocks) {
+        entry["badblocks"].push_back({{"offset", r.offset}, {"length", r.length}});
+      }
+    }
+    body["namespaces"].push_back(std::move(entry));
   }
   std::string json = body.dump(1);
   json += '\n';
@@ -107,6 +117,21 @@ Result<RegionMetadata> decode_metadata(std::string_view bytes, const std::string
     if (!validate_namespace_name(ns.name)) return corrupt("bad namespace name '" + ns.name + "'");
     if (!is_uuid(ns.uuid)) return corrupt("bad uuid for namespace " + ns.name);
     if (ns.size == 0) return corrupt("zero size for namespace " + ns.name);
+    // Optional: records written before bad-block lists have none.
+    if (auto bad = entry.find("badblocks"); bad != entry.end()) {
+      if (!bad->is_array()) return corrupt("badblocks of namespace " + ns.name + " is not a list");
+      for (const auto& r : *bad) {
+        if (!r.is_object() || !r.contains("offset") || !r["offset"].is_number_unsigned() ||
+            !r.contains("length") || !r["length"].is_number_unsigned()) {
+          return corrupt("malformed bad block of namespace " + ns.name);
+        }
+        ns.badblocks.push_back({r["offset"].get<uint64_t>(), r["length"].get<uint64_t>()});
+      }
+      if (!internal::valid_bad_ranges(ns.badblocks, ns.size)) {
+        return corrupt("bad blocks of namespace " + ns.name +
+                       " are unsorted, overlapping, empty or past its size");
+      }
+    }
     for (const auto& seen : meta.namespaces) {
       if (seen.name == ns.name || seen.uuid == ns.uuid) {
         return corrupt("duplicate namespace " + ns.name);

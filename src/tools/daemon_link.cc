@@ -85,6 +85,17 @@ Result<NamespaceInfo> DaemonLink::namespace_info(const json& reply) const {
       !take(reply, "path", ns.path) || !take(reply, "offset", ns.offset)) {
     return bad_reply("namespace");
   }
+  // Optional: a daemon from before bad-block lists sends none.
+  if (auto bad = reply.find("badblocks"); bad != reply.end()) {
+    if (!bad->is_array()) return bad_reply("namespace");
+    for (const json& r : *bad) {
+      BadRange range;
+      if (!r.is_object() || !take(r, "offset", range.offset) || !take(r, "length", range.length)) {
+        return bad_reply("namespace");
+      }
+      ns.badblocks.push_back(range);
+    }
+  }
   ns.path = rebase(ns.path);
   return ns;
 }

@@ -28,6 +28,7 @@
 
 #include "common/mapped_range.h"
 #include "common/unique_fd.h"
+#include "fault_catcher.h"
 #include "test_util.h"
 
 namespace rawdax::internal {
@@ -258,44 +259,14 @@ TEST(SegvParkingTest, ThawOfOneSlotWakesOnlyItsThreads) {
   }
 }
 
-// SIGBUS catching for the thread whose parked store is revoked.
-thread_local sigjmp_buf t_sigbus_jump;
-thread_local bool t_sigbus_armed = false;
-
-void sigbus_handler(int sig, siginfo_t*, void*) {
-  if (t_sigbus_armed) siglongjmp(t_sigbus_jump, 1);
-  ::signal(sig, SIG_DFL);  // not expected here: die of it
-  ::raise(sig);
-}
-
-void install_sigbus_handler() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    struct sigaction action = {};
-    action.sa_sigaction = sigbus_handler;
-    action.sa_flags = SA_SIGINFO | SA_NODEFER;
-    sigemptyset(&action.sa_mask);
-    ::sigaction(SIGBUS, &action, nullptr);
-  });
-}
-
-// Stores `value` into `word`; returns false when the store raised SIGBUS.
+// Stores `value` into `word`; returns false when the store raised SIGBUS
+// (the shared catcher, which passes other SIGBUSes on to rawdax's guarded
+// copies).
 bool store_catching_sigbus(volatile uint64_t* word, uint64_t value) {
-  if (sigsetjmp(t_sigbus_jump, 1) != 0) {
-    t_sigbus_armed = false;
-    return false;
-  }
-  t_sigbus_armed = true;
-  // The handler reads the flag: keep these stores around the faulting one.
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  *word = value;
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  t_sigbus_armed = false;
-  return true;
+  return ::rawdax::testing::run_catching_faults([&] { *word = value; }) == 0;
 }
 
 TEST(SegvParkingTest, UnregisterReleasesParkedStoreIntoNewFault) {
-  install_sigbus_handler();
   ParkedPages pages(1);
   ASSERT_TRUE(pages.ok());
   pages.freeze();

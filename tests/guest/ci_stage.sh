@@ -29,6 +29,9 @@ suites='*RegionTest*:*DeviceTest*:*TeardownTest*:*ResizeTest*:ResizePersistence.
 suites+=':*FreezeTest*:*TrackingTest*:EngineChoice.*:SegvParking*:*WriteTracker*:DirtyBitmap.*'
 suites+=':*SnapshotTest*:*OneCutTest*:*CrashConsistency*:CrashInjectionTest.*:Durability.*'
 suites+=':*DeviceExtentsTest*:LiveRef*:*Devdax*:*Fsdax*:RequireDax*:*Hugetlbfs*'
+# Media errors: the cut-short-file suite on every guest media, real
+# MADV_HWPOISON (registered only as root on a kernel with memory failure).
+suites+=':*PoisonTest*:*HwPoison*:SafeCopy*'
 # Stress tests prove concurrency, not media: the host runs them (plain and
 # ASan; TSan those in TSAN_TESTS); under TCG each takes 5 to 40 s. `--full`
 # runs them here too.

@@ -11,8 +11,8 @@ RegionMetadata sample() {
   RegionMetadata meta;
   meta.generation = 7;
   meta.region_uuid = new_uuid();
-  meta.namespaces.push_back({"vm1", new_uuid(), 1 << 20, "raw", ""});
-  meta.namespaces.push_back({"vm2", new_uuid(), 2 << 20, "raw", ""});
+  meta.namespaces.push_back({"vm1", new_uuid(), 1 << 20, "raw", "", 0});
+  meta.namespaces.push_back({"vm2", new_uuid(), 2 << 20, "raw", "", 0});
   return meta;
 }
 
@@ -26,6 +26,30 @@ TEST(Metadata, RoundTrips) {
   EXPECT_EQ(back->namespaces[1].name, "vm2");
   EXPECT_EQ(back->namespaces[1].uuid, meta.namespaces[1].uuid);
   EXPECT_EQ(back->namespaces[1].size, 2u << 20);
+}
+
+TEST(Metadata, BadBlocksRoundTripAndARecordWithoutThemIsWhatOlderVersionsWrote) {
+  RegionMetadata meta = sample();
+  EXPECT_EQ(encode_metadata(meta).find("badblocks"), std::string::npos);
+  meta.namespaces[0].badblocks = {{4096, 4096}, {65536, 8192}};
+  auto back = decode_metadata(encode_metadata(meta), "test");
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_EQ(back->namespaces[0].badblocks, meta.namespaces[0].badblocks);
+  EXPECT_TRUE(back->namespaces[1].badblocks.empty());
+}
+
+TEST(Metadata, BadBlocksOutOfOrderOrPastTheSizeAreRejected) {
+  for (std::vector<BadRange> bad : {std::vector<BadRange>{{8192, 4096}, {0, 4096}},
+                                    std::vector<BadRange>{{0, 8192}, {4096, 4096}},
+                                    std::vector<BadRange>{{4096, 0}},
+                                    std::vector<BadRange>{{(1 << 20) - 4096, 8192}}}) {
+    RegionMetadata meta = sample();
+    meta.namespaces[0].badblocks = bad;
+    auto back = decode_metadata(encode_metadata(meta), "meta");
+    ASSERT_FALSE(back);
+    EXPECT_NE(back.error().message().find("bad blocks of namespace vm1"), std::string::npos)
+        << back.error().message();
+  }
 }
 
 TEST(Metadata, EveryFlippedByteIsDetected) {
