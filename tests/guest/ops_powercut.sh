@@ -84,14 +84,14 @@ esac'
 # One boot. CHECKS: "MEDIA ACKED" lines (may be empty); RUNS: "MEDIA ARGS..."
 # lines, each run in the background; CUT: the text to cut on ("" for none).
 boot() {
-  local checks=$1 runs=$2 cut=$3 script="" m rest
+  local checks=$1 runs=$2 cut=$3 script="rm -rf /tmp/ops-barrier; mkdir /tmp/ops-barrier"$'\n' m rest
   while read -r m rest; do
     [ -n "$m" ] || continue
     script+="set -- $m; $where; \"\$tool\" ops-check \"\$spec\" \"\$snaps\" $seed $rest --label $m --kinds $kinds || exit 1"$'\n'
   done <<<"$checks"
   while read -r m rest; do
     [ -n "$m" ] || continue
-    script+="set -- $m; $where; \"\$tool\" ops-run \"\$spec\" \"\$snaps\" $seed $rest --label $m --kinds $kinds &"$'\n'
+    script+="set -- $m; $where; \"\$tool\" ops-run \"\$spec\" \"\$snaps\" $seed $rest --label $m --kinds $kinds --barrier /tmp/ops-barrier:${#media[@]} &"$'\n'
   done <<<"$runs"
   [ -z "$runs" ] || script+='wait -n; echo "a run ended before the cut"; exit 1'$'\n'
   local cut_args=()

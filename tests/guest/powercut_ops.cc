@@ -2,7 +2,7 @@
 //
 //   rawdax_powercut ops-run REGION SNAPDIR SEED BOOT [--label L] [--kinds KINDS]
 //                   [--format] [--steps N | --cut KIND:STEP:TEXT | --cut-after-ms MS:TEXT |
-//                    --until-cut]
+//                    --until-cut] [--barrier DIR:N]
 //   rawdax_powercut ops-check REGION SNAPDIR SEED BOOT [--label L] [--kinds KINDS]
 //                   [--acked K=N[!],...]
 //
@@ -17,6 +17,8 @@
 // guest on TEXT, so that step is the last one of its kind); --cut-after-ms
 // prints TEXT after MS milliseconds of steps, wherever every thread then is;
 // --until-cut runs on for a cut that another process's text brings.
+// --barrier DIR:N: once prepared, create DIR/L and start no step before DIR
+// holds N entries (N processes on several regions start together).
 //
 // ops-check, in the next boot, opens the region and checks what the cut
 // boot (BOOT, same SEED) left, given for each kind the last step the runner
@@ -224,6 +226,8 @@ struct Runner {
   std::string cut_text;
   uint64_t cut_after_ms = 0;
   bool until_cut = false;  // endless, the cut text printed elsewhere
+  std::string barrier_dir;  // --barrier: wait here for the other processes
+  uint64_t barrier_count = 0;
 
   // Prepared devices, kept open by their threads.
   std::unique_ptr<rawdax::Device> r_dev, s_dev, i_dev, w_dev;
@@ -408,6 +412,15 @@ int ops_run(Runner& r, bool format) {
   r.prepare(format);
   say("prepared (boot %" PRIu64 ", kinds %s, unit %" PRIu64 ")", r.plan.boot,
       r.plan.kinds.c_str(), r.plan.unit);
+  if (!r.barrier_dir.empty()) {
+    // No step (and so no cut) before every process has prepared: a check
+    // takes each kind's preparation as done.
+    const std::string mine = r.barrier_dir + "/" + g_label;
+    if (FILE* f = std::fopen(mine.c_str(), "w")) std::fclose(f); else die("cannot create " + mine);
+    while (list_dir(r.barrier_dir).size() < r.barrier_count) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
   std::vector<std::thread> threads;
   for (char k : r.plan.kinds) {
     threads.emplace_back([&r, k] {
@@ -767,7 +780,7 @@ int usage() {
   std::fprintf(stderr,
                "usage: rawdax_powercut ops-run REGION SNAPDIR SEED BOOT [--label L] [--kinds KINDS]\n"
                "                       [--format] [--steps N | --cut KIND:STEP:TEXT | --cut-after-ms MS:TEXT |\n"
-               "                        --until-cut]\n"
+               "                        --until-cut] [--barrier DIR:N]\n"
                "       rawdax_powercut ops-check REGION SNAPDIR SEED BOOT [--label L] [--kinds KINDS]\n"
                "                       [--acked K=N[!],...]\n");
   return 2;
@@ -798,6 +811,12 @@ int ops_main(int argc, char** argv) {
       for (char k : plan.kinds) {
         if (kAllKinds.find(k) == std::string::npos) return usage();
       }
+    } else if (a == "--barrier" && has_value) {
+      const std::string v = argv[++i];
+      const size_t colon = v.rfind(':');
+      if (colon == std::string::npos) return usage();
+      runner.barrier_dir = v.substr(0, colon);
+      runner.barrier_count = std::strtoull(v.c_str() + colon + 1, nullptr, 10);
     } else if (a == "--until-cut") {
       runner.until_cut = true;
     } else if (a == "--format") {
