@@ -128,9 +128,10 @@ struct Work {
 // Out of line, so the copy sits between the fences in one frame that
 // sigsetjmp() saved and that stays alive until the jump.
 [[gnu::noinline]] void do_work(const Work& w) {
+  // An empty span may come with null pointers, which memcpy must not get.
   switch (w.op) {
-    case Op::kCopy: std::memcpy(w.dst, w.src, w.n); break;
-    case Op::kFill: std::memset(w.dst, w.byte, w.n); break;
+    case Op::kCopy: if (w.n != 0) std::memcpy(w.dst, w.src, w.n); break;
+    case Op::kFill: if (w.n != 0) std::memset(w.dst, w.byte, w.n); break;
     case Op::kRun: w.fn(w.dst); break;
   }
 }
