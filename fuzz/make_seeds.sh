@@ -1,6 +1,7 @@
 #!/bin/bash
 # Regenerates the seed corpora: from real files made by the CLI
-#   fuzz/corpus/metadata/  a region's rawdax.meta with two namespaces
+#   fuzz/corpus/metadata/  a region's rawdax.meta with two namespaces, edge
+#                          values, a bad-block list
 #   fuzz/corpus/label_area/ the start of a carved region's label area: two
 #                          namespaces, one resized (both index blocks used)
 #   fuzz/corpus/snapshot/  a full snapshot, and an incremental + split + its base;
@@ -29,6 +30,21 @@ body = {"generation": 2**64 - 1, "region_uuid": "r\u00e9gion",
 text = (json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
 out = b"RAWDAXMETA 1 %016x %d\n" % (xxh64(text, len(text), 0), len(text)) + text
 open(sys.argv[1], "wb").write(out + b"\0" * 64)
+PY
+# A namespace with a bad-block list (docs/media.md): two ranges.
+python3 - "$here/corpus/metadata/badblocks" <<'PY'
+import ctypes, json, sys
+xxh64 = ctypes.CDLL("libxxhash.so.0").XXH64
+xxh64.restype = ctypes.c_uint64
+xxh64.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64]
+body = {"generation": 7, "region_uuid": "5a7c61b2-3d44-4e1f-9a0b-8c2d6e4f1a3b",
+        "namespaces": [{"name": "vm1", "uuid": "0f0e0d0c-0b0a-4908-8706-050403020100",
+                        "size": 1048576, "mode": "raw",
+                        "badblocks": [{"offset": 4096, "length": 4096},
+                                      {"offset": 65536, "length": 8192}]}]}
+text = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+out = b"RAWDAXMETA 1 %016x %d\n" % (xxh64(text, len(text), 0), len(text)) + text
+open(sys.argv[1], "wb").write(out)
 PY
 c="file:$work/carved.img"
 "$cli" init-region "$c" --size 16M >/dev/null

@@ -13,7 +13,8 @@
 
 namespace {
 
-// Every field the encoding stores (`path` and `offset` are derived, not stored).
+// Every field the encoding stores, the bad-block list included (`path` and
+// `offset` are derived, not stored).
 bool same_record(const rawdax::RegionMetadata& a, const rawdax::RegionMetadata& b) {
   if (a.generation != b.generation || a.region_uuid != b.region_uuid ||
       a.namespaces.size() != b.namespaces.size()) {
@@ -23,7 +24,7 @@ bool same_record(const rawdax::RegionMetadata& a, const rawdax::RegionMetadata& 
     const rawdax::NamespaceInfo& x = a.namespaces[i];
     const rawdax::NamespaceInfo& y = b.namespaces[i];
     if (x.name != y.name || x.uuid != y.uuid || x.size != y.size || x.mode != y.mode ||
-        x.path != y.path || x.offset != y.offset) {
+        x.path != y.path || x.offset != y.offset || x.badblocks != y.badblocks) {
       return false;
     }
   }
