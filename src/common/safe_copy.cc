@@ -8,6 +8,8 @@
 #include <cstring>
 #include <mutex>
 
+#include "common/signal_chain.h"
+
 namespace rawdax::internal {
 namespace {
 
@@ -34,10 +36,7 @@ struct Recovery {
 // Initial-exec: reading it in the handler never calls __tls_get_addr.
 [[gnu::tls_model("initial-exec")]] thread_local Recovery* t_recovery = nullptr;
 
-// Written by the installing sigaction() and published by g_prev_ready
-// (release) before chaining reads it (acquire).
-struct sigaction g_prev_action;
-std::atomic<bool> g_prev_ready{false};
+SignalChain g_chain;  // the SIGBUS action before ours
 std::atomic<bool> g_installed{false};
 std::mutex g_install_mu;  // never taken by the handler
 std::atomic<uint64_t> g_recovered{0};
@@ -47,33 +46,6 @@ bool is_access_code(int code) {
          code == BUS_MCEERR_AO;
 }
 
-void reset_to_default(int sig) {
-  struct sigaction dfl = {};
-  dfl.sa_handler = SIG_DFL;
-  sigemptyset(&dfl.sa_mask);
-  ::sigaction(sig, &dfl, nullptr);
-}
-
-// As SegvParking's chain(): the previous handler, or the default action.
-void chain(int sig, siginfo_t* info, void* context) {
-  // Only during installation: the access faults again once it is known.
-  if (!g_prev_ready.load(std::memory_order_acquire)) return;
-  const struct sigaction& prev = g_prev_action;
-  const bool sent = info->si_code <= 0;  // kill(), tgkill(): no instruction to redo
-  if (prev.sa_handler == SIG_IGN && sent) return;
-  if (prev.sa_handler == SIG_DFL || prev.sa_handler == SIG_IGN) {
-    // Returning redoes the access, which then takes the default action (a
-    // BUS_MCEERR_AO is not redone: raising it again is what SIG_DFL would do).
-    reset_to_default(sig);
-    if (sent || info->si_code == BUS_MCEERR_AO) ::raise(sig);
-    return;
-  }
-  if ((prev.sa_flags & SA_SIGINFO) != 0) {
-    prev.sa_sigaction(sig, info, context);
-  } else {
-    prev.sa_handler(sig);
-  }
-}
 
 void bus_handler(int sig, siginfo_t* info, void* context) {
   Recovery* rec = t_recovery;
@@ -90,7 +62,7 @@ void bus_handler(int sig, siginfo_t* info, void* context) {
     }
   }
   const int saved_errno = errno;
-  chain(sig, info, context);
+  g_chain.pass(sig, info, context);
   errno = saved_errno;
 }
 
@@ -98,18 +70,11 @@ Status install_once() {
   if (g_installed.load(std::memory_order_acquire)) return ok();
   std::lock_guard<std::mutex> lock(g_install_mu);
   if (g_installed.load(std::memory_order_relaxed)) return ok();
-  struct sigaction action = {};
-  action.sa_sigaction = bus_handler;
   // SA_NODEFER and an empty mask: the handler runs with the copy's signal
   // mask, so jumping out without restoring a mask is correct (see header).
   // SA_ONSTACK: like SegvParking, for threads that run on an alternate stack.
-  action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER;
-  sigemptyset(&action.sa_mask);
-  // One call swaps atomically: no handler installed meanwhile is lost.
-  if (::sigaction(SIGBUS, &action, &g_prev_action) != 0) {
-    return errno_error(errno, "safe copy: sigaction(SIGBUS)");
-  }
-  g_prev_ready.store(true, std::memory_order_release);
+  RAWDAX_RETURN_IF_ERROR(
+      g_chain.install(SIGBUS, bus_handler, SA_ONSTACK | SA_RESTART | SA_NODEFER, "safe copy"));
   g_installed.store(true, std::memory_order_release);
   return ok();
 }

@@ -12,6 +12,8 @@
 #include <mutex>
 #include <string>
 
+#include "common/signal_chain.h"
+
 namespace rawdax::internal {
 namespace {
 
@@ -49,10 +51,7 @@ std::atomic<uint32_t> g_demands{0};
 // Raised before a slot is published, lowered after it is cleared.
 std::atomic<int> g_high_water{0};
 
-// The action before ours, written by the installing sigaction() and published
-// by g_prev_ready (release) before any chaining reads it (acquire).
-struct sigaction g_prev_action;
-std::atomic<bool> g_prev_ready{false};
+internal::SignalChain g_chain;  // the SIGSEGV action before ours
 
 // Serializes register/unregister/install. Never taken by the handler.
 std::mutex g_mu;
@@ -157,55 +156,21 @@ Verdict handle_fault(const siginfo_t* info) {
   return Verdict::kRetry;
 }
 
-void reset_to_default(int sig) {
-  struct sigaction dfl = {};
-  dfl.sa_handler = SIG_DFL;
-  sigemptyset(&dfl.sa_mask);
-  ::sigaction(sig, &dfl, nullptr);
-}
-
-void chain(int sig, siginfo_t* info, void* context) {
-  // Only during installation, before g_prev_action is readable: retrying
-  // re-raises the fault, by then with the previous action known.
-  if (!g_prev_ready.load(std::memory_order_acquire)) return;
-  const struct sigaction& prev = g_prev_action;
-  const bool sent = info->si_code <= 0;  // kill(), sigqueue(), tgkill(): no instruction to redo
-  if (prev.sa_handler == SIG_IGN && sent) return;
-  if (prev.sa_handler == SIG_DFL || prev.sa_handler == SIG_IGN) {
-    // The kernel kills on an ignored synchronous fault too. Returning redoes
-    // the faulting instruction, which then takes the default action itself.
-    reset_to_default(sig);
-    if (sent) ::raise(sig);
-    return;
-  }
-  if ((prev.sa_flags & SA_SIGINFO) != 0) {
-    prev.sa_sigaction(sig, info, context);
-  } else {
-    prev.sa_handler(sig);
-  }
-}
 
 void segv_handler(int sig, siginfo_t* info, void* context) {
   const int saved_errno = errno;  // futex and sigaction may clobber it
   const Verdict verdict = handle_fault(info);
   errno = saved_errno;
-  if (verdict == Verdict::kNotOurs) chain(sig, info, context);
+  if (verdict == Verdict::kNotOurs) g_chain.pass(sig, info, context);
 }
 
 Status install_locked() {
   if (g_installed) return ok();
-  struct sigaction action = {};
-  action.sa_sigaction = segv_handler;
   // SA_NODEFER: a fault in a chained handler must not find SIGSEGV blocked
   // (the kernel would kill outright). SA_ONSTACK: stack overflows still land
   // on the thread's alternate stack, as ASan and friends expect.
-  action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER;
-  sigemptyset(&action.sa_mask);
-  // One call swaps atomically, so no handler installed meanwhile is lost.
-  if (::sigaction(SIGSEGV, &action, &g_prev_action) != 0) {
-    return errno_error(errno, "segv parking: sigaction(SIGSEGV)");
-  }
-  g_prev_ready.store(true, std::memory_order_release);
+  RAWDAX_RETURN_IF_ERROR(
+      g_chain.install(SIGSEGV, segv_handler, SA_ONSTACK | SA_RESTART | SA_NODEFER, "segv parking"));
   g_installed = true;
   return ok();
 }
