@@ -1,5 +1,5 @@
 // The control protocol's wire pieces, shared by the daemon and the Client:
-// Unix socket setup (with paths longer than sun_path), line framing with a
+// Unix socket setup (common/unix_socket.h), line framing with a
 // bound, fd passing (SCM_RIGHTS), and the error classes.
 //
 // Framing: one JSON object per line ('\n'-terminated). A line that carries an
@@ -20,6 +20,7 @@
 #include <system_error>
 
 #include "common/unique_fd.h"
+#include "common/unix_socket.h"
 #include "rawdax/result.h"
 
 namespace rawdax::control {
@@ -40,12 +41,12 @@ std::string_view error_class(const Error& error);
 // The inverse, for the client: the code a reply's class maps to.
 std::error_code error_code_for_class(std::string_view error_class);
 
-// A connected stream socket to `path`. ENOENT/ECONNREFUSED when nobody listens.
-Result<UniqueFd> connect_unix(const std::string& path);
-// A listening socket bound at `path` with mode 0600 (set before listen(), so
-// no connection is ever accepted under the umask's mode). A stale socket file
-// (nobody accepts on it) is replaced; a live one is EADDRINUSE.
-Result<UniqueFd> listen_unix(const std::string& path, int backlog);
+// The control socket's Unix socket policy is the servers' one
+// (common/unix_socket.h): long paths, mode 0600, stale replaced, live refused.
+using ::rawdax::internal::connect_unix;
+inline Result<UniqueFd> listen_unix(const std::string& path, int backlog) {
+  return ::rawdax::internal::listen_unix(path, backlog, "control socket");
+}
 
 // Writes `line` and a '\n'. With pass_fd >= 0 the first piece carries it by
 // SCM_RIGHTS. MSG_NOSIGNAL: a vanished peer is EPIPE, not a signal.

@@ -11,6 +11,8 @@
 #include <cstring>
 #include <memory>
 
+#include "common/unix_socket.h"
+
 namespace rawdax::nbd {
 namespace {
 
@@ -43,26 +45,15 @@ Result<Listener> Listener::open(std::string_view spec) {
   Listener l;
   if (spec.substr(0, 5) == "unix:") {
     std::string path(spec.substr(5));
-    sockaddr_un sun{};
     if (path.empty()) return bad_spec(spec, "empty socket path");
-    if (path.size() >= sizeof sun.sun_path) return bad_spec(spec, "socket path too long");
-    struct stat st;
-    if (::lstat(path.c_str(), &st) == 0) {
-      if (!S_ISSOCK(st.st_mode)) {
-        return Error(std::errc::file_exists,
-                     "NBD address '" + std::string(spec) + "': " + path + " exists and is not a socket");
-      }
-      ::unlink(path.c_str());  // left by a server that did not stop cleanly
-    }
-    l.fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!l.fd_.valid()) return errno_error(errno, "NBD: socket");
-    sun.sun_family = AF_UNIX;
-    std::memcpy(sun.sun_path, path.data(), path.size());
-    if (::bind(l.fd_.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) {
-      return errno_error(errno, "NBD: cannot bind " + path);
-    }
+    // The servers' one policy: a live server's socket is refused, a stale
+    // one replaced, long paths work, mode 0600 (common/unix_socket.h).
+    auto fd = internal::listen_unix(path, /*backlog=*/128, "NBD socket");
+    if (!fd) return fd.error();
+    l.fd_ = std::move(*fd);
     l.unix_path_ = path;
     l.address_ = "unix:" + path;
+    return l;
   } else {
     size_t colon = spec.rfind(':');
     if (colon == std::string_view::npos) return bad_spec(spec, "no port");

@@ -15,8 +15,9 @@ namespace rawdax::nbd {
 
 class Listener {
  public:
-  // EINVAL for a malformed spec; the failing call's errno otherwise. A stale
-  // socket file at a unix PATH is replaced; any other file there is an error.
+  // EINVAL for a malformed spec; the failing call's errno otherwise. A unix
+  // PATH follows common/unix_socket.h: EADDRINUSE while a server accepts
+  // there, a stale socket file replaced, any other file EEXIST, mode 0600.
   static Result<Listener> open(std::string_view spec);
   Listener(Listener&& other) noexcept = default;
   Listener& operator=(Listener&& other) noexcept = default;

@@ -1,0 +1,34 @@
+// Unix stream sockets for the servers (the NBD listener, the control
+// daemon) and their clients: one policy for both.
+//
+// - Paths longer than sun_path are reached through /proc/self/fd/N of their
+//   directory.
+// - listen_unix() refuses a path where a server accepts (EADDRINUSE, even one
+//   of another process), replaces a stale socket file (nobody accepts on
+//   it), refuses any other file (EEXIST), and gives the socket mode 0600
+//   before listen(), so no connection is ever accepted under the umask's
+//   mode: only the server's user (and root) may connect.
+// Errors name `what` ("control socket", "NBD socket") and the path.
+//
+// Thread safety: thread-safe; the check for a live server and the bind are
+// not one step, so two servers starting on one path at the same instant may
+// both pass the check, and then the second bind fails with EADDRINUSE.
+#ifndef RAWDAX_COMMON_UNIX_SOCKET_H_
+#define RAWDAX_COMMON_UNIX_SOCKET_H_
+
+#include <string>
+#include <string_view>
+
+#include "common/unique_fd.h"
+#include "rawdax/result.h"
+
+namespace rawdax::internal {
+
+// A connected stream socket to `path`. ENOENT/ECONNREFUSED when nobody listens.
+Result<UniqueFd> connect_unix(const std::string& path, std::string_view what = "socket");
+// A listening socket bound at `path` with mode 0600 (see above).
+Result<UniqueFd> listen_unix(const std::string& path, int backlog, std::string_view what);
+
+}  // namespace rawdax::internal
+
+#endif  // RAWDAX_COMMON_UNIX_SOCKET_H_
