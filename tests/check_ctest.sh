@@ -2,7 +2,7 @@
 # The verdict on a ctest run beyond its exit status, which passes three things
 # that must fail a CI stage: a test ctest did not run ("Not Run": a disabled
 # test; a missing executable also fails ctest itself), a test that skipped
-# (GTEST_SKIP passes in ctest's eyes), and a run of no test at all. A test
+# (a gtest skip passes in ctest's eyes), and a run of no test at all. A test
 # that cannot run on some media or kernel is not registered there instead.
 #
 # Usage, in the build tree after ctest: tests/check_ctest.sh CTEST_OUTPUT

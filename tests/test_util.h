@@ -17,12 +17,21 @@
 #include <fstream>
 #include <initializer_list>
 #include <memory>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 namespace rawdax::testing {
+
+// n bytes that only `seed` gives (so a wrong or stale copy shows).
+inline std::vector<std::byte> pattern(size_t n, uint32_t seed) {
+  std::vector<std::byte> out(n);
+  std::mt19937 rng(seed);
+  for (auto& b : out) b = static_cast<std::byte>(rng());
+  return out;
+}
 
 // Polls until pred() holds or `limit` passes; returns pred(). Only bounds the
 // test's runtime: no assertion depends on how fast anything is.

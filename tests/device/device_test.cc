@@ -25,12 +25,7 @@ using ::rawdax::testing::TestMedia;
 // hugetlbfs), so that page-granular offsets below fit on every media.
 uint64_t namespace_size(uint64_t page) { return std::max<uint64_t>(4 << 20, 8 * page); }
 
-std::vector<std::byte> pattern(size_t n, uint32_t seed) {
-  std::vector<std::byte> out(n);
-  std::mt19937 rng(seed);
-  for (auto& b : out) b = static_cast<std::byte>(rng());
-  return out;
-}
+using ::rawdax::testing::pattern;
 
 class DeviceTest : public ::testing::TestWithParam<TestMedia> {
  protected:

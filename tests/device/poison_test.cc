@@ -28,12 +28,7 @@ using ::rawdax::testing::TestMedia;
 constexpr uint64_t kPages = 16;
 constexpr uint64_t kCutPage = 8;  // the backing file is cut here
 
-std::vector<std::byte> pattern(size_t n, uint32_t seed) {
-  std::vector<std::byte> out(n);
-  std::mt19937 rng(seed);
-  for (auto& b : out) b = static_cast<std::byte>(rng());
-  return out;
-}
+using ::rawdax::testing::pattern;
 
 // On the media whose namespaces are files someone else can truncate.
 class PoisonTest : public ::testing::TestWithParam<TestMedia> {

@@ -41,12 +41,7 @@ using ::rawdax::testing::ScratchDir;
 using ::rawdax::testing::ScratchRegion;
 using ::rawdax::testing::TestMedia;
 
-std::vector<std::byte> pattern(size_t n, uint32_t seed) {
-  std::vector<std::byte> out(n);
-  std::mt19937 rng(seed);
-  for (auto& b : out) b = static_cast<std::byte>(rng());
-  return out;
-}
+using ::rawdax::testing::pattern;
 
 // Where MADV_HWPOISON can work: a kernel with memory failure handling (its
 // sysctl exists only then) and a caller with CAP_SYS_ADMIN (root here).
