@@ -324,13 +324,7 @@ Status DeviceCore::read(uint64_t offset, std::span<std::byte> out) {
   auto hold = ref_.hold(RefAccess::kRead);
   if (!hold) return removed_error("read");
   RAWDAX_RETURN_IF_ERROR(check_range("read", offset, out.size(), size(), false, false));
-  if (any_bad_.load(std::memory_order_acquire)) {
-    std::lock_guard<std::mutex> lock(bad_mu_);
-    if (auto bad = first_bad_overlap(bad_, offset, out.size())) {
-      media_errors_.fetch_add(1, kRelaxed);
-      return listed_error("read", offset, out.size(), *bad);
-    }
-  }
+  RAWDAX_RETURN_IF_ERROR(refuse_listed("read", offset, out.size()));
   std::byte* view = view_.load(std::memory_order_acquire);
   if (auto fault = SafeCopy::copy_from(out.data(), view + offset, out.size())) {
     return fault_error("read", offset, out.size(), view, *fault);
@@ -340,17 +334,21 @@ Status DeviceCore::read(uint64_t offset, std::span<std::byte> out) {
   return ok();
 }
 
+Status DeviceCore::refuse_listed(const char* op, uint64_t offset, uint64_t length) {
+  if (!any_bad_.load(std::memory_order_acquire)) return ok();
+  std::lock_guard<std::mutex> lock(bad_mu_);
+  if (auto bad = first_bad_overlap(bad_, offset, length)) {
+    media_errors_.fetch_add(1, kRelaxed);
+    return listed_error(op, offset, length, *bad);
+  }
+  return ok();
+}
+
 Status DeviceCore::check_readable(uint64_t offset, uint64_t length) {
   auto hold = ref_.hold(RefAccess::kRead);
   if (!hold) return removed_error("read");
   RAWDAX_RETURN_IF_ERROR(check_range("read", offset, length, size(), false, false));
-  if (any_bad_.load(std::memory_order_acquire)) {
-    std::lock_guard<std::mutex> lock(bad_mu_);
-    if (auto bad = first_bad_overlap(bad_, offset, length)) {
-      media_errors_.fetch_add(1, kRelaxed);
-      return listed_error("read", offset, length, *bad);
-    }
-  }
+  RAWDAX_RETURN_IF_ERROR(refuse_listed("read", offset, length));
   // A backing file cut short by someone else: read() would fault, sendfile
   // would stop short.
   if (capabilities().kind != MediaKind::kDevdax && length > 0) {
@@ -369,13 +367,7 @@ Status DeviceCore::read_for_copy(uint64_t offset, std::span<std::byte> out) {
   auto hold = ref_.hold(RefAccess::kRead);
   if (!hold) return removed_error("read");
   RAWDAX_RETURN_IF_ERROR(check_range("read", offset, out.size(), size(), false, false));
-  if (any_bad_.load(std::memory_order_acquire)) {
-    std::lock_guard<std::mutex> lock(bad_mu_);
-    if (auto bad = first_bad_overlap(bad_, offset, out.size())) {
-      media_errors_.fetch_add(1, kRelaxed);
-      return listed_error("read", offset, out.size(), *bad);
-    }
-  }
+  RAWDAX_RETURN_IF_ERROR(refuse_listed("read", offset, out.size()));
   for (size_t done = 0; done < out.size();) {
     ssize_t n = ::pread(fd_.get(), out.data() + done, out.size() - done,
                         static_cast<off_t>(info_.offset + offset + done));

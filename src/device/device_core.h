@@ -173,6 +173,10 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   Status zero_range(uint64_t offset, uint64_t length, bool allow_hole);
   // EIO for a request that overlaps the listed range `bad`.
   Error listed_error(const char* op, uint64_t offset, uint64_t length, const BadRange& bad) const;
+  // EIO (listed_error) when [offset, offset+length) overlaps the bad-block
+  // list, counted as a media error; ok otherwise (one atomic load when the
+  // list is empty).
+  Status refuse_listed(const char* op, uint64_t offset, uint64_t length);
   // Lists the unit a fault hit (`base` is the view the access went through)
   // and returns the request's EIO naming it.
   Error fault_error(const char* op, uint64_t offset, uint64_t length, const std::byte* base,
