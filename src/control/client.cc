@@ -168,7 +168,7 @@ class Client::Impl {
     if (greeting.is_discarded() || !greeting.is_object() || !greeting.contains("rawdax")) {
       // A refusal (too many connections) arrives as an error line instead.
       if (greeting.is_object() && greeting.contains("error") && greeting["error"].is_object()) {
-        return reply_error(greeting["error"]);
+        return control::reply_result(greeting).error();
       }
       return protocol_error("no rawdax greeting");
     }
@@ -205,12 +205,12 @@ class Client::Impl {
     if (!reply_) return *broken_;
     PendingReply reply = std::move(*reply_);
     reply_.reset();
-    const json& message = reply.message;
-    if (auto err = message.find("error"); err != message.end()) {
-      return err->is_object() ? reply_error(*err) : protocol_error("malformed error reply");
+    Result<json> ret = control::reply_result(reply.message);
+    if (!ret) {
+      // The daemon's error; a reply that is neither breaks the connection.
+      if (reply.message.contains("error")) return ret.error();
+      return fail_transport_locked(ret.error());
     }
-    auto ret = message.find("return");
-    if (ret == message.end()) return fail_transport_locked(protocol_error("reply without return"));
     if (fd_out != nullptr) {
       if (reply.fds.empty()) return fail_transport_locked(protocol_error("reply carried no fd"));
       *fd_out = std::move(reply.fds.front());
@@ -349,16 +349,6 @@ class Client::Impl {
                 {"arguments", {{"name", ns}, {"token", token}}},
                 {"id", "freeze-ack"}};  // a string id: its reply is dropped
     (void)send(dump(ack));
-  }
-
-  static Error reply_error(const json& error) {
-    auto cls = error.find("class");
-    auto desc = error.find("desc");
-    return Error(control::error_code_for_class(cls != error.end() && cls->is_string()
-                                                   ? cls->get<std::string>()
-                                                   : std::string(control::kGenericError)),
-                 desc != error.end() && desc->is_string() ? desc->get<std::string>()
-                                                          : std::string("daemon error"));
   }
 
   Error fail_transport_locked(Error error) {

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "control/json_forms.h"
+#include "vm/qemu_args.h"
 
 namespace rawdax::control {
 namespace {
@@ -175,6 +176,9 @@ class Dispatcher::Command {
         {"query-stats", {}, &Command::query_stats},
         {"attach-vm", {"name", "qmp"}, &Command::attach_vm},
         {"detach-vm", {"name"}, &Command::detach_vm},
+        {"restore-namespace", {"name", "file", "force"}, &Command::restore_namespace},
+        {"verify-snapshot", {"file"}, &Command::verify_snapshot},
+        {"vm-args", {"name", "virtio", "ram", "qemu"}, &Command::vm_args},
     };
     for (const Entry& e : kTable) {
       if (e.name != name) continue;
@@ -230,6 +234,10 @@ class Dispatcher::Command {
     std::lock_guard<std::mutex> lock(d_.mu_);
     auto state = lookup_locked(name);
     if (!state) return state.error();
+    if ((*state)->restoring) {
+      return Error(std::errc::device_or_resource_busy,
+                   "namespace " + name + " is being restored");
+    }
     if ((*state)->device == nullptr) {
       auto dev = d_.region_.open_device(name);
       if (!dev) return dev.error();
@@ -532,8 +540,9 @@ class Dispatcher::Command {
       return holders.error();
     }
     // Not under mu_: the copy takes as long as the namespace is big.
-    auto info = (*dev)->snapshot(
-        *file, {.base = *base, .copy_threads = static_cast<unsigned>(*threads)});
+    auto info = (*dev)->snapshot(*file, {.base = *base,
+                                         .progress = d_.options_.progress,
+                                         .copy_threads = static_cast<unsigned>(*threads)});
     holders->end();
     Status resumed = paused->resume();
     if (!resumed) d_.log_("error: " + resumed.error().message());
@@ -574,6 +583,101 @@ class Dispatcher::Command {
     return json::object();
   }
 
+  // The daemon's own Device keeps the namespace's old backing object open,
+  // so it is closed for the restore and reopened after it, whatever the
+  // result; meanwhile device() refuses the namespace. A holder, an NBD
+  // client or a command still using the Device keeps it open, and the
+  // region then refuses the restore (EBUSY).
+  Result<json> restore_namespace() {
+    auto name = args_.string("name");
+    if (!name) return name.error();
+    auto file = args_.string("file");
+    if (!file) return file.error();
+    auto force = args_.flag("force", false);
+    if (!force) return force.error();
+    if (file->empty()) return generic_error("restore-namespace: argument 'file' is empty");
+    {
+      std::lock_guard<std::mutex> lock(d_.mu_);
+      NamespaceState& state = d_.namespaces_[*name];
+      if (state.restoring) {
+        return Error(std::errc::device_or_resource_busy,
+                     "namespace " + *name + " is being restored");
+      }
+      if (!state.holders.empty()) {
+        return Error(std::errc::device_or_resource_busy,
+                     "namespace " + *name + " is open by pid(s) " + pid_list(state.holders) +
+                         "; they must release it before a restore");
+      }
+      state.restoring = true;
+      state.device.reset();
+    }
+    auto info = d_.region_.restore_namespace(*name, *file, {.force = *force});
+    std::lock_guard<std::mutex> lock(d_.mu_);
+    NamespaceState& state = d_.namespaces_[*name];
+    state.restoring = false;
+    if (d_.region_.find(*name)) {
+      if (d_.options_.open_every_namespace) {
+        auto dev = d_.region_.open_device(*name);
+        if (dev) {
+          state.device = std::move(*dev);
+        } else {
+          d_.log_("error: namespace " + *name + ": " + dev.error().message());
+        }
+      }
+    } else {
+      d_.namespaces_.erase(*name);
+    }
+    if (!info) return info.error();
+    d_.log_("namespace " + *name + " restored from " + *file);
+    return namespace_json(*info);
+  }
+
+  // Reads only the file: no namespace is involved.
+  Result<json> verify_snapshot() {
+    auto file = args_.string("file");
+    if (!file) return file.error();
+    auto chain = ::rawdax::verify_snapshot(*file);
+    if (!chain) return chain.error();
+    json out = json::array();
+    for (const SnapshotInfo& s : *chain) out.push_back(snapshot_json(s));
+    return out;
+  }
+
+  // The QEMU arguments giving a guest the namespace. Only a carved
+  // namespace needs to know what `qemu` can do; it is asked then.
+  Result<json> vm_args() {
+    auto name = args_.string("name");
+    if (!name) return name.error();
+    auto virtio = args_.flag("virtio", false);
+    if (!virtio) return virtio.error();
+    auto ram = args_.size("ram");
+    if (!ram) return ram.error();
+    const std::string default_qemu = "qemu-system-x86_64";
+    auto qemu = args_.string("qemu", &default_qemu);
+    if (!qemu) return qemu.error();
+    auto ns = d_.region_.find(*name);
+    if (!ns) return ns.error();
+    internal::QemuBackendSupport support;
+    if (ns->offset != 0) {
+      auto asked = internal::qemu_backend_support(*qemu);
+      if (!asked) return generic_error(asked.error().message());
+      support = *asked;
+    }
+    auto pmem = internal::qemu_pmem_args(*ns, *virtio, *ram, support,
+                                         d_.region_.capabilities().alignment);
+    if (!pmem) return generic_error(pmem.error().message());
+    std::vector<std::string> args = {
+        "-machine", pmem->machine_option.empty() ? "pc" : "pc," + pmem->machine_option, "-m",
+        std::to_string(*ram >> 20) + "M," + pmem->memory_option};
+    args.insert(args.end(), pmem->args.begin(), pmem->args.end());
+    return json{{"name", ns->name},
+                {"device", *virtio ? "virtio-pmem-pci" : "nvdimm"},
+                {"path", ns->path},
+                {"offset", ns->offset},
+                {"size", ns->size},
+                {"args", args}};
+  }
+
   Result<json> query_stats() {
     std::lock_guard<std::mutex> lock(d_.mu_);
     json out = json::array();
@@ -592,8 +696,10 @@ class Dispatcher::Command {
   UniqueFd* fd_out_;
 };
 
-Dispatcher::Dispatcher(Region& region, LogFn log) : region_(region), log_(std::move(log)) {
+Dispatcher::Dispatcher(Region& region, DispatcherOptions options)
+    : region_(region), options_(std::move(options)), log_(options_.log) {
   if (!log_) log_ = [](const std::string&) {};
+  if (!options_.open_every_namespace) return;
   std::lock_guard<std::mutex> lock(mu_);
   for (const NamespaceInfo& ns : region_.list()) {
     NamespaceState& state = namespaces_[ns.name];
@@ -821,6 +927,21 @@ Status Dispatcher::ack_freeze(const std::shared_ptr<Peer>& peer, const std::stri
   }
   cv_.notify_all();
   return ok();
+}
+
+void Dispatcher::flush_all() {
+  std::vector<std::shared_ptr<Device>> devices;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [name, state] : namespaces_) {
+      if (state.device != nullptr) devices.push_back(state.device);
+    }
+  }
+  // Not under mu_: a flush waits for the media.
+  for (const auto& dev : devices) {
+    Status st = dev->flush();
+    if (!st) log_("error: flush failed: " + st.error().message());
+  }
 }
 
 void Dispatcher::end_session(Session& session) {

@@ -53,6 +53,19 @@ namespace rawdax::control {
 
 using LogFn = std::function<void(const std::string&)>;
 
+struct DispatcherOptions {
+  // One line per event; may be empty. Called from any thread that runs a
+  // command, concurrently: it must be thread-safe.
+  LogFn log = nullptr;
+  // The daemon opens a Device for every namespace at start and keeps it
+  // (its counters and write tracking live as long). A verb run in-process
+  // opens one only when a command needs it.
+  bool open_every_namespace = true;
+  // Progress of a snapshot's copy (SnapshotOptions::progress), called on the
+  // commanding thread; for a terminal. Empty in the daemon.
+  std::function<void(uint64_t done, uint64_t total)> progress = nullptr;
+};
+
 class Dispatcher;
 
 // The holders of one namespace kept write-protected for one freeze or
@@ -103,8 +116,8 @@ struct Session {
 
 class Dispatcher {
  public:
-  // Opens a Device for every namespace of `region`, which must outlive this.
-  Dispatcher(Region& region, LogFn log);
+  // Serves `region`, which must outlive this (see DispatcherOptions).
+  Dispatcher(Region& region, DispatcherOptions options);
   ~Dispatcher();
   Dispatcher(const Dispatcher&) = delete;
   Dispatcher& operator=(const Dispatcher&) = delete;
@@ -121,6 +134,10 @@ class Dispatcher {
   // An error line without an id, for failures outside any request.
   static std::string error_line(std::string_view error_class, const std::string& desc);
 
+  // Flushes every Device the dispatcher holds; each failure is logged as
+  // "error: flush failed: …". Thread-safe.
+  void flush_all();
+
   // Releases every namespace the session holds. The caller then destroys
   // the session, which thaws its freezes.
   void end_session(Session& session);
@@ -133,8 +150,9 @@ class Dispatcher {
     bool exclusive = false;
   };
   struct NamespaceState {
-    std::shared_ptr<Device> device;  // null if it could not be opened
+    std::shared_ptr<Device> device;  // null if not opened (yet) or it could not be
     std::vector<Holder> holders;
+    bool restoring = false;  // a restore-namespace runs: device() refuses it
   };
   // The holder side of the freezes of one namespace, while any is in effect.
   struct HolderFreezeState {
@@ -160,6 +178,7 @@ class Dispatcher {
   Status ack_freeze(const std::shared_ptr<Peer>& peer, const std::string& name, uint64_t token);
 
   Region& region_;
+  const DispatcherOptions options_;
   LogFn log_;
   std::mutex mu_;
   std::condition_variable cv_;  // with mu_: acks, ended sessions, settled freezes

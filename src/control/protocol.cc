@@ -25,6 +25,23 @@ std::error_code error_code_for_class(std::string_view error_class) {
   return std::make_error_code(std::errc::invalid_argument);
 }
 
+Result<nlohmann::json> reply_result(const nlohmann::json& message) {
+  if (!message.is_object()) return Error(std::errc::protocol_error, "control socket: malformed reply");
+  if (auto error = message.find("error"); error != message.end()) {
+    if (!error->is_object()) return Error(std::errc::protocol_error, "control socket: malformed error reply");
+    auto cls = error->find("class");
+    auto desc = error->find("desc");
+    return Error(error_code_for_class(cls != error->end() && cls->is_string()
+                                          ? cls->get<std::string>()
+                                          : std::string(kGenericError)),
+                 desc != error->end() && desc->is_string() ? desc->get<std::string>()
+                                                           : std::string("daemon error"));
+  }
+  auto ret = message.find("return");
+  if (ret == message.end()) return Error(std::errc::protocol_error, "control socket: reply without return");
+  return *ret;
+}
+
 Status send_line(int socket, std::string_view line, int pass_fd) {
   std::string buf;
   buf.reserve(line.size() + 1);

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <deque>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -40,6 +41,12 @@ inline constexpr std::string_view kDeviceBusy = "DeviceBusy";
 std::string_view error_class(const Error& error);
 // The inverse, for the client: the code a reply's class maps to.
 std::error_code error_code_for_class(std::string_view error_class);
+
+// What a reply says: its "return" value, or the Error its "error" object
+// names (class -> code by error_code_for_class, "desc" -> message). The one
+// reading of replies, for the Client and for a verb run in-process.
+// EPROTO for a message that is neither.
+Result<nlohmann::json> reply_result(const nlohmann::json& message);
 
 // The control socket's Unix socket policy is the servers' one
 // (common/unix_socket.h): long paths, mode 0600, stale replaced, live refused.

@@ -14,11 +14,12 @@
 
 namespace rawdax::control {
 
-Result<std::unique_ptr<ControlServer>> ControlServer::start(Region& region, ServerOptions options) {
+Result<std::unique_ptr<ControlServer>> ControlServer::start(Dispatcher& dispatcher,
+                                                              ServerOptions options) {
   if (!options.log) options.log = [](const std::string&) {};
   auto listening = listen_unix(options.socket_path, /*backlog=*/16);
   if (!listening) return listening.error();
-  std::unique_ptr<ControlServer> server(new ControlServer(region, std::move(options)));
+  std::unique_ptr<ControlServer> server(new ControlServer(dispatcher, std::move(options)));
   server->listen_fd_ = std::move(*listening);
   struct stat st;
   if (::stat(server->options_.socket_path.c_str(), &st) == 0) {
@@ -35,8 +36,8 @@ Result<std::unique_ptr<ControlServer>> ControlServer::start(Region& region, Serv
   return server;
 }
 
-ControlServer::ControlServer(Region& region, ServerOptions options)
-    : options_(std::move(options)), dispatcher_(region, options_.log) {}
+ControlServer::ControlServer(Dispatcher& dispatcher, ServerOptions options)
+    : options_(std::move(options)), dispatcher_(dispatcher) {}
 
 ControlServer::~ControlServer() { stop(); }
 

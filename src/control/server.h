@@ -46,8 +46,9 @@ struct ServerOptions {
 class ControlServer {
  public:
   // Binds options.socket_path (mode 0600; a stale socket is replaced) and
-  // starts serving `region`, which must outlive the server.
-  static Result<std::unique_ptr<ControlServer>> start(Region& region, ServerOptions options);
+  // starts serving commands to `dispatcher`, which must outlive the server.
+  static Result<std::unique_ptr<ControlServer>> start(Dispatcher& dispatcher,
+                                                      ServerOptions options);
   ~ControlServer();  // stop()
   ControlServer(const ControlServer&) = delete;
   ControlServer& operator=(const ControlServer&) = delete;
@@ -65,14 +66,14 @@ class ControlServer {
     std::atomic<bool> done{false};  // set (release) as the thread's last act
   };
 
-  ControlServer(Region& region, ServerOptions options);
+  ControlServer(Dispatcher& dispatcher, ServerOptions options);
   void accept_loop();
   void admit(UniqueFd socket);
   void serve(Connection* connection);
   void reap_finished();  // joins finished connection threads
 
   ServerOptions options_;
-  Dispatcher dispatcher_;
+  Dispatcher& dispatcher_;
   UniqueFd listen_fd_;
   UniqueFd wake_fd_;  // eventfd: wakes the acceptor for stop()
   dev_t socket_dev_ = 0;

@@ -14,6 +14,10 @@ void add_global_options(CLI::App& verb, GlobalOptions& options) {
                   "Region: a directory, memfd:, or a carved device devdax:PATH or file:PATH "
                   "(created on first use; a device with data needs init-region)")
       ->capture_default_str();
+  verb.add_option("--control", options.control,
+                  "The control socket of the region's rawdax serve (serve: the one to listen "
+                  "on). Default: where the daemon recorded it, else <region>/control.sock or "
+                  "PATH.control.sock for file:PATH");
   verb.add_flag("--require-dax", options.require_dax,
                 "Fail unless the region's media is DAX (devdax:, or a directory on a "
                 "filesystem mounted -o dax)");
@@ -36,10 +40,6 @@ nlohmann::json to_json(const NamespaceInfo& ns, bool human) {
   return j;
 }
 
-nlohmann::json to_json(const Capabilities& caps, bool human) {
-  return capabilities_json(control::capabilities_json(caps), human);
-}
-
 nlohmann::json capabilities_json(nlohmann::json raw, bool human) {
   auto render = [&](nlohmann::json& group, const char* key) {
     auto it = group.find(key);
@@ -51,10 +51,6 @@ nlohmann::json capabilities_json(nlohmann::json raw, bool human) {
     render(*media, "alignment");
   }
   return raw;
-}
-
-nlohmann::json to_json(const RegionSpace& space, bool human) {
-  return space_json(control::space_json(space), human);
 }
 
 nlohmann::json space_json(nlohmann::json raw, bool human) {

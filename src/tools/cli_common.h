@@ -23,21 +23,19 @@ struct GlobalOptions {
   bool json = false;
   bool human = false;
   bool require_dax = false;  // refuse a region on media without DAX
+  std::string control;       // the daemon's control socket; empty: found (command_path.h)
 };
 
-// Adds --region, --require-dax, --json and --human to a verb.
+// Adds --region, --control, --require-dax, --json and --human to a verb.
 void add_global_options(CLI::App& verb, GlobalOptions& options);
 
 // Opens (creating on first use) the region named by --region.
 Result<std::unique_ptr<Region>> open_region(const GlobalOptions& options);
 
 nlohmann::json to_json(const NamespaceInfo& ns, bool human);
-nlohmann::json to_json(const Capabilities& caps, bool human);
-// Capabilities as the daemon reports them (raw sizes), rendered like
-// to_json(caps, human) renders them.
+// Capabilities and a region's space as query-region returns them (raw
+// sizes), with sizes as strings when `human`.
 nlohmann::json capabilities_json(nlohmann::json raw, bool human);
-nlohmann::json to_json(const RegionSpace& space, bool human);
-// A region's space as the daemon reports it, rendered like to_json(space, human).
 nlohmann::json space_json(nlohmann::json raw, bool human);
 
 // Prints "rawdax: error: MESSAGE" on stderr and returns the exit code 1.

@@ -1,6 +1,6 @@
 // Verbs: list, create-namespace, destroy-namespace, resize-namespace. Each
-// goes through the region's daemon when one runs (daemon_link.h), and opens
-// the region itself otherwise; the output is the same either way. And
+// is a control command on the region's CommandPath (the daemon's when one
+// runs, this process's otherwise); the output is the same either way. And
 // init-region, which formats a carved device (never through a daemon: the
 // daemon holds the device's lock, so it is refused while one runs), and
 // stats, which only a daemon can answer.
@@ -11,7 +11,7 @@
 
 #include "common/units.h"
 #include "tools/cli_common.h"
-#include "tools/daemon_link.h"
+#include "tools/command_path.h"
 #include "tools/commands.h"
 
 namespace rawdax::cli {
@@ -23,58 +23,47 @@ struct ListOptions {
   bool space = false;
 };
 
-// What list prints, from either source.
-struct Listing {
-  std::string spec;
-  nlohmann::json capabilities;  // rendered
-  nlohmann::json space;         // rendered
-  std::vector<NamespaceInfo> namespaces;
-};
-
-Result<Listing> list_through(DaemonLink& daemon, const ListOptions& options) {
-  Listing out;
-  out.spec = options.global.region;
-  auto all = daemon.execute("query-namespaces", nlohmann::json::object());
-  if (!all) return all.error();
-  if (!all->is_array()) return Error(std::errc::protocol_error, "malformed namespace list");
-  for (const auto& entry : *all) {
-    auto ns = daemon.namespace_info(entry);
-    if (!ns) return ns.error();
-    out.namespaces.push_back(std::move(*ns));
-  }
-  if (options.capabilities || options.space) {
-    auto region = daemon.execute("query-region", nlohmann::json::object());
-    if (!region) return region.error();
-    if (!region->is_object() || !region->contains("capabilities") || !region->contains("space")) {
-      return Error(std::errc::protocol_error, "malformed region description");
-    }
-    out.capabilities = capabilities_json((*region)["capabilities"], options.global.human);
-    out.space = space_json((*region)["space"], options.global.human);
-  }
-  return out;
-}
-
-Result<Listing> list_directly(const ListOptions& options) {
-  auto region = open_region(options.global);
-  if (!region) return region.error();
-  return Listing{(*region)->spec(), to_json((*region)->capabilities(), options.global.human),
-                 to_json((*region)->space(), options.global.human), (*region)->list()};
-}
-
 int run_list(const ListOptions& options) {
-  auto daemon = DaemonLink::connect(options.global.region);
-  auto listing = daemon ? list_through(*daemon, options) : list_directly(options);
-  if (!listing) return fail(listing.error());
+  auto path = CommandPath::open(options.global);
+  if (!path) return fail(path.error());
+  auto all = (*path)->execute("query-namespaces", nlohmann::json::object());
+  if (!all) return fail(all.error());
+  if (!all->is_array()) return fail(Error(std::errc::protocol_error, "malformed namespace list"));
   nlohmann::json namespaces = nlohmann::json::array();
-  for (const auto& ns : listing->namespaces) namespaces.push_back(to_json(ns, options.global.human));
+  for (const auto& entry : *all) {
+    auto ns = (*path)->namespace_info(entry);
+    if (!ns) return fail(ns.error());
+    namespaces.push_back(to_json(*ns, options.global.human));
+  }
   if (!options.capabilities && !options.space) {
     print_json(namespaces);
     return 0;
   }
-  nlohmann::json entry = {{"region", listing->spec}, {"space", listing->space}};
-  if (options.capabilities) entry["capabilities"] = listing->capabilities;
+  auto region = (*path)->execute("query-region", nlohmann::json::object());
+  if (!region) return fail(region.error());
+  if (!region->is_object() || !region->contains("capabilities") || !region->contains("space")) {
+    return fail(Error(std::errc::protocol_error, "malformed region description"));
+  }
+  nlohmann::json entry = {{"region", options.global.region},
+                          {"space", space_json((*region)["space"], options.global.human)}};
+  if (options.capabilities) {
+    entry["capabilities"] = capabilities_json((*region)["capabilities"], options.global.human);
+  }
   entry["namespaces"] = namespaces;
   print_json(nlohmann::json::array({entry}));
+  return 0;
+}
+
+// Runs `command` and prints the namespace it returns.
+int print_namespace_reply(const GlobalOptions& options, const std::string& command,
+                          const nlohmann::json& arguments) {
+  auto path = CommandPath::open(options);
+  if (!path) return fail(path.error());
+  auto reply = (*path)->execute(command, arguments);
+  if (!reply) return fail(reply.error());
+  auto info = (*path)->namespace_info(*reply);
+  if (!info) return fail(info.error());
+  print_json(to_json(*info, options.human));
   return 0;
 }
 
@@ -87,20 +76,8 @@ struct CreateOptions {
 int run_create(const CreateOptions& options) {
   auto size = parse_size(options.size);
   if (!size) return fail(size.error().with_context("namespace " + options.name + ": "));
-  if (auto daemon = DaemonLink::connect(options.global.region)) {
-    auto reply = daemon->execute("create-namespace", {{"name", options.name}, {"size", *size}});
-    if (!reply) return fail(reply.error());
-    auto info = daemon->namespace_info(*reply);
-    if (!info) return fail(info.error());
-    print_json(to_json(*info, options.global.human));
-    return 0;
-  }
-  auto region = open_region(options.global);
-  if (!region) return fail(region.error());
-  auto info = (*region)->create_namespace({.name = options.name, .size = *size});
-  if (!info) return fail(info.error());
-  print_json(to_json(*info, options.global.human));
-  return 0;
+  return print_namespace_reply(options.global, "create-namespace",
+                               {{"name", options.name}, {"size", *size}});
 }
 
 struct DestroyOptions {
@@ -110,16 +87,11 @@ struct DestroyOptions {
 };
 
 int run_destroy(const DestroyOptions& options) {
-  if (auto daemon = DaemonLink::connect(options.global.region)) {
-    auto reply =
-        daemon->execute("destroy-namespace", {{"name", options.name}, {"force", options.force}});
-    if (!reply) return fail(reply.error());
-  } else {
-    auto region = open_region(options.global);
-    if (!region) return fail(region.error());
-    Status st = (*region)->destroy_namespace(options.name, {.force = options.force});
-    if (!st) return fail(st.error());
-  }
+  auto path = CommandPath::open(options.global);
+  if (!path) return fail(path.error());
+  auto reply =
+      (*path)->execute("destroy-namespace", {{"name", options.name}, {"force", options.force}});
+  if (!reply) return fail(reply.error());
   if (options.global.json) {
     print_json({{"destroyed", options.name}});
   } else {
@@ -138,23 +110,8 @@ struct ResizeOptions {
 int run_resize(const ResizeOptions& options) {
   auto size = parse_size(options.size);
   if (!size) return fail(size.error().with_context("namespace " + options.name + ": "));
-  if (auto daemon = DaemonLink::connect(options.global.region)) {
-    auto reply = daemon->execute(
-        "resize-namespace", {{"name", options.name}, {"size", *size}, {"force", options.force}});
-    if (!reply) return fail(reply.error());
-    auto info = daemon->namespace_info(*reply);
-    if (!info) return fail(info.error());
-    print_json(to_json(*info, options.global.human));
-    return 0;
-  }
-  auto region = open_region(options.global);
-  if (!region) return fail(region.error());
-  auto dev = (*region)->open_device(options.name);
-  if (!dev) return fail(dev.error());
-  Status st = (*dev)->resize(*size, {.force = options.force});
-  if (!st) return fail(st.error());
-  print_json(to_json((*dev)->info(), options.global.human));
-  return 0;
+  return print_namespace_reply(options.global, "resize-namespace",
+                               {{"name", options.name}, {"size", *size}, {"force", options.force}});
 }
 
 struct InitRegionOptions {
@@ -205,13 +162,12 @@ struct StatsOptions {
 // namespace), so stats needs the region's daemon: opening the region here
 // would only show a fresh device's zeros.
 int run_stats(const StatsOptions& options) {
-  auto daemon = DaemonLink::connect(options.global.region);
+  auto daemon = CommandPath::daemon(options.global);
   if (!daemon) {
-    return fail(Error(std::errc::not_connected,
-                      "stats: no rawdax serve runs on region " + options.global.region +
-                          " (the counters are its own)"));
+    return fail(Error(daemon.error().code(),
+                      "stats: " + daemon.error().message() + " (the counters are its own)"));
   }
-  auto all = daemon->execute("query-stats", nlohmann::json::object());
+  auto all = (*daemon)->execute("query-stats", nlohmann::json::object());
   if (!all) return fail(all.error());
   if (!all->is_array()) return fail(Error(std::errc::protocol_error, "malformed stats"));
   if (options.name.empty()) {

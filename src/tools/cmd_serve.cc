@@ -11,13 +11,15 @@
 #include <ctime>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "common/units.h"
 #include "control/server.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
-#include "tools/daemon_link.h"
+#include "tools/command_path.h"
+#include "tools/daemon_record.h"
 
 namespace rawdax::cli {
 namespace {
@@ -28,7 +30,6 @@ struct ServeOptions {
   std::string default_size = "256M";
   std::string nbd = "127.0.0.1:10809";
   bool read_only = false;
-  std::string control;  // control socket; empty: default_control_path() (none for memfd:/devdax:)
 };
 
 // One line per event on stderr: "2026-11-25T21:30:00Z rawdax serve: MESSAGE".
@@ -76,12 +77,16 @@ int run_serve(const ServeOptions& options) {
     if (!made) return fail(made.error());
     log_event("namespace " + made->name + " created (" + format_size(made->size) + ")");
   }
-  std::vector<std::unique_ptr<Device>> devices;
+  // The dispatcher keeps every namespace open for the daemon's life (and
+  // closes one only to restore it); a namespace that does not open stops
+  // serve here.
+  control::Dispatcher dispatcher(**region, {.log = log_event});
+  size_t served = 0;
   for (const auto& ns : (*region)->list()) {
     auto dev = (*region)->open_device(ns.name);
     if (!dev) return fail(dev.error());
     log_event("namespace " + ns.name + " open (" + format_size(ns.size) + ", " + ns.path + ")");
-    devices.push_back(std::move(*dev));
+    ++served;
   }
   auto nbd = NbdServer::start(**region, {.listen = options.nbd,
                                           .read_only = options.read_only,
@@ -91,14 +96,24 @@ int run_serve(const ServeOptions& options) {
             (options.read_only ? " (read-only)" : ""));
   for (const auto& ns : (*region)->list()) log_event("NBD export " + (*nbd)->uri(ns.name));
   std::unique_ptr<control::ControlServer> control;
-  if (std::string path = options.control.empty() ? default_control_path(options.global.region)
-                                                 : options.control;
+  std::optional<DaemonRecord> record;
+  if (std::string path = options.global.control.empty()
+                             ? default_control_path(options.global.region)
+                             : options.global.control;
       !path.empty()) {
-    auto started = control::ControlServer::start(**region, {.socket_path = path, .log = log_event});
+    auto started = control::ControlServer::start(dispatcher, {.socket_path = path, .log = log_event});
     if (!started) return fail(started.error());
     control = std::move(*started);
+    // So that every verb finds this daemon, whatever --control said.
+    auto written = DaemonRecord::write(options.global.region, path);
+    if (written) {
+      record.emplace(std::move(*written));
+    } else {
+      log_event("no daemon record (verbs find the socket only by --control or its default "
+                "path): " + written.error().message());
+    }
   }
-  log_event("ready: serving " + std::to_string(devices.size()) + " namespace(s)");
+  log_event("ready: serving " + std::to_string(served) + " namespace(s)");
 
   int sig = 0;
   while (sigwait(&stop, &sig) != 0) {
@@ -108,12 +123,10 @@ int run_serve(const ServeOptions& options) {
   // leaves room inside the 5 s a service manager usually allows.
   (*nbd)->stop(std::chrono::milliseconds(3000));
   log_event("NBD stopped");
+  record.reset();
   if (control) control->stop();  // clients released, freezes thawed
-  for (auto& dev : devices) {
-    Status st = dev->flush();
-    if (!st) log_event("error: flush failed: " + st.error().message());
-  }
-  devices.clear();
+  dispatcher.flush_all();
+  control.reset();
   log_event("stopped");
   return 0;
 }
@@ -133,9 +146,6 @@ void register_serve_command(CLI::App& app, int* exit_code) {
                     "NBD listen address: HOST:PORT (port 0 picks one) or unix:PATH")
       ->capture_default_str();
   serve->add_flag("--read-only", options->read_only, "Export every namespace read-only");
-  serve->add_option("--control", options->control,
-                    "Control socket (default <region>/control.sock, PATH.control.sock for "
-                    "file:PATH; none for memfd: and devdax: regions unless given)");
   serve->callback([=] { *exit_code = run_serve(*options); });
 }
 

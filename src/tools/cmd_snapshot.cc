@@ -10,7 +10,7 @@
 #include "common/units.h"
 #include "control/json_forms.h"
 #include "tools/cli_common.h"
-#include "tools/daemon_link.h"
+#include "tools/command_path.h"
 #include "tools/commands.h"
 
 namespace rawdax::cli {
@@ -44,36 +44,19 @@ void print_snapshot(const SnapshotVerbOptions& options, const SnapshotInfo& info
   }
 }
 
-// The daemon resolves relative paths against its own directory, so they go
-// absolute; the output names the file as the user did.
-int snapshot_through(DaemonLink& daemon, const SnapshotVerbOptions& options) {
+// Paths go absolute: a daemon resolves relative ones against its own
+// directory. The output names the file as the user did.
+std::string absolute(const std::string& file) {
   std::error_code ec;
-  nlohmann::json args = {{"name", options.name},
-                         {"file", std::filesystem::absolute(options.file, ec).string()}};
-  if (!options.base.empty()) args["base"] = std::filesystem::absolute(options.base, ec).string();
-  if (options.threads != 0) args["threads"] = options.threads;
-  auto reply = daemon.execute("snapshot", args);
-  if (!reply) return fail(reply.error());
-  auto info = daemon.snapshot_info(*reply);
-  if (!info) return fail(info.error());
-  info->path = options.file;
-  print_snapshot(options, *info);
-  return 0;
+  return std::filesystem::absolute(file, ec).string();
 }
 
-int run_snapshot(const SnapshotVerbOptions& options) {
-  if (auto daemon = DaemonLink::connect(options.global.region)) {
-    return snapshot_through(*daemon, options);
-  }
-  auto region = open_region(options.global);
-  if (!region) return fail(region.error());
-  // A fresh process has no tracking history, so an incremental compares each
-  // page with the base chain (dirty tracking would not help here).
-  auto dev = (*region)->open_device(options.name);
-  if (!dev) return fail(dev.error());
-  SnapshotOptions snap{.base = options.base, .copy_threads = options.threads};
+// A bar on stderr when it is a terminal (only a snapshot run in this
+// process reports progress).
+PathOptions with_progress_bar() {
+  PathOptions out;
   if (::isatty(STDERR_FILENO)) {
-    snap.progress = [](uint64_t done, uint64_t total) {
+    out.progress = [](uint64_t done, uint64_t total) {
       int width = 40, filled = total ? static_cast<int>(width * done / total) : width;
       std::fprintf(stderr, "\r[%s%s] %3d%%", std::string(filled, '#').c_str(),
                    std::string(width - filled, ' ').c_str(),
@@ -81,31 +64,63 @@ int run_snapshot(const SnapshotVerbOptions& options) {
       if (done == total) std::fputc('\n', stderr);
     };
   }
-  auto info = (*dev)->snapshot(options.file, snap);
+  return out;
+}
+
+// In a fresh process there is no tracking history, so an incremental
+// compares each page with the base chain; the daemon's tracking may skip
+// the unwritten ones. The file is the same either way.
+int run_snapshot(const SnapshotVerbOptions& options) {
+  auto path = CommandPath::open(options.global, with_progress_bar());
+  if (!path) return fail(path.error());
+  nlohmann::json args = {{"name", options.name}, {"file", absolute(options.file)}};
+  if (!options.base.empty()) args["base"] = absolute(options.base);
+  if (options.threads != 0) args["threads"] = options.threads;
+  auto reply = (*path)->execute("snapshot", args);
+  if (!reply) return fail(reply.error());
+  auto info = (*path)->snapshot_info(*reply);
   if (!info) return fail(info.error());
+  info->path = options.file;
   print_snapshot(options, *info);
   return 0;
 }
 
 int run_restore(const SnapshotVerbOptions& options) {
-  auto region = open_region(options.global);
-  if (!region) return fail(region.error());
-  auto info = (*region)->restore_namespace(options.name, options.file, {.force = options.force});
+  auto path = CommandPath::open(options.global);
+  if (!path) return fail(path.error());
+  auto reply = (*path)->execute(
+      "restore-namespace",
+      {{"name", options.name}, {"file", absolute(options.file)}, {"force", options.force}});
+  if (!reply) return fail(reply.error());
+  auto info = (*path)->namespace_info(*reply);
   if (!info) return fail(info.error());
   print_json(::rawdax::cli::to_json(*info, options.global.human));
   return 0;
 }
 
+// Reads only the file: without a daemon no region is opened.
 int run_verify(const SnapshotVerbOptions& options) {
-  auto chain = verify_snapshot(options.file);
-  if (!chain) return fail(chain.error());
+  auto path = CommandPath::open(options.global, {.region_free = true});
+  if (!path) return fail(path.error());
+  auto reply = (*path)->execute("verify-snapshot", {{"file", absolute(options.file)}});
+  if (!reply) return fail(reply.error());
+  if (!reply->is_array() || reply->empty()) {
+    return fail(Error(std::errc::protocol_error, "malformed snapshot chain in a reply"));
+  }
+  std::vector<SnapshotInfo> chain;
+  for (const auto& entry : *reply) {
+    auto info = (*path)->snapshot_info(entry);
+    if (!info) return fail(info.error());
+    chain.push_back(std::move(*info));
+  }
+  chain.front().path = options.file;
   if (options.global.json) {
     nlohmann::json out = nlohmann::json::array();
-    for (const auto& s : *chain) out.push_back(to_json(s, options.global.human));
+    for (const auto& s : chain) out.push_back(to_json(s, options.global.human));
     print_json(out);
   } else {
-    std::cout << options.file << ": ok, chain of " << chain->size() << " snapshot(s), "
-              << chain->front().pages << " pages in this file\n";
+    std::cout << options.file << ": ok, chain of " << chain.size() << " snapshot(s), "
+              << chain.front().pages << " pages in this file\n";
   }
   return 0;
 }

@@ -5,6 +5,7 @@
 
 #include "common/units.h"
 #include "tools/cli_common.h"
+#include "tools/command_path.h"
 #include "tools/commands.h"
 #include "vm/qemu_args.h"
 
@@ -22,39 +23,31 @@ struct VmArgsOptions {
 int run_vm_args(const VmArgsOptions& options) {
   auto ram = parse_size(options.ram);
   if (!ram) return fail(ram.error());
-  auto region = open_region(options.global);
-  if (!region) return fail(region.error());
-  auto ns = (*region)->find(options.name);
-  if (!ns) {
-    return fail(Error(std::errc::no_such_file_or_directory,
-                      "namespace " + options.name + " not found in region " +
-                          (*region)->spec()));
+  auto path = CommandPath::open(options.global);
+  if (!path) return fail(path.error());
+  auto reply = (*path)->execute("vm-args", {{"name", options.name},
+                                            {"virtio", options.virtio},
+                                            {"ram", *ram},
+                                            {"qemu", options.qemu}});
+  if (!reply) return fail(reply.error());
+  auto args = reply->find("args");
+  if (!reply->is_object() || args == reply->end() || !args->is_array()) {
+    return fail(Error(std::errc::protocol_error, "malformed vm-args reply"));
   }
-  // Only a carved namespace needs to know what the QEMU can do.
-  internal::QemuBackendSupport support;
-  if (ns->offset != 0) {
-    auto asked = internal::qemu_backend_support(options.qemu);
-    if (!asked) return fail(asked.error());
-    support = *asked;
+  std::vector<std::string> rebased;
+  for (const auto& arg : *args) {
+    if (!arg.is_string()) return fail(Error(std::errc::protocol_error, "malformed vm-args reply"));
+    rebased.push_back((*path)->rebase(arg.get<std::string>()));
   }
-  auto pmem = internal::qemu_pmem_args(*ns, options.virtio, *ram, support,
-                                       (*region)->capabilities().alignment);
-  if (!pmem) return fail(pmem.error());
-  std::vector<std::string> args;
-  args.push_back("-machine");
-  args.push_back(pmem->machine_option.empty() ? "pc" : "pc," + pmem->machine_option);
-  args.push_back("-m");
-  args.push_back(std::to_string(*ram >> 20) + "M," + pmem->memory_option);
-  args.insert(args.end(), pmem->args.begin(), pmem->args.end());
   if (options.global.json) {
-    print_json({{"name", ns->name},
-                {"device", options.virtio ? "virtio-pmem-pci" : "nvdimm"},
-                {"path", ns->path},
-                {"offset", ns->offset},
-                {"size", ns->size},
-                {"args", args}});
+    nlohmann::json out = *reply;
+    out["args"] = rebased;
+    if (auto p = out.find("path"); p != out.end() && p->is_string()) {
+      *p = (*path)->rebase(p->get<std::string>());
+    }
+    print_json(out);
   } else {
-    std::cout << internal::shell_join(args) << "\n";
+    std::cout << internal::shell_join(rebased) << "\n";
   }
   return 0;
 }

@@ -396,7 +396,7 @@ TEST(ControlServerTest, SocketIsPrivateAndRemovedOnStop) {
   // A second server on the same path is refused while the first listens.
   control::ServerOptions options;
   options.socket_path = daemon.socket_path();
-  auto second = control::ControlServer::start(daemon.region(), options);
+  auto second = control::ControlServer::start(daemon.dispatcher(), options);
   ASSERT_FALSE(second);
   EXPECT_EQ(second.error().code(), std::errc::address_in_use);
   daemon.stop();
@@ -413,7 +413,8 @@ TEST(ControlServerTest, LongSocketPathsWork) {
   ASSERT_TRUE(region);
   control::ServerOptions options;
   options.socket_path = path;
-  auto server = control::ControlServer::start(**region, options);
+  control::Dispatcher dispatcher(**region, {});
+  auto server = control::ControlServer::start(dispatcher, options);
   ASSERT_TRUE(server) << server.error().message();
   auto client = Client::connect(path);
   ASSERT_TRUE(client) << client.error().message();

@@ -112,21 +112,27 @@ class DaemonFixture {
   }
   ~DaemonFixture() { stop(); }
 
+  // A new daemon each time: a fresh Dispatcher (its own Devices) and server.
   void start() {
-    auto server = control::ControlServer::start(
-        *region_, {.socket_path = socket_path(), .log = [this](const std::string& line) {
-                     std::lock_guard<std::mutex> lock(log_mu_);
-                     log_.push_back(line);
-                   }});
+    control::LogFn log = [this](const std::string& line) {
+      std::lock_guard<std::mutex> lock(log_mu_);
+      log_.push_back(line);
+    };
+    dispatcher_ = std::make_unique<control::Dispatcher>(*region_, control::DispatcherOptions{.log = log});
+    auto server = control::ControlServer::start(*dispatcher_, {.socket_path = socket_path(), .log = log});
     if (!server) {
       ADD_FAILURE() << server.error().message();
       return;
     }
     server_ = std::move(*server);
   }
-  void stop() { server_.reset(); }
+  void stop() {
+    server_.reset();
+    dispatcher_.reset();
+  }
 
   Region& region() { return *region_; }
+  control::Dispatcher& dispatcher() { return *dispatcher_; }
   std::string socket_path() const { return socket_dir_.path() + "/control.sock"; }
   bool logged(const std::string& needle) {
     std::lock_guard<std::mutex> lock(log_mu_);
@@ -140,6 +146,7 @@ class DaemonFixture {
   ScratchRegion region_spec_;
   ScratchDir socket_dir_;
   std::unique_ptr<Region> region_;
+  std::unique_ptr<control::Dispatcher> dispatcher_;  // outlives server_
   std::unique_ptr<control::ControlServer> server_;
   std::mutex log_mu_;
   std::vector<std::string> log_;

@@ -182,7 +182,8 @@ TEST(VmEndToEnd, GuestOnANamespaceSnapshotRestoreAndSecondBoot) {
     ASSERT_TRUE(guest.wait_for("ready", 120s)) << guest.console();
 
     // Through the daemon: attach the VM, then freeze/thaw and snapshot.
-    auto server = control::ControlServer::start(**region, {.socket_path = dir.path() + "/c.sock"});
+    control::Dispatcher dispatcher(**region, {});
+    auto server = control::ControlServer::start(dispatcher, {.socket_path = dir.path() + "/c.sock"});
     ASSERT_TRUE(server) << server.error().message();
     auto client = Client::connect(dir.path() + "/c.sock");
     ASSERT_TRUE(client) << client.error().message();
