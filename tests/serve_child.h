@@ -43,6 +43,7 @@ class ServeChild {
     std::vector<std::string> args = {RAWDAX_CLI_PATH, "serve", "--region", region,
                                      "--nbd", "unix:" + nbd_socket};
     args.insert(args.end(), extra.begin(), extra.end());
+    const size_t logged_before = read_text(log).size();
     // Built before fork: the child of a threaded process only execs.
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -59,7 +60,8 @@ class ServeChild {
     }
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     while (std::chrono::steady_clock::now() < deadline) {
-      if (read_text(log).find("ready: serving") != std::string::npos) {
+      // Only this daemon's lines: a log may hold an earlier daemon's.
+      if (read_text(log).find("ready: serving", logged_before) != std::string::npos) {
         ready_ = true;
         break;
       }
@@ -112,10 +114,11 @@ class ServeChild {
     return 0;
   }
 
-  // SIGTERM; the exit code (128+signal if it died by one, -1 if it hung 15 s).
-  int stop() {
+  // `sig` (SIGTERM by default) and wait; the exit code (128+signal if it
+  // died by one, -1 if it hung 15 s).
+  int stop(int sig = SIGTERM) {
     if (pid_ <= 0) return -1;
-    ::kill(pid_, SIGTERM);
+    ::kill(pid_, sig);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
     int status = 0;
     while (::waitpid(pid_, &status, WNOHANG) == 0) {

@@ -27,7 +27,7 @@ using ::rawdax::testing::RawConnection;
 using ::rawdax::testing::read_text;
 using ::rawdax::testing::run_cli;
 using ::rawdax::testing::ScratchDir;
-using ::rawdax::testing::ServeProcess;
+using ::rawdax::testing::ServeChild;
 
 
 class ControlCliTest : public ::testing::Test {
@@ -37,6 +37,7 @@ class ControlCliTest : public ::testing::Test {
   }
   std::string region() const { return dir_.path() + "/region"; }
   std::string serve_log() const { return dir_.path() + "/serve.log"; }
+  std::string nbd_socket() const { return dir_.path() + "/nbd.sock"; }
 
   ScratchDir dir_{::rawdax::testing::disk_parent()};
 };
@@ -64,8 +65,8 @@ TEST_F(ControlCliTest, VerbsPrintTheSameThroughTheDaemon) {
   EXPECT_NE(missing.exit_code, 0);
   EXPECT_NE(bad_create.exit_code, 0);
 
-  ServeProcess serve(region(), serve_log());
-  ASSERT_TRUE(serve.ready()) << read_text(serve_log());
+  ServeChild serve(region(), nbd_socket(), serve_log(), {"--default-size", "4M"});
+  ASSERT_TRUE(serve.ready()) << serve.log();
   // The region's flock is the daemon's now: only the socket gets through.
   auto direct = Region::open(region());
   ASSERT_FALSE(direct);
@@ -118,11 +119,11 @@ TEST_F(ControlCliTest, StatsPrintsTheDaemonsCountersParkedWritersIncluded) {
   EXPECT_NE(none.exit_code, 0);
   EXPECT_NE(none.err.find("no rawdax serve runs on region " + region()), std::string::npos)
       << none;
-  ServeProcess serve(region(), serve_log());
-  ASSERT_TRUE(serve.ready()) << read_text(serve_log());
+  ServeChild serve(region(), nbd_socket(), serve_log(), {"--default-size", "4M"});
+  ASSERT_TRUE(serve.ready()) << serve.log();
   std::smatch m;
   const std::string log = read_text(serve_log());
-  ASSERT_TRUE(std::regex_search(log, m, std::regex("NBD export (\\S+/default)"))) << log;
+  ASSERT_TRUE(std::regex_search(log, m, std::regex("NBD export (\\S+/default\\S*)"))) << log;
   const std::string uri = m[1];
   auto parked = [&]() -> uint64_t {
     CliRun run = rawdax("stats default");
@@ -165,8 +166,8 @@ TEST_F(ControlCliTest, DaemonRestartKeepsNamespacesAndClientsReopen) {
   const char message[] = "written before the restart";
   std::string uuid;
   {
-    ServeProcess serve(region(), serve_log());
-    ASSERT_TRUE(serve.ready()) << read_text(serve_log());
+    ServeChild serve(region(), nbd_socket(), serve_log(), {"--default-size", "4M"});
+    ASSERT_TRUE(serve.ready()) << serve.log();
     auto client = Client::connect(sock);
     ASSERT_TRUE(client);
     ASSERT_TRUE((*client)->execute("create-namespace", R"({"name":"keep","size":1048576})"));
@@ -183,12 +184,12 @@ TEST_F(ControlCliTest, DaemonRestartKeepsNamespacesAndClientsReopen) {
   }
   {
     // A killed daemon leaves its socket file behind; the next one replaces it.
-    ServeProcess serve(region(), serve_log());
-    ASSERT_TRUE(serve.ready()) << read_text(serve_log());
+    ServeChild serve(region(), nbd_socket(), serve_log(), {"--default-size", "4M"});
+    ASSERT_TRUE(serve.ready()) << serve.log();
     EXPECT_EQ(serve.stop(SIGKILL), 128 + SIGKILL);
   }
-  ServeProcess serve(region(), serve_log());
-  ASSERT_TRUE(serve.ready()) << read_text(serve_log());
+  ServeChild serve(region(), nbd_socket(), serve_log(), {"--default-size", "4M"});
+  ASSERT_TRUE(serve.ready()) << serve.log();
   auto client = Client::connect(sock);
   ASSERT_TRUE(client);
   auto list = json::parse(*(*client)->execute("query-namespaces"));
@@ -288,7 +289,7 @@ TEST_F(ControlCliTest, EveryVerbPrintsTheSameBytesWithAndWithoutTheDaemon) {
   const std::string sock = dir_.path() + "/elsewhere.sock";
   for (const std::string& extra : {std::string(), " --control " + sock}) {
     fresh_region();
-    ::rawdax::testing::ServeChild serve(region(), dir_.path() + "/nbd.sock",
+    ServeChild serve(region(), nbd_socket(),
                                         dir_.path() + "/serve" + std::to_string(extra.size()) + ".log",
                                         {"--control", sock});
     ASSERT_TRUE(serve.ready()) << serve.log();

@@ -160,56 +160,6 @@ inline bool wait_byte(int fd, std::chrono::milliseconds timeout) {
   return ::read(fd, &c, 1) == 1;
 }
 
-// `rawdax serve` as a child process, its stderr in `log_path`.
-class ServeProcess {
- public:
-  ServeProcess(const std::string& region, const std::string& log_path) {
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-      ::dup2(log, 2);
-      int null = ::open("/dev/null", O_RDWR);
-      ::dup2(null, 0);
-      ::dup2(null, 1);
-      // A free NBD port: with the default 10809, daemons of tests running in
-      // parallel (or one just killed) failed to bind.
-      ::execl(RAWDAX_CLI_PATH, RAWDAX_CLI_PATH, "serve", "--region", region.c_str(),
-              "--default-size", "4M", "--nbd", "127.0.0.1:0", static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    // Ready once the control socket accepts.
-    std::string sock = region + "/control.sock";
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (Client::connect(sock)) {
-        ready_ = true;
-        break;
-      }
-      int status;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  }
-  ~ServeProcess() { stop(); }
-  bool ready() const { return ready_; }
-  pid_t pid() const { return pid_; }
-  // SIGTERM and wait; the exit code.
-  int stop(int sig = SIGTERM) {
-    if (pid_ <= 0) return -1;
-    ::kill(pid_, sig);
-    int code = wait_child(pid_);
-    pid_ = -1;
-    return code;
-  }
-
- private:
-  pid_t pid_ = -1;
-  bool ready_ = false;
-};
-
 }  // namespace rawdax::testing
 
 #endif  // RAWDAX_TESTS_CONTROL_CONTROL_TEST_UTIL_H_
