@@ -121,14 +121,14 @@ class FreezeGuard {
 
  private:
   friend class Device;
-  explicit FreezeGuard(std::shared_ptr<internal::DeviceCore> core) : core_(std::move(core)) {}
-  std::shared_ptr<internal::DeviceCore> core_;
+  explicit FreezeGuard(std::shared_ptr<internal::OpenNamespace> ns) : ns_(std::move(ns)) {}
+  std::shared_ptr<internal::OpenNamespace> ns_;
 };
 
 class Device {
  public:
   // Made by Region::open_device(); not for direct use.
-  Device(std::shared_ptr<internal::DeviceCore> core, DeviceOptions options);
+  Device(std::shared_ptr<internal::OpenNamespace> ns, DeviceOptions options);
   Device(const Device&) = delete;
   Device& operator=(const Device&) = delete;
   ~Device();
@@ -225,7 +225,7 @@ class Device {
   DeviceStats stats() const;
 
  private:
-  std::shared_ptr<internal::DeviceCore> core_;
+  std::shared_ptr<internal::OpenNamespace> ns_;
   bool read_only_;
 };
 

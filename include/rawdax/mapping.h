@@ -25,14 +25,14 @@ namespace rawdax {
 enum class Access { ReadOnly, ReadWrite };
 
 namespace internal {
-class DeviceCore;
+class OpenNamespace;
 struct MappingRecord;
 }  // namespace internal
 
 class Mapping {
  public:
   // Made by Device::map(); not for direct use.
-  Mapping(std::shared_ptr<internal::DeviceCore> core, internal::MappingRecord* record);
+  Mapping(std::shared_ptr<internal::OpenNamespace> ns, internal::MappingRecord* record);
   Mapping(Mapping&& other) noexcept;
   Mapping& operator=(Mapping&& other) noexcept;
   Mapping(const Mapping&) = delete;
@@ -56,8 +56,8 @@ class Mapping {
  private:
   void release();
 
-  std::shared_ptr<internal::DeviceCore> core_;
-  internal::MappingRecord* record_ = nullptr;  // owned by the core's registry
+  std::shared_ptr<internal::OpenNamespace> ns_;
+  internal::MappingRecord* record_ = nullptr;  // in the core's registry until release()
   std::byte* data_ = nullptr;
   uint64_t offset_ = 0;
   size_t size_ = 0;

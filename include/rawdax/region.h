@@ -116,8 +116,12 @@ class Region {
   mutable std::mutex mu_;
   // The open state of each namespace, by name; expired once every Device and
   // Mapping of it is gone. Guarded by mu_.
-  std::map<std::string, std::weak_ptr<internal::DeviceCore>> open_;
-  std::shared_ptr<internal::DeviceCore> live_core_locked(std::string_view name) const;
+  std::map<std::string, std::weak_ptr<internal::OpenNamespace>> open_;
+  std::shared_ptr<internal::OpenNamespace> live_locked(std::string_view name) const;
+  // The namespace's open state, shared with every open Device of it, or a
+  // new one; EBUSY when open with other tracking or engine options. mu_ held.
+  Result<std::shared_ptr<internal::OpenNamespace>> open_locked(std::string_view name,
+                                                               const DeviceOptions& options);
 };
 
 }  // namespace rawdax

@@ -1,97 +1,86 @@
-// The public Device, FreezeGuard and Mapping: handles over the device core
-// and its protection engine. Like Region, this facade sits above both layers.
+// The public Device, FreezeGuard and Mapping: handles over a namespace's
+// OpenNamespace (device core, protection engine, snapshot state). Like
+// Region, these facades sit above every layer they reach.
 #include "rawdax/device.h"
 
 #include <utility>
 
-#include "device/device_core.h"
-#include "engine/protector.h"
 #include "media/persist.h"
-#include "snapshot/snapshot.h"
+#include "namespace/open_namespace.h"
 
 namespace rawdax {
-namespace {
 
-// The engine is installed by Region::open_device before any handle exists.
-internal::Protector& engine_of(internal::DeviceCore& core) {
-  return *static_cast<internal::Protector*>(core.observer());
-}
-
-}  // namespace
-
-Device::Device(std::shared_ptr<internal::DeviceCore> core, DeviceOptions options)
-    : core_(std::move(core)), read_only_(options.read_only) {}
+Device::Device(std::shared_ptr<internal::OpenNamespace> ns, DeviceOptions options)
+    : ns_(std::move(ns)), read_only_(options.read_only) {}
 Device::~Device() = default;
 
-const std::string& Device::name() const { return core_->name(); }
-NamespaceInfo Device::info() const { return core_->info(); }
-uint64_t Device::size() const { return core_->size(); }
-const Capabilities& Device::capabilities() const { return core_->capabilities(); }
+const std::string& Device::name() const { return ns_->core().name(); }
+NamespaceInfo Device::info() const { return ns_->core().info(); }
+uint64_t Device::size() const { return ns_->core().size(); }
+const Capabilities& Device::capabilities() const { return ns_->core().capabilities(); }
 
 Status Device::read(uint64_t offset, std::span<std::byte> out) const {
-  return core_->read(offset, out);
+  return ns_->core().read(offset, out);
 }
 Status Device::check_readable(uint64_t offset, uint64_t length) const {
-  return core_->check_readable(offset, length);
+  return ns_->core().check_readable(offset, length);
 }
 Status Device::write(uint64_t offset, std::span<const std::byte> data, WriteOptions options) {
-  return core_->write(offset, data, options, read_only_);
+  return ns_->core().write(offset, data, options, read_only_);
 }
 Status Device::write_zeroes(uint64_t offset, uint64_t length, ZeroOptions options) {
-  return core_->write_zeroes(offset, length, options, /*is_discard=*/false, read_only_);
+  return ns_->core().write_zeroes(offset, length, options, /*is_discard=*/false, read_only_);
 }
 Status Device::discard(uint64_t offset, uint64_t length) {
-  return core_->write_zeroes(offset, length, ZeroOptions{}, /*is_discard=*/true, read_only_);
+  return ns_->core().write_zeroes(offset, length, ZeroOptions{}, /*is_discard=*/true, read_only_);
 }
-Status Device::flush() { return core_->flush(); }
+Status Device::flush() { return ns_->core().flush(); }
 Result<std::vector<Extent>> Device::extents(uint64_t offset, uint64_t length,
                                             size_t max_extents) const {
-  return core_->extents(offset, length, max_extents);
+  return ns_->core().extents(offset, length, max_extents);
 }
 Result<bool> Device::is_hole(uint64_t offset, uint64_t length) const {
-  return core_->is_hole(offset, length);
+  return ns_->core().is_hole(offset, length);
 }
 Result<Mapping> Device::map(uint64_t offset, uint64_t length, Access access) {
-  return core_->map(offset, length, access, read_only_);
+  auto record = ns_->core().map(offset, length, access, read_only_);
+  if (!record) return record.error();
+  return Mapping(ns_, *record);
 }
 Status Device::resize(uint64_t new_size, ResizeOptions options) {
   if (read_only_) {
     return Error(std::errc::read_only_file_system,
                  "namespace " + name() + ": resize on a read-only device");
   }
-  return core_->resize(new_size, options);
+  return ns_->core().resize(new_size, options);
 }
-Status Device::remove() { return core_->remove(); }
+Status Device::remove() { return ns_->core().remove(); }
 
 Result<FreezeGuard> Device::freeze(FreezeOptions options) {
-  RAWDAX_RETURN_IF_ERROR(engine_of(*core_).freeze(options.timeout));
-  return FreezeGuard(core_);
+  RAWDAX_RETURN_IF_ERROR(ns_->engine().freeze(options.timeout));
+  return FreezeGuard(ns_);
 }
 
 Status Device::sync() {
-  Status st = engine_of(*core_).sync();
+  Status st = ns_->engine().sync();
   if (!st) return st.error().with_context("namespace " + name() + ": sync: ");
   return st;
 }
 
 Result<SnapshotInfo> Device::snapshot(const std::string& path, SnapshotOptions options) {
-  return internal::take_snapshot(*core_, engine_of(*core_), path, options);
+  return ns_->snapshot(path, options);
 }
 
-ProtectionEngine Device::engine() const { return engine_of(*core_).kind(); }
+ProtectionEngine Device::engine() const { return ns_->engine().kind(); }
 
-DeviceStats Device::stats() const {
-  DeviceStats stats = core_->stats();
-  engine_of(*core_).add_stats(stats);
-  return stats;
-}
+DeviceStats Device::stats() const { return ns_->stats(); }
 
-FreezeGuard::FreezeGuard(FreezeGuard&& other) noexcept : core_(std::move(other.core_)) {}
+FreezeGuard::FreezeGuard(FreezeGuard&& other) noexcept : ns_(std::move(other.ns_)) {}
 
 FreezeGuard& FreezeGuard::operator=(FreezeGuard&& other) noexcept {
   if (this != &other) {
     thaw();
-    core_ = std::move(other.core_);
+    ns_ = std::move(other.ns_);
   }
   return *this;
 }
@@ -99,13 +88,13 @@ FreezeGuard& FreezeGuard::operator=(FreezeGuard&& other) noexcept {
 FreezeGuard::~FreezeGuard() { thaw(); }
 
 void FreezeGuard::thaw() {
-  if (core_ == nullptr) return;
-  engine_of(*core_).thaw();
-  core_.reset();
+  if (ns_ == nullptr) return;
+  ns_->engine().thaw();
+  ns_.reset();
 }
 
-Mapping::Mapping(std::shared_ptr<internal::DeviceCore> core, internal::MappingRecord* record)
-    : core_(std::move(core)),
+Mapping::Mapping(std::shared_ptr<internal::OpenNamespace> ns, internal::MappingRecord* record)
+    : ns_(std::move(ns)),
       record_(record),
       data_(record->addr),
       offset_(record->offset),
@@ -113,7 +102,7 @@ Mapping::Mapping(std::shared_ptr<internal::DeviceCore> core, internal::MappingRe
       access_(record->access) {}
 
 Mapping::Mapping(Mapping&& other) noexcept
-    : core_(std::move(other.core_)),
+    : ns_(std::move(other.ns_)),
       record_(std::exchange(other.record_, nullptr)),
       data_(std::exchange(other.data_, nullptr)),
       offset_(other.offset_),
@@ -123,7 +112,7 @@ Mapping::Mapping(Mapping&& other) noexcept
 Mapping& Mapping::operator=(Mapping&& other) noexcept {
   if (this != &other) {
     release();
-    core_ = std::move(other.core_);
+    ns_ = std::move(other.ns_);
     record_ = std::exchange(other.record_, nullptr);
     data_ = std::exchange(other.data_, nullptr);
     offset_ = other.offset_;
@@ -137,12 +126,12 @@ Mapping::~Mapping() { release(); }
 
 void Mapping::release() {
   if (record_ == nullptr) return;
-  core_->unmap(std::exchange(record_, nullptr));
+  ns_->core().unmap(std::exchange(record_, nullptr));
   data_ = nullptr;
-  core_.reset();
+  ns_.reset();
 }
 
-bool Mapping::revoked() const { return record_ != nullptr && core_->is_revoked(record_); }
+bool Mapping::revoked() const { return record_ != nullptr && ns_->core().is_revoked(record_); }
 
 Status Mapping::persist(const void* ptr, size_t n) const {
   auto p = static_cast<const std::byte*>(ptr);
@@ -153,9 +142,9 @@ Status Mapping::persist(const void* ptr, size_t n) const {
   }
   if (revoked()) {
     return Error(std::errc::no_such_device_or_address,
-                 "namespace " + core_->name() + ": persist on a revoked mapping");
+                 "namespace " + ns_->core().name() + ": persist on a revoked mapping");
   }
-  return persist_range(core_->capabilities().persist, ptr, n);
+  return persist_range(ns_->core().capabilities().persist, ptr, n);
 }
 
 }  // namespace rawdax

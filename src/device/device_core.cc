@@ -98,18 +98,17 @@ std::vector<Extent> with_bad_as_data(std::vector<Extent> runs, const std::vector
 
 }  // namespace
 
-Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> catalog,
+Result<std::unique_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> catalog,
                                                      std::string_view name,
-                                                     DeviceOptions options) {
+                                                     const DeviceOptions& options) {
   auto info = catalog->find(name);
   if (!info) return info.error();
   auto fd = catalog->open_backing(name, /*writable=*/true);
   if (!fd) return fd.error();
-  std::shared_ptr<DeviceCore> core(new DeviceCore(catalog));
+  std::unique_ptr<DeviceCore> core(new DeviceCore(catalog));
   core->name_ = info->name;
   core->info_ = *info;
   core->fd_ = std::move(*fd);
-  core->options_ = options;
   core->size_.store(info->size);
   core->bad_ = info->badblocks;
   core->any_bad_.store(!core->bad_.empty(), std::memory_order_release);
@@ -148,9 +147,9 @@ Result<std::shared_ptr<DeviceCore>> DeviceCore::open(std::shared_ptr<Catalog> ca
   return core;
 }
 
-void DeviceCore::set_observer(std::unique_ptr<MappingObserver> observer) {
+void DeviceCore::set_observer(MappingObserver* observer) {
   std::lock_guard<std::mutex> lock(maps_mu_);
-  observer_ = std::move(observer);
+  observer_ = observer;
 }
 
 Status DeviceCore::freeze_block_writes(std::chrono::nanoseconds timeout) {
@@ -443,16 +442,6 @@ void DeviceCore::mark_pages(uint64_t first_page, uint64_t count) {
   snapshot_dirty_->set_range(first_page, count);
 }
 
-DeviceCore::SnapshotRef DeviceCore::last_snapshot() const {
-  std::lock_guard<std::mutex> lock(snapshot_mu_);
-  return last_snapshot_;
-}
-
-void DeviceCore::set_last_snapshot(SnapshotRef ref) {
-  std::lock_guard<std::mutex> lock(snapshot_mu_);
-  last_snapshot_ = std::move(ref);
-}
-
 Status DeviceCore::write(uint64_t offset, std::span<const std::byte> data, WriteOptions options,
                          bool read_only) {
   auto hold = hold_for_write();
@@ -608,8 +597,8 @@ Result<bool> DeviceCore::is_hole(uint64_t offset, uint64_t length) {
   return static_cast<uint64_t>(data) >= info_.offset + offset + length;
 }
 
-Result<Mapping> DeviceCore::map(uint64_t offset, uint64_t length, Access access,
-                                bool read_only) {
+Result<MappingRecord*> DeviceCore::map(uint64_t offset, uint64_t length, Access access,
+                                       bool read_only) {
   auto hold = ref_.hold(RefAccess::kRead);
   if (!hold) return removed_error("map");
   const Capabilities& caps = capabilities();
@@ -671,7 +660,7 @@ Result<Mapping> DeviceCore::map(uint64_t offset, uint64_t length, Access access,
     }
   }
   maps_.fetch_add(1, kRelaxed);
-  return Mapping(shared_from_this(), &record);
+  return &record;
 }
 
 void DeviceCore::unmap(MappingRecord* record) {

@@ -1,6 +1,8 @@
-// DeviceCore: the one shared state of an open namespace in this process.
-// Every Device handle and every Mapping of the namespace holds it by
-// shared_ptr, so the backing fd and the views live until the last is gone.
+// DeviceCore: the block face and mapping registry of an open namespace in
+// this process. Its owner, internal::OpenNamespace (namespace/), also owns
+// the protection engine and the snapshot state; every Device handle and
+// every Mapping of the namespace holds that owner, so the backing fd and the
+// views live until the last is gone.
 //
 // Lifecycle gate. A LiveRef guards everything that touches the namespace's
 // bytes or mappings: block reads take a reader ref, block writes a writer ref,
@@ -80,10 +82,12 @@ struct MappingRecord {
   bool revoked = false;  // now a SIGBUS-raising placeholder over the same range
 };
 
-class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
+class DeviceCore {
  public:
-  static Result<std::shared_ptr<DeviceCore>> open(std::shared_ptr<Catalog> catalog,
-                                                  std::string_view name, DeviceOptions options);
+  // options.track_dirty makes the dirty bitmaps; the rest is for the layers above.
+  static Result<std::unique_ptr<DeviceCore>> open(std::shared_ptr<Catalog> catalog,
+                                                  std::string_view name,
+                                                  const DeviceOptions& options);
   ~DeviceCore();
   DeviceCore(const DeviceCore&) = delete;
   DeviceCore& operator=(const DeviceCore&) = delete;
@@ -114,24 +118,27 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   // Data and hole runs of the backing file; see Device::extents().
   Result<std::vector<Extent>> extents(uint64_t offset, uint64_t length, size_t max_extents);
   Result<bool> is_hole(uint64_t offset, uint64_t length);
-  Result<Mapping> map(uint64_t offset, uint64_t length, Access access, bool read_only);
+  // Maps [offset, offset+length) and registers it. The caller owns the
+  // record (a Mapping wraps it) until it hands it to unmap().
+  Result<MappingRecord*> map(uint64_t offset, uint64_t length, Access access, bool read_only);
   void unmap(MappingRecord* record);
   bool is_revoked(const MappingRecord* record) const;
   Status resize(uint64_t new_size, ResizeOptions options);
   Status remove();
   DeviceStats stats() const;
 
-  // --- For the protection engine (the layer above) ---
+  // --- For the protection engine and the live snapshot (the layers above) ---
 
-  // Installs the observer of every mapping event; once, before any map().
-  void set_observer(std::unique_ptr<MappingObserver> observer);
-  MappingObserver* observer() const { return observer_.get(); }
+  // Installs (or, with nullptr, removes) the observer of every mapping event;
+  // before any map(). Not owned: the caller keeps it alive while a mapping
+  // exists (internal::OpenNamespace owns both).
+  void set_observer(MappingObserver* observer);
   // The dirty bitmap fed by block writes; null unless opened with track_dirty.
   // sync() consumes it.
   DirtyBitmap* dirty() const { return dirty_.get(); }
   // The same pages, consumed by snapshots instead (pages since the last one).
   DirtyBitmap* snapshot_dirty() const { return snapshot_dirty_.get(); }
-  // Marks pages dirty for both consumers.
+  // Marks pages dirty for both consumers (the engine's write faults).
   void mark_pages(uint64_t first_page, uint64_t count);
 
   // Installs (or, with nullptr, removes) the live snapshot's copier. Removal
@@ -139,14 +146,6 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   void set_copier(PageCopier* copier);
   PageCopier* copier() const { return copier_.load(std::memory_order_acquire); }
 
-  // The last snapshot taken of this device in this process, the base an
-  // incremental must name. Empty id: none, or the last one failed.
-  struct SnapshotRef {
-    std::string id, checksum;
-  };
-  SnapshotRef last_snapshot() const;
-  void set_last_snapshot(SnapshotRef ref);
-  const DeviceOptions& options() const { return options_; }
   // Page granularity of dirty tracking and write-protection.
   uint64_t page_size() const { return capabilities().alignment; }
   // Block writers wait (and the ones inside drain) while frozen.
@@ -197,7 +196,6 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
   std::shared_ptr<Catalog> catalog_;
   std::string name_;
   NamespaceInfo info_;  // name, uuid, mode, path; size_ holds the live size
-  DeviceOptions options_;  // of the first open
   UniqueFd fd_;
   LiveRef ref_;
 
@@ -222,9 +220,7 @@ class DeviceCore : public std::enable_shared_from_this<DeviceCore> {
 
   std::unique_ptr<DirtyBitmap> dirty_;           // set at open, never replaced
   std::unique_ptr<DirtyBitmap> snapshot_dirty_;  // likewise
-  mutable std::mutex snapshot_mu_;
-  SnapshotRef last_snapshot_;                     // guarded by snapshot_mu_
-  std::unique_ptr<MappingObserver> observer_;    // set once before any map()
+  MappingObserver* observer_ = nullptr;          // guarded by maps_mu_; not owned
   std::atomic<PageCopier*> copier_{nullptr};
 };
 

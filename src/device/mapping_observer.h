@@ -1,6 +1,8 @@
 // MappingObserver: how a layer above the device (the protection engine)
 // follows the life of every mapping without the device calling upward. The
-// device owns one observer, installed once before any mapping exists.
+// device calls one observer, installed before any mapping exists; it does not
+// own it: the owner of both (internal::OpenNamespace) keeps the observer
+// alive while the device has a mapping.
 //
 // Every call is made with the device's mapping-registry lock held, so the
 // observer sees map, unmap and revoke events of one device in order, and a

@@ -13,8 +13,9 @@
 //    SIGSEGV handler that parks the faulting thread, on regular files and
 //    devdax. Kernel-mode writes into a frozen mapping fail with EFAULT.
 //
-// The device owns its Protector (as its MappingObserver), so the engine lives
-// exactly as long as the mappings it watches.
+// internal::OpenNamespace (namespace/open_namespace.h) owns the Protector
+// next to the device core and installs it as the core's MappingObserver; it
+// is destroyed only once no mapping of the device is left.
 //
 // Freeze protocol (outermost freeze; inner ones only count depth):
 //   1. block writers: the device's live ref is frozen (new ones wait, the

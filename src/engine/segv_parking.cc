@@ -45,7 +45,7 @@ static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t) &&
               "the futex syscall needs a plain 32-bit word");
 
 Slot g_slots[SegvParking::kMaxSlots];
-// Bumped (and futex-woken) whenever a thread parks: see wait_for_demand().
+// Bumped whenever a thread parks: see SegvParking::demand_count().
 std::atomic<uint32_t> g_demands{0};
 // One past the highest slot in use: the handler scans [0, g_high_water).
 // Raised before a slot is published, lowered after it is cleared.
@@ -136,7 +136,6 @@ Verdict handle_fault(const siginfo_t* info) {
       // overwritten thread posts again after its next wake-up).
       slot.demand.store(addr, std::memory_order_release);
       g_demands.fetch_add(1, std::memory_order_release);
-      futex_wake_all(&g_demands);
       park(slot, reg, ctl);
       t_blind_retries = 0;
       return Verdict::kRetry;
@@ -281,12 +280,6 @@ uintptr_t SegvParking::take_demand(int slot_id) {
 }
 
 uint32_t SegvParking::demand_count() { return g_demands.load(std::memory_order_acquire); }
-
-void SegvParking::wait_for_demand(uint32_t seen, std::chrono::nanoseconds timeout) {
-  timespec ts{static_cast<time_t>(timeout.count() / 1000000000),
-              static_cast<long>(timeout.count() % 1000000000)};
-  futex_wait(&g_demands, seen, &ts);
-}
 
 SegvParking::Stats SegvParking::stats(int slot_id) {
   Stats stats;

@@ -62,7 +62,6 @@
 #ifndef RAWDAX_ENGINE_SEGV_PARKING_H_
 #define RAWDAX_ENGINE_SEGV_PARKING_H_
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 
@@ -100,11 +99,10 @@ class SegvParking {
   static void wake(int slot);
   // The address some thread parked on this slot is waiting for, or 0; taking
   // it clears it. Parking posts the address, then bumps a process-wide
-  // counter (demand_count) and wakes wait_for_demand().
+  // counter, demand_count(), which a copier polls between runs to learn that
+  // some slot may have a new demand.
   static uintptr_t take_demand(int slot);
   static uint32_t demand_count();
-  // Sleeps until demand_count() differs from `seen`, or the timeout.
-  static void wait_for_demand(uint32_t seen, std::chrono::nanoseconds timeout);
 
   struct Stats {
     uint64_t parked = 0;          // stores parked and released while registered

@@ -304,8 +304,8 @@ class LiveCopy : public PageCopier {
   uint64_t max_stall_ns_ = 0;      // guarded by mu_
 };
 
-Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std::string& path,
-                                 const SnapshotOptions& options) {
+Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, SnapshotState& state,
+                                 const std::string& path, const SnapshotOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   const bool incremental = !options.base.empty();
   const std::string what = "namespace " + core.name() + ": snapshot " + path + ": ";
@@ -337,9 +337,8 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
                        std::to_string(base->header().namespace_size) + " bytes, this one has " +
                        std::to_string(header.namespace_size) + " (resized since?)");
     }
-    DeviceCore::SnapshotRef last = core.last_snapshot();
-    by_tracking = core.snapshot_dirty() != nullptr && base->header().id == last.id &&
-                  base->header().header_checksum == last.checksum;
+    by_tracking = core.snapshot_dirty() != nullptr && base->header().id == state.last_id &&
+                  base->header().header_checksum == state.last_checksum;
     header.base_id = base->header().id;
     header.base_checksum = base->header().header_checksum;
     // Recorded relative to the new file's directory, so that a directory of
@@ -372,7 +371,8 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
 
   // From here the tracking epoch is consumed: a failure must not leave a
   // base that the next incremental could wrongly build on.
-  core.set_last_snapshot({});
+  state.last_id.clear();
+  state.last_checksum.clear();
   auto frozen_at = std::chrono::steady_clock::now();
   RAWDAX_RETURN_IF_ERROR(engine.freeze(std::chrono::nanoseconds::max(), /*persist=*/false));
   struct Thaw {
@@ -406,7 +406,8 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
   if (options.progress) options.progress(header.page_count(), header.page_count());
   auto done = writer->finish();
   if (!done) return done.error().with_context(what);
-  core.set_last_snapshot({done->id, done->header_checksum});
+  state.last_id = done->id;
+  state.last_checksum = done->header_checksum;
 
   SnapshotInfo info;
   info.path = path;
@@ -425,11 +426,12 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, const std:
 
 }  // namespace
 
-Result<SnapshotInfo> take_snapshot(DeviceCore& core, Protector& engine, const std::string& path,
-                                   const SnapshotOptions& options) {
-  static std::mutex one_at_a_time;  // per process; snapshots are rare and long
-  std::lock_guard<std::mutex> lock(one_at_a_time);
-  return take_locked(core, engine, path, options);
+Result<SnapshotInfo> take_snapshot(DeviceCore& core, Protector& engine, SnapshotState& state,
+                                   const std::string& path, const SnapshotOptions& options) {
+  // Per namespace: one engine's live copy and one tracking epoch at a time.
+  // Another namespace's snapshot shares nothing with this one.
+  std::lock_guard<std::mutex> lock(state.serial);
+  return take_locked(core, engine, state, path, options);
 }
 
 }  // namespace rawdax::internal

@@ -440,6 +440,126 @@ TEST_P(OneCutTest, IncrementalChainWhileAWriterSweeps) {
   expect_one_cut(file("c.snap"), "copy-c", c);
 }
 
+// Holds a snapshot inside: its progress callback blocks at the last report
+// (the pages are copied, the file not yet finished) until release(), and
+// the snapshot runs on its own thread. Destroying it releases and joins.
+class HeldSnapshot {
+ public:
+  HeldSnapshot(Device& dev, std::string path) {
+    SnapshotOptions options;
+    options.progress = [this](uint64_t done, uint64_t total) {
+      if (done != total) return;
+      inside_.set_value();
+      released_.wait();
+    };
+    result_ = std::async(std::launch::async, [&dev, path = std::move(path), options] {
+      return dev.snapshot(path, options);
+    });
+  }
+  ~HeldSnapshot() {
+    release();
+    if (result_.valid()) result_.wait();
+  }
+  HeldSnapshot(const HeldSnapshot&) = delete;
+  HeldSnapshot& operator=(const HeldSnapshot&) = delete;
+
+  // Whether the snapshot reached its last progress report within `limit`.
+  bool wait_inside(std::chrono::seconds limit) {
+    return inside_future_.wait_for(limit) == std::future_status::ready;
+  }
+  void release() {
+    if (!released_flag_.exchange(true)) release_.set_value();
+  }
+  Result<SnapshotInfo> get() { return result_.get(); }
+
+ private:
+  std::promise<void> inside_;
+  std::future<void> inside_future_ = inside_.get_future();
+  std::promise<void> release_;
+  std::shared_future<void> released_ = release_.get_future().share();
+  std::atomic<bool> released_flag_{false};
+  std::future<Result<SnapshotInfo>> result_;
+};
+
+// Longest wait for a snapshot of a 1 MiB namespace that must complete: a
+// failure bound (under TSan too), not a measure of speed.
+constexpr auto kMustComplete = std::chrono::seconds(30);
+
+// Snapshots of two namespaces run in parallel: while a snapshot of "src" is
+// held inside, a snapshot of another namespace completes (with one snapshot
+// at a time per process, it would wait for the held one).
+TEST_P(SnapshotTest, ParallelAcrossNamespacesWhileOneIsHeld) {
+  ASSERT_TRUE(region_->create_namespace({.name = "other", .size = size_}));
+  auto other = region_->open_device("other");
+  ASSERT_TRUE(other) << other.error().message();
+  std::vector<std::byte> ones(page_, std::byte{1}), twos(page_, std::byte{2});
+  ASSERT_TRUE(dev_->write(0, ones));
+  ASSERT_TRUE((*other)->write(page_, twos));
+
+  // Declared first, so that a failure releases the held one before waiting
+  // for this one (which, failing, waits for the held one).
+  std::future<Result<SnapshotInfo>> parallel;
+  HeldSnapshot held(*dev_, file("held.snap"));
+  ASSERT_TRUE(held.wait_inside(kMustComplete)) << "the held snapshot never reached its end";
+  parallel = std::async(std::launch::async, [&] { return (*other)->snapshot(file("other.snap")); });
+  ASSERT_EQ(parallel.wait_for(kMustComplete), std::future_status::ready)
+      << "a snapshot of another namespace waited for the one held inside";
+  auto info = parallel.get();
+  ASSERT_TRUE(info) << info.error().message();
+  EXPECT_EQ(info->pages, 1u);
+  EXPECT_FALSE(std::filesystem::exists(file("held.snap"))) << "the held one finished early";
+
+  held.release();
+  auto held_info = held.get();
+  ASSERT_TRUE(held_info) << held_info.error().message();
+  EXPECT_EQ(held_info->pages, 1u);
+  ASSERT_TRUE(region_->restore_namespace("copy-other", file("other.snap")));
+  EXPECT_EQ(contents("copy-other"), contents("other"));
+  ASSERT_TRUE(region_->restore_namespace("copy-src", file("held.snap")));
+  EXPECT_EQ(contents("copy-src"), source());
+}
+
+// A second snapshot of the same namespace while one is in progress waits for
+// it and is then taken after it: it is the namespace's last snapshot, so an
+// incremental on it stores exactly the pages written since (by tracking).
+TEST_P(SnapshotTest, SerializedWithinANamespaceTheSecondWaits) {
+  fill_page(0, 1);
+  std::atomic<bool> first_done{false};
+  std::atomic<bool> second_ran_early{false};
+  SnapshotOptions second_options;
+  second_options.progress = [&](uint64_t, uint64_t) {
+    if (!first_done.load()) second_ran_early.store(true);
+  };
+  std::future<Result<SnapshotInfo>> second;  // first: see ParallelAcrossNamespaces
+  HeldSnapshot held(*dev_, file("first.snap"));
+  ASSERT_TRUE(held.wait_inside(kMustComplete)) << "the held snapshot never reached its end";
+  second = std::async(std::launch::async, [&] {
+    return dev_->snapshot(file("second.snap"), second_options);
+  });
+  // Long enough for an unserialized snapshot of 1 MiB to finish; a pass
+  // here on a slow machine cannot hide a failure of the checks below.
+  EXPECT_EQ(second.wait_for(std::chrono::seconds(1)), std::future_status::timeout)
+      << "a second snapshot of the namespace ran while the first was in progress";
+  EXPECT_FALSE(std::filesystem::exists(file("second.snap")));
+
+  first_done.store(true);
+  held.release();
+  auto first = held.get();
+  ASSERT_TRUE(first) << first.error().message();
+  ASSERT_EQ(second.wait_for(kMustComplete), std::future_status::ready);
+  auto info = second.get();
+  ASSERT_TRUE(info) << info.error().message();
+  EXPECT_FALSE(second_ran_early.load());
+  EXPECT_NE(info->id, first->id);
+
+  fill_page(pages_ - 1, 3);
+  auto incr = dev_->snapshot(file("incr.snap"), {.base = file("second.snap")});
+  ASSERT_TRUE(incr) << incr.error().message();
+  EXPECT_EQ(incr->pages, 1u);  // no mapping: the block write's page only
+  ASSERT_TRUE(region_->restore_namespace("copy", file("incr.snap")));
+  EXPECT_EQ(contents("copy"), source());
+}
+
 // A store far ahead of the copier (the last page) waits for its own page or
 // chunk to be copied, not for the copier to get there.
 TEST_P(SnapshotTest, AStoreAheadOfTheCopierIsServedFirst) {
