@@ -31,9 +31,10 @@
 // served go on until stop()). A connection thread that cannot be created goes
 // to on_error("thread", errno) and that connection is dropped.
 //
-// Thread safety: stop(), served(), active() and threads() may be called from
-// any thread; a second stop() waits for the first and returns. The callbacks
-// (admit, on_error, and Connection::refuse/serving) run on the accept thread,
+// Thread safety: served(), active() and threads() may be called from any
+// thread; stop() from any thread but a connection's own (it joins them), and
+// a second stop() waits for the first and returns. The callbacks (admit,
+// on_error, and Connection::refuse/serving) run on the accept thread,
 // serving() with the loop's lock held: they must not call the loop.
 // Ownership: the loop borrows the Listener, which must outlive it (or at
 // least its stop()), and makes its socket non-blocking. It owns the accept
