@@ -1,5 +1,5 @@
 // The control protocol's wire pieces, shared by the daemon and the Client:
-// Unix socket setup (common/unix_socket.h), line framing with a
+// connecting (net/unix_socket.h), line framing with a
 // bound, fd passing (SCM_RIGHTS), and the error classes.
 //
 // Framing: one JSON object per line ('\n'-terminated). A line that carries an
@@ -21,7 +21,7 @@
 #include <system_error>
 
 #include "common/unique_fd.h"
-#include "common/unix_socket.h"
+#include "net/unix_socket.h"
 #include "rawdax/result.h"
 
 namespace rawdax::control {
@@ -48,12 +48,9 @@ std::error_code error_code_for_class(std::string_view error_class);
 // EPROTO for a message that is neither.
 Result<nlohmann::json> reply_result(const nlohmann::json& message);
 
-// The control socket's Unix socket policy is the servers' one
-// (common/unix_socket.h): long paths, mode 0600, stale replaced, live refused.
-using ::rawdax::internal::connect_unix;
-inline Result<UniqueFd> listen_unix(const std::string& path, int backlog) {
-  return ::rawdax::internal::listen_unix(path, backlog, "control socket");
-}
+// Clients reach the daemon through the servers' one Unix socket policy
+// (net/unix_socket.h: long paths work); the daemon's side is a net::Listener.
+using ::rawdax::net::connect_unix;
 
 // Writes `line` and a '\n'. With pass_fd >= 0 the first piece carries it by
 // SCM_RIGHTS. MSG_NOSIGNAL: a vanished peer is EPIPE, not a signal.

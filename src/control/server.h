@@ -1,11 +1,13 @@
 // ControlServer: the control socket of `rawdax serve` (docs/control.md).
 //
-// One thread accepts; each admitted connection gets its own thread, which
-// reads request lines (at most kMaxRequestLine bytes each) and writes the
-// Dispatcher's replies. A slow or silent client therefore only stalls its own
-// thread, and memory per connection is bounded by the line limit; the number
-// of connections is capped. Peers are admitted only when SO_PEERCRED shows
-// the daemon's own uid or root; others are logged and closed.
+// The accept thread, the cap and the connection threads are net::AcceptLoop's
+// (net/accept_loop.h); the socket is a net::Listener. Each admitted
+// connection gets its own thread, which reads request lines (at most
+// kMaxRequestLine bytes each) and writes the Dispatcher's replies. A slow or
+// silent client therefore only stalls its own thread, and memory per
+// connection is bounded by the line limit; the number of connections is
+// capped. Peers are admitted only when SO_PEERCRED shows the daemon's own uid
+// or root; others are logged and closed.
 //
 // When a connection ends (close, crash, or stop()), everything it held is
 // released: its opens (Dispatcher::end_session) and its freezes (the
@@ -16,20 +18,18 @@
 #ifndef RAWDAX_CONTROL_SERVER_H_
 #define RAWDAX_CONTROL_SERVER_H_
 
-#include <sys/types.h>
-
-#include <atomic>
 #include <chrono>
 #include <cstddef>
-#include <list>
+#include <cstdint>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <string>
-#include <thread>
 
 #include "common/unique_fd.h"
 #include "control/dispatcher.h"
 #include "control/peer.h"
+#include "net/accept_loop.h"
+#include "net/listener.h"
 #include "rawdax/rawdax.h"
 
 namespace rawdax::control {
@@ -60,30 +60,19 @@ class ControlServer {
   const std::string& socket_path() const { return options_.socket_path; }
 
  private:
-  struct Connection {
-    std::shared_ptr<Peer> peer;
-    std::thread thread;
-    std::atomic<bool> done{false};  // set (release) as the thread's last act
-  };
+  class Connection;
 
-  ControlServer(Dispatcher& dispatcher, ServerOptions options);
-  void accept_loop();
-  void admit(UniqueFd socket);
-  void serve(Connection* connection);
-  void reap_finished();  // joins finished connection threads
+  ControlServer(Dispatcher& dispatcher, ServerOptions options, net::Listener listener);
+  // Admission: SO_PEERCRED must show our uid or root (accept thread only).
+  std::unique_ptr<net::Connection> admit(UniqueFd socket);
+  void serve(const std::shared_ptr<Peer>& peer);  // one connection's thread
 
   ServerOptions options_;
   Dispatcher& dispatcher_;
-  UniqueFd listen_fd_;
-  UniqueFd wake_fd_;  // eventfd: wakes the acceptor for stop()
-  dev_t socket_dev_ = 0;
-  ino_t socket_ino_ = 0;  // the socket file we made, so stop() removes only it
-  std::thread acceptor_;
-  uint64_t next_id_ = 1;  // acceptor thread only
-
-  std::mutex mu_;
-  bool stopped_ = false;                                 // guarded by mu_
-  std::list<std::unique_ptr<Connection>> connections_;  // guarded by mu_
+  std::optional<net::Listener> listener_;  // reset by stop(): removes the socket file
+  std::unique_ptr<net::AcceptLoop> loop_;
+  uint64_t next_id_ = 1;  // accept thread only
+  bool stopped_ = false;  // stop()'s caller only (see Thread safety)
 };
 
 }  // namespace rawdax::control

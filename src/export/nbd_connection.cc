@@ -177,12 +177,6 @@ void NbdConnection::run() {
     int one = 1;
     ::setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
-  // A client that stops reading replies is cut off like one that stops
-  // sending a request: a send waiting longer than message_timeout fails.
-  auto ms = context_.message_timeout.count();
-  timeval tv = {.tv_sec = static_cast<time_t>(ms / 1000),
-                .tv_usec = static_cast<suseconds_t>((ms % 1000) * 1000)};
-  ::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   deadline_ = std::chrono::steady_clock::now() + context_.handshake_timeout;
   bool attached = handshake();
   deadline_ = std::chrono::steady_clock::time_point::max();

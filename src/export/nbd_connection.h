@@ -13,7 +13,10 @@
 // Errors: a bad request gets its NBD error and the session goes on; only
 // protocol corruption (bad magic, a short read mid-message, unknown client
 // flags) or a failing socket ends it. Each is logged naming the client,
-// export, command, offset and length.
+// export, command, offset and length. A client that stops reading replies
+// is cut off by the socket's send timeout, which the server sets at accept
+// (net::AcceptLoop, to message_timeout); handshake_timeout and
+// message_timeout on input are this class's own deadlines.
 //
 // Thread safety: run() is called once, on the session thread. request_stop()
 // and cut_off() may be called from any thread at any time (they act on the

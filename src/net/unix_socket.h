@@ -1,5 +1,6 @@
 // Unix stream sockets for the servers (the NBD listener, the control
-// daemon) and their clients: one policy for both.
+// daemon) and their clients: one policy for both. Servers reach it through
+// net::Listener (net/listener.h); clients call connect_unix().
 //
 // - Paths longer than sun_path are reached through /proc/self/fd/N of their
 //   directory.
@@ -10,11 +11,13 @@
 //   mode: only the server's user (and root) may connect.
 // Errors name `what` ("control socket", "NBD socket") and the path.
 //
+// Ownership: the returned fd is the caller's; listen_unix() never removes
+// the file of a socket it returned (net::Listener does, on close).
 // Thread safety: thread-safe; the check for a live server and the bind are
 // not one step, so two servers starting on one path at the same instant may
 // both pass the check, and then the second bind fails with EADDRINUSE.
-#ifndef RAWDAX_COMMON_UNIX_SOCKET_H_
-#define RAWDAX_COMMON_UNIX_SOCKET_H_
+#ifndef RAWDAX_NET_UNIX_SOCKET_H_
+#define RAWDAX_NET_UNIX_SOCKET_H_
 
 #include <string>
 #include <string_view>
@@ -22,13 +25,13 @@
 #include "common/unique_fd.h"
 #include "rawdax/result.h"
 
-namespace rawdax::internal {
+namespace rawdax::net {
 
 // A connected stream socket to `path`. ENOENT/ECONNREFUSED when nobody listens.
 Result<UniqueFd> connect_unix(const std::string& path, std::string_view what = "socket");
 // A listening socket bound at `path` with mode 0600 (see above).
 Result<UniqueFd> listen_unix(const std::string& path, int backlog, std::string_view what);
 
-}  // namespace rawdax::internal
+}  // namespace rawdax::net
 
-#endif  // RAWDAX_COMMON_UNIX_SOCKET_H_
+#endif  // RAWDAX_NET_UNIX_SOCKET_H_

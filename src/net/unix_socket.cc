@@ -1,4 +1,4 @@
-#include "common/unix_socket.h"
+#include "net/unix_socket.h"
 
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -9,7 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
-namespace rawdax::internal {
+namespace rawdax::net {
 
 namespace {
 
@@ -98,4 +98,4 @@ Result<UniqueFd> listen_unix(const std::string& path, int backlog, std::string_v
   return std::move(*fd);
 }
 
-}  // namespace rawdax::internal
+}  // namespace rawdax::net
