@@ -30,7 +30,8 @@
 #include "common/unique_fd.h"
 #include "control/dispatcher.h"
 #include "control/peer.h"
-#include "rawdax/rawdax.h"
+#include "rawdax/region.h"
+#include "rawdax/result.h"
 
 namespace rawdax::control {
 

@@ -15,7 +15,10 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "rawdax/rawdax.h"
+#include "rawdax/client.h"
+#include "rawdax/namespace.h"
+#include "rawdax/result.h"
+#include "rawdax/snapshot.h"
 
 namespace rawdax::cli {
 
