@@ -31,6 +31,7 @@
 
 #include "rawdax/capabilities.h"
 #include "rawdax/device_types.h"
+#include "rawdax/export.h"
 #include "rawdax/mapping.h"
 #include "rawdax/namespace.h"
 #include "rawdax/result.h"
@@ -42,7 +43,7 @@ class Device;
 
 // Holds a device frozen; destroying it (or calling thaw()) thaws. Move-only.
 // Freezes nest: the device thaws when the last guard goes.
-class FreezeGuard {
+class RAWDAX_EXPORT FreezeGuard {
  public:
   FreezeGuard(FreezeGuard&& other) noexcept;
   FreezeGuard& operator=(FreezeGuard&& other) noexcept;
@@ -57,7 +58,7 @@ class FreezeGuard {
   std::shared_ptr<internal::DeviceCore> core_;
 };
 
-class Device {
+class RAWDAX_EXPORT Device {
  public:
   // Made by Region::open_device(); not for direct use.
   Device(std::shared_ptr<internal::DeviceCore> core, DeviceOptions options);
