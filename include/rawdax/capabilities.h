@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 
+#include "rawdax/export.h"
 namespace rawdax {
 
 enum class MediaKind {
@@ -82,11 +83,11 @@ struct Capabilities {
   KernelFeatures kernel;
 };
 
-std::string_view to_string(MediaKind kind);
-std::string_view to_string(PersistMethod method);
-std::string_view to_string(FlushInstruction instruction);
-std::string_view to_string(ProtectionEngine engine);
-std::string_view to_string(UffdMode mode);  // "none", "user-mode-only", "full"
+RAWDAX_EXPORT std::string_view to_string(MediaKind kind);
+RAWDAX_EXPORT std::string_view to_string(PersistMethod method);
+RAWDAX_EXPORT std::string_view to_string(FlushInstruction instruction);
+RAWDAX_EXPORT std::string_view to_string(ProtectionEngine engine);
+RAWDAX_EXPORT std::string_view to_string(UffdMode mode);  // "none", "user-mode-only", "full"
 
 }  // namespace rawdax
 

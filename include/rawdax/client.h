@@ -47,6 +47,7 @@
 #include <string_view>
 #include <vector>
 
+#include "rawdax/export.h"
 #include "rawdax/mapping.h"
 #include "rawdax/result.h"
 
@@ -67,7 +68,7 @@ struct ClientEvent {
 // write-protected while the daemon freezes the namespace. After the daemon
 // revokes the namespace, accesses raise SIGBUS (the backing file was
 // truncated), as with any truncated file.
-class ClientMapping {
+class RAWDAX_EXPORT ClientMapping {
  public:
   ClientMapping(ClientMapping&& other) noexcept;
   ClientMapping& operator=(ClientMapping&& other) noexcept;
@@ -96,7 +97,7 @@ class ClientMapping {
 // (closed in the destructor). The daemon counts this process as a holder
 // until release_namespace() or the control connection closes, whatever
 // happens to this object.
-class ClientNamespace {
+class RAWDAX_EXPORT ClientNamespace {
  public:
   ClientNamespace(ClientNamespace&& other) noexcept;
   ClientNamespace& operator=(ClientNamespace&& other) noexcept;
@@ -146,7 +147,7 @@ class ClientNamespace {
 // timeout.
 using FreezeHandler = std::function<void(const std::string& name, bool frozen)>;
 
-class Client {
+class RAWDAX_EXPORT Client {
  public:
   // Connects and reads the greeting. Socket paths longer than sun_path are
   // fine. ECONNREFUSED/ENOENT when no daemon listens there.
@@ -180,7 +181,7 @@ class Client {
   void set_freeze_handler(FreezeHandler handler);
 
  private:
-  class Impl;
+  class RAWDAX_NO_EXPORT Impl;
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -18,6 +18,8 @@
 
 #include <stdint.h>
 
+#include "rawdax/export.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -26,30 +28,30 @@ typedef struct rawdax_client rawdax_client;
 
 /* Connects to the control socket at `socket_path`. On success *out is a
  * client to close with rawdax_client_close(); on failure *out is NULL. */
-int rawdax_client_connect(const char* socket_path, rawdax_client** out);
+RAWDAX_EXPORT int rawdax_client_connect(const char* socket_path, rawdax_client** out);
 
 /* Runs `command` with `arguments_json` (a JSON object, or NULL for none).
  * On success *reply_json (if not NULL) receives the "return" value as JSON. */
-int rawdax_client_execute(rawdax_client* client, const char* command,
-                          const char* arguments_json, char** reply_json);
+RAWDAX_EXPORT int rawdax_client_execute(rawdax_client* client, const char* command,
+                                        const char* arguments_json, char** reply_json);
 
 /* open-namespace: *fd receives the backing fd (read-only unless `writable`),
  * *size (if not NULL) the namespace's size. A namespace of a carved region
  * (devdax:, file:) is an extent of its fd, not at offset 0: this call then
  * fails with -ENOTSUP and opens nothing (a mapping at 0 would reach the
  * device's label area); use rawdax_client_open_at(). */
-int rawdax_client_open(rawdax_client* client, const char* name, int writable, int exclusive,
-                       int* fd, uint64_t* size);
+RAWDAX_EXPORT int rawdax_client_open(rawdax_client* client, const char* name, int writable,
+                                     int exclusive, int* fd, uint64_t* size);
 
 /* Like rawdax_client_open(), for every region: the namespace is
  * [*offset, *offset + *size) of *fd. Map it with
  * mmap(NULL, len, prot, MAP_SHARED, *fd, *offset + o), `o` a multiple of the
  * media's alignment (docs/control.md, "Fd passing"). */
-int rawdax_client_open_at(rawdax_client* client, const char* name, int writable, int exclusive,
-                          int* fd, uint64_t* offset, uint64_t* size);
+RAWDAX_EXPORT int rawdax_client_open_at(rawdax_client* client, const char* name, int writable,
+                                        int exclusive, int* fd, uint64_t* offset, uint64_t* size);
 
 /* release-namespace. */
-int rawdax_client_release(rawdax_client* client, const char* name);
+RAWDAX_EXPORT int rawdax_client_release(rawdax_client* client, const char* name);
 
 /* Freezes (docs/control.md): while another connection freezes or snapshots
  * a namespace this client holds read-write, the daemon waits for this
@@ -60,16 +62,17 @@ int rawdax_client_release(rawdax_client* client, const char* name);
  * when it returns) and frozen=0 at the thaw. It must not call into the
  * client. NULL removes it. */
 typedef void (*rawdax_freeze_fn)(void* ctx, const char* name, int frozen);
-int rawdax_client_set_freeze_handler(rawdax_client* client, rawdax_freeze_fn fn, void* ctx);
+RAWDAX_EXPORT int rawdax_client_set_freeze_handler(rawdax_client* client, rawdax_freeze_fn fn,
+                                                   void* ctx);
 
 /* The message of the client's last failure ("" if none). */
-const char* rawdax_client_error(const rawdax_client* client);
+RAWDAX_EXPORT const char* rawdax_client_error(const rawdax_client* client);
 
 /* Closes the connection: the daemon releases what it held for it (opens,
  * freezes). NULL is accepted. */
-void rawdax_client_close(rawdax_client* client);
+RAWDAX_EXPORT void rawdax_client_close(rawdax_client* client);
 
-void rawdax_free(void* p);
+RAWDAX_EXPORT void rawdax_free(void* p);
 
 #ifdef __cplusplus
 }

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "rawdax/export.h"
 #include "rawdax/result.h"
 
 namespace rawdax {
@@ -29,7 +30,7 @@ class OpenNamespace;
 struct MappingRecord;
 }  // namespace internal
 
-class Mapping {
+class RAWDAX_EXPORT Mapping {
  public:
   // Made by Device::map(); not for direct use.
   Mapping(std::shared_ptr<internal::OpenNamespace> ns, internal::MappingRecord* record);

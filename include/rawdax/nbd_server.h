@@ -29,6 +29,7 @@
 #include <string>
 #include <string_view>
 
+#include "rawdax/export.h"
 #include "rawdax/region.h"
 #include "rawdax/result.h"
 
@@ -63,7 +64,7 @@ struct NbdServerStats {
   uint64_t errors = 0;              // of which answered with an error
 };
 
-class NbdServer {
+class RAWDAX_EXPORT NbdServer {
  public:
   // Binds the listening socket and starts accepting. EINVAL for a malformed
   // address; the socket call's errno (EADDRINUSE, EACCES, ...) otherwise.
@@ -87,7 +88,7 @@ class NbdServer {
 
   NbdServerStats stats() const;
 
-  class Impl;
+  class RAWDAX_NO_EXPORT Impl;
 
  private:
   explicit NbdServer(std::unique_ptr<Impl> impl);

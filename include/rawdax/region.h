@@ -36,6 +36,7 @@
 
 #include "rawdax/capabilities.h"
 #include "rawdax/device.h"
+#include "rawdax/export.h"
 #include "rawdax/namespace.h"
 #include "rawdax/region_space.h"
 #include "rawdax/result.h"
@@ -56,7 +57,7 @@ struct RegionOptions {
   uint64_t file_size = 0;
 };
 
-class Region {
+class RAWDAX_EXPORT Region {
  public:
   static Result<std::unique_ptr<Region>> open(std::string_view spec, RegionOptions options = {});
   // Formats a carved device (devdax:, file:) with an empty label area. The

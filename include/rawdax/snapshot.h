@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "rawdax/export.h"
 #include "rawdax/result.h"
 
 namespace rawdax {
@@ -47,7 +48,7 @@ struct SnapshotInfo {
 // checksums, the page bitmap, and that each base has the recorded id and
 // checksum. Returns the chain, newest first; the error names the file and
 // what is wrong.
-Result<std::vector<SnapshotInfo>> verify_snapshot(const std::string& path);
+RAWDAX_EXPORT Result<std::vector<SnapshotInfo>> verify_snapshot(const std::string& path);
 
 }  // namespace rawdax
 

@@ -46,7 +46,9 @@
 #include "common/unique_fd.h"
 #include "control/peer.h"
 #include "control/process_stops.h"
-#include "rawdax/rawdax.h"
+#include "rawdax/device.h"
+#include "rawdax/region.h"
+#include "rawdax/result.h"
 #include "vm/attached_vms.h"
 
 namespace rawdax::control {

@@ -7,7 +7,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "rawdax/rawdax.h"
+#include "rawdax/capabilities.h"
+#include "rawdax/namespace.h"
+#include "rawdax/region_space.h"
+#include "rawdax/snapshot.h"
 
 namespace rawdax::control {
 

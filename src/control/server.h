@@ -30,7 +30,7 @@
 #include "control/peer.h"
 #include "net/accept_loop.h"
 #include "net/listener.h"
-#include "rawdax/rawdax.h"
+#include "rawdax/result.h"
 
 namespace rawdax::control {
 

@@ -66,7 +66,11 @@
 #include "device/dirty_bitmap.h"
 #include "device/mapping_observer.h"
 #include "device/page_copier.h"
-#include "rawdax/device.h"
+#include "rawdax/capabilities.h"
+#include "rawdax/device_types.h"
+#include "rawdax/mapping.h"
+#include "rawdax/namespace.h"
+#include "rawdax/result.h"
 #include "ref/live_ref.h"
 #include "region/catalog.h"
 

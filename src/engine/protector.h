@@ -42,7 +42,9 @@
 
 #include "device/device_core.h"
 #include "device/mapping_observer.h"
-#include "rawdax/device.h"
+#include "rawdax/capabilities.h"
+#include "rawdax/device_types.h"
+#include "rawdax/result.h"
 
 namespace rawdax::internal {
 

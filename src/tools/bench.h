@@ -9,7 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "rawdax/rawdax.h"
+#include "rawdax/region.h"
+#include "rawdax/result.h"
 
 namespace rawdax::cli {
 

@@ -7,7 +7,11 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "rawdax/rawdax.h"
+#include "rawdax/capabilities.h"
+#include "rawdax/namespace.h"
+#include "rawdax/region.h"
+#include "rawdax/region_space.h"
+#include "rawdax/result.h"
 
 namespace CLI {
 class App;

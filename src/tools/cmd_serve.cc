@@ -16,6 +16,7 @@
 
 #include "common/units.h"
 #include "control/server.h"
+#include "rawdax/nbd_server.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
 #include "tools/command_path.h"
