@@ -20,7 +20,7 @@
 
 namespace {
 
-using rawdax::LiveRef;
+using rawdax::internal::LiveRef;
 
 // Shared by all benchmark threads; each on its own cache line.
 alignas(64) std::atomic<int64_t> g_shared_counter{0};

@@ -234,15 +234,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size = std::min(size, kMaxInput);
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) die("socketpair");
-  rawdax::UniqueFd client(sv[1]);
-  auto peer = std::make_shared<rawdax::control::Peer>(1, rawdax::UniqueFd(sv[0]), ::getpid(),
+  rawdax::internal::UniqueFd client(sv[1]);
+  auto peer = std::make_shared<rawdax::control::Peer>(1, rawdax::internal::UniqueFd(sv[0]), ::getpid(),
                                                       ::getuid());
   if (size > 0 && ::send(client.get(), data, size, MSG_NOSIGNAL) != static_cast<ssize_t>(size)) {
     die("send");
   }
   ::shutdown(client.get(), SHUT_WR);
   {
-    rawdax::control::Dispatcher dispatcher(*s.region, nullptr);
+    rawdax::control::Dispatcher dispatcher(*s.region, {});
     {
       rawdax::control::Session session{peer, {}};
       // What ControlServer::serve does with each line.

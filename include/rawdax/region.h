@@ -43,7 +43,9 @@
 
 namespace rawdax {
 
+namespace internal {
 class Catalog;
+}  // namespace internal
 
 struct RegionOptions {
   bool create = false;  // make and initialise a missing directory region
@@ -112,8 +114,8 @@ class RAWDAX_EXPORT Region {
   Result<int> open_backing_fd(std::string_view name, bool writable) const;
 
  private:
-  explicit Region(std::shared_ptr<Catalog> catalog);
-  std::shared_ptr<Catalog> catalog_;
+  explicit Region(std::shared_ptr<internal::Catalog> catalog);
+  std::shared_ptr<internal::Catalog> catalog_;
   mutable std::mutex mu_;
   // The open state of each namespace, by name; expired once every Device and
   // Mapping of it is gone. Guarded by mu_.

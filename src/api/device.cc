@@ -144,7 +144,7 @@ Status Mapping::persist(const void* ptr, size_t n) const {
     return Error(std::errc::no_such_device_or_address,
                  "namespace " + ns_->core().name() + ": persist on a revoked mapping");
   }
-  return persist_range(ns_->core().capabilities().persist, ptr, n);
+  return internal::persist_range(ns_->core().capabilities().persist, ptr, n);
 }
 
 }  // namespace rawdax

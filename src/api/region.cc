@@ -12,16 +12,16 @@
 namespace rawdax {
 
 Result<std::unique_ptr<Region>> Region::open(std::string_view spec, RegionOptions options) {
-  auto catalog = Catalog::open(spec, options.create, options.require_dax, options.file_size);
+  auto catalog = internal::Catalog::open(spec, options.create, options.require_dax, options.file_size);
   if (!catalog) return catalog.error();
-  return std::unique_ptr<Region>(new Region(std::shared_ptr<Catalog>(std::move(*catalog))));
+  return std::unique_ptr<Region>(new Region(std::shared_ptr<internal::Catalog>(std::move(*catalog))));
 }
 
 Result<InitReport> Region::init(std::string_view spec, InitOptions options) {
-  return Catalog::init(spec, options);
+  return internal::Catalog::init(spec, options);
 }
 
-Region::Region(std::shared_ptr<Catalog> catalog) : catalog_(std::move(catalog)) {}
+Region::Region(std::shared_ptr<internal::Catalog> catalog) : catalog_(std::move(catalog)) {}
 Region::~Region() = default;
 
 const std::string& Region::spec() const { return catalog_->spec(); }

@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
-namespace rawdax {
+namespace rawdax::internal {
 namespace {
 
 struct Settings {
@@ -44,4 +44,4 @@ void crash_point(const char* what) {
   }
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

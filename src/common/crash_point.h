@@ -12,12 +12,12 @@
 #ifndef RAWDAX_COMMON_CRASH_POINT_H_
 #define RAWDAX_COMMON_CRASH_POINT_H_
 
-namespace rawdax {
+namespace rawdax::internal {
 
 inline constexpr int kCrashExitCode = 86;
 
 void crash_point(const char* what);
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_COMMON_CRASH_POINT_H_

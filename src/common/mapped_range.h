@@ -8,7 +8,7 @@
 #include <cstddef>
 #include <utility>
 
-namespace rawdax {
+namespace rawdax::internal {
 
 class MappedRange {
  public:
@@ -42,6 +42,6 @@ class MappedRange {
   size_t len_ = 0;
 };
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_COMMON_MAPPED_RANGE_H_

@@ -4,7 +4,7 @@
 
 #include <atomic>
 
-namespace rawdax {
+namespace rawdax::internal {
 
 void release_free_memory(bool freed, std::chrono::milliseconds interval) {
   static std::atomic<bool> pending{false};
@@ -23,4 +23,4 @@ void release_free_memory(bool freed, std::chrono::milliseconds interval) {
   ::malloc_trim(0);
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

@@ -12,7 +12,7 @@
 
 #include <chrono>
 
-namespace rawdax {
+namespace rawdax::internal {
 
 // Called after connections ended: `freed` says whether any did. Gives free
 // heap pages back (malloc_trim(0)) when some freeing is pending, here or
@@ -22,6 +22,6 @@ namespace rawdax {
 void release_free_memory(bool freed,
                          std::chrono::milliseconds interval = std::chrono::milliseconds(1000));
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_COMMON_MEMORY_RELEASE_H_

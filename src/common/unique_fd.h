@@ -7,7 +7,7 @@
 
 #include <utility>
 
-namespace rawdax {
+namespace rawdax::internal {
 
 class UniqueFd {
  public:
@@ -34,6 +34,6 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_COMMON_UNIQUE_FD_H_

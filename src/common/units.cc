@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <limits>
 
-namespace rawdax {
+namespace rawdax::internal {
 
 Result<uint64_t> parse_size(std::string_view text) {
   auto invalid = [&](const char* why) {
@@ -68,4 +68,4 @@ std::optional<uint64_t> round_up(uint64_t value, uint64_t align) {
   return (value + mask) & ~mask;
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

@@ -10,7 +10,7 @@
 
 #include "rawdax/result.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 // Parses a decimal size with an optional K/M/G/T suffix (binary units,
 // case-insensitive, optional trailing "iB"/"B"). Rejects signs, fractions,
@@ -29,6 +29,6 @@ inline bool range_fits(uint64_t offset, uint64_t length, uint64_t size) {
   return offset <= size && length <= size - offset;
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_COMMON_UNITS_H_

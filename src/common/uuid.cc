@@ -7,7 +7,7 @@
 #include <cstdio>
 #include <random>
 
-namespace rawdax {
+namespace rawdax::internal {
 
 std::string new_uuid() {
   uint8_t b[16];
@@ -36,4 +36,4 @@ bool is_uuid(const std::string& text) {
   return true;
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

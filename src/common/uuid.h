@@ -4,11 +4,11 @@
 
 #include <string>
 
-namespace rawdax {
+namespace rawdax::internal {
 
 std::string new_uuid();
 bool is_uuid(const std::string& text);
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_COMMON_UUID_H_

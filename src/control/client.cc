@@ -147,7 +147,7 @@ Result<ClientMapping> ClientNamespace::map(uint64_t offset, size_t length) const
 // and the reader's acks; it is never held while taking mu_.
 class Client::Impl {
  public:
-  explicit Impl(UniqueFd socket) : socket_(std::move(socket)) {}
+  explicit Impl(internal::UniqueFd socket) : socket_(std::move(socket)) {}
 
   ~Impl() {
     // Wakes the reader's recvmsg (it sees end of stream) and fails its sends.
@@ -183,7 +183,7 @@ class Client::Impl {
 
   // Sends a request and waits for its reply; the "return" value, or the
   // daemon's error. With fd_out, the reply's passed fd is moved there.
-  Result<json> call(std::string_view command, json arguments, UniqueFd* fd_out) {
+  Result<json> call(std::string_view command, json arguments, internal::UniqueFd* fd_out) {
     std::lock_guard<std::mutex> call_lock(call_mu_);
     uint64_t id;
     {
@@ -255,7 +255,7 @@ class Client::Impl {
  private:
   struct PendingReply {
     json message;
-    std::deque<UniqueFd> fds;
+    std::deque<internal::UniqueFd> fds;
   };
 
   Status send(const std::string& line) {
@@ -293,7 +293,7 @@ class Client::Impl {
       }
       // A reply: an fd it carries arrived with its first byte, so every fd
       // queued now is its.
-      std::deque<UniqueFd> fds;
+      std::deque<internal::UniqueFd> fds;
       fds.swap(reader_.fds());
       std::lock_guard<std::mutex> lock(mu_);
       auto rid = message.find("id");
@@ -357,7 +357,7 @@ class Client::Impl {
     return error;
   }
 
-  UniqueFd socket_;
+  internal::UniqueFd socket_;
   control::LineReader reader_{control::kMaxReplyLine};  // the reader thread's (greeting: connect's)
   std::string greeting_;
   std::thread reader_thread_;
@@ -406,7 +406,7 @@ Result<ClientNamespace> Client::open_namespace(std::string_view name, Access acc
   json args = {{"name", name},
                {"access", access == Access::ReadWrite ? "rw" : "ro"},
                {"exclusive", exclusive}};
-  UniqueFd fd;
+  internal::UniqueFd fd;
   auto ret = impl_->call("open-namespace", std::move(args), &fd);
   if (!ret) return ret.error();
   ClientNamespace ns;

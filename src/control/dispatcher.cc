@@ -150,7 +150,7 @@ std::string pid_text(const std::vector<pid_t>& pids) {
 // arguments, and where an fd to pass goes.
 class Dispatcher::Command {
  public:
-  Command(Dispatcher& d, Session& session, const Arguments& args, UniqueFd* fd_out)
+  Command(Dispatcher& d, Session& session, const Arguments& args, internal::UniqueFd* fd_out)
       : d_(d), session_(session), args_(args), fd_out_(fd_out) {}
 
   // ENOSYS (CommandNotFound) for an unknown command.
@@ -693,7 +693,7 @@ class Dispatcher::Command {
   Dispatcher& d_;
   Session& session_;
   const Arguments& args_;
-  UniqueFd* fd_out_;
+  internal::UniqueFd* fd_out_;
 };
 
 Dispatcher::Dispatcher(Region& region, DispatcherOptions options)

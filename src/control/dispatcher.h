@@ -129,7 +129,7 @@ class Dispatcher {
 
   struct Reply {
     std::string line;
-    UniqueFd fd;  // passed with the line when valid (open-namespace)
+    internal::UniqueFd fd;  // passed with the line when valid (open-namespace)
   };
   Reply handle(Session& session, std::string_view request_line);
 

@@ -26,7 +26,7 @@ namespace rawdax::control {
 
 class Peer {
  public:
-  Peer(uint64_t id, UniqueFd socket, pid_t pid, uid_t uid)
+  Peer(uint64_t id, internal::UniqueFd socket, pid_t pid, uid_t uid)
       : id_(id), pid_(pid), uid_(uid), socket_(std::move(socket)) {}
   Peer(const Peer&) = delete;
   Peer& operator=(const Peer&) = delete;
@@ -52,7 +52,7 @@ class Peer {
   const pid_t pid_;
   const uid_t uid_;
   std::mutex write_mu_;
-  UniqueFd socket_;
+  internal::UniqueFd socket_;
 };
 
 }  // namespace rawdax::control

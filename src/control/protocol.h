@@ -69,13 +69,13 @@ class LineReader {
   // A complete line is buffered: read_line() will not block.
   bool has_line() const;
   // Fds received so far, oldest first. The caller takes them.
-  std::deque<UniqueFd>& fds() { return fds_; }
+  std::deque<internal::UniqueFd>& fds() { return fds_; }
 
  private:
   size_t max_line_;
   std::string buffer_;
   size_t scanned_ = 0;  // buffer_[0, scanned_) has no '\n'
-  std::deque<UniqueFd> fds_;
+  std::deque<internal::UniqueFd> fds_;
 };
 
 }  // namespace rawdax::control

@@ -48,7 +48,7 @@ Result<std::unique_ptr<ControlServer>> ControlServer::start(Dispatcher& dispatch
        .max_connections = s->options_.max_connections,
        .send_timeout = s->options_.send_timeout,
        .error_backoff = std::chrono::milliseconds(100),
-       .admit = [s](UniqueFd socket) { return s->admit(std::move(socket)); },
+       .admit = [s](internal::UniqueFd socket) { return s->admit(std::move(socket)); },
        .on_error =
            [s](std::string_view call, int error) {
              s->options_.log("error: control socket: " + std::string(call) + ": " +
@@ -76,7 +76,7 @@ void ControlServer::stop() {
   options_.log("control socket " + options_.socket_path + " closed");
 }
 
-std::unique_ptr<net::Connection> ControlServer::admit(UniqueFd socket) {
+std::unique_ptr<net::Connection> ControlServer::admit(internal::UniqueFd socket) {
   auto cred = net::peer_credentials(socket.get());
   if (!cred) {
     options_.log("error: control socket: " + cred.error().message());

@@ -64,7 +64,7 @@ class ControlServer {
 
   ControlServer(Dispatcher& dispatcher, ServerOptions options, net::Listener listener);
   // Admission: SO_PEERCRED must show our uid or root (accept thread only).
-  std::unique_ptr<net::Connection> admit(UniqueFd socket);
+  std::unique_ptr<net::Connection> admit(internal::UniqueFd socket);
   void serve(const std::shared_ptr<Peer>& peer);  // one connection's thread
 
   ServerOptions options_;

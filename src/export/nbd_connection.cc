@@ -67,7 +67,7 @@ bool contains(const std::vector<uint16_t>& v, uint16_t x) {
 
 }  // namespace
 
-NbdConnection::NbdConnection(UniqueFd fd, std::string peer, ServerContext& context)
+NbdConnection::NbdConnection(internal::UniqueFd fd, std::string peer, ServerContext& context)
     : fd_(std::move(fd)), peer_(std::move(peer)), context_(context), in_(new char[kInSize]) {}
 
 NbdConnection::~NbdConnection() = default;
@@ -322,14 +322,14 @@ void NbdConnection::open_backing() {
   // the device's shared mapping, so what it sends is what a read would copy.
   // Only regular files: memfd regions have no path, devdax cannot sendfile.
   const std::string path = device_->info().path;
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  internal::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   struct stat st;
   if (!fd.valid() || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return;
   // sendfile needs a filesystem that splices, which hugetlbfs does not
   // (EINVAL): one byte into a pipe tells, before any header promises data.
   int ends[2];
   if (::pipe2(ends, O_CLOEXEC | O_NONBLOCK) != 0) return;
-  UniqueFd pipe_out(ends[0]), pipe_in(ends[1]);
+  internal::UniqueFd pipe_out(ends[0]), pipe_in(ends[1]);
   off_t at = 0;
   if (::sendfile(pipe_in.get(), fd.get(), &at, 1) != 1) return;
   backing_ = std::move(fd);

@@ -62,7 +62,7 @@ class NbdConnection {
   static constexpr uint32_t kPreferredBlock = 4096;
   static constexpr uint32_t kMaxPayload = 32u << 20;
 
-  NbdConnection(UniqueFd fd, std::string peer, ServerContext& context);
+  NbdConnection(internal::UniqueFd fd, std::string peer, ServerContext& context);
   ~NbdConnection();
   NbdConnection(const NbdConnection&) = delete;
   NbdConnection& operator=(const NbdConnection&) = delete;
@@ -135,7 +135,7 @@ class NbdConnection {
   void log(const std::string& line) const;
   std::string describe(const RequestHeader& request) const;
 
-  UniqueFd fd_;
+  internal::UniqueFd fd_;
   const std::string peer_;
   ServerContext& context_;
   std::atomic<bool> stop_requested_{false};
@@ -162,7 +162,7 @@ class NbdConnection {
   uint32_t min_block_ = 1;
   std::string export_name_;
   std::unique_ptr<Device> device_;
-  UniqueFd backing_;  // the namespace's backing file, read-only; invalid: no sendfile
+  internal::UniqueFd backing_;  // the namespace's backing file, read-only; invalid: no sendfile
   uint64_t backing_offset_ = 0;  // where the namespace starts in backing_
   bool wrote_since_flush_ = false;
   bool logged_shutdown_ = false;

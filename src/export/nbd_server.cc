@@ -17,7 +17,7 @@ namespace {
 // the server logs about it.
 class NbdSession final : public net::Connection {
  public:
-  NbdSession(UniqueFd socket, std::string peer, nbd::ServerContext& context)
+  NbdSession(internal::UniqueFd socket, std::string peer, nbd::ServerContext& context)
       : connection_(std::move(socket), std::move(peer), context), context_(context) {}
 
   void run() override { connection_.run(); }
@@ -63,7 +63,7 @@ class NbdServer::Impl {
          // stops sending a request: a send waiting longer fails.
          .send_timeout = context_.message_timeout,
          .error_backoff = std::chrono::milliseconds(50),
-         .admit = [this](UniqueFd socket) -> std::unique_ptr<net::Connection> {
+         .admit = [this](internal::UniqueFd socket) -> std::unique_ptr<net::Connection> {
            std::string peer = net::peer_name(socket.get());
            return std::make_unique<NbdSession>(std::move(socket), std::move(peer), context_);
          },

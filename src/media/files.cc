@@ -13,7 +13,7 @@
 #include "common/mapped_range.h"
 #include "common/units.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 namespace {
 
 // write(2) and pwrite(2) fail with EINVAL on a filesystem that has no write
@@ -231,4 +231,4 @@ Result<bool> punch_hole(int fd, uint64_t offset, uint64_t len) {
                                 std::to_string(len));
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

@@ -18,7 +18,7 @@
 #include "common/unique_fd.h"
 #include "rawdax/result.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 // Creates a new file (O_EXCL) of `size` bytes and fsyncs it. The caller
 // fsyncs the directory when it makes the file reachable. With `allocate`,
@@ -68,6 +68,6 @@ Status write_file_contents(int fd, std::string_view contents, const std::string&
 // Returns false (not an error) when the filesystem cannot punch holes.
 Result<bool> punch_hole(int fd, uint64_t offset, uint64_t len);
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_MEDIA_FILES_H_

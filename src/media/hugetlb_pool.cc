@@ -5,7 +5,7 @@
 #include <sstream>
 #include <string>
 
-namespace rawdax {
+namespace rawdax::internal {
 namespace {
 
 std::optional<uint64_t> read_count(const std::string& path) {
@@ -51,4 +51,4 @@ Result<uint64_t> hugetlb_free_bytes(uint64_t page_size) {
   return (*free_pages > *reserved ? *free_pages - *reserved : 0) * page_size;
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

@@ -7,7 +7,7 @@
 
 #include "rawdax/result.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 // Bytes of huge pages of `page_size` that are free and not reserved by some
 // mapping: what a new hugetlbfs allocation can still get. From
@@ -17,6 +17,6 @@ namespace rawdax {
 // size.
 Result<uint64_t> hugetlb_free_bytes(uint64_t page_size);
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_MEDIA_HUGETLB_POOL_H_

@@ -4,7 +4,7 @@
 
 #include <cerrno>
 
-namespace rawdax {
+namespace rawdax::internal {
 
 Result<UniqueFd> open_pagemap_scan() {
   UniqueFd pagemap(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
@@ -23,4 +23,4 @@ Result<UniqueFd> open_pagemap_scan() {
   return pagemap;
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

@@ -16,7 +16,7 @@
 #include "common/unique_fd.h"
 #include "rawdax/result.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 // struct pm_scan_arg.
 struct PmScanArg {
@@ -67,6 +67,6 @@ inline constexpr uint64_t kPageIsSoftDirty = 1ull << 7;
 // after a setuid, finds its /proc/self files owned by root: EACCES).
 Result<UniqueFd> open_pagemap_scan();
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_MEDIA_PAGEMAP_SCAN_H_

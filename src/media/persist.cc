@@ -13,7 +13,7 @@
 #define RAWDAX_X86 1
 #endif
 
-namespace rawdax {
+namespace rawdax::internal {
 namespace {
 
 constexpr uintptr_t kCacheLine = 64;
@@ -93,4 +93,4 @@ Status persist_range(PersistMethod method, const void* addr, size_t len) {
   return ok();
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

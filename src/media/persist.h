@@ -13,7 +13,7 @@
 #include "rawdax/capabilities.h"
 #include "rawdax/result.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 // The best cache-line write-back instruction this CPU has.
 FlushInstruction detected_flush_instruction();
@@ -26,6 +26,6 @@ void flush_cache_lines(const void* addr, size_t len);
 // widened to whole pages. May fail only for kMsync (EIO and the like).
 Status persist_range(PersistMethod method, const void* addr, size_t len);
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_MEDIA_PERSIST_H_

@@ -33,7 +33,7 @@
 #define HUGETLBFS_MAGIC 0x958458f6
 #endif
 
-namespace rawdax {
+namespace rawdax::internal {
 namespace {
 
 std::string filesystem_name(long type) {
@@ -257,6 +257,11 @@ int shared_map_flags(const Capabilities& caps) {
   }
   return MAP_SHARED;
 }
+
+}  // namespace rawdax::internal
+
+// The public names of the capability enums (rawdax/capabilities.h).
+namespace rawdax {
 
 std::string_view to_string(MediaKind kind) {
   switch (kind) {

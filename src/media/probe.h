@@ -12,7 +12,7 @@
 #include "rawdax/capabilities.h"
 #include "rawdax/result.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 // Probes a directory on any filesystem by creating a hidden probe file in it.
 Result<Capabilities> probe_directory(const std::string& dir);
@@ -33,6 +33,6 @@ Result<Capabilities> probe_devdax(int fd, const DevdaxGeometry& geometry);
 // mmap flags for a shared mapping of this media (adds MAP_SYNC where it works).
 int shared_map_flags(const Capabilities& caps);
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_MEDIA_PROBE_H_

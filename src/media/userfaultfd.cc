@@ -10,7 +10,7 @@
 
 #include "media/uffd_compat.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 namespace {
 
 int open_through_syscall(int flags) { return static_cast<int>(::syscall(SYS_userfaultfd, flags)); }
@@ -106,4 +106,4 @@ std::string uffd_feature_names(uint64_t bits) {
   return out;
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

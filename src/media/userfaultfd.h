@@ -26,7 +26,7 @@
 #include "rawdax/capabilities.h"
 #include "rawdax/result.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 inline constexpr const char* kUserfaultfdDevice = "/dev/userfaultfd";
 
@@ -51,6 +51,6 @@ Result<Userfaultfd> open_userfaultfd(int flags, uint64_t features,
 // each after a space ("" for none).
 std::string uffd_feature_names(uint64_t bits);
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_MEDIA_USERFAULTFD_H_

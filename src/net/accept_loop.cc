@@ -49,7 +49,7 @@ Result<std::unique_ptr<AcceptLoop>> AcceptLoop::start(const Listener& listener,
   if (flags < 0 || ::fcntl(listener.fd(), F_SETFL, flags | O_NONBLOCK) != 0) {
     return errno_error(errno, options.what + ": listener");
   }
-  UniqueFd wake(::eventfd(0, EFD_CLOEXEC));
+  internal::UniqueFd wake(::eventfd(0, EFD_CLOEXEC));
   if (!wake.valid()) return errno_error(errno, options.what + ": eventfd");
   std::unique_ptr<AcceptLoop> loop(new AcceptLoop(listener.fd(), std::move(wake), std::move(options)));
   try {
@@ -60,7 +60,7 @@ Result<std::unique_ptr<AcceptLoop>> AcceptLoop::start(const Listener& listener,
   return loop;
 }
 
-AcceptLoop::AcceptLoop(int listen_fd, UniqueFd wake, AcceptLoopOptions options)
+AcceptLoop::AcceptLoop(int listen_fd, internal::UniqueFd wake, AcceptLoopOptions options)
     : listen_fd_(listen_fd), wake_(std::move(wake)), options_(std::move(options)) {}
 
 AcceptLoop::~AcceptLoop() { stop(); }
@@ -96,11 +96,11 @@ void AcceptLoop::accept_thread() {
       ::poll(&wake, 1, static_cast<int>(options_.error_backoff.count()));
       continue;
     }
-    admit(UniqueFd(fd));
+    admit(internal::UniqueFd(fd));
   }
 }
 
-void AcceptLoop::admit(UniqueFd socket) {
+void AcceptLoop::admit(internal::UniqueFd socket) {
   if (options_.send_timeout.count() > 0) {
     auto ms = options_.send_timeout.count();
     timeval tv = {.tv_sec = static_cast<time_t>(ms / 1000),
@@ -166,7 +166,7 @@ void AcceptLoop::reap() {
   for (Entry& e : finished) e.thread.join();
   finished.clear();  // the Connections, with their sockets and buffers
   // Their buffers were freed into the threads' arenas; hand them back.
-  release_free_memory(freed);
+  internal::release_free_memory(freed);
 }
 
 void AcceptLoop::stop(std::chrono::milliseconds grace) {

@@ -96,7 +96,7 @@ struct AcceptLoopOptions {
   std::chrono::milliseconds error_backoff{100};
   // Admission (required): the Connection that serves `socket` (which already
   // has its send timeout), or null to refuse it (admit logs why).
-  std::function<std::unique_ptr<Connection>(UniqueFd socket)> admit = nullptr;
+  std::function<std::unique_ptr<Connection>(internal::UniqueFd socket)> admit = nullptr;
   // The loop's own failures: "poll", "accept" or "thread", and the errno.
   // May be null.
   std::function<void(std::string_view call, int error)> on_error = nullptr;
@@ -131,15 +131,15 @@ class AcceptLoop {
     bool done = false;  // guarded by mu_; set when run() has returned
   };
 
-  AcceptLoop(int listen_fd, UniqueFd wake, AcceptLoopOptions options);
+  AcceptLoop(int listen_fd, internal::UniqueFd wake, AcceptLoopOptions options);
   void accept_thread();
-  void admit(UniqueFd socket);
+  void admit(internal::UniqueFd socket);
   // Joins the threads of ended connections and destroys those.
   void reap();
   void report(std::string_view call, int error) const;
 
   const int listen_fd_;
-  const UniqueFd wake_;  // eventfd: stop() writes it to end accept_thread()
+  const internal::UniqueFd wake_;  // eventfd: stop() writes it to end accept_thread()
   const AcceptLoopOptions options_;
   std::thread acceptor_;
 

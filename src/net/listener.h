@@ -61,7 +61,7 @@ class Listener {
 
  private:
   Listener() = default;
-  UniqueFd fd_;
+  internal::UniqueFd fd_;
   std::string address_;
   std::string host_;
   uint16_t port_ = 0;

@@ -17,7 +17,7 @@ namespace {
 // /proc/self/fd/N of its directory; `dir` keeps N open until bind/connect.
 struct UnixAddress {
   sockaddr_un addr = {};
-  UniqueFd dir;
+  internal::UniqueFd dir;
 };
 
 Result<UnixAddress> make_address(const std::string& path, const std::string& what) {
@@ -39,15 +39,15 @@ Result<UnixAddress> make_address(const std::string& path, const std::string& wha
   return out;
 }
 
-Result<UniqueFd> new_socket(const std::string& what) {
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+Result<internal::UniqueFd> new_socket(const std::string& what) {
+  internal::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return errno_error(errno, what + ": socket");
   return fd;
 }
 
 }  // namespace
 
-Result<UniqueFd> connect_unix(const std::string& path, std::string_view what) {
+Result<internal::UniqueFd> connect_unix(const std::string& path, std::string_view what) {
   const std::string named = std::string(what) + " " + path;
   auto address = make_address(path, named);
   if (!address) return address.error();
@@ -60,7 +60,7 @@ Result<UniqueFd> connect_unix(const std::string& path, std::string_view what) {
   return std::move(*fd);
 }
 
-Result<UniqueFd> listen_unix(const std::string& path, int backlog, std::string_view what) {
+Result<internal::UniqueFd> listen_unix(const std::string& path, int backlog, std::string_view what) {
   const std::string named = std::string(what) + " " + path;
   struct stat st;
   if (::lstat(path.c_str(), &st) == 0) {

@@ -28,9 +28,9 @@
 namespace rawdax::net {
 
 // A connected stream socket to `path`. ENOENT/ECONNREFUSED when nobody listens.
-Result<UniqueFd> connect_unix(const std::string& path, std::string_view what = "socket");
+Result<internal::UniqueFd> connect_unix(const std::string& path, std::string_view what = "socket");
 // A listening socket bound at `path` with mode 0600 (see above).
-Result<UniqueFd> listen_unix(const std::string& path, int backlog, std::string_view what);
+Result<internal::UniqueFd> listen_unix(const std::string& path, int backlog, std::string_view what);
 
 }  // namespace rawdax::net
 

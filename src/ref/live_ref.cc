@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-namespace rawdax {
+namespace rawdax::internal {
 
 namespace live_ref_internal {
 namespace {
@@ -324,4 +324,4 @@ int64_t LiveRef::count_slow() const {
   return count_slow(Access::kRead) + count_slow(Access::kWrite);
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

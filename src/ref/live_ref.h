@@ -14,7 +14,7 @@
 //
 // Typical use:
 //
-//   auto hold = ref.hold(rawdax::LiveRef::Access::kWrite);
+//   auto hold = ref.hold(rawdax::internal::LiveRef::Access::kWrite);
 //   if (!hold) return rawdax::Error(std::errc::no_such_device_or_address, "...");
 //   ... write; the reference is dropped when `hold` goes out of scope ...
 //
@@ -101,7 +101,7 @@
 
 #include "rawdax/result.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 namespace live_ref_internal {
 
@@ -284,6 +284,6 @@ inline void LiveRef::put(Access access) {
   if ((old & kWakeFlag) != 0) [[unlikely]] wake_waiters(this);
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_REF_LIVE_REF_H_

@@ -23,7 +23,7 @@
 #include "media/probe.h"
 #include "region/label_area.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 namespace {
 
 constexpr std::string_view kDevdaxPrefix = "devdax:";
@@ -248,4 +248,4 @@ Result<std::optional<uint64_t>> CarvedMedia::first_nonzero(uint64_t begin, uint6
   return std::optional<uint64_t>();
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

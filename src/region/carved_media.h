@@ -27,7 +27,7 @@
 #include "rawdax/capabilities.h"
 #include "rawdax/result.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 class CarvedMedia {
  public:
@@ -87,6 +87,6 @@ class CarvedMedia {
   MappedRange label_area_;
 };
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_REGION_CARVED_MEDIA_H_

@@ -22,7 +22,7 @@
 #include "region/bad_ranges.h"
 #include "region/names.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 namespace {
 
 constexpr std::string_view kMemfdPrefix = "memfd:";
@@ -842,4 +842,4 @@ Result<UniqueFd> Catalog::open_backing(std::string_view name, bool writable) con
   return Error(std::errc::invalid_argument, "unknown media kind");
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

@@ -52,7 +52,7 @@
 #include "region/metadata.h"
 #include "region/region_lock.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 class Catalog {
  public:
@@ -174,6 +174,6 @@ class Catalog {
   std::map<std::string, ByteRange> holds_;  // carved; by uuid; guarded by mu_
 };
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_REGION_CATALOG_H_

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-namespace rawdax {
+namespace rawdax::internal {
 
 FreeSpace::FreeSpace(uint64_t begin, uint64_t end, std::vector<ByteRange> used) {
   std::sort(used.begin(), used.end(),
@@ -42,4 +42,4 @@ uint64_t FreeSpace::free_at(uint64_t offset) const {
   return 0;
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

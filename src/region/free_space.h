@@ -15,7 +15,7 @@
 #include <optional>
 #include <vector>
 
-namespace rawdax {
+namespace rawdax::internal {
 
 struct ByteRange {
   uint64_t offset = 0;
@@ -50,6 +50,6 @@ class FreeSpace {
   uint64_t largest_free_ = 0;
 };
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_REGION_FREE_SPACE_H_

@@ -12,7 +12,7 @@
 #include "common/uuid.h"
 #include "region/names.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 namespace {
 
 static_assert(std::endian::native == std::endian::little,
@@ -353,4 +353,4 @@ Status commit_labels(std::byte* area, LabelState& state, const std::vector<Label
   return ok();
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

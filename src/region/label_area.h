@@ -41,7 +41,7 @@
 
 #include "rawdax/result.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 inline constexpr uint64_t kIndexBlockBytes = 4096;
 inline constexpr uint64_t kLabelSlotBytes = 256;
@@ -105,6 +105,6 @@ Result<LabelState> format_label_area(std::byte* area, const LabelGeometry& geome
 Status commit_labels(std::byte* area, LabelState& state, const std::vector<Label>& next,
                      const PersistFn& persist, const std::string& device);
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_REGION_LABEL_AREA_H_

@@ -10,7 +10,7 @@
 #include "region/bad_ranges.h"
 #include "region/names.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 namespace {
 
 constexpr int kVersion = 1;
@@ -142,4 +142,4 @@ Result<RegionMetadata> decode_metadata(std::string_view bytes, const std::string
   return meta;
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

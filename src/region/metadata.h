@@ -17,7 +17,7 @@
 #include "rawdax/namespace.h"
 #include "rawdax/result.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 struct RegionMetadata {
   uint64_t generation = 0;
@@ -31,6 +31,6 @@ std::string encode_metadata(const RegionMetadata& meta);
 // a message naming `source` and what is wrong.
 Result<RegionMetadata> decode_metadata(std::string_view bytes, const std::string& source);
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_REGION_METADATA_H_

@@ -4,7 +4,7 @@
 
 #include "common/units.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 Status validate_namespace_name(std::string_view name) {
   auto bad = [&](const std::string& why) {
@@ -46,4 +46,4 @@ Status check_aligned(std::string_view what, uint64_t value, const Capabilities& 
                    format_size(caps.alignment) + ")");
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

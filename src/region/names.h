@@ -8,7 +8,7 @@
 #include "rawdax/capabilities.h"
 #include "rawdax/result.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 inline constexpr size_t kMaxNamespaceName = 63;
 
@@ -26,6 +26,6 @@ Result<uint64_t> validate_namespace_size(std::string_view name, uint64_t size,
 // the <media> alignment <A>". Callers prefix the namespace.
 Status check_aligned(std::string_view what, uint64_t value, const Capabilities& caps);
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_REGION_NAMES_H_

@@ -9,7 +9,7 @@
 
 #include "media/files.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 Result<RegionLock> RegionLock::acquire(const std::string& dir) {
   std::string path = dir + "/rawdax.lock";
@@ -34,4 +34,4 @@ Result<RegionLock> RegionLock::acquire(const std::string& dir) {
   return RegionLock(std::move(fd));
 }
 
-}  // namespace rawdax
+}  // namespace rawdax::internal

@@ -12,7 +12,7 @@
 #include "common/unique_fd.h"
 #include "rawdax/result.h"
 
-namespace rawdax {
+namespace rawdax::internal {
 
 class RegionLock {
  public:
@@ -28,6 +28,6 @@ class RegionLock {
   UniqueFd fd_;
 };
 
-}  // namespace rawdax
+}  // namespace rawdax::internal
 
 #endif  // RAWDAX_REGION_REGION_LOCK_H_

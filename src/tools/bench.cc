@@ -77,11 +77,11 @@ __attribute__((noinline)) uint64_t load_pass(const uint64_t* p, size_t words) {
   return sum;
 }
 
-Result<MappedRange> anonymous(size_t size) {
+Result<internal::MappedRange> anonymous(size_t size) {
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return errno_error(errno, "mmap anonymous");
   std::memset(p, 1, size);
-  return MappedRange(p, size);
+  return internal::MappedRange(p, size);
 }
 
 Result<std::vector<Pair>> run_pairs(Device& dev, size_t size, int rounds) {
@@ -106,7 +106,7 @@ Result<std::vector<Pair>> run_pairs(Device& dev, size_t size, int rounds) {
 
   {  // 2. 4K random write+read, one thread, vs pwrite/pread on a tmpfs file.
     std::string path = "/dev/shm/rawdax-bench." + std::to_string(::getpid());
-    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    internal::UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (!fd.valid()) return errno_error(errno, "cannot create " + path);
     ::unlink(path.c_str());
     if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
@@ -179,7 +179,7 @@ std::vector<Pair> run_live_ref_pairs(int rounds) {
   Pair alone{"live ref get+put, uncontended", "fetch_add+fetch_sub on a std::atomic", 0, 0,
              20, "per get+put", GoalKind::kMaxNs};
   {
-    LiveRef ref;
+    internal::LiveRef ref;
     measure(
         alone, rounds, kIters,
         [&] {
@@ -190,7 +190,7 @@ std::vector<Pair> run_live_ref_pairs(int rounds) {
         },
         [&] {
           for (int i = 0; i < kIters; ++i) {
-            if (ref.tryget(LiveRef::Access::kWrite)) ref.put(LiveRef::Access::kWrite);
+            if (ref.tryget(internal::LiveRef::Access::kWrite)) ref.put(internal::LiveRef::Access::kWrite);
           }
         });
   }
@@ -198,7 +198,7 @@ std::vector<Pair> run_live_ref_pairs(int rounds) {
 
   Pair shared{"live ref get+put, 2 threads, one object", "one shared std::atomic", 0, 0, 2.0,
               "per get+put"};
-  LiveRef ref;
+  internal::LiveRef ref;
   auto two_threads = [](const std::function<void()>& body) {
     std::thread other(body);
     body();
@@ -217,7 +217,7 @@ std::vector<Pair> run_live_ref_pairs(int rounds) {
       [&] {
         two_threads([&] {
           for (int i = 0; i < kIters; ++i) {
-            if (ref.tryget(LiveRef::Access::kWrite)) ref.put(LiveRef::Access::kWrite);
+            if (ref.tryget(internal::LiveRef::Access::kWrite)) ref.put(internal::LiveRef::Access::kWrite);
           }
         });
       });
@@ -234,7 +234,7 @@ Result<Pair> run_teardown_pair(Region& region, uint64_t size, int rounds) {
   pair.anchor_ns = pair.rawdax_ns = 1e300;
   for (int r = 0; r < rounds; ++r) {
     {
-      UniqueFd fd(::memfd_create("rawdax-bench-anchor", MFD_CLOEXEC));
+      internal::UniqueFd fd(::memfd_create("rawdax-bench-anchor", MFD_CLOEXEC));
       if (!fd.valid() || ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
         return errno_error(errno, "teardown anchor memfd");
       }
@@ -287,13 +287,13 @@ std::string ns_text(double ns) {
 }
 
 int run_bench(const BenchOptions& options) {
-  auto size = parse_size(options.size);
+  auto size = internal::parse_size(options.size);
   if (!size) return fail(size.error());
-  auto teardown_size = parse_size(options.teardown_size);
+  auto teardown_size = internal::parse_size(options.teardown_size);
   if (!teardown_size) return fail(teardown_size.error());
-  auto freeze_size = parse_size(options.freeze_size);
+  auto freeze_size = internal::parse_size(options.freeze_size);
   if (!freeze_size) return fail(freeze_size.error());
-  auto snapshot_size = parse_size(options.snapshot_size);
+  auto snapshot_size = internal::parse_size(options.snapshot_size);
   if (!snapshot_size) return fail(snapshot_size.error());
   auto want = [&](const char* group) { return options.only.empty() || options.only == group; };
   if (*size < (4u << 20) || *size % (1 << 20) != 0) {
@@ -365,7 +365,7 @@ int run_bench(const BenchOptions& options) {
   }
   std::printf("rawdax bench: region %s (%s), namespace of %s, best of %d rounds\n",
               (*region)->spec().c_str(), (*region)->capabilities().filesystem.c_str(),
-              format_size(*size).c_str(), options.rounds);
+              internal::format_size(*size).c_str(), options.rounds);
   std::printf("ratio = anchor time / rawdax time (above 1: rawdax is faster)\n\n");
   std::printf("%-52s %-38s %11s %11s %7s  %s\n", "benchmark", "anchor", "anchor", "rawdax",
               "ratio", "goal");

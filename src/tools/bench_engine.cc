@@ -55,7 +55,7 @@ uint64_t pmd_mapped_bytes(const void* addr, uint64_t len) {
 struct BareTracking {
   std::unique_ptr<RawUffd> uffd;
   std::unique_ptr<internal::WriteTracker> tracker;
-  MappedRange* range = nullptr;
+  internal::MappedRange* range = nullptr;
 
   ~BareTracking() {
     if (tracker) tracker->remove_range(range->data(), range->size());
@@ -72,7 +72,7 @@ struct BareTracking {
   }
 };
 
-Result<std::unique_ptr<BareTracking>> bare_tracking(EngineChoice engine, MappedRange& range,
+Result<std::unique_ptr<BareTracking>> bare_tracking(EngineChoice engine, internal::MappedRange& range,
                                                     bool handle) {
   auto bare = std::make_unique<BareTracking>();
   if (engine == EngineChoice::kUffd) {
@@ -125,7 +125,7 @@ Status close_bench_device(Region& region, const std::string& name, BenchDevice& 
 // in both orders and each side keeps its best.
 Result<Pair> freeze_pair(Region& region, EngineChoice engine, uint64_t size, int rounds) {
   const uint64_t huge = region.capabilities().huge_page_size;
-  Pair pair{"freeze+thaw, " + std::string(engine_name(engine)) + ", " + format_size(size) +
+  Pair pair{"freeze+thaw, " + std::string(engine_name(engine)) + ", " + internal::format_size(size) +
                 (huge ? " mapped (2M pages)" : " mapped (4K pages)"),
             engine == EngineChoice::kUffd ? "UFFDIO_WRITEPROTECT on+off, same size"
                                           : "mprotect RO+RW, same size",

@@ -29,14 +29,14 @@ Result<RawMapping> raw_mapping(uint64_t size, uint64_t huge) {
   if (p == MAP_FAILED) return errno_error(errno, "bench mmap");
   if (huge) ::madvise(p, size, MADV_HUGEPAGE);
   std::memset(p, 1, size);
-  m.range = MappedRange(p, size);
+  m.range = internal::MappedRange(p, size);
   return m;
 }
 
 Result<std::unique_ptr<RawUffd>> RawUffd::create(std::byte* addr, uint64_t len,
                                                  RawFaults faults) {
   auto u = std::unique_ptr<RawUffd>(new RawUffd());
-  auto uffd = open_userfaultfd(O_CLOEXEC | O_NONBLOCK,
+  auto uffd = internal::open_userfaultfd(O_CLOEXEC | O_NONBLOCK,
                                UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
                                    (faults == RawFaults::kKernel ? UFFD_FEATURE_WP_ASYNC : 0));
   if (!uffd) return uffd.error();

@@ -17,8 +17,8 @@ namespace rawdax::cli {
 
 // A populated shared memfd mapping: the anchor's own copy of the same work.
 struct RawMapping {
-  UniqueFd fd;
-  MappedRange range;
+  internal::UniqueFd fd;
+  internal::MappedRange range;
 };
 
 // With `huge`, the mapping is 2 MiB-aligned and advised for shmem THP.
@@ -44,7 +44,7 @@ class RawUffd {
   RawUffd() = default;
   void serve();
 
-  UniqueFd fd_;
+  internal::UniqueFd fd_;
   std::thread handler_;
   std::atomic<bool> stop_{false};
 };

@@ -30,7 +30,7 @@ std::string anchor_dir(const Region& region) {
 
 Result<std::vector<Pair>> run_region_pairs(Region& region, uint64_t size, int rounds) {
   const double gib = static_cast<double>(size) / (1 << 30);
-  const std::string label = format_size(size);
+  const std::string label = internal::format_size(size);
   Pair create{"create-namespace of " + label, "create+size+fsync a file", 0, 0, 0,
               "per create", GoalKind::kReport, gib};
   Pair destroy{"destroy-namespace of " + label, "unlink+fsync dir of that file", 0, 0, 0,
@@ -44,18 +44,18 @@ Result<std::vector<Pair>> run_region_pairs(Region& region, uint64_t size, int ro
   std::vector<std::byte> page(4096, std::byte{0x5a});
   for (int r = 0; r <= rounds; ++r) {  // round 0 warms both sides up
     Status made = ok();
-    Result<UniqueFd> fd = Error(std::errc::invalid_argument, "not run");
+    Result<internal::UniqueFd> fd = Error(std::errc::invalid_argument, "not run");
     double ns = time_ns([&] {
-      fd = create_sized_file(path, size, /*allocate=*/false);
-      made = fd ? fsync_directory(dir) : Status(fd.error());
+      fd = internal::create_sized_file(path, size, /*allocate=*/false);
+      made = fd ? internal::fsync_directory(dir) : Status(fd.error());
     });
     if (!made) return made.error().with_context("bench: anchor: ");
     if (r > 0) create.anchor_ns = std::min(create.anchor_ns, ns);
     for (uint64_t off = 0; off < size; off += 1 << 20) {
-      RAWDAX_RETURN_IF_ERROR(pwrite_all(fd->get(), page.data(), page.size(), off, path));
+      RAWDAX_RETURN_IF_ERROR(internal::pwrite_all(fd->get(), page.data(), page.size(), off, path));
     }
     fd->reset();
-    ns = time_ns([&] { made = ::unlink(path.c_str()) == 0 ? fsync_directory(dir) : ok(); });
+    ns = time_ns([&] { made = ::unlink(path.c_str()) == 0 ? internal::fsync_directory(dir) : ok(); });
     if (!made) return made.error().with_context("bench: anchor: ");
     if (r > 0) destroy.anchor_ns = std::min(destroy.anchor_ns, ns);
 

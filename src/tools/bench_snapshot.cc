@@ -113,7 +113,7 @@ void fill(std::byte* p, uint64_t size) {
 // freed and 0.9-2.2 s a few seconds later, for the anchor and rawdax alike.
 Status warm_destination(const std::string& dir, uint64_t size) {
   const std::string path = dir + "/rawdax-bench-warm-" + std::to_string(::getpid());
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  internal::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!fd.valid()) return errno_error(errno, "bench: create " + path);
   std::vector<std::byte> block(1 << 20, std::byte{1});
   Status st;
@@ -134,7 +134,7 @@ Result<StallFigures> fork_cow(uint64_t size, const std::string& path,
                               std::chrono::nanoseconds period) {
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return errno_error(errno, "fork-COW anchor: mmap");
-  MappedRange memory(p, size);
+  internal::MappedRange memory(p, size);
   fill(memory.data(), size);
   RAWDAX_RETURN_IF_ERROR(warm_destination(dir_of(path), size));
   PacedWriter writer(memory.data(), size, period);
@@ -243,9 +243,9 @@ Result<std::pair<double, double>> idle_copy(Region& region, uint64_t size, const
     fill(mapping->data(), size);
     auto source = region.open_backing_fd(name, false);
     if (!source) return source.error();
-    UniqueFd in(*source);
+    internal::UniqueFd in(*source);
     const std::string copy_path = dir + "/rawdax-bench-copy-" + std::to_string(::getpid());
-    UniqueFd out(::open(copy_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    internal::UniqueFd out(::open(copy_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (!out.valid()) return errno_error(errno, "bench: create " + copy_path);
     const std::string snap_path =
         dir + "/rawdax-bench-idle-" + std::to_string(::getpid()) + ".snap";

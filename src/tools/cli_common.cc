@@ -30,7 +30,7 @@ Result<std::unique_ptr<Region>> open_region(const GlobalOptions& options) {
 }
 
 static nlohmann::json size_json(uint64_t bytes, bool human) {
-  if (human) return format_size(bytes);
+  if (human) return internal::format_size(bytes);
   return bytes;
 }
 

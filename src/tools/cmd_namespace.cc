@@ -74,7 +74,7 @@ struct CreateOptions {
 };
 
 int run_create(const CreateOptions& options) {
-  auto size = parse_size(options.size);
+  auto size = internal::parse_size(options.size);
   if (!size) return fail(size.error().with_context("namespace " + options.name + ": "));
   return print_namespace_reply(options.global, "create-namespace",
                                {{"name", options.name}, {"size", *size}});
@@ -108,7 +108,7 @@ struct ResizeOptions {
 };
 
 int run_resize(const ResizeOptions& options) {
-  auto size = parse_size(options.size);
+  auto size = internal::parse_size(options.size);
   if (!size) return fail(size.error().with_context("namespace " + options.name + ": "));
   return print_namespace_reply(options.global, "resize-namespace",
                                {{"name", options.name}, {"size", *size}, {"force", options.force}});
@@ -125,7 +125,7 @@ struct InitRegionOptions {
 int run_init_region(const InitRegionOptions& options) {
   uint64_t file_size = 0;
   if (!options.size.empty()) {
-    auto size = parse_size(options.size);
+    auto size = internal::parse_size(options.size);
     if (!size) return fail(size.error().with_context("init-region " + options.spec + ": "));
     file_size = *size;
   }
@@ -139,16 +139,16 @@ int run_init_region(const InitRegionOptions& options) {
                         {"erased", report->erased}};
     if (options.human) {
       for (const char* key : {"device_size", "label_area_size", "align"}) {
-        j[key] = format_size(j[key].get<uint64_t>());
+        j[key] = internal::format_size(j[key].get<uint64_t>());
       }
     }
     print_json(j);
     return 0;
   }
   std::cout << "region " << report->spec << ": formatted: "
-            << format_size(report->device_size - report->label_area_size)
-            << " for namespaces in extents of " << format_size(report->align) << " (label area "
-            << format_size(report->label_area_size) << ")\n";
+            << internal::format_size(report->device_size - report->label_area_size)
+            << " for namespaces in extents of " << internal::format_size(report->align) << " (label area "
+            << internal::format_size(report->label_area_size) << ")\n";
   if (!report->erased.empty()) std::cout << "erased: " << report->erased << "\n";
   return 0;
 }

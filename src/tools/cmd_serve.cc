@@ -65,7 +65,7 @@ int run_serve(const ServeOptions& options) {
   // connections still open, whatever a burst of clients left (hardening.md).
   ::mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 
-  auto default_size = parse_size(options.default_size);
+  auto default_size = internal::parse_size(options.default_size);
   if (!default_size) return fail(default_size.error());
   auto region = open_region(options.global);
   if (!region) return fail(region.error());
@@ -76,7 +76,7 @@ int run_serve(const ServeOptions& options) {
   if ((*region)->list().empty()) {
     auto made = (*region)->create_namespace({.name = options.default_name, .size = *default_size});
     if (!made) return fail(made.error());
-    log_event("namespace " + made->name + " created (" + format_size(made->size) + ")");
+    log_event("namespace " + made->name + " created (" + internal::format_size(made->size) + ")");
   }
   // The dispatcher keeps every namespace open for the daemon's life (and
   // closes one only to restore it); a namespace that does not open stops
@@ -86,7 +86,7 @@ int run_serve(const ServeOptions& options) {
   for (const auto& ns : (*region)->list()) {
     auto dev = (*region)->open_device(ns.name);
     if (!dev) return fail(dev.error());
-    log_event("namespace " + ns.name + " open (" + format_size(ns.size) + ", " + ns.path + ")");
+    log_event("namespace " + ns.name + " open (" + internal::format_size(ns.size) + ", " + ns.path + ")");
     ++served;
   }
   auto nbd = NbdServer::start(**region, {.listen = options.nbd,

@@ -19,8 +19,8 @@ namespace {
 nlohmann::json to_json(const SnapshotInfo& s, bool human) {
   nlohmann::json j = control::snapshot_json(s);
   if (human) {
-    j["namespace_size"] = format_size(s.namespace_size);
-    j["bytes_written"] = format_size(s.bytes_written);
+    j["namespace_size"] = internal::format_size(s.namespace_size);
+    j["bytes_written"] = internal::format_size(s.bytes_written);
   }
   return j;
 }
@@ -39,7 +39,7 @@ void print_snapshot(const SnapshotVerbOptions& options, const SnapshotInfo& info
     print_json(to_json(info, options.global.human));
   } else {
     std::cout << "snapshot " << info.path << ": " << info.pages << " pages ("
-              << format_size(info.bytes_written) << ") of namespace " << options.name << " in "
+              << internal::format_size(info.bytes_written) << ") of namespace " << options.name << " in "
               << info.duration_ns / 1000000.0 << " ms\n";
   }
 }

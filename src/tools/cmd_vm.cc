@@ -21,7 +21,7 @@ struct VmArgsOptions {
 };
 
 int run_vm_args(const VmArgsOptions& options) {
-  auto ram = parse_size(options.ram);
+  auto ram = internal::parse_size(options.ram);
   if (!ram) return fail(ram.error());
   auto path = CommandPath::open(options.global);
   if (!path) return fail(path.error());

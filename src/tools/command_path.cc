@@ -84,7 +84,7 @@ Result<std::unique_ptr<CommandPath>> CommandPath::open(const GlobalOptions& opti
                                                  .progress = std::move(path_options.progress)});
   // This process is the one client: nothing is ever sent to it but replies.
   path->session_ = std::make_unique<control::Session>();
-  path->session_->peer = std::make_shared<control::Peer>(0, UniqueFd(), ::getpid(), ::getuid());
+  path->session_->peer = std::make_shared<control::Peer>(0, internal::UniqueFd(), ::getpid(), ::getuid());
   return path;
 }
 

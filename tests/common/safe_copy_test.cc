@@ -39,7 +39,7 @@ class CutFile {
   std::byte* data() const { return data_; }
 
  private:
-  UniqueFd fd_;
+  internal::UniqueFd fd_;
   std::byte* data_ = nullptr;
 };
 
@@ -75,18 +75,18 @@ TEST(SafeCopyTest, CopyFromACutOffPageReportsTheFaultAndTheProcessGoesOn) {
   CutFile file;
   file.cut();
   std::vector<std::byte> out(2 * kPage);
-  const uint64_t before = SafeCopy::recovered();
-  auto fault = SafeCopy::copy_from(out.data(), file.data(), 2 * kPage);
+  const uint64_t before = internal::SafeCopy::recovered();
+  auto fault = internal::SafeCopy::copy_from(out.data(), file.data(), 2 * kPage);
   ASSERT_TRUE(fault.has_value()) << "the copy of a page past EOF did not fault";
   EXPECT_EQ(fault->code, BUS_ADRERR);
   // Somewhere in the cut-off page (memcpy variants copy in different orders).
   EXPECT_EQ(fault->addr / kPage * kPage, reinterpret_cast<uintptr_t>(file.data()) + kPage);
   EXPECT_FALSE(fault->poison());
   EXPECT_NE(fault->describe().find("BUS_ADRERR"), std::string::npos);
-  EXPECT_EQ(SafeCopy::recovered(), before + 1);
+  EXPECT_EQ(internal::SafeCopy::recovered(), before + 1);
   // The good page still copies, and again after the recovery.
   for (int i = 0; i < 3; ++i) {
-    EXPECT_FALSE(SafeCopy::copy_from(out.data(), file.data(), kPage).has_value());
+    EXPECT_FALSE(internal::SafeCopy::copy_from(out.data(), file.data(), kPage).has_value());
     EXPECT_EQ(out[kPage - 1], std::byte{0x5a});
   }
 }
@@ -95,14 +95,14 @@ TEST(SafeCopyTest, CopyToAndFillFaultOnTheGuardedDestination) {
   CutFile file;
   file.cut();
   std::vector<std::byte> in(2 * kPage, std::byte{1});
-  auto to = SafeCopy::copy_to(file.data(), in.data(), 2 * kPage);
+  auto to = internal::SafeCopy::copy_to(file.data(), in.data(), 2 * kPage);
   ASSERT_TRUE(to.has_value());
   EXPECT_EQ(to->addr / kPage * kPage, reinterpret_cast<uintptr_t>(file.data()) + kPage);
-  auto fill = SafeCopy::fill(file.data() + kPage / 2, 0, kPage);
+  auto fill = internal::SafeCopy::fill(file.data() + kPage / 2, 0, kPage);
   ASSERT_TRUE(fill.has_value());
   EXPECT_EQ(fill->addr / kPage * kPage, reinterpret_cast<uintptr_t>(file.data()) + kPage);
   // The good page takes guarded stores as before.
-  EXPECT_FALSE(SafeCopy::copy_to(file.data(), in.data(), kPage).has_value());
+  EXPECT_FALSE(internal::SafeCopy::copy_to(file.data(), in.data(), kPage).has_value());
   EXPECT_EQ(file.data()[kPage - 1], std::byte{1});
 }
 
@@ -117,7 +117,7 @@ TEST(SafeCopyTest, ThreadsRecoverIndependently) {
       for (int i = 0; i < 200; ++i) {
         // Odd threads copy the good page only: never faulted by the others.
         const size_t n = (t % 2 == 0) ? 2 * kPage : kPage;
-        auto fault = SafeCopy::copy_from(out.data(), file.data(), n);
+        auto fault = internal::SafeCopy::copy_from(out.data(), file.data(), n);
         (fault ? faults : clean).fetch_add(1);
       }
     });
@@ -131,7 +131,7 @@ TEST(SafeCopyTest, ThreadsRecoverIndependently) {
 // guarded copy whose *other* side is bad, are not recovered; the process
 // dies of SIGBUS as it would without rawdax (a user's revoked Mapping).
 TEST(SafeCopyTest, FaultsOutsideTheGuardStillRaiseSigbus) {
-  ASSERT_TRUE(SafeCopy::install());
+  ASSERT_TRUE(internal::SafeCopy::install());
   CutFile file;
   file.cut();
   std::byte* bad = file.data() + kPage;
@@ -142,7 +142,7 @@ TEST(SafeCopyTest, FaultsOutsideTheGuardStillRaiseSigbus) {
   EXPECT_TRUE(child_dies_of_sigbus([&] {
     std::vector<std::byte> good(kPage);
     // Guarded source is fine; the destination is the bad page.
-    (void)SafeCopy::copy_from(bad, good.data(), kPage);
+    (void)internal::SafeCopy::copy_from(bad, good.data(), kPage);
   }));
   // A SIGBUS sent by kill() is no access fault: it is not swallowed either.
   EXPECT_TRUE(child_dies_of_sigbus([] { ::raise(SIGBUS); }));
@@ -151,7 +151,7 @@ TEST(SafeCopyTest, FaultsOutsideTheGuardStillRaiseSigbus) {
 // A handler installed after ours (here the tests' catcher) sees its own
 // faults, and passes the guarded copies' faults back to us.
 TEST(SafeCopyTest, CoexistsWithAHandlerInstalledAfterIt) {
-  ASSERT_TRUE(SafeCopy::install());
+  ASSERT_TRUE(internal::SafeCopy::install());
   ::rawdax::testing::install_fault_handlers();
   CutFile file;
   file.cut();
@@ -162,17 +162,17 @@ TEST(SafeCopyTest, CoexistsWithAHandlerInstalledAfterIt) {
             }),
             SIGBUS);
   std::vector<std::byte> out(kPage);
-  auto fault = SafeCopy::copy_from(out.data(), bad, kPage);
+  auto fault = internal::SafeCopy::copy_from(out.data(), bad, kPage);
   ASSERT_TRUE(fault.has_value());
   EXPECT_EQ(fault->addr / kPage * kPage, reinterpret_cast<uintptr_t>(bad));
 }
 
 TEST(SafeCopyTest, ZeroLengthAndGoodMemoryCopyPlainly) {
   std::vector<std::byte> a(100, std::byte{7}), b(100);
-  EXPECT_FALSE(SafeCopy::copy_from(b.data(), a.data(), 0).has_value());
-  EXPECT_FALSE(SafeCopy::copy_from(b.data(), a.data(), a.size()).has_value());
+  EXPECT_FALSE(internal::SafeCopy::copy_from(b.data(), a.data(), 0).has_value());
+  EXPECT_FALSE(internal::SafeCopy::copy_from(b.data(), a.data(), a.size()).has_value());
   EXPECT_EQ(a, b);
-  EXPECT_FALSE(SafeCopy::fill(b.data(), 3, b.size()).has_value());
+  EXPECT_FALSE(internal::SafeCopy::fill(b.data(), 3, b.size()).has_value());
   EXPECT_EQ(b[99], std::byte{3});
 }
 

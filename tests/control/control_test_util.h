@@ -66,10 +66,10 @@ class RawConnection {
   json execute(const std::string& command, const json& arguments = json::object()) {
     return call(json{{"execute", command}, {"arguments", arguments}}.dump());
   }
-  std::deque<UniqueFd>& fds() { return reader_.fds(); }
+  std::deque<internal::UniqueFd>& fds() { return reader_.fds(); }
 
  private:
-  UniqueFd fd_;
+  internal::UniqueFd fd_;
   control::LineReader reader_{control::kMaxReplyLine};
   json greeting_;
 };

@@ -71,7 +71,7 @@ class SharedPage {
   int fd() const { return fd_.get(); }
 
  private:
-  UniqueFd fd_;
+  internal::UniqueFd fd_;
   Shared* shared_ = nullptr;
 };
 

@@ -19,7 +19,7 @@ struct SocketPair {
     a.reset(fds[0]);
     b.reset(fds[1]);
   }
-  UniqueFd a, b;
+  internal::UniqueFd a, b;
 };
 
 TEST(ControlProtocolTest, LinesSplitAcrossAndWithinReads) {
@@ -65,8 +65,8 @@ TEST(ControlProtocolTest, PassedFdsQueueInLineOrder) {
   int first[2], second[2];
   ASSERT_EQ(::pipe2(first, O_CLOEXEC), 0);
   ASSERT_EQ(::pipe2(second, O_CLOEXEC), 0);
-  UniqueFd keep[] = {UniqueFd(first[0]), UniqueFd(first[1]), UniqueFd(second[0]),
-                     UniqueFd(second[1])};
+  internal::UniqueFd keep[] = {internal::UniqueFd(first[0]), internal::UniqueFd(first[1]), internal::UniqueFd(second[0]),
+                     internal::UniqueFd(second[1])};
   ASSERT_TRUE(send_line(s.a.get(), "plain"));
   ASSERT_TRUE(send_line(s.a.get(), "with first", first[1]));
   ASSERT_TRUE(send_line(s.a.get(), "with second", second[1]));

@@ -314,13 +314,13 @@ TEST_P(FreezeTest, FreezeTimesOutAndLeavesTheDeviceUnfrozen) {
   // Non-blocking, or poll() reports only POLLERR; the fault still waits. The
   // block write's copy from `src` is a user-mode access: it faults on a
   // user-mode-only userfaultfd too.
-  auto opened = open_userfaultfd(O_CLOEXEC | O_NONBLOCK, 0);
+  auto opened = internal::open_userfaultfd(O_CLOEXEC | O_NONBLOCK, 0);
   ASSERT_TRUE(opened) << opened.error().message();
   int uffd = opened->fd.get();
   void* src =
       ::mmap(nullptr, kAnonPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(src, MAP_FAILED);
-  MappedRange src_owner(src, kAnonPage);
+  internal::MappedRange src_owner(src, kAnonPage);
   uffdio_register reg{};
   reg.range = {reinterpret_cast<uint64_t>(src), kAnonPage};
   reg.mode = UFFDIO_REGISTER_MODE_MISSING;

@@ -43,10 +43,10 @@ size_t page_size() {
   return page;
 }
 
-MappedRange map_anonymous(size_t bytes, int prot, int extra_flags = 0) {
+internal::MappedRange map_anonymous(size_t bytes, int prot, int extra_flags = 0) {
   void* addr = ::mmap(nullptr, bytes, prot, MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0);
-  if (addr == MAP_FAILED) return MappedRange();
-  return MappedRange(addr, bytes);
+  if (addr == MAP_FAILED) return internal::MappedRange();
+  return internal::MappedRange(addr, bytes);
 }
 
 // Runs a function at scope exit. Declared after the threads of a test, it
@@ -99,7 +99,7 @@ class ParkedPages {
 
  private:
   static constexpr int kReadWrite = PROT_READ | PROT_WRITE;
-  MappedRange map_;
+  internal::MappedRange map_;
   SegvParkingRange range_;  // after map_: unregistered before the unmap
 };
 
@@ -188,12 +188,12 @@ TEST(SegvParkingTest, ParkedStorePostsItsDemandAndLandsWhenItsPageIsReleased) {
 }
 
 TEST(SegvParkingTest, SharedMemfdMappingParksToo) {
-  UniqueFd fd(::memfd_create("segv-parking-test", MFD_CLOEXEC));
+  internal::UniqueFd fd(::memfd_create("segv-parking-test", MFD_CLOEXEC));
   ASSERT_TRUE(fd.valid());
   ASSERT_EQ(::ftruncate(fd.get(), static_cast<off_t>(page_size())), 0);
   void* addr = ::mmap(nullptr, page_size(), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   ASSERT_NE(addr, MAP_FAILED);
-  MappedRange map(addr, page_size());
+  internal::MappedRange map(addr, page_size());
   auto range = SegvParkingRange::create(map.data(), map.size());
   ASSERT_TRUE(range);
   uint64_t* word = reinterpret_cast<uint64_t*>(map.data());
@@ -282,7 +282,7 @@ TEST(SegvParkingTest, UnregisterReleasesParkedStoreIntoNewFault) {
 
   // Revoke: the page becomes a shared mapping past the end of an empty file,
   // where any access raises SIGBUS. The slot still says frozen: still parked.
-  UniqueFd empty(::memfd_create("segv-parking-empty", MFD_CLOEXEC));
+  internal::UniqueFd empty(::memfd_create("segv-parking-empty", MFD_CLOEXEC));
   ASSERT_TRUE(empty.valid());
   ASSERT_EQ(::mmap(pages.data(), page_size(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
                    empty.get(), 0),
@@ -302,7 +302,7 @@ TEST(SegvParkingTest, KernelModeWriteIntoFrozenRangeFailsWithEfault) {
   ASSERT_TRUE(pages.ok());
   int fds[2];
   ASSERT_EQ(::pipe(fds), 0);
-  UniqueFd read_end(fds[0]), write_end(fds[1]);
+  internal::UniqueFd read_end(fds[0]), write_end(fds[1]);
   ASSERT_EQ(::write(write_end.get(), "abcdefgh", 8), 8);
   pages.freeze();
   Cleanup thaw([&] { pages.thaw(); });
@@ -338,7 +338,7 @@ TEST(SegvParkingTest, FullTableFailsAndFreedSlotsAreReused) {
   // Fake ranges are fine: registering never touches the memory. One reserved
   // page each keeps them distinct.
   const size_t page = page_size();
-  MappedRange reserve =
+  internal::MappedRange reserve =
       map_anonymous((SegvParking::kMaxSlots + 1) * page, PROT_NONE, MAP_NORESERVE);
   ASSERT_TRUE(reserve.valid());
   std::vector<SegvParkingRange> ranges;
@@ -452,8 +452,8 @@ void set_sigsegv_action(void (*handler)(int), void (*siginfo)(int, siginfo_t*, v
 // there), checks that ours is now the action, then touches an unregistered
 // PROT_NONE page. Exits 3..5 on setup failures; the fault decides the rest.
 [[noreturn]] void fault_outside_registered_ranges(void* previous_handler) {
-  MappedRange ours = map_anonymous(page_size(), PROT_READ | PROT_WRITE);
-  MappedRange foreign = map_anonymous(page_size(), PROT_NONE);
+  internal::MappedRange ours = map_anonymous(page_size(), PROT_READ | PROT_WRITE);
+  internal::MappedRange foreign = map_anonymous(page_size(), PROT_NONE);
   if (!ours.valid() || !foreign.valid()) ::_exit(3);
   g_foreign_page = foreign.data();
   auto range = SegvParkingRange::create(ours.data(), ours.size());
@@ -551,7 +551,7 @@ TEST(SegvParkingDeathTest, RaisedSigsegvWithDefaultActionKills) {
       {
         start_death_child();
         set_sigsegv_action(SIG_DFL, nullptr);
-        MappedRange ours = map_anonymous(page_size(), PROT_READ | PROT_WRITE);
+        internal::MappedRange ours = map_anonymous(page_size(), PROT_READ | PROT_WRITE);
         auto range = SegvParkingRange::create(ours.data(), ours.size());
         if (!range) ::_exit(4);
         ::raise(SIGSEGV);  // no faulting instruction to redo: must be re-raised
@@ -568,7 +568,7 @@ TEST(SegvParkingDeathTest, ReadOnlyButNeverFrozenRangeIsNotRetriedForever) {
       {
         start_death_child();
         set_sigsegv_action(nullptr, foreign_siginfo_handler);
-        MappedRange ours = map_anonymous(page_size(), PROT_READ | PROT_WRITE);
+        internal::MappedRange ours = map_anonymous(page_size(), PROT_READ | PROT_WRITE);
         auto range = SegvParkingRange::create(ours.data(), ours.size());
         if (!range) ::_exit(4);
         g_foreign_page = ours.data();
@@ -587,7 +587,7 @@ TEST(SegvParkingDeathTest, UnmappedHoleInFrozenRangeIsNotOurs) {
       {
         start_death_child();
         set_sigsegv_action(nullptr, foreign_siginfo_handler);
-        MappedRange ours = map_anonymous(2 * page_size(), PROT_READ | PROT_WRITE);
+        internal::MappedRange ours = map_anonymous(2 * page_size(), PROT_READ | PROT_WRITE);
         auto range = SegvParkingRange::create(ours.data(), ours.size());
         if (!range) ::_exit(4);
         g_foreign_page = ours.data() + page_size();

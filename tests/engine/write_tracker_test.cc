@@ -105,13 +105,13 @@ class Backing {
   int fd() const { return fd_.get(); }
   size_t size() const { return size_; }
   const std::string& dir() const { return dir_; }
-  MappedRange map() const {
+  internal::MappedRange map() const {
     void* addr = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
-    return addr == MAP_FAILED ? MappedRange() : MappedRange(addr, size_);
+    return addr == MAP_FAILED ? internal::MappedRange() : internal::MappedRange(addr, size_);
   }
 
  private:
-  UniqueFd fd_;
+  internal::UniqueFd fd_;
   size_t size_;
   std::string dir_;
 };
@@ -174,7 +174,7 @@ class WriteTrackerTest : public ::testing::TestWithParam<Media> {
 
   std::unique_ptr<WriteTracker> tracker_;
   std::unique_ptr<Backing> backing_;
-  MappedRange map_;
+  internal::MappedRange map_;
 };
 
 TEST(WriteTrackerSupport, SupportedMatchesCreate) {
@@ -257,8 +257,8 @@ TEST_P(WriteTrackerTest, ReportsKernelModeWritesIntoTheMapping) {
   ASSERT_TRUE(tracker_->add_range(base(), len()));
   int pipe_fds[2];
   ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
-  UniqueFd reader(pipe_fds[0]);
-  UniqueFd writer(pipe_fds[1]);
+  internal::UniqueFd reader(pipe_fds[0]);
+  internal::UniqueFd writer(pipe_fds[1]);
   std::vector<char> bytes(kPage, 'k');
   ASSERT_EQ(::write(writer.get(), bytes.data(), kPage), static_cast<ssize_t>(kPage));
   ASSERT_EQ(::read(reader.get(), page(12), kPage), static_cast<ssize_t>(kPage));
@@ -271,7 +271,7 @@ TEST_P(WriteTrackerTest, ReportsKernelModeWritesIntoTheMapping) {
 // is NOT reported for the first mapping (observed on all three media).
 TEST_P(WriteTrackerTest, WritesThroughAnotherMappingAreNotReported) {
   populate();
-  MappedRange other = backing_->map();
+  internal::MappedRange other = backing_->map();
   ASSERT_TRUE(other.valid());
   ASSERT_TRUE(tracker_->add_range(base(), len()));
 
@@ -308,7 +308,7 @@ TEST_P(WriteTrackerTest, PwriteToTheFileIsNotReported) {
 TEST_P(WriteTrackerTest, LoopsOverAFullOutputVector) {
   Backing big(GetParam(), 4096);  // 16 MiB
   ASSERT_TRUE(big.valid());
-  MappedRange map = big.map();
+  internal::MappedRange map = big.map();
   ASSERT_TRUE(map.valid());
   ASSERT_TRUE(tracker_->add_range(map.data(), map.size()));
 
@@ -598,12 +598,12 @@ TEST_P(WriteTrackerBench, PrintCosts) {
   constexpr size_t kTargets = 64 * 1024;
   const size_t pages = kBytes / kPage;
   const size_t stride = pages / kTargets;  // 4 with 4 KiB pages
-  UniqueFd fd(::memfd_create("write-tracker-bench", MFD_CLOEXEC));
+  internal::UniqueFd fd(::memfd_create("write-tracker-bench", MFD_CLOEXEC));
   ASSERT_TRUE(fd.valid());
   ASSERT_EQ(::ftruncate(fd.get(), kBytes), 0);
   void* addr = ::mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   ASSERT_NE(addr, MAP_FAILED);
-  MappedRange map(addr, kBytes);
+  internal::MappedRange map(addr, kBytes);
   std::byte* base = map.data();
   auto target = [&](size_t i) { return base + i * stride * kPage; };
   auto ns_since = [](Clock::time_point start) {
@@ -666,11 +666,11 @@ TEST_P(WriteTrackerBench, PrintCosts) {
   // The alternative: re-protect the whole range blindly with UFFDIO_WRITEPROTECT
   // (which reports nothing). Same mapping, own async-WP userfaultfd.
   tracker.remove_range(base, kBytes);
-  auto opened = open_userfaultfd(O_CLOEXEC | O_NONBLOCK,
+  auto opened = internal::open_userfaultfd(O_CLOEXEC | O_NONBLOCK,
                                  UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED |
                                      UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
   ASSERT_TRUE(opened) << opened.error().message();
-  UniqueFd uffd = std::move(opened->fd);
+  internal::UniqueFd uffd = std::move(opened->fd);
   uffdio_register reg{};
   reg.range = {reinterpret_cast<uint64_t>(base), kBytes};
   reg.mode = UFFDIO_REGISTER_MODE_WP;

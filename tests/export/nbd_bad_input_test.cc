@@ -287,7 +287,7 @@ TEST(NbdServeBadInput, ABurstOfBadClientsKeepsMemoryBoundedAndOthersServed) {
   // in their midst; returns the RSS then. Then they all go.
   auto burst = [&](uint64_t good_offset) -> uint64_t {
     std::vector<std::unique_ptr<RawClient>> nbd_clients;
-    std::vector<UniqueFd> control_clients;
+    std::vector<internal::UniqueFd> control_clients;
     for (int i = 0; i < kEach; ++i) {
       // A valid 32 MiB write, 512 bytes of it sent.
       auto big = std::make_unique<RawClient>(serve.nbd_socket());

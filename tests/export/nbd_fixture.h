@@ -175,7 +175,7 @@ class RawClient {
   }
 
  private:
-  UniqueFd fd_;
+  internal::UniqueFd fd_;
   bool connected_ = false;
 };
 

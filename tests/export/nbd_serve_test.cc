@@ -149,7 +149,7 @@ TEST_P(NbdServeTest, SigtermDuringIoExitsZeroWithinFiveSeconds) {
   auto info = (*region)->find("default");
   ASSERT_TRUE(info) << info.error().message();
   region->reset();  // closed: nothing but the file is read below
-  UniqueFd fd(::open(info->path.c_str(), O_RDONLY | O_CLOEXEC));
+  internal::UniqueFd fd(::open(info->path.c_str(), O_RDONLY | O_CLOEXEC));
   ASSERT_TRUE(fd.valid()) << info->path;
   // nbd_client.py's load: write i of client `slot` is 64 KiB of the word
   // slot << 32 | i + 1, at block i % blocks of the slot's half (all its 64 KiB

@@ -193,7 +193,7 @@ TEST_P(HugetlbfsTest, TooFewFreeHugePagesIsRefusedAndChangesNothing) {
   // region takes the last one; the lock's own page is freed and taken back).
   region_.reset();
   const std::string filler = scratch_.spec() + "/../filler";
-  auto taken = create_sized_file(filler, page_, /*allocate=*/true);
+  auto taken = internal::create_sized_file(filler, page_, /*allocate=*/true);
   ASSERT_TRUE(taken) << taken.error().message();
   EXPECT_EQ(free_pages(page_), 0u);
   auto again = Region::open(scratch_.spec());
@@ -349,10 +349,10 @@ TEST_P(HugetlbfsTest, DiscardKeepsTheHugePages) {
 // with ENOSPC, keeps the file's size and gives back what it got.
 TEST_P(HugetlbfsTest, AllocationBeyondThePoolFailsAndGivesThePagesBack) {
   const std::string path = scratch_.spec() + "/../beyond";
-  auto fd = create_sized_file(path, page_, /*allocate=*/true);
+  auto fd = internal::create_sized_file(path, page_, /*allocate=*/true);
   ASSERT_TRUE(fd) << fd.error().message();
   const uint64_t free = free_pages(page_);
-  Status grown = size_file(fd->get(), (free + 2) * page_, /*allocate=*/true, path);
+  Status grown = internal::size_file(fd->get(), (free + 2) * page_, /*allocate=*/true, path);
   ASSERT_FALSE(grown);
   EXPECT_EQ(grown.error().code(), std::errc::no_space_on_device);
   EXPECT_NE(grown.error().message().find(path), std::string::npos) << grown.error().message();
@@ -361,7 +361,7 @@ TEST_P(HugetlbfsTest, AllocationBeyondThePoolFailsAndGivesThePagesBack) {
   fd->reset();
   ::unlink(path.c_str());
   // create_sized_file leaves no file behind when it cannot allocate.
-  auto refused = create_sized_file(path, (free + 2) * page_, /*allocate=*/true);
+  auto refused = internal::create_sized_file(path, (free + 2) * page_, /*allocate=*/true);
   ASSERT_FALSE(refused);
   EXPECT_EQ(refused.error().code(), std::errc::no_space_on_device);
   EXPECT_FALSE(std::filesystem::exists(path));
@@ -373,7 +373,7 @@ TEST_P(HugetlbfsTest, AllocationBeyondThePoolFailsAndGivesThePagesBack) {
 // and takes no page.
 TEST_P(HugetlbfsTest, AnEmptyPoolFailsFileWritesCleanly) {
   const std::string filler = scratch_.spec() + "/../filler";
-  auto taken = create_sized_file(filler, free_pages(page_) * page_, /*allocate=*/true);
+  auto taken = internal::create_sized_file(filler, free_pages(page_) * page_, /*allocate=*/true);
   ASSERT_TRUE(taken) << taken.error().message();
   ASSERT_EQ(free_pages(page_), 0u);
   const std::string fresh = scratch_.spec() + "/../fresh";
@@ -384,7 +384,7 @@ TEST_P(HugetlbfsTest, AnEmptyPoolFailsFileWritesCleanly) {
       << refused.error().message();
   const std::string meta = scratch_.spec() + "/rawdax.meta";
   const std::string before = ::rawdax::testing::read_text(meta);
-  Status replaced = replace_file_atomically(meta, "anything");
+  Status replaced = internal::replace_file_atomically(meta, "anything");
   ASSERT_FALSE(replaced);
   EXPECT_EQ(replaced.error().code(), std::errc::no_space_on_device);
   EXPECT_EQ(::rawdax::testing::read_text(meta), before);

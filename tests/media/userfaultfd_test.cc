@@ -35,14 +35,14 @@ constexpr size_t kPage = 4096;
 // Root: a full-mode userfaultfd through the syscall needs CAP_SYS_PTRACE
 // while vm.unprivileged_userfaultfd=0; labelled `root`.
 TEST(UserfaultfdAsRoot, RootGetsFullMode) {
-  auto uffd = open_userfaultfd(O_CLOEXEC, 0);
+  auto uffd = internal::open_userfaultfd(O_CLOEXEC, 0);
   ASSERT_TRUE(uffd) << uffd.error().message();
   EXPECT_EQ(uffd->mode, UffdMode::kFull);
 }
 
 TEST(UserfaultfdPlainUser, GetsUserModeOnly) {
   RAWDAX_AS_PLAIN_USER();
-  auto uffd = open_userfaultfd(O_CLOEXEC | O_NONBLOCK, UFFD_FEATURE_PAGEFAULT_FLAG_WP);
+  auto uffd = internal::open_userfaultfd(O_CLOEXEC | O_NONBLOCK, UFFD_FEATURE_PAGEFAULT_FLAG_WP);
   ASSERT_TRUE(uffd) << uffd.error().message();
   EXPECT_EQ(uffd->mode, UffdMode::kUserModeOnly)
       << "a plain user got a full-mode userfaultfd (vm.unprivileged_userfaultfd=1?)";
@@ -52,7 +52,7 @@ TEST(UserfaultfdPlainUser, GetsUserModeOnly) {
 // A feature the kernel does not offer is named in the error.
 TEST(Userfaultfd, AMissingFeatureIsNamed) {
   constexpr uint64_t kUnknown = 1ull << 62;
-  auto uffd = open_userfaultfd(O_CLOEXEC, UFFD_FEATURE_PAGEFAULT_FLAG_WP | kUnknown);
+  auto uffd = internal::open_userfaultfd(O_CLOEXEC, UFFD_FEATURE_PAGEFAULT_FLAG_WP | kUnknown);
   ASSERT_FALSE(uffd);
   EXPECT_EQ(uffd.error().code(), std::errc::operation_not_supported);
   EXPECT_NE(uffd.error().message().find("0x4000000000000000"), std::string::npos)
@@ -71,7 +71,7 @@ TEST(UserfaultfdAsRoot, DeviceNodeGivesAPlainUserFullMode) {
   if (node == nullptr) {
     ASSERT_EQ(::geteuid(), 0u) << "needs root to make a device node (ctest label root)";
     struct stat real;
-    ASSERT_EQ(::stat(kUserfaultfdDevice, &real), 0) << "this kernel has no /dev/userfaultfd";
+    ASSERT_EQ(::stat(internal::kUserfaultfdDevice, &real), 0) << "this kernel has no /dev/userfaultfd";
     ScratchDir dir(::rawdax::testing::tmpfs_parent());
     std::string path = dir.path() + "/userfaultfd";
     ASSERT_EQ(::mknod(path.c_str(), S_IFCHR | 0600, real.st_rdev), 0) << std::strerror(errno);
@@ -86,22 +86,22 @@ TEST(UserfaultfdAsRoot, DeviceNodeGivesAPlainUserFullMode) {
   ::rawdax::testing::note_plain_user_run();
   ASSERT_NE(::geteuid(), 0u);
   // Root's node (0600) is not ours: user-mode-only.
-  auto plain = open_userfaultfd(O_CLOEXEC, 0);
+  auto plain = internal::open_userfaultfd(O_CLOEXEC, 0);
   ASSERT_TRUE(plain) << plain.error().message();
   EXPECT_EQ(plain->mode, UffdMode::kUserModeOnly);
 
-  auto uffd = open_userfaultfd(O_CLOEXEC | O_NONBLOCK,
+  auto uffd = internal::open_userfaultfd(O_CLOEXEC | O_NONBLOCK,
                                UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
                                node);
   ASSERT_TRUE(uffd) << uffd.error().message();
   EXPECT_EQ(uffd->mode, UffdMode::kFull);
   // Full for real: a kernel-mode write into a write-protected page is
   // delivered to it, and waits until the page is unprotected.
-  UniqueFd memfd(::memfd_create("uffd-node-test", MFD_CLOEXEC));
+  internal::UniqueFd memfd(::memfd_create("uffd-node-test", MFD_CLOEXEC));
   ASSERT_EQ(::ftruncate(memfd.get(), kPage), 0);
   void* addr = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
   ASSERT_NE(addr, MAP_FAILED);
-  MappedRange mapping(addr, kPage);
+  internal::MappedRange mapping(addr, kPage);
   static_cast<volatile char*>(addr)[0] = 1;
   uffdio_register reg{};
   reg.range = {reinterpret_cast<uint64_t>(addr), kPage};

@@ -67,7 +67,7 @@ class TestConnection : public Connection {
     bool return_at_once = false;
     bool ignore_stop = false;
   };
-  TestConnection(UniqueFd socket, Tally& tally, Mode mode)
+  TestConnection(internal::UniqueFd socket, Tally& tally, Mode mode)
       : socket_(std::move(socket)), tally_(tally), mode_(mode) {
     tally_.made.fetch_add(1);
   }
@@ -103,7 +103,7 @@ class TestConnection : public Connection {
   }
 
  private:
-  UniqueFd socket_;
+  internal::UniqueFd socket_;
   Tally& tally_;
   Mode mode_;
 };
@@ -121,7 +121,7 @@ class AcceptLoopTest : public ::testing::Test {
     auto loop = AcceptLoop::start(
         *listener_, {.what = "test",
                      .max_connections = max_connections,
-                     .admit = [this, mode](UniqueFd socket) -> std::unique_ptr<Connection> {
+                     .admit = [this, mode](internal::UniqueFd socket) -> std::unique_ptr<Connection> {
                        return std::make_unique<TestConnection>(std::move(socket), tally_, mode);
                      }});
     ASSERT_TRUE(loop) << loop.error().message();
@@ -131,10 +131,10 @@ class AcceptLoopTest : public ::testing::Test {
   std::string path() const { return dir_.path() + "/loop.sock"; }
 
   // A client; reads never wait longer than 10 s (a hang guard only).
-  UniqueFd connect() {
+  internal::UniqueFd connect() {
     auto fd = connect_unix(path());
     EXPECT_TRUE(fd) << fd.error().message();
-    if (!fd) return UniqueFd();
+    if (!fd) return internal::UniqueFd();
     timeval tv{10, 0};
     ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return std::move(*fd);
@@ -173,10 +173,10 @@ class AcceptLoopTest : public ::testing::Test {
 
 TEST_F(AcceptLoopTest, TheConnectionOverTheCapIsRefusedAndTheOthersGoOn) {
   start(/*max_connections=*/2);
-  UniqueFd a = connect(), b = connect();
+  internal::UniqueFd a = connect(), b = connect();
   ASSERT_EQ(read_some(a.get(), 6), "hello\n");
   ASSERT_EQ(read_some(b.get(), 6), "hello\n");
-  UniqueFd over = connect();
+  internal::UniqueFd over = connect();
   EXPECT_EQ(read_some(over.get(), 64), "full\n");  // then closed
   EXPECT_EQ(tally_.refused.load(), 1);
   EXPECT_EQ(loop_->served(), 2u);
@@ -185,7 +185,7 @@ TEST_F(AcceptLoopTest, TheConnectionOverTheCapIsRefusedAndTheOthersGoOn) {
   // Once one has left, a new client is served again.
   a.reset();
   ASSERT_TRUE(eventually([&] { return loop_->active() == 1; }));
-  UniqueFd next = connect();
+  internal::UniqueFd next = connect();
   EXPECT_EQ(read_some(next.get(), 6), "hello\n");
   EXPECT_EQ(echo(next.get(), "again"), "again");
   EXPECT_EQ(loop_->served(), 3u);
@@ -195,7 +195,7 @@ TEST_F(AcceptLoopTest, TheConnectionOverTheCapIsRefusedAndTheOthersGoOn) {
 TEST_F(AcceptLoopTest, StopJoinsEveryThreadWhileClientsAreConnectedAndIdle) {
   const size_t threads_before = baseline_threads();
   start(/*max_connections=*/16);
-  std::vector<UniqueFd> clients;
+  std::vector<internal::UniqueFd> clients;
   for (int i = 0; i < 8; ++i) {
     clients.push_back(connect());
     ASSERT_EQ(read_some(clients.back().get(), 6), "hello\n");
@@ -217,7 +217,7 @@ TEST_F(AcceptLoopTest, StopJoinsEveryThreadWhileClientsAreConnectedAndIdle) {
 
 TEST_F(AcceptLoopTest, AConnectionThatIgnoresTheStopRequestIsCutOffAfterTheGrace) {
   start(/*max_connections=*/4, {.ignore_stop = true});
-  UniqueFd a = connect();
+  internal::UniqueFd a = connect();
   ASSERT_EQ(read_some(a.get(), 6), "hello\n");
   loop_->stop(std::chrono::milliseconds(20));
   EXPECT_EQ(tally_.cut_off.load(), 1);
@@ -230,7 +230,7 @@ TEST_F(AcceptLoopTest, HandlersThatReturnAtOnceAreReaped) {
   const size_t threads_before = baseline_threads();
   start(/*max_connections=*/4, {.return_at_once = true});
   for (int i = 0; i < 100; ++i) {
-    UniqueFd c = connect();
+    internal::UniqueFd c = connect();
     ASSERT_EQ(read_some(c.get(), 64), "bye\n");
     // The previous connection had ended before this one came, so its
     // admission joined it: only this one's thread can be left.
@@ -250,16 +250,16 @@ TEST_F(AcceptLoopTest, AnAdmissionThatRefusesClosesTheSocketUnserved) {
   auto loop = AcceptLoop::start(
       *listener_, {.what = "test",
                    .max_connections = 4,
-                   .admit = [&](UniqueFd socket) -> std::unique_ptr<Connection> {
+                   .admit = [&](internal::UniqueFd socket) -> std::unique_ptr<Connection> {
                      // Every other connection is refused.
                      if (asked.fetch_add(1) % 2 == 0) return nullptr;
                      return std::make_unique<TestConnection>(std::move(socket), tally_,
                                                              TestConnection::Mode{});
                    }});
   ASSERT_TRUE(loop) << loop.error().message();
-  UniqueFd refused = connect();
+  internal::UniqueFd refused = connect();
   EXPECT_EQ(read_some(refused.get(), 64), "");
-  UniqueFd admitted = connect();
+  internal::UniqueFd admitted = connect();
   EXPECT_EQ(read_some(admitted.get(), 6), "hello\n");
   EXPECT_EQ((*loop)->served(), 1u);
   EXPECT_EQ(tally_.refused.load(), 0);
@@ -376,12 +376,12 @@ TEST(AcceptLoopServersTest, ControlCapAndStopWithIdleClients) {
     EXPECT_TRUE(fd) << fd.error().message();
     timeval tv{10, 0};
     if (fd) ::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return fd ? std::move(*fd) : UniqueFd();
+    return fd ? std::move(*fd) : internal::UniqueFd();
   };
-  UniqueFd a = client(), b = client();
+  internal::UniqueFd a = client(), b = client();
   EXPECT_NE(read_line(a.get()).find("\"rawdax\""), std::string::npos);
   EXPECT_NE(read_line(b.get()).find("\"rawdax\""), std::string::npos);
-  UniqueFd over = client();
+  internal::UniqueFd over = client();
   std::string refusal = read_line(over.get());
   EXPECT_NE(refusal.find("GenericError"), std::string::npos) << refusal;
   EXPECT_NE(refusal.find("too many control connections (2)"), std::string::npos) << refusal;

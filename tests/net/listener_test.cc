@@ -65,7 +65,7 @@ TEST(ListenerTest, UnixSpecsListenAtThePath) {
   EXPECT_EQ(l->address(), "unix:" + path);
   auto client = connect_unix(path);
   ASSERT_TRUE(client) << client.error().message();
-  UniqueFd accepted(::accept4(l->fd(), nullptr, nullptr, SOCK_CLOEXEC));
+  internal::UniqueFd accepted(::accept4(l->fd(), nullptr, nullptr, SOCK_CLOEXEC));
   ASSERT_TRUE(accepted.valid());
   EXPECT_EQ(peer_name(accepted.get()), "unix peer pid " + std::to_string(::getpid()));
   auto cred = peer_credentials(accepted.get());
@@ -77,7 +77,7 @@ TEST(ListenerTest, UnixSpecsListenAtThePath) {
 TEST(ListenerTest, TcpPeersAreNamedByTheirAddress) {
   auto l = Listener::open("127.0.0.1:0", "test");
   ASSERT_TRUE(l) << l.error().message();
-  UniqueFd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  internal::UniqueFd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in to{};
   to.sin_family = AF_INET;
   to.sin_port = htons(l->port());
@@ -86,7 +86,7 @@ TEST(ListenerTest, TcpPeersAreNamedByTheirAddress) {
   sockaddr_in own{};
   socklen_t len = sizeof own;
   ASSERT_EQ(::getsockname(client.get(), reinterpret_cast<sockaddr*>(&own), &len), 0);
-  UniqueFd accepted(::accept4(l->fd(), nullptr, nullptr, SOCK_CLOEXEC));
+  internal::UniqueFd accepted(::accept4(l->fd(), nullptr, nullptr, SOCK_CLOEXEC));
   ASSERT_TRUE(accepted.valid());
   EXPECT_EQ(peer_name(accepted.get()), "127.0.0.1:" + std::to_string(ntohs(own.sin_port)));
   EXPECT_FALSE(peer_credentials(-1));

@@ -27,7 +27,7 @@ using ::rawdax::testing::ScratchDir;
 void expect_accepts(int listener, const std::string& path) {
   auto client = connect_unix(path);
   ASSERT_TRUE(client) << client.error().message();
-  UniqueFd accepted(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+  internal::UniqueFd accepted(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
   EXPECT_TRUE(accepted.valid()) << "the first server no longer accepts at " << path;
 }
 

@@ -18,7 +18,7 @@
 namespace rawdax {
 namespace {
 
-using Access = LiveRef::Access;
+using Access = internal::LiveRef::Access;
 using std::chrono::milliseconds;
 using Clock = std::chrono::steady_clock;
 
@@ -60,7 +60,7 @@ void JoinIfJoinable(std::thread& thread) {
 // it, drops the freezes), so a failing test ends instead of hanging.
 class AsyncGet {
  public:
-  AsyncGet(LiveRef& ref, Access access)
+  AsyncGet(internal::LiveRef& ref, Access access)
       : ref_(ref), thread_([this, access] { result_.store(ref_.tryget(access) ? 1 : 0); }) {}
   ~AsyncGet() {
     if (result_.load() < 0) {
@@ -78,7 +78,7 @@ class AsyncGet {
   }
 
  private:
-  LiveRef& ref_;
+  internal::LiveRef& ref_;
   std::atomic<int> result_{-1};
   std::thread thread_;
 };
@@ -88,7 +88,7 @@ bool IsError(const Status& status, std::errc code) {
 }
 
 TEST(LiveRefTest, GetPutCounts) {
-  LiveRef ref;
+  internal::LiveRef ref;
   EXPECT_GE(ref.num_shards(), 8);
   EXPECT_EQ(ref.num_shards() & (ref.num_shards() - 1), 0);
   EXPECT_FALSE(ref.killed());
@@ -108,13 +108,13 @@ TEST(LiveRefTest, GetPutCounts) {
 }
 
 TEST(LiveRefTest, ShardCountIsRoundedToPowerOfTwo) {
-  EXPECT_EQ(LiveRef(1).num_shards(), 1);
-  EXPECT_EQ(LiveRef(3).num_shards(), 4);
-  EXPECT_EQ(LiveRef(64).num_shards(), 64);
+  EXPECT_EQ(internal::LiveRef(1).num_shards(), 1);
+  EXPECT_EQ(internal::LiveRef(3).num_shards(), 4);
+  EXPECT_EQ(internal::LiveRef(64).num_shards(), 64);
 }
 
 TEST(LiveRefTest, KillFailsEveryLaterGet) {
-  LiveRef ref;
+  internal::LiveRef ref;
   ASSERT_TRUE(ref.tryget(Access::kRead));
   ref.kill();
   EXPECT_TRUE(ref.killed());
@@ -132,20 +132,20 @@ TEST(LiveRefTest, KillFailsEveryLaterGet) {
 }
 
 TEST(LiveRefTest, HoldPutsOnDestructionAndMoves) {
-  LiveRef ref;
+  internal::LiveRef ref;
   {
-    std::optional<LiveRef::Hold> hold = ref.hold(Access::kWrite);
+    std::optional<internal::LiveRef::Hold> hold = ref.hold(Access::kWrite);
     ASSERT_TRUE(hold);
     EXPECT_TRUE(hold->holds());
     EXPECT_EQ(hold->access(), Access::kWrite);
     EXPECT_EQ(ref.count_slow(Access::kWrite), 1);
 
-    LiveRef::Hold moved = std::move(*hold);
+    internal::LiveRef::Hold moved = std::move(*hold);
     EXPECT_FALSE(hold->holds());
     EXPECT_TRUE(moved.holds());
     EXPECT_EQ(ref.count_slow(), 1);
 
-    std::optional<LiveRef::Hold> reader = ref.hold(Access::kRead);
+    std::optional<internal::LiveRef::Hold> reader = ref.hold(Access::kRead);
     ASSERT_TRUE(reader);
     moved = std::move(*reader);  // drops the writer, keeps the reader
     EXPECT_EQ(moved.access(), Access::kRead);
@@ -163,7 +163,7 @@ TEST(LiveRefTest, HoldPutsOnDestructionAndMoves) {
 }
 
 TEST(LiveRefTest, PutOnAnotherThread) {
-  LiveRef ref(8);
+  internal::LiveRef ref(8);
   ASSERT_TRUE(ref.tryget(Access::kWrite));
   std::thread([&ref] { ref.put(Access::kWrite); }).join();
   EXPECT_EQ(ref.count_slow(), 0);
@@ -175,7 +175,7 @@ TEST(LiveRefTest, PutOnAnotherThread) {
 TEST(LiveRefTest, ThreadSlotsAreReusedAndDistinct) {
   auto slot_of_new_thread = [] {
     uint32_t slot = 0;
-    std::thread([&slot] { slot = live_ref_internal::thread_slot(); }).join();
+    std::thread([&slot] { slot = internal::live_ref_internal::thread_slot(); }).join();
     return slot;
   };
   const uint32_t first = slot_of_new_thread();
@@ -184,7 +184,7 @@ TEST(LiveRefTest, ThreadSlotsAreReusedAndDistinct) {
   std::atomic<uint32_t> a{0}, b{0};
   std::atomic<int> ready{0};
   auto body = [&ready](std::atomic<uint32_t>& out) {
-    out.store(live_ref_internal::thread_slot());
+    out.store(internal::live_ref_internal::thread_slot());
     ready.fetch_add(1);
     WaitFor([&ready] { return ready.load() == 2; });  // both alive at once
   };
@@ -193,11 +193,11 @@ TEST(LiveRefTest, ThreadSlotsAreReusedAndDistinct) {
   ta.join();
   tb.join();
   EXPECT_NE(a.load(), b.load());
-  EXPECT_EQ(live_ref_internal::thread_slot(), live_ref_internal::thread_slot());
+  EXPECT_EQ(internal::live_ref_internal::thread_slot(), internal::live_ref_internal::thread_slot());
 }
 
 TEST(LiveRefTest, ReadersPassFreeze) {
-  LiveRef ref;
+  internal::LiveRef ref;
   ASSERT_TRUE(ref.freeze());
   EXPECT_EQ(ref.freeze_depth(), 1);
   AsyncGet reader(ref, Access::kRead);
@@ -208,7 +208,7 @@ TEST(LiveRefTest, ReadersPassFreeze) {
 }
 
 TEST(LiveRefTest, WriterBlocksDuringFreezeAndResumesAfterUnfreeze) {
-  LiveRef ref;
+  internal::LiveRef ref;
   ASSERT_TRUE(ref.freeze(kEventually));
   AsyncGet writer(ref, Access::kWrite);
   EXPECT_FALSE(writer.Finished(kStaysBlocked)) << "writer got through a freeze";
@@ -221,7 +221,7 @@ TEST(LiveRefTest, WriterBlocksDuringFreezeAndResumesAfterUnfreeze) {
 }
 
 TEST(LiveRefTest, FreezeWaitsForWritersInFlight) {
-  LiveRef ref;
+  internal::LiveRef ref;
   ASSERT_TRUE(ref.tryget(Access::kWrite));
   std::atomic<int> frozen{-1};
   std::thread freezer([&] { frozen.store(ref.freeze(kEventually) ? 1 : 0); });
@@ -236,7 +236,7 @@ TEST(LiveRefTest, FreezeWaitsForWritersInFlight) {
 }
 
 TEST(LiveRefTest, NestedFreeze) {
-  LiveRef ref;
+  internal::LiveRef ref;
   ASSERT_TRUE(ref.freeze(kEventually));
   // Already frozen and drained: returns at once even with a zero timeout.
   ASSERT_TRUE(ref.freeze(milliseconds(0)));
@@ -260,7 +260,7 @@ TEST(LiveRefTest, NestedFreeze) {
 }
 
 TEST(LiveRefTest, FreezeTimeoutUndoesItsDepth) {
-  LiveRef ref;
+  internal::LiveRef ref;
   std::atomic<bool> held{false};
   std::atomic<bool> release{false};
   std::thread holder([&] {
@@ -308,7 +308,7 @@ TEST(LiveRefTest, FreezeTimeoutUndoesItsDepth) {
 }
 
 TEST(LiveRefTest, KillWakesParkedWritersWhichFail) {
-  LiveRef ref;
+  internal::LiveRef ref;
   ASSERT_TRUE(ref.freeze(kEventually));
   std::vector<std::unique_ptr<AsyncGet>> writers;
   for (int i = 0; i < 4; ++i) writers.push_back(std::make_unique<AsyncGet>(ref, Access::kWrite));
@@ -324,7 +324,7 @@ TEST(LiveRefTest, KillWakesParkedWritersWhichFail) {
 }
 
 TEST(LiveRefTest, KillFailsDrainingFreeze) {
-  LiveRef ref;
+  internal::LiveRef ref;
   ASSERT_TRUE(ref.tryget(Access::kWrite));
   std::atomic<int> result{-1};  // 0 ok, 1 ENXIO, 2 other
   std::thread freezer([&] {
@@ -341,7 +341,7 @@ TEST(LiveRefTest, KillFailsDrainingFreeze) {
 }
 
 TEST(LiveRefTest, WaitForZeroTimesOut) {
-  LiveRef ref;
+  internal::LiveRef ref;
   ASSERT_TRUE(ref.tryget(Access::kRead));
   constexpr milliseconds kTimeout{50};
   const Clock::time_point start = Clock::now();
@@ -353,7 +353,7 @@ TEST(LiveRefTest, WaitForZeroTimesOut) {
 }
 
 TEST(LiveRefTest, WaitForZeroWokenByPutOnAnotherThread) {
-  LiveRef ref;
+  internal::LiveRef ref;
   ASSERT_TRUE(ref.tryget(Access::kRead));
   ASSERT_TRUE(ref.tryget(Access::kWrite));
   ref.kill();
@@ -377,7 +377,7 @@ TEST(LiveRefTest, OwnerMayFreeRightAfterWaitForZero) {
   for (int round = 0; round < 200; ++round) {
     // Liveness bound: each round takes microseconds unless a wake-up is lost.
     ASSERT_LT(Clock::now() - start, kEventually) << "round " << round;
-    auto ref = std::make_unique<LiveRef>();
+    auto ref = std::make_unique<internal::LiveRef>();
     ASSERT_TRUE(ref->tryget(Access::kWrite));
     std::thread putter([r = ref.get()] { r->put(Access::kWrite); });
     Cleanup join_putter([&] { putter.join(); });
@@ -389,7 +389,7 @@ TEST(LiveRefTest, OwnerMayFreeRightAfterWaitForZero) {
 
 TEST(LiveRefDeathTest, UnfreezeWithoutFreezeAborts) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  LiveRef ref;
+  internal::LiveRef ref;
   EXPECT_DEATH(ref.unfreeze(), "without a matching");
 }
 
@@ -412,7 +412,7 @@ TEST(LiveRefStressTest, GetsFreezesAndKill) {
   const Clock::time_point test_start = Clock::now();
   int rounds = 0;
   for (; rounds < kMaxRounds && (rounds < 2 || Clock::now() - test_start < kBudget); ++rounds) {
-    LiveRef ref(rounds % 2 == 0 ? 0 : 2);  // also exercise threads sharing a shard
+    internal::LiveRef ref(rounds % 2 == 0 ? 0 : 2);  // also exercise threads sharing a shard
     std::atomic<bool> kill_done{false};
     std::atomic<bool> zero_seen{false};
     std::atomic<int64_t> gets_after_zero{0};

@@ -103,11 +103,11 @@ class CarvedBadInputTest : public ::testing::Test {
   }
 
   // The label state as the file holds it (read with the library's decoder).
-  LabelState labels() const {
-    std::string area = file_bytes(0, label_area_bytes(::getpagesize()));
-    auto state = read_label_area(std::as_bytes(std::span(area.data(), area.size())), spec());
+  internal::LabelState labels() const {
+    std::string area = file_bytes(0, internal::label_area_bytes(::getpagesize()));
+    auto state = internal::read_label_area(std::as_bytes(std::span(area.data(), area.size())), spec());
     EXPECT_TRUE(state) << state.error().message();
-    return state ? *state : LabelState{};
+    return state ? *state : internal::LabelState{};
   }
 
   void flip_file_byte(uint64_t offset) const {
@@ -153,8 +153,8 @@ TEST_F(CarvedBadInputTest, RestoreOfASnapshotOfUnalignedSizeIsRefused) {
   const uint64_t size = align + 1000;
   const std::string path = dir_.path() + "/odd.snap";
   internal::SnapshotHeader header;
-  header.id = new_uuid();
-  header.source_uuid = new_uuid();
+  header.id = internal::new_uuid();
+  header.source_uuid = internal::new_uuid();
   header.namespace_size = size;
   header.page_size = align;
   auto writer = internal::SnapshotWriter::create(path, header);
@@ -233,9 +233,9 @@ TEST_F(CarvedBadInputTest, CorruptNewestIndexOpensThePreviousState) {
     auto r = make_region();
     ASSERT_TRUE(r);
   }
-  const LabelState state = labels();
+  const internal::LabelState state = labels();
   ASSERT_EQ(state.labels.size(), 2u);
-  flip_file_byte(uint64_t(state.current_block) * kIndexBlockBytes + 24);
+  flip_file_byte(uint64_t(state.current_block) * internal::kIndexBlockBytes + 24);
   auto r = Region::open(spec());
   ASSERT_TRUE(r) << r.error().message();
   // The update that made c is lost; a is there.
@@ -258,14 +258,14 @@ TEST_F(CarvedBadInputTest, CorruptLabelOfTheNewestIndexOpensThePreviousState) {
     auto r = make_region();
     ASSERT_TRUE(r);
   }
-  const LabelState state = labels();
+  const internal::LabelState state = labels();
   // c's slot: written by the last update only.
   uint32_t slot = UINT32_MAX;
   for (size_t i = 0; i < state.labels.size(); ++i) {
     if (state.labels[i].name == "c") slot = state.slots[i];
   }
   ASSERT_NE(slot, UINT32_MAX);
-  flip_file_byte(kLabelSlotsOffset + uint64_t{slot} * kLabelSlotBytes + 80);  // its name
+  flip_file_byte(internal::kLabelSlotsOffset + uint64_t{slot} * internal::kLabelSlotBytes + 80);  // its name
   auto r = Region::open(spec());
   ASSERT_TRUE(r) << r.error().message();
   auto listed = (*r)->list();
@@ -281,7 +281,7 @@ TEST_F(CarvedBadInputTest, BothIndexBlocksCorruptIsRefusedNamingTheFile) {
     ASSERT_TRUE(r);
   }
   flip_file_byte(24);
-  flip_file_byte(kIndexBlockBytes + 24);
+  flip_file_byte(internal::kIndexBlockBytes + 24);
   const std::string before = file_bytes();
   for (bool create : {false, true}) {
     auto r = Region::open(spec(), {.create = create});

@@ -236,7 +236,7 @@ class CarvedCrashTest : public ::testing::Test {
             << "a completed " << op << " left the old state";
         break;
       }
-      ASSERT_EQ(code, kCrashExitCode) << what << " failed otherwise: " << child_log();
+      ASSERT_EQ(code, internal::kCrashExitCode) << what << " failed otherwise: " << child_log();
       ++crashes;
       // "rawdax: crash injected at persist point N (what)": keep "(what)".
       std::string err = child_log();

@@ -59,7 +59,7 @@ TEST_P(RegionTest, CreateListFindDestroy) {
         << odd.error().message();
     EXPECT_EQ(region->generation(), gen0 + 1);
     ASSERT_TRUE(region->create_namespace(
-        {.name = "vm2", .size = *round_up(5000, region->capabilities().alignment)}));
+        {.name = "vm2", .size = *internal::round_up(5000, region->capabilities().alignment)}));
   } else {
     ASSERT_TRUE(region->create_namespace({.name = "vm2", .size = 5000}));
   }

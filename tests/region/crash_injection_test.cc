@@ -101,8 +101,8 @@ class CrashInjectionTest : public ::testing::Test {
         check(false);
         return static_cast<int>(n - 1);
       }
-      EXPECT_EQ(code, kCrashExitCode) << args << " at point " << n << " failed otherwise";
-      if (code != kCrashExitCode) return -1;
+      EXPECT_EQ(code, internal::kCrashExitCode) << args << " at point " << n << " failed otherwise";
+      if (code != internal::kCrashExitCode) return -1;
       const int parts_before = parts();
       check(true);
       if (parts() != parts_before) {

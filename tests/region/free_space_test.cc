@@ -10,8 +10,8 @@ namespace rawdax {
 namespace {
 
 TEST(FreeSpaceTest, EmptyAreaIsOneFreeExtent) {
-  FreeSpace space(100, 1100, {});
-  EXPECT_EQ(space.free_extents(), (std::vector<ByteRange>{{100, 1000}}));
+  internal::FreeSpace space(100, 1100, {});
+  EXPECT_EQ(space.free_extents(), (std::vector<internal::ByteRange>{{100, 1000}}));
   EXPECT_EQ(space.total_free(), 1000u);
   EXPECT_EQ(space.largest_free(), 1000u);
   EXPECT_EQ(space.best_fit(1000), 100u);
@@ -19,7 +19,7 @@ TEST(FreeSpaceTest, EmptyAreaIsOneFreeExtent) {
 }
 
 TEST(FreeSpaceTest, FullAreaHasNothingFree) {
-  FreeSpace space(0, 100, {{0, 60}, {60, 40}});
+  internal::FreeSpace space(0, 100, {{0, 60}, {60, 40}});
   EXPECT_TRUE(space.free_extents().empty());
   EXPECT_EQ(space.total_free(), 0u);
   EXPECT_EQ(space.largest_free(), 0u);
@@ -31,26 +31,26 @@ TEST(FreeSpaceTest, FullAreaHasNothingFree) {
 TEST(FreeSpaceTest, UnsortedOverlappingAndClippedRangesLeaveCoalescedGaps) {
   // A device's view overlapping its own label, ranges out of order, one
   // reaching below the area and one past its end, and an empty one.
-  FreeSpace space(100, 1000, {{700, 100},
+  internal::FreeSpace space(100, 1000, {{700, 100},
                               {0, 150},
                               {300, 100},
                               {350, 100},
                               {950, 500},
                               {500, 0}});
   EXPECT_EQ(space.free_extents(),
-            (std::vector<ByteRange>{{150, 150}, {450, 250}, {800, 150}}));
+            (std::vector<internal::ByteRange>{{150, 150}, {450, 250}, {800, 150}}));
   EXPECT_EQ(space.total_free(), 550u);
   EXPECT_EQ(space.largest_free(), 250u);
 }
 
 TEST(FreeSpaceTest, AdjacentRangesLeaveNoEmptyExtent) {
-  FreeSpace space(0, 300, {{100, 100}, {0, 100}});
-  EXPECT_EQ(space.free_extents(), (std::vector<ByteRange>{{200, 100}}));
+  internal::FreeSpace space(0, 300, {{100, 100}, {0, 100}});
+  EXPECT_EQ(space.free_extents(), (std::vector<internal::ByteRange>{{200, 100}}));
 }
 
 TEST(FreeSpaceTest, BestFitTakesTheSmallestSufficientExtentLowestFirst) {
   // Free: [0,50) [100,130) [200,230) [300,1000)
-  FreeSpace space(0, 1000, {{50, 50}, {130, 70}, {230, 70}});
+  internal::FreeSpace space(0, 1000, {{50, 50}, {130, 70}, {230, 70}});
   ASSERT_EQ(space.free_extents().size(), 4u);
   EXPECT_EQ(space.best_fit(10), 100u);   // two of 30 tie: the lower one
   EXPECT_EQ(space.best_fit(30), 100u);
@@ -62,7 +62,7 @@ TEST(FreeSpaceTest, BestFitTakesTheSmallestSufficientExtentLowestFirst) {
 }
 
 TEST(FreeSpaceTest, FreeAtIsTheRoomUpToTheNextUsedRange) {
-  FreeSpace space(0, 1000, {{0, 100}, {400, 100}});
+  internal::FreeSpace space(0, 1000, {{0, 100}, {400, 100}});
   EXPECT_EQ(space.free_at(100), 300u);  // the end of the first range: grows to 400
   EXPECT_EQ(space.free_at(250), 150u);
   EXPECT_EQ(space.free_at(500), 500u);

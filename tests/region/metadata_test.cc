@@ -7,18 +7,18 @@
 namespace rawdax {
 namespace {
 
-RegionMetadata sample() {
-  RegionMetadata meta;
+internal::RegionMetadata sample() {
+  internal::RegionMetadata meta;
   meta.generation = 7;
-  meta.region_uuid = new_uuid();
-  meta.namespaces.push_back({"vm1", new_uuid(), 1 << 20, "raw", "", 0});
-  meta.namespaces.push_back({"vm2", new_uuid(), 2 << 20, "raw", "", 0});
+  meta.region_uuid = internal::new_uuid();
+  meta.namespaces.push_back({"vm1", internal::new_uuid(), 1 << 20, "raw", "", 0});
+  meta.namespaces.push_back({"vm2", internal::new_uuid(), 2 << 20, "raw", "", 0});
   return meta;
 }
 
 TEST(Metadata, RoundTrips) {
-  RegionMetadata meta = sample();
-  auto back = decode_metadata(encode_metadata(meta), "test");
+  internal::RegionMetadata meta = sample();
+  auto back = internal::decode_metadata(internal::encode_metadata(meta), "test");
   ASSERT_TRUE(back) << back.error().message();
   EXPECT_EQ(back->generation, 7u);
   EXPECT_EQ(back->region_uuid, meta.region_uuid);
@@ -29,10 +29,10 @@ TEST(Metadata, RoundTrips) {
 }
 
 TEST(Metadata, BadBlocksRoundTripAndARecordWithoutThemIsWhatOlderVersionsWrote) {
-  RegionMetadata meta = sample();
-  EXPECT_EQ(encode_metadata(meta).find("badblocks"), std::string::npos);
+  internal::RegionMetadata meta = sample();
+  EXPECT_EQ(internal::encode_metadata(meta).find("badblocks"), std::string::npos);
   meta.namespaces[0].badblocks = {{4096, 4096}, {65536, 8192}};
-  auto back = decode_metadata(encode_metadata(meta), "test");
+  auto back = internal::decode_metadata(internal::encode_metadata(meta), "test");
   ASSERT_TRUE(back) << back.error().message();
   EXPECT_EQ(back->namespaces[0].badblocks, meta.namespaces[0].badblocks);
   EXPECT_TRUE(back->namespaces[1].badblocks.empty());
@@ -43,9 +43,9 @@ TEST(Metadata, BadBlocksOutOfOrderOrPastTheSizeAreRejected) {
                                     std::vector<BadRange>{{0, 8192}, {4096, 4096}},
                                     std::vector<BadRange>{{4096, 0}},
                                     std::vector<BadRange>{{(1 << 20) - 4096, 8192}}}) {
-    RegionMetadata meta = sample();
+    internal::RegionMetadata meta = sample();
     meta.namespaces[0].badblocks = bad;
-    auto back = decode_metadata(encode_metadata(meta), "meta");
+    auto back = internal::decode_metadata(internal::encode_metadata(meta), "meta");
     ASSERT_FALSE(back);
     EXPECT_NE(back.error().message().find("bad blocks of namespace vm1"), std::string::npos)
         << back.error().message();
@@ -53,11 +53,11 @@ TEST(Metadata, BadBlocksOutOfOrderOrPastTheSizeAreRejected) {
 }
 
 TEST(Metadata, EveryFlippedByteIsDetected) {
-  std::string bytes = encode_metadata(sample());
+  std::string bytes = internal::encode_metadata(sample());
   for (size_t i = 0; i < bytes.size(); ++i) {
     std::string bad = bytes;
     bad[i] = static_cast<char>(bad[i] ^ 0x20);
-    auto r = decode_metadata(bad, "meta");
+    auto r = internal::decode_metadata(bad, "meta");
     EXPECT_FALSE(r) << "flip at " << i << " went unnoticed";
     if (!r) {
       EXPECT_NE(r.error().message().find("corrupt region metadata meta"), std::string::npos);
@@ -66,36 +66,36 @@ TEST(Metadata, EveryFlippedByteIsDetected) {
 }
 
 TEST(Metadata, TruncationIsDetected) {
-  std::string bytes = encode_metadata(sample());
+  std::string bytes = internal::encode_metadata(sample());
   for (size_t len : {size_t{0}, size_t{5}, bytes.size() / 2, bytes.size() - 1}) {
-    EXPECT_FALSE(decode_metadata(bytes.substr(0, len), "meta")) << len;
+    EXPECT_FALSE(internal::decode_metadata(bytes.substr(0, len), "meta")) << len;
   }
 }
 
 // A filesystem without write(2) (hugetlbfs) holds the record in whole huge
 // pages: NULs may follow it, nothing else may.
 TEST(Metadata, OnlyNulPaddingMayFollowTheRecord) {
-  std::string bytes = encode_metadata(sample());
+  std::string bytes = internal::encode_metadata(sample());
   std::string padded = bytes + std::string((size_t{2} << 20) - bytes.size(), '\0');
-  auto back = decode_metadata(padded, "meta");
+  auto back = internal::decode_metadata(padded, "meta");
   ASSERT_TRUE(back) << back.error().message();
   EXPECT_EQ(back->namespaces.size(), 2u);
   for (char c : {'x', ' ', '\n'}) {
     std::string bad = padded;
     bad[bytes.size() + 100] = c;
-    auto r = decode_metadata(bad, "meta");
+    auto r = internal::decode_metadata(bad, "meta");
     ASSERT_FALSE(r) << "byte " << int(c) << " after the record went unnoticed";
     EXPECT_NE(r.error().message().find("but header says"), std::string::npos)
         << r.error().message();
   }
   // Padding does not hide a short record.
-  EXPECT_FALSE(decode_metadata(bytes.substr(0, bytes.size() - 1) + std::string(100, '\0'), "meta"));
+  EXPECT_FALSE(internal::decode_metadata(bytes.substr(0, bytes.size() - 1) + std::string(100, '\0'), "meta"));
 }
 
 TEST(Metadata, RejectsDuplicateNamesEvenWithAValidChecksum) {
-  RegionMetadata meta = sample();
+  internal::RegionMetadata meta = sample();
   meta.namespaces[1].name = "vm1";
-  auto r = decode_metadata(encode_metadata(meta), "meta");
+  auto r = internal::decode_metadata(internal::encode_metadata(meta), "meta");
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message().find("duplicate"), std::string::npos);
 }

@@ -224,8 +224,8 @@ TEST_F(CliTest, CapabilitiesAsJson) {
   CliRun human = rawdax("list --capabilities --human --region " + region());
   ASSERT_EQ(human.exit_code, 0) << human.err;
   auto shown = nlohmann::json::parse(human.out)[0]["capabilities"];
-  EXPECT_EQ(shown["page_size"], format_size(caps["page_size"].get<uint64_t>()));
-  EXPECT_EQ(shown["media"]["alignment"], format_size(caps["media"]["alignment"].get<uint64_t>()));
+  EXPECT_EQ(shown["page_size"], internal::format_size(caps["page_size"].get<uint64_t>()));
+  EXPECT_EQ(shown["media"]["alignment"], internal::format_size(caps["media"]["alignment"].get<uint64_t>()));
   shown["page_size"] = caps["page_size"];
   shown["media"]["alignment"] = caps["media"]["alignment"];
   shown["media"]["huge_page_size"] = caps["media"]["huge_page_size"];
