@@ -130,18 +130,10 @@ class Arguments {
 };
 
 constexpr double kDefaultFreezeTimeoutSeconds = 10;
-// How long a revoked holder's process may take to stop (all its threads).
-constexpr std::chrono::milliseconds kStopLimit{2000};
 
 std::chrono::nanoseconds to_ns(double seconds) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
       std::chrono::duration<double>(seconds));
-}
-
-std::string pid_text(const std::vector<pid_t>& pids) {
-  std::string out;
-  for (pid_t p : pids) out += (out.empty() ? "" : ", ") + std::to_string(p);
-  return out;
 }
 
 }  // namespace
@@ -190,26 +182,6 @@ class Dispatcher::Command {
   }
 
  private:
-  // Marks this connection as inside a freeze or snapshot of `name` for the
-  // command's length: its thread cannot ack, so no freeze asks it.
-  class FreezingMark {
-   public:
-    FreezingMark(Dispatcher& d, const std::string& name, uint64_t peer_id) : d_(d) {
-      std::lock_guard<std::mutex> lock(d_.mu_);
-      it_ = d_.freezing_.emplace(name, peer_id);
-    }
-    ~FreezingMark() {
-      std::lock_guard<std::mutex> lock(d_.mu_);
-      d_.freezing_.erase(it_);
-    }
-    FreezingMark(const FreezingMark&) = delete;
-    FreezingMark& operator=(const FreezingMark&) = delete;
-
-   private:
-    Dispatcher& d_;
-    std::multimap<std::string, uint64_t, std::less<>>::iterator it_;
-  };
-
   std::string pid_list(const std::vector<Holder>& holders) const {
     std::string out;
     for (const Holder& h : holders) {
@@ -424,13 +396,12 @@ class Dispatcher::Command {
                 {"capabilities", capabilities_json(d_.region_.capabilities())}};
     // Opened while frozen: the client protects what it maps until the THAW
     // carrying this token (it may reach the wire before this reply).
-    auto frozen = d_.holder_freezes_.find(*name);
-    if (*access == "rw" && frozen != d_.holder_freezes_.end()) {
-      auto& asked = frozen->second.asked;
-      if (std::find(asked.begin(), asked.end(), session_.peer) == asked.end()) {
-        asked.push_back(session_.peer);
+    // (The same hold of mu_ as the holder's entry: no freeze can start in
+    // between and miss it.)
+    if (*access == "rw") {
+      if (auto token = d_.holder_freezes_.holder_opened_locked(*name, session_.peer)) {
+        out["freeze_token"] = *token;
       }
-      out["freeze_token"] = frozen->second.token;
     }
     return out;
   }
@@ -461,7 +432,7 @@ class Dispatcher::Command {
     if (!force) return force.error();
     auto dev = device(*name);
     if (!dev) return dev.error();
-    FreezingMark mark(d_, *name, session_.peer->id());
+    HolderFreezes::BusyMark busy(d_.holder_freezes_, *name, session_.peer->id());
     // An attached guest's stores come from the VMM's own mapping, which no
     // engine here sees: it is paused first, and resumed after the thaw.
     auto paused = d_.vms_.pause(*name);
@@ -469,15 +440,14 @@ class Dispatcher::Command {
     // Holders' stores stop before the device freeze persists the namespace,
     // so what they wrote before their ack is in the persisted image.
     std::vector<pid_t> revoked;
-    auto holders = d_.freeze_holders(*name, session_.peer,
-                                     std::chrono::steady_clock::now() + to_ns(*timeout), *force,
-                                     &revoked);
+    auto holders = d_.holder_freezes_.freeze(
+        *name, session_.peer, std::chrono::steady_clock::now() + to_ns(*timeout), *force, &revoked);
     if (!holders) return holders.error();
     // Not under mu_: draining block writes may take up to the timeout.
     auto guard = (*dev)->freeze({.timeout = to_ns(*timeout)});
     if (!guard) return not_a_device_error(guard.error());
     session_.freezes.emplace(
-        *name, HeldFreeze{std::move(*paused), std::move(*holders), std::move(*guard)});
+        *name, SessionFreeze{std::move(*paused), std::move(*holders), std::move(*guard)});
     d_.log_("namespace " + *name + " frozen by pid " + std::to_string(session_.peer->pid()));
     return json{{"revoked", revoked}};
   }
@@ -487,7 +457,7 @@ class Dispatcher::Command {
     if (!name) return name.error();
     auto token = args_.size("token");
     if (!token) return token.error();
-    RAWDAX_RETURN_IF_ERROR(d_.ack_freeze(session_.peer, *name, *token));
+    RAWDAX_RETURN_IF_ERROR(d_.holder_freezes_.ack(session_.peer, *name, *token));
     return json::object();
   }
 
@@ -523,7 +493,7 @@ class Dispatcher::Command {
     if (file->empty()) return generic_error("snapshot: argument 'file' is empty");
     auto dev = device(*name);
     if (!dev) return dev.error();
-    FreezingMark mark(d_, *name, session_.peer->id());
+    HolderFreezes::BusyMark busy(d_.holder_freezes_, *name, session_.peer->id());
     // An attached guest is paused for the whole copy (its stores bypass the
     // engine), and resumed when the snapshot ends, whatever its result.
     auto paused = d_.vms_.pause(*name);
@@ -531,9 +501,8 @@ class Dispatcher::Command {
     // Holders' stores bypass the engine too: they are write-protected for
     // the whole copy.
     std::vector<pid_t> revoked;
-    auto holders = d_.freeze_holders(*name, session_.peer,
-                                     std::chrono::steady_clock::now() + to_ns(*timeout), *force,
-                                     &revoked);
+    auto holders = d_.holder_freezes_.freeze(
+        *name, session_.peer, std::chrono::steady_clock::now() + to_ns(*timeout), *force, &revoked);
     if (!holders) {
       Status resumed = paused->resume();
       if (!resumed) d_.log_(resumed.error().message());
@@ -780,153 +749,20 @@ Dispatcher::Reply Dispatcher::handle(Session& session, std::string_view request_
   return reply;
 }
 
-void HolderFreeze::end() {
-  if (d_ != nullptr) std::exchange(d_, nullptr)->thaw_holders(name_);
-}
-
-Result<HolderFreeze> Dispatcher::freeze_holders(const std::string& name,
-                                                const std::shared_ptr<Peer>& self,
-                                                std::chrono::steady_clock::time_point deadline,
-                                                bool force, std::vector<pid_t>* revoked) {
-  std::unique_lock<std::mutex> lock(mu_);
-  // An outermost freeze still collecting acks decides whether this one nests.
-  for (;;) {
-    auto it = holder_freezes_.find(name);
-    if (it == holder_freezes_.end() || !it->second.settling) break;
-    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) {
-      it = holder_freezes_.find(name);
-      if (it != holder_freezes_.end() && it->second.settling) {
-        return Error(std::errc::timed_out, "freeze of namespace " + name +
-                                               ": an earlier freeze is still waiting for the "
-                                               "holders' acks");
-      }
-    }
-  }
-  HolderFreezeState& st = holder_freezes_[name];
-  if (st.depth > 0) {
-    ++st.depth;
-    return HolderFreeze(this, name);
-  }
-  st.depth = 1;
-  st.settling = true;
-  st.token = next_token_++;
-  auto fail = [&](Error error) -> Result<HolderFreeze> {
-    release_holders_locked(name, st);
-    holder_freezes_.erase(name);
-    cv_.notify_all();
-    return error;
-  };
-
+std::vector<std::shared_ptr<Peer>> Dispatcher::writable_holders_locked(const std::string& name) {
+  std::vector<std::shared_ptr<Peer>> out;
   auto ns = namespaces_.find(name);
-  if (ns != namespaces_.end()) {
-    auto [busy_begin, busy_end] = freezing_.equal_range(name);
-    for (const Holder& h : ns->second.holders) {
-      if (!h.writable || h.peer == self) continue;
-      bool busy = std::any_of(busy_begin, busy_end,
-                              [&](const auto& entry) { return entry.second == h.peer->id(); });
-      if (busy) continue;
-      st.asked.push_back(h.peer);
-      st.waiting.insert(h.peer->id());
-    }
+  if (ns == namespaces_.end()) return out;
+  for (const Holder& h : ns->second.holders) {
+    if (h.writable) out.push_back(h.peer);
   }
-  const std::string event =
-      dump({{"event", "FREEZE"}, {"data", {{"name", name}, {"token", st.token}}}});
-  for (const auto& peer : st.asked) {
-    Status sent = peer->send(event);
-    // That holder cannot ack: the wait ends with its connection or the timeout.
-    if (!sent) log_("FREEZE to pid " + std::to_string(peer->pid()) + " failed: " +
-                    sent.error().message());
-  }
-  // Holders revoked earlier are stopped without asking. (Under mu_: a stop
-  // takes microseconds unless the process is slow to stop, bounded by
-  // kStopLimit.)
-  auto [rb, re] = revoked_.equal_range(name);
-  for (auto it = rb; it != re; ++it) {
-    pid_t pid = it->second->pid();
-    Status stopped = stops_.stop(pid, kStopLimit);
-    if (!stopped) {
-      return fail(Error(std::errc::device_or_resource_busy,
-                        "freeze of namespace " + name + ": revoked pid " + std::to_string(pid) +
-                            " could not be stopped: " + stopped.error().message()));
-    }
-    st.stopped.push_back(pid);
-  }
-
-  // Each ack (or a session's end) notifies; the predicate rechecks.
-  cv_.wait_until(lock, deadline, [&] { return st.waiting.empty(); });
-  // mu_ was released while waiting: the namespace may be gone (destroyed).
-  ns = namespaces_.find(name);
-  if (!st.waiting.empty()) {
-    std::vector<std::shared_ptr<Peer>> late;
-    for (const auto& peer : st.asked) {
-      if (st.waiting.count(peer->id()) != 0) late.push_back(peer);
-    }
-    std::vector<pid_t> late_pids;
-    for (const auto& peer : late) late_pids.push_back(peer->pid());
-    const std::string what = "freeze of namespace " + name + ": pid(s) " + pid_text(late_pids) +
-                             " did not acknowledge FREEZE in time";
-    if (!force) {
-      log_(what);
-      return fail(Error(std::errc::device_or_resource_busy, what + "; force revokes them"));
-    }
-    // Revoke: stop the process first, so that its stores have ended when the
-    // freeze returns; then its open ends and it hears why.
-    for (const auto& peer : late) {
-      Status stopped = stops_.stop(peer->pid(), kStopLimit);
-      if (!stopped) {
-        return fail(Error(std::errc::device_or_resource_busy,
-                          what + ", and pid " + std::to_string(peer->pid()) +
-                              " cannot be revoked: " + stopped.error().message()));
-      }
-      st.stopped.push_back(peer->pid());
-    }
-    const std::string revoked_event =
-        dump({{"event", "NAMESPACE_REVOKED"}, {"data", {{"name", name}, {"reason", "freeze"}}}});
-    for (const auto& peer : late) {
-      if (ns != namespaces_.end()) {
-        std::erase_if(ns->second.holders, [&](const Holder& h) { return h.peer == peer; });
-      }
-      revoked_.emplace(name, peer);
-      (void)peer->send(revoked_event);
-      revoked->push_back(peer->pid());
-    }
-    st.waiting.clear();
-    log_(what + "; revoked, and stopped until the thaw");
-  }
-  st.settling = false;
-  cv_.notify_all();
-  return HolderFreeze(this, name);
+  return out;
 }
 
-void Dispatcher::thaw_holders(const std::string& name) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = holder_freezes_.find(name);
-  if (it == holder_freezes_.end() || --it->second.depth > 0) return;
-  release_holders_locked(name, it->second);
-  holder_freezes_.erase(it);
-}
-
-void Dispatcher::release_holders_locked(const std::string& name, HolderFreezeState& st) {
-  const std::string event =
-      dump({{"event", "THAW"}, {"data", {{"name", name}, {"token", st.token}}}});
-  for (const auto& peer : st.asked) (void)peer->send(event);
-  for (pid_t pid : st.stopped) stops_.resume(pid);
-  st.asked.clear();
-  st.stopped.clear();
-  st.waiting.clear();
-}
-
-Status Dispatcher::ack_freeze(const std::shared_ptr<Peer>& peer, const std::string& name,
-                              uint64_t token) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = holder_freezes_.find(name);
-  if (it == holder_freezes_.end() || it->second.token != token ||
-      it->second.waiting.erase(peer->id()) == 0) {
-    return generic_error("freeze-ack: no freeze of namespace " + name + " with token " +
-                         std::to_string(token) + " waits for this connection's ack");
-  }
-  cv_.notify_all();
-  return ok();
+void Dispatcher::revoke_locked(const std::string& name, const std::shared_ptr<Peer>& peer) {
+  auto ns = namespaces_.find(name);
+  if (ns == namespaces_.end()) return;
+  std::erase_if(ns->second.holders, [&](const Holder& h) { return h.peer == peer; });
 }
 
 void Dispatcher::flush_all() {
@@ -948,12 +784,7 @@ void Dispatcher::end_session(Session& session) {
   std::lock_guard<std::mutex> lock(mu_);
   // A closed connection acks nothing more and is sent nothing more; its
   // process is no longer stopped for later freezes.
-  for (auto& [name, st] : holder_freezes_) {
-    st.waiting.erase(session.peer->id());
-    std::erase(st.asked, session.peer);
-  }
-  std::erase_if(revoked_, [&](const auto& entry) { return entry.second == session.peer; });
-  cv_.notify_all();
+  holder_freezes_.connection_ended_locked(session.peer);
   for (auto& [name, state] : namespaces_) {
     auto& holders = state.holders;
     size_t before = holders.size();
