@@ -8,6 +8,12 @@
 // CommandNotFound; a missing namespace DeviceNotFound; a conflicting holder
 // DeviceBusy. Nothing throws out of handle(): JSON errors become GenericError.
 //
+// Arguments: each command declares its arguments (name, type, required or
+// default, range) in one schema; a request's arguments are checked against
+// it before the command runs, so an unknown, missing, mistyped or
+// out-of-range argument is one GenericError naming the command and the
+// argument, and the command reads only typed values.
+//
 // Thread safety: handle() and end_session() may run concurrently for
 // different sessions; a Session is used by one thread at a time (its
 // connection's). mu_ guards the namespace table and the holder freezes
