@@ -85,13 +85,13 @@ struct ArgSpec {
   std::string_view name{};
   Type type = Type::kString;
   bool required = true;
-  std::string_view default_text{};  // kString, kChoice
-  uint64_t default_number = 0;    // kSize, kCount
-  bool default_flag = false;      // kFlag
-  double default_seconds = 0;     // kSeconds
-  uint64_t max = 0;               // kCount
+  std::string_view default_text{};          // kString, kChoice
+  uint64_t default_number = 0;              // kSize, kCount
+  bool default_flag = false;                // kFlag
+  double default_seconds = 0;               // kSeconds
+  uint64_t max = 0;                         // kCount
   std::vector<std::string_view> choices{};  // kChoice
-  bool non_empty = false;                 // kString
+  bool non_empty = false;                   // kString
 };
 
 constexpr double kMaxSeconds = 3600;
@@ -99,7 +99,10 @@ constexpr double kMaxSeconds = 3600;
 // The schema's vocabulary: one function per argument type.
 ArgSpec text(std::string_view name) { return {.name = name, .type = ArgSpec::Type::kString}; }
 ArgSpec text(std::string_view name, std::string_view fallback) {
-  return {.name = name, .type = ArgSpec::Type::kString, .required = false, .default_text = fallback};
+  return {.name = name,
+          .type = ArgSpec::Type::kString,
+          .required = false,
+          .default_text = fallback};
 }
 // A path the command writes or reads: required, and not "".
 ArgSpec path(std::string_view name) {
@@ -169,7 +172,8 @@ Result<Arguments> parse_arguments(std::string_view command, const std::vector<Ar
   auto fail = [&](std::string_view key, const std::string& what) {
     return generic_error(std::string(command) + ": argument '" + std::string(key) + "' " + what);
   };
-  for (const auto& [key, value] : given.items()) {
+  for (const auto& item : given.items()) {
+    const std::string& key = item.key();
     bool known = std::any_of(schema.begin(), schema.end(),
                              [&](const ArgSpec& spec) { return spec.name == key; });
     if (!known) return fail(key, "is not an argument of this command");
@@ -429,7 +433,9 @@ class Dispatcher::Command {
     // force: the daemon's own Device handles are not users to protect.
     Status st = d_.region_.destroy_namespace(name, {.force = true});
     if (!st) return st.error();
-    if (!holders.empty()) d_.log_("namespace " + name + " revoked from pid(s) " + pid_list(holders));
+    if (!holders.empty()) {
+      d_.log_("namespace " + name + " revoked from pid(s) " + pid_list(holders));
+    }
     d_.namespaces_.erase(name);
     d_.log_("namespace " + name + " destroyed");
     return json::object();
@@ -462,8 +468,8 @@ class Dispatcher::Command {
     std::lock_guard<std::mutex> lock(d_.mu_);
     auto state = lookup_locked(name);
     if (state) {
-      notify_locked((*state)->holders,
-                    {{"event", "NAMESPACE_RESIZED"}, {"data", {{"name", name}, {"size", info.size}}}});
+      notify_locked((*state)->holders, {{"event", "NAMESPACE_RESIZED"},
+                                        {"data", {{"name", name}, {"size", info.size}}}});
     }
     d_.log_("namespace " + name + " resized to " + std::to_string(info.size) + " bytes");
     return namespace_json(info);

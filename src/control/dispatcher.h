@@ -80,7 +80,7 @@ struct Session {
   std::multimap<std::string, SessionFreeze> freezes;  // by namespace
 };
 
-class Dispatcher : private HolderFreezes::Table {
+class Dispatcher final : private HolderFreezes::Table {
  public:
   // Serves `region`, which must outlive this (see DispatcherOptions). Every
   // Session must be destroyed before this is (its freezes refer to it).
