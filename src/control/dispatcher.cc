@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <utility>
+#include <variant>
 
 #include "control/json_forms.h"
 #include "vm/qemu_args.h"
@@ -65,83 +68,189 @@ json stats_json(const std::string& name, const DeviceStats& s) {
           {"parked_writers", s.parked_writers}};
 }
 
-// Typed access to a request's "arguments"; every failure is a GenericError
-// naming the command and the argument.
-class Arguments {
- public:
-  Arguments(std::string_view command, const json& args) : command_(command), args_(args) {}
-
-  Status only(const std::vector<std::string_view>& allowed) const {
-    for (const auto& [key, value] : args_.items()) {
-      bool known = false;
-      for (auto a : allowed) known = known || a == key;
-      if (!known) return fail(key, "is not an argument of this command");
-    }
-    return ok();
-  }
-  Result<std::string> string(const char* key, const std::string* fallback = nullptr) const {
-    const json* v = find(key);
-    if (v == nullptr) {
-      if (fallback != nullptr) return *fallback;
-      return fail(key, "is missing");
-    }
-    if (!v->is_string()) return fail(key, "must be a string");
-    return v->get<std::string>();
-  }
-  Result<uint64_t> size(const char* key) const {
-    const json* v = find(key);
-    if (v == nullptr) return fail(key, "is missing");
-    if (!v->is_number_unsigned()) return fail(key, "must be a non-negative integer");
-    return v->get<uint64_t>();
-  }
-  Result<uint64_t> count(const char* key, uint64_t fallback, uint64_t max) const {
-    const json* v = find(key);
-    if (v == nullptr) return fallback;
-    if (!v->is_number_unsigned() || v->get<uint64_t>() > max) {
-      return fail(key, ("must be an integer from 0 to " + std::to_string(max)).c_str());
-    }
-    return v->get<uint64_t>();
-  }
-  Result<bool> flag(const char* key, bool fallback) const {
-    const json* v = find(key);
-    if (v == nullptr) return fallback;
-    if (!v->is_boolean()) return fail(key, "must be true or false");
-    return v->get<bool>();
-  }
-  Result<double> seconds(const char* key, double fallback) const {
-    const json* v = find(key);
-    if (v == nullptr) return fallback;
-    if (!v->is_number()) return fail(key, "must be a number of seconds");
-    double s = v->get<double>();
-    if (!std::isfinite(s) || s < 0 || s > 3600) return fail(key, "must be between 0 and 3600");
-    return s;
-  }
-
- private:
-  const json* find(const char* key) const {
-    auto it = args_.find(key);
-    return it == args_.end() ? nullptr : &*it;
-  }
-  Error fail(const std::string& key, const char* what) const {
-    return generic_error(std::string(command_) + ": argument '" + key + "' " + what);
-  }
-  std::string_view command_;
-  const json& args_;
+// The declared arguments of a command. Each has a name, a type, and either
+// is required or has a default; sizes, flags and counts are JSON values of
+// their type, seconds any JSON number. A request's "arguments" are checked
+// against the command's schema by parse_arguments() before the command runs,
+// and every failure is a GenericError naming the command and the argument.
+struct ArgSpec {
+  enum class Type {
+    kString,   // any string; "is empty" when non_empty and ""
+    kSize,     // an unsigned integer (bytes, a token, ...)
+    kFlag,     // true or false
+    kSeconds,  // a number from 0 to kMaxSeconds
+    kCount,    // an unsigned integer from 0 to max
+    kChoice,   // one of `choices`
+  };
+  std::string_view name{};
+  Type type = Type::kString;
+  bool required = true;
+  std::string_view default_text{};          // kString, kChoice
+  uint64_t default_number = 0;              // kSize, kCount
+  bool default_flag = false;                // kFlag
+  double default_seconds = 0;               // kSeconds
+  uint64_t max = 0;                         // kCount
+  std::vector<std::string_view> choices{};  // kChoice
+  bool non_empty = false;                   // kString
 };
 
+constexpr double kMaxSeconds = 3600;
+
+// The schema's vocabulary: one function per argument type.
+ArgSpec text(std::string_view name) { return {.name = name, .type = ArgSpec::Type::kString}; }
+ArgSpec text(std::string_view name, std::string_view fallback) {
+  return {.name = name,
+          .type = ArgSpec::Type::kString,
+          .required = false,
+          .default_text = fallback};
+}
+// A path the command writes or reads: required, and not "".
+ArgSpec path(std::string_view name) {
+  return {.name = name, .type = ArgSpec::Type::kString, .non_empty = true};
+}
+ArgSpec size(std::string_view name) { return {.name = name, .type = ArgSpec::Type::kSize}; }
+ArgSpec flag(std::string_view name, bool fallback) {
+  return {.name = name, .type = ArgSpec::Type::kFlag, .required = false, .default_flag = fallback};
+}
+ArgSpec seconds(std::string_view name, double fallback) {
+  return {.name = name,
+          .type = ArgSpec::Type::kSeconds,
+          .required = false,
+          .default_seconds = fallback};
+}
+ArgSpec count(std::string_view name, uint64_t fallback, uint64_t max) {
+  return {.name = name,
+          .type = ArgSpec::Type::kCount,
+          .required = false,
+          .default_number = fallback,
+          .max = max};
+}
+ArgSpec choice(std::string_view name, std::vector<std::string_view> choices,
+               std::string_view fallback) {
+  return {.name = name,
+          .type = ArgSpec::Type::kChoice,
+          .required = false,
+          .default_text = fallback,
+          .choices = std::move(choices)};
+}
+
+// A request's arguments once checked: every argument of the schema, given or
+// defaulted, as its declared type. Reading one the schema does not declare,
+// or as another type, is a bug in the command table and aborts.
+class Arguments {
+ public:
+  using Value = std::variant<std::string, uint64_t, bool, double>;
+
+  const std::string& text(std::string_view name) const { return get<std::string>(name); }
+  uint64_t number(std::string_view name) const { return get<uint64_t>(name); }
+  bool flag(std::string_view name) const { return get<bool>(name); }
+  double seconds(std::string_view name) const { return get<double>(name); }
+
+ private:
+  friend Result<Arguments> parse_arguments(std::string_view command,
+                                           const std::vector<ArgSpec>& schema, const json& given);
+  template <typename T>
+  const T& get(std::string_view name) const {
+    auto it = values_.find(name);
+    const T* value = it == values_.end() ? nullptr : std::get_if<T>(&it->second);
+    if (value == nullptr) {
+      std::fprintf(stderr, "rawdax: a command reads argument '%.*s' its schema does not give\n",
+                   static_cast<int>(name.size()), name.data());
+      std::abort();
+    }
+    return *value;
+  }
+  std::map<std::string_view, Value, std::less<>> values_;
+};
+
+// Checks `given` against `schema`, in this order (clients and tests see which
+// error comes first): an argument the schema lacks (the first by name); then
+// each declared argument in the schema's order (missing, wrong type, out of
+// range); then emptiness, once every argument is well typed.
+Result<Arguments> parse_arguments(std::string_view command, const std::vector<ArgSpec>& schema,
+                                  const json& given) {
+  auto fail = [&](std::string_view key, const std::string& what) {
+    return generic_error(std::string(command) + ": argument '" + std::string(key) + "' " + what);
+  };
+  for (const auto& item : given.items()) {
+    const std::string& key = item.key();
+    bool known = std::any_of(schema.begin(), schema.end(),
+                             [&](const ArgSpec& spec) { return spec.name == key; });
+    if (!known) return fail(key, "is not an argument of this command");
+  }
+  Arguments out;
+  for (const ArgSpec& spec : schema) {
+    auto it = given.find(std::string(spec.name));
+    using Type = ArgSpec::Type;
+    if (it == given.end()) {
+      if (spec.required) return fail(spec.name, "is missing");
+      switch (spec.type) {
+        case Type::kString:
+        case Type::kChoice: out.values_.emplace(spec.name, std::string(spec.default_text)); break;
+        case Type::kSize:
+        case Type::kCount: out.values_.emplace(spec.name, spec.default_number); break;
+        case Type::kFlag: out.values_.emplace(spec.name, spec.default_flag); break;
+        case Type::kSeconds: out.values_.emplace(spec.name, spec.default_seconds); break;
+      }
+      continue;
+    }
+    const json& v = *it;
+    switch (spec.type) {
+      case Type::kString:
+        if (!v.is_string()) return fail(spec.name, "must be a string");
+        out.values_.emplace(spec.name, v.get<std::string>());
+        break;
+      case Type::kChoice: {
+        if (!v.is_string()) return fail(spec.name, "must be a string");
+        std::string s = v.get<std::string>();
+        if (std::find(spec.choices.begin(), spec.choices.end(), s) == spec.choices.end()) {
+          std::string alternatives;
+          for (size_t i = 0; i < spec.choices.size(); ++i) {
+            if (i > 0) alternatives += i + 1 == spec.choices.size() ? " or " : ", ";
+            alternatives += "\"" + std::string(spec.choices[i]) + "\"";
+          }
+          return fail(spec.name, "must be " + alternatives);
+        }
+        out.values_.emplace(spec.name, std::move(s));
+        break;
+      }
+      case Type::kSize:
+        if (!v.is_number_unsigned()) return fail(spec.name, "must be a non-negative integer");
+        out.values_.emplace(spec.name, v.get<uint64_t>());
+        break;
+      case Type::kCount:
+        if (!v.is_number_unsigned() || v.get<uint64_t>() > spec.max) {
+          return fail(spec.name, "must be an integer from 0 to " + std::to_string(spec.max));
+        }
+        out.values_.emplace(spec.name, v.get<uint64_t>());
+        break;
+      case Type::kFlag:
+        if (!v.is_boolean()) return fail(spec.name, "must be true or false");
+        out.values_.emplace(spec.name, v.get<bool>());
+        break;
+      case Type::kSeconds: {
+        if (!v.is_number()) return fail(spec.name, "must be a number of seconds");
+        double s = v.get<double>();
+        if (!std::isfinite(s) || s < 0 || s > kMaxSeconds) {
+          return fail(spec.name, "must be between 0 and " +
+                                     std::to_string(static_cast<int>(kMaxSeconds)));
+        }
+        out.values_.emplace(spec.name, s);
+        break;
+      }
+    }
+  }
+  for (const ArgSpec& spec : schema) {
+    if (spec.non_empty && out.text(spec.name).empty()) return fail(spec.name, "is empty");
+  }
+  return out;
+}
+
 constexpr double kDefaultFreezeTimeoutSeconds = 10;
-// How long a revoked holder's process may take to stop (all its threads).
-constexpr std::chrono::milliseconds kStopLimit{2000};
 
 std::chrono::nanoseconds to_ns(double seconds) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
       std::chrono::duration<double>(seconds));
-}
-
-std::string pid_text(const std::vector<pid_t>& pids) {
-  std::string out;
-  for (pid_t p : pids) out += (out.empty() ? "" : ", ") + std::to_string(p);
-  return out;
 }
 
 }  // namespace
@@ -150,39 +259,57 @@ std::string pid_text(const std::vector<pid_t>& pids) {
 // arguments, and where an fd to pass goes.
 class Dispatcher::Command {
  public:
-  Command(Dispatcher& d, Session& session, const Arguments& args, internal::UniqueFd* fd_out)
-      : d_(d), session_(session), args_(args), fd_out_(fd_out) {}
+  Command(Dispatcher& d, Session& session, internal::UniqueFd* fd_out)
+      : d_(d), session_(session), fd_out_(fd_out) {}
 
-  // ENOSYS (CommandNotFound) for an unknown command.
-  Result<json> run(std::string_view name) {
+  // Checks `arguments` against the command's schema, then runs it. ENOSYS
+  // (CommandNotFound) for an unknown command.
+  Result<json> run(std::string_view name, const json& arguments) {
     using Fn = Result<json> (Command::*)();
     struct Entry {
       std::string_view name;
-      std::vector<std::string_view> args;
+      std::vector<ArgSpec> schema;  // in the order errors are reported
       Fn fn;
     };
     static const std::vector<Entry> kTable = {
         {"query-namespaces", {}, &Command::query_namespaces},
         {"query-region", {}, &Command::query_region},
-        {"create-namespace", {"name", "size"}, &Command::create_namespace},
-        {"destroy-namespace", {"name", "force"}, &Command::destroy_namespace},
-        {"resize-namespace", {"name", "size", "force"}, &Command::resize_namespace},
-        {"open-namespace", {"name", "access", "exclusive"}, &Command::open_namespace},
-        {"release-namespace", {"name"}, &Command::release_namespace},
-        {"freeze", {"name", "timeout", "force"}, &Command::freeze},
-        {"freeze-ack", {"name", "token"}, &Command::freeze_ack},
-        {"thaw", {"name"}, &Command::thaw},
-        {"snapshot", {"name", "file", "base", "timeout", "force", "threads"}, &Command::snapshot},
+        {"create-namespace", {text("name"), size("size")}, &Command::create_namespace},
+        {"destroy-namespace", {text("name"), flag("force", false)}, &Command::destroy_namespace},
+        {"resize-namespace",
+         {text("name"), size("size"), flag("force", false)},
+         &Command::resize_namespace},
+        {"open-namespace",
+         {text("name"), choice("access", {"rw", "ro"}, "rw"), flag("exclusive", false)},
+         &Command::open_namespace},
+        {"release-namespace", {text("name")}, &Command::release_namespace},
+        {"freeze",
+         {text("name"), seconds("timeout", kDefaultFreezeTimeoutSeconds), flag("force", false)},
+         &Command::freeze},
+        {"freeze-ack", {text("name"), size("token")}, &Command::freeze_ack},
+        {"thaw", {text("name")}, &Command::thaw},
+        {"snapshot",
+         {text("name"), path("file"), text("base", ""),
+          seconds("timeout", kDefaultFreezeTimeoutSeconds), flag("force", false),
+          count("threads", 0, kMaxSnapshotCopyThreads)},
+         &Command::snapshot},
         {"query-stats", {}, &Command::query_stats},
-        {"attach-vm", {"name", "qmp"}, &Command::attach_vm},
-        {"detach-vm", {"name"}, &Command::detach_vm},
-        {"restore-namespace", {"name", "file", "force"}, &Command::restore_namespace},
-        {"verify-snapshot", {"file"}, &Command::verify_snapshot},
-        {"vm-args", {"name", "virtio", "ram", "qemu"}, &Command::vm_args},
+        {"attach-vm", {text("name"), text("qmp")}, &Command::attach_vm},
+        {"detach-vm", {text("name")}, &Command::detach_vm},
+        {"restore-namespace",
+         {text("name"), path("file"), flag("force", false)},
+         &Command::restore_namespace},
+        // Not path(): an empty file is refused by the reader (as a missing one).
+        {"verify-snapshot", {text("file")}, &Command::verify_snapshot},
+        {"vm-args",
+         {text("name"), flag("virtio", false), size("ram"), text("qemu", "qemu-system-x86_64")},
+         &Command::vm_args},
     };
     for (const Entry& e : kTable) {
       if (e.name != name) continue;
-      RAWDAX_RETURN_IF_ERROR(args_.only(e.args));
+      auto parsed = parse_arguments(name, e.schema, arguments);
+      if (!parsed) return parsed.error();
+      args_ = std::move(*parsed);
       return (this->*e.fn)();
     }
     return Error(std::errc::function_not_supported, "The command " + std::string(name) +
@@ -190,26 +317,6 @@ class Dispatcher::Command {
   }
 
  private:
-  // Marks this connection as inside a freeze or snapshot of `name` for the
-  // command's length: its thread cannot ack, so no freeze asks it.
-  class FreezingMark {
-   public:
-    FreezingMark(Dispatcher& d, const std::string& name, uint64_t peer_id) : d_(d) {
-      std::lock_guard<std::mutex> lock(d_.mu_);
-      it_ = d_.freezing_.emplace(name, peer_id);
-    }
-    ~FreezingMark() {
-      std::lock_guard<std::mutex> lock(d_.mu_);
-      d_.freezing_.erase(it_);
-    }
-    FreezingMark(const FreezingMark&) = delete;
-    FreezingMark& operator=(const FreezingMark&) = delete;
-
-   private:
-    Dispatcher& d_;
-    std::multimap<std::string, uint64_t, std::less<>>::iterator it_;
-  };
-
   std::string pid_list(const std::vector<Holder>& holders) const {
     std::string out;
     for (const Holder& h : holders) {
@@ -283,12 +390,9 @@ class Dispatcher::Command {
   }
 
   Result<json> create_namespace() {
-    auto name = args_.string("name");
-    if (!name) return name.error();
-    auto size = args_.size("size");
-    if (!size) return size.error();
     std::lock_guard<std::mutex> lock(d_.mu_);
-    auto info = d_.region_.create_namespace({.name = *name, .size = *size});
+    auto info = d_.region_.create_namespace(
+        {.name = args_.text("name"), .size = args_.number("size")});
     if (!info) return info.error();
     NamespaceState& state = d_.namespaces_[info->name];
     auto dev = d_.region_.open_device(info->name);
@@ -310,276 +414,245 @@ class Dispatcher::Command {
   }
 
   Result<json> destroy_namespace() {
-    auto name = args_.string("name");
-    if (!name) return name.error();
-    auto force = args_.flag("force", false);
-    if (!force) return force.error();
+    const std::string& name = args_.text("name");
+    const bool force = args_.flag("force");
     std::lock_guard<std::mutex> lock(d_.mu_);
-    auto state = lookup_locked(*name);
+    auto state = lookup_locked(name);
     if (!state) return state.error();
     std::vector<Holder>& holders = (*state)->holders;
     // Said first: on a carved region force would not help either.
-    RAWDAX_RETURN_IF_ERROR(refuse_if_unrevocable(*name, holders, "destroyed"));
-    if (!holders.empty() && !*force) {
+    RAWDAX_RETURN_IF_ERROR(refuse_if_unrevocable(name, holders, "destroyed"));
+    if (!holders.empty() && !force) {
       return Error(std::errc::device_or_resource_busy,
-                   "namespace " + *name + " is open by pid(s) " + pid_list(holders) +
+                   "namespace " + name + " is open by pid(s) " + pid_list(holders) +
                        "; force revokes it");
     }
     // Holders hear first; then removal truncates the backing object, which
     // turns their mappings' next access into SIGBUS.
-    notify_locked(holders, {{"event", "NAMESPACE_REVOKED"}, {"data", {{"name", *name}}}});
+    notify_locked(holders, {{"event", "NAMESPACE_REVOKED"}, {"data", {{"name", name}}}});
     // force: the daemon's own Device handles are not users to protect.
-    Status st = d_.region_.destroy_namespace(*name, {.force = true});
+    Status st = d_.region_.destroy_namespace(name, {.force = true});
     if (!st) return st.error();
-    if (!holders.empty()) d_.log_("namespace " + *name + " revoked from pid(s) " + pid_list(holders));
-    d_.namespaces_.erase(*name);
-    d_.log_("namespace " + *name + " destroyed");
+    if (!holders.empty()) {
+      d_.log_("namespace " + name + " revoked from pid(s) " + pid_list(holders));
+    }
+    d_.namespaces_.erase(name);
+    d_.log_("namespace " + name + " destroyed");
     return json::object();
   }
 
   Result<json> resize_namespace() {
-    auto name = args_.string("name");
-    if (!name) return name.error();
-    auto size = args_.size("size");
-    if (!size) return size.error();
-    auto force = args_.flag("force", false);
-    if (!force) return force.error();
-    auto dev = device(*name);
+    const std::string& name = args_.text("name");
+    const uint64_t size = args_.number("size");
+    const bool force = args_.flag("force");
+    auto dev = device(name);
     if (!dev) return dev.error();
     {
       std::lock_guard<std::mutex> lock(d_.mu_);
-      auto state = lookup_locked(*name);
+      auto state = lookup_locked(name);
       if (!state) return state.error();
       // Their mappings may cover the cut, and the daemon cannot see them.
-      if (*size < (*dev)->size() && !(*state)->holders.empty() && !*force) {
+      if (size < (*dev)->size() && !(*state)->holders.empty() && !force) {
         return Error(std::errc::device_or_resource_busy,
-                     "namespace " + *name + " is open by pid(s) " +
+                     "namespace " + name + " is open by pid(s) " +
                          pid_list((*state)->holders) + "; force shrinks it under them");
       }
-      if (*size < (*dev)->size()) {
-        RAWDAX_RETURN_IF_ERROR(refuse_if_unrevocable(*name, (*state)->holders, "shrunk"));
+      if (size < (*dev)->size()) {
+        RAWDAX_RETURN_IF_ERROR(refuse_if_unrevocable(name, (*state)->holders, "shrunk"));
       }
     }
     // Not under mu_: a resize waits for in-flight writes.
-    Status st = (*dev)->resize(*size, {.force = *force});
+    Status st = (*dev)->resize(size, {.force = force});
     if (!st) return st.error();
     NamespaceInfo info = (*dev)->info();
     std::lock_guard<std::mutex> lock(d_.mu_);
-    auto state = lookup_locked(*name);
+    auto state = lookup_locked(name);
     if (state) {
-      notify_locked((*state)->holders,
-                    {{"event", "NAMESPACE_RESIZED"}, {"data", {{"name", *name}, {"size", info.size}}}});
+      notify_locked((*state)->holders, {{"event", "NAMESPACE_RESIZED"},
+                                        {"data", {{"name", name}, {"size", info.size}}}});
     }
-    d_.log_("namespace " + *name + " resized to " + std::to_string(info.size) + " bytes");
+    d_.log_("namespace " + name + " resized to " + std::to_string(info.size) + " bytes");
     return namespace_json(info);
   }
 
   Result<json> open_namespace() {
-    auto name = args_.string("name");
-    if (!name) return name.error();
-    const std::string rw = "rw";
-    auto access = args_.string("access", &rw);
-    if (!access) return access.error();
-    if (*access != "rw" && *access != "ro") {
-      return generic_error("open-namespace: argument 'access' must be \"rw\" or \"ro\"");
-    }
-    auto exclusive = args_.flag("exclusive", false);
-    if (!exclusive) return exclusive.error();
+    const std::string& name = args_.text("name");
+    const std::string& access = args_.text("access");
+    const bool exclusive = args_.flag("exclusive");
     std::lock_guard<std::mutex> lock(d_.mu_);
-    auto state = lookup_locked(*name);
+    auto state = lookup_locked(name);
     if (!state) return state.error();
     std::vector<Holder>& holders = (*state)->holders;
     for (const Holder& h : holders) {
       if (h.peer == session_.peer) {
-        return generic_error("namespace " + *name + " is already open on this connection");
+        return generic_error("namespace " + name + " is already open on this connection");
       }
       if (h.exclusive) {
         return Error(std::errc::device_or_resource_busy,
-                     "namespace " + *name + " is held exclusively by pid " +
+                     "namespace " + name + " is held exclusively by pid " +
                          std::to_string(h.peer->pid()));
       }
     }
-    if (*exclusive && !holders.empty()) {
+    if (exclusive && !holders.empty()) {
       return Error(std::errc::device_or_resource_busy,
-                   "namespace " + *name + " is open by pid(s) " + pid_list(holders) +
+                   "namespace " + name + " is open by pid(s) " + pid_list(holders) +
                        "; an exclusive open needs it unshared");
     }
-    auto fd = d_.region_.open_backing_fd(*name, *access == "rw");
+    auto fd = d_.region_.open_backing_fd(name, access == "rw");
     if (!fd) return not_a_device_error(fd.error());
     fd_out_->reset(*fd);
-    auto info = d_.region_.find(*name);
+    auto info = d_.region_.find(name);
     if (!info) return info.error();
-    holders.push_back({session_.peer, *access == "rw", *exclusive});
-    d_.log_("namespace " + *name + " opened " + *access + (*exclusive ? " exclusively" : "") +
+    holders.push_back({session_.peer, access == "rw", exclusive});
+    d_.log_("namespace " + name + " opened " + access + (exclusive ? " exclusively" : "") +
             " by pid " + std::to_string(session_.peer->pid()));
     uint64_t size = (*state)->device ? (*state)->device->size() : info->size;
     // On a carved region the fd is the whole device: the namespace starts
     // at `offset` in it (docs/control.md).
-    json out = {{"name", *name},
+    json out = {{"name", name},
                 {"uuid", info->uuid},
                 {"size", size},
                 {"offset", info->offset},
-                {"access", *access},
-                {"exclusive", *exclusive},
+                {"access", access},
+                {"exclusive", exclusive},
                 {"capabilities", capabilities_json(d_.region_.capabilities())}};
     // Opened while frozen: the client protects what it maps until the THAW
     // carrying this token (it may reach the wire before this reply).
-    auto frozen = d_.holder_freezes_.find(*name);
-    if (*access == "rw" && frozen != d_.holder_freezes_.end()) {
-      auto& asked = frozen->second.asked;
-      if (std::find(asked.begin(), asked.end(), session_.peer) == asked.end()) {
-        asked.push_back(session_.peer);
+    // (The same hold of mu_ as the holder's entry: no freeze can start in
+    // between and miss it.)
+    if (access == "rw") {
+      if (auto token = d_.holder_freezes_.holder_opened_locked(name, session_.peer)) {
+        out["freeze_token"] = *token;
       }
-      out["freeze_token"] = frozen->second.token;
     }
     return out;
   }
 
   Result<json> release_namespace() {
-    auto name = args_.string("name");
-    if (!name) return name.error();
+    const std::string& name = args_.text("name");
     std::lock_guard<std::mutex> lock(d_.mu_);
-    auto state = lookup_locked(*name);
+    auto state = lookup_locked(name);
     if (!state) return state.error();
     std::vector<Holder>& holders = (*state)->holders;
     auto mine = std::find_if(holders.begin(), holders.end(),
                              [&](const Holder& h) { return h.peer == session_.peer; });
     if (mine == holders.end()) {
-      return generic_error("namespace " + *name + " is not open on this connection");
+      return generic_error("namespace " + name + " is not open on this connection");
     }
     holders.erase(mine);
-    d_.log_("namespace " + *name + " released by pid " + std::to_string(session_.peer->pid()));
+    d_.log_("namespace " + name + " released by pid " + std::to_string(session_.peer->pid()));
     return json::object();
   }
 
   Result<json> freeze() {
-    auto name = args_.string("name");
-    if (!name) return name.error();
-    auto timeout = args_.seconds("timeout", kDefaultFreezeTimeoutSeconds);
-    if (!timeout) return timeout.error();
-    auto force = args_.flag("force", false);
-    if (!force) return force.error();
-    auto dev = device(*name);
+    const std::string& name = args_.text("name");
+    const double timeout = args_.seconds("timeout");
+    const bool force = args_.flag("force");
+    auto dev = device(name);
     if (!dev) return dev.error();
-    FreezingMark mark(d_, *name, session_.peer->id());
+    HolderFreezes::BusyMark busy(d_.holder_freezes_, name, session_.peer->id());
     // An attached guest's stores come from the VMM's own mapping, which no
     // engine here sees: it is paused first, and resumed after the thaw.
-    auto paused = d_.vms_.pause(*name);
+    auto paused = d_.vms_.pause(name);
     if (!paused) return generic_error(paused.error().message());
     // Holders' stores stop before the device freeze persists the namespace,
     // so what they wrote before their ack is in the persisted image.
     std::vector<pid_t> revoked;
-    auto holders = d_.freeze_holders(*name, session_.peer,
-                                     std::chrono::steady_clock::now() + to_ns(*timeout), *force,
-                                     &revoked);
+    auto holders = d_.holder_freezes_.freeze(
+        name, session_.peer, std::chrono::steady_clock::now() + to_ns(timeout), force, &revoked);
     if (!holders) return holders.error();
     // Not under mu_: draining block writes may take up to the timeout.
-    auto guard = (*dev)->freeze({.timeout = to_ns(*timeout)});
+    auto guard = (*dev)->freeze({.timeout = to_ns(timeout)});
     if (!guard) return not_a_device_error(guard.error());
     session_.freezes.emplace(
-        *name, HeldFreeze{std::move(*paused), std::move(*holders), std::move(*guard)});
-    d_.log_("namespace " + *name + " frozen by pid " + std::to_string(session_.peer->pid()));
+        name, SessionFreeze{std::move(*paused), std::move(*holders), std::move(*guard)});
+    d_.log_("namespace " + name + " frozen by pid " + std::to_string(session_.peer->pid()));
     return json{{"revoked", revoked}};
   }
 
   Result<json> freeze_ack() {
-    auto name = args_.string("name");
-    if (!name) return name.error();
-    auto token = args_.size("token");
-    if (!token) return token.error();
-    RAWDAX_RETURN_IF_ERROR(d_.ack_freeze(session_.peer, *name, *token));
+    const std::string& name = args_.text("name");
+    const uint64_t token = args_.number("token");
+    RAWDAX_RETURN_IF_ERROR(d_.holder_freezes_.ack(session_.peer, name, token));
     return json::object();
   }
 
   Result<json> thaw() {
-    auto name = args_.string("name");
-    if (!name) return name.error();
-    auto it = session_.freezes.find(*name);
+    const std::string& name = args_.text("name");
+    auto it = session_.freezes.find(name);
     if (it == session_.freezes.end()) {
       std::lock_guard<std::mutex> lock(d_.mu_);
-      auto state = lookup_locked(*name);
+      auto state = lookup_locked(name);
       if (!state) return state.error();
-      return generic_error("namespace " + *name + " is not frozen by this connection");
+      return generic_error("namespace " + name + " is not frozen by this connection");
     }
     session_.freezes.erase(it);
-    d_.log_("namespace " + *name + " thawed by pid " + std::to_string(session_.peer->pid()));
+    d_.log_("namespace " + name + " thawed by pid " + std::to_string(session_.peer->pid()));
     return json::object();
   }
 
   Result<json> snapshot() {
-    auto name = args_.string("name");
-    if (!name) return name.error();
-    auto file = args_.string("file");
-    if (!file) return file.error();
-    const std::string none;
-    auto base = args_.string("base", &none);
-    if (!base) return base.error();
-    auto timeout = args_.seconds("timeout", kDefaultFreezeTimeoutSeconds);
-    if (!timeout) return timeout.error();
-    auto force = args_.flag("force", false);
-    if (!force) return force.error();
-    auto threads = args_.count("threads", 0, kMaxSnapshotCopyThreads);
-    if (!threads) return threads.error();
-    if (file->empty()) return generic_error("snapshot: argument 'file' is empty");
-    auto dev = device(*name);
+    const std::string& name = args_.text("name");
+    const std::string& file = args_.text("file");
+    const std::string& base = args_.text("base");
+    const double timeout = args_.seconds("timeout");
+    const bool force = args_.flag("force");
+    const uint64_t threads = args_.number("threads");
+    auto dev = device(name);
     if (!dev) return dev.error();
-    FreezingMark mark(d_, *name, session_.peer->id());
+    HolderFreezes::BusyMark busy(d_.holder_freezes_, name, session_.peer->id());
     // An attached guest is paused for the whole copy (its stores bypass the
     // engine), and resumed when the snapshot ends, whatever its result.
-    auto paused = d_.vms_.pause(*name);
+    auto paused = d_.vms_.pause(name);
     if (!paused) return generic_error(paused.error().message());
     // Holders' stores bypass the engine too: they are write-protected for
     // the whole copy.
     std::vector<pid_t> revoked;
-    auto holders = d_.freeze_holders(*name, session_.peer,
-                                     std::chrono::steady_clock::now() + to_ns(*timeout), *force,
-                                     &revoked);
+    auto holders = d_.holder_freezes_.freeze(
+        name, session_.peer, std::chrono::steady_clock::now() + to_ns(timeout), force, &revoked);
     if (!holders) {
       Status resumed = paused->resume();
       if (!resumed) d_.log_(resumed.error().message());
       return holders.error();
     }
     // Not under mu_: the copy takes as long as the namespace is big.
-    auto info = (*dev)->snapshot(*file, {.base = *base,
+    auto info = (*dev)->snapshot(file, {.base = base,
                                          .progress = d_.options_.progress,
-                                         .copy_threads = static_cast<unsigned>(*threads)});
+                                         .copy_threads = static_cast<unsigned>(threads)});
     holders->end();
     Status resumed = paused->resume();
     if (!resumed) d_.log_("error: " + resumed.error().message());
     if (!info) return not_a_device_error(info.error());
-    d_.log_("namespace " + *name + " snapshot " + info->path);
+    d_.log_("namespace " + name + " snapshot " + info->path);
     json out = snapshot_json(*info);
     out["revoked"] = revoked;
     return out;
   }
 
   Result<json> attach_vm() {
-    auto name = args_.string("name");
-    if (!name) return name.error();
-    auto qmp = args_.string("qmp");
-    if (!qmp) return qmp.error();
+    const std::string& name = args_.text("name");
+    const std::string& qmp = args_.text("qmp");
     {
       std::lock_guard<std::mutex> lock(d_.mu_);
-      auto state = lookup_locked(*name);
+      auto state = lookup_locked(name);
       if (!state) return state.error();
     }
-    Status attached = d_.vms_.attach(*name, *qmp);
+    Status attached = d_.vms_.attach(name, qmp);
     if (!attached) return generic_error(attached.error().message());
-    d_.log_("namespace " + *name + ": VM attached (QMP " + *qmp + ")");
+    d_.log_("namespace " + name + ": VM attached (QMP " + qmp + ")");
     return json::object();
   }
 
   Result<json> detach_vm() {
-    auto name = args_.string("name");
-    if (!name) return name.error();
+    const std::string& name = args_.text("name");
     {
       std::lock_guard<std::mutex> lock(d_.mu_);
-      auto state = lookup_locked(*name);
+      auto state = lookup_locked(name);
       if (!state) return state.error();
     }
-    Status detached = d_.vms_.detach(*name);
+    Status detached = d_.vms_.detach(name);
     if (!detached) return generic_error(detached.error().message());
-    d_.log_("namespace " + *name + ": VM detached");
+    d_.log_("namespace " + name + ": VM detached");
     return json::object();
   }
 
@@ -589,54 +662,49 @@ class Dispatcher::Command {
   // client or a command still using the Device keeps it open, and the
   // region then refuses the restore (EBUSY).
   Result<json> restore_namespace() {
-    auto name = args_.string("name");
-    if (!name) return name.error();
-    auto file = args_.string("file");
-    if (!file) return file.error();
-    auto force = args_.flag("force", false);
-    if (!force) return force.error();
-    if (file->empty()) return generic_error("restore-namespace: argument 'file' is empty");
+    const std::string& name = args_.text("name");
+    const std::string& file = args_.text("file");
+    const bool force = args_.flag("force");
     {
       std::lock_guard<std::mutex> lock(d_.mu_);
-      NamespaceState& state = d_.namespaces_[*name];
+      NamespaceState& state = d_.namespaces_[name];
       if (state.restoring) {
         return Error(std::errc::device_or_resource_busy,
-                     "namespace " + *name + " is being restored");
+                     "namespace " + name + " is being restored");
       }
       if (!state.holders.empty()) {
         return Error(std::errc::device_or_resource_busy,
-                     "namespace " + *name + " is open by pid(s) " + pid_list(state.holders) +
+                     "namespace " + name + " is open by pid(s) " + pid_list(state.holders) +
                          "; they must release it before a restore");
       }
       state.restoring = true;
       state.device.reset();
     }
-    auto info = d_.region_.restore_namespace(*name, *file, {.force = *force});
+    auto info = d_.region_.restore_namespace(name, file, {.force = force});
     std::lock_guard<std::mutex> lock(d_.mu_);
-    NamespaceState& state = d_.namespaces_[*name];
+    NamespaceState& state = d_.namespaces_[name];
     state.restoring = false;
-    if (d_.region_.find(*name)) {
+    if (d_.region_.find(name)) {
       if (d_.options_.open_every_namespace) {
-        auto dev = d_.region_.open_device(*name);
+        auto dev = d_.region_.open_device(name);
         if (dev) {
           state.device = std::move(*dev);
         } else {
-          d_.log_("error: namespace " + *name + ": " + dev.error().message());
+          d_.log_("error: namespace " + name + ": " + dev.error().message());
         }
       }
     } else {
-      d_.namespaces_.erase(*name);
+      d_.namespaces_.erase(name);
     }
     if (!info) return info.error();
-    d_.log_("namespace " + *name + " restored from " + *file);
+    d_.log_("namespace " + name + " restored from " + file);
     return namespace_json(*info);
   }
 
   // Reads only the file: no namespace is involved.
   Result<json> verify_snapshot() {
-    auto file = args_.string("file");
-    if (!file) return file.error();
-    auto chain = ::rawdax::verify_snapshot(*file);
+    const std::string& file = args_.text("file");
+    auto chain = ::rawdax::verify_snapshot(file);
     if (!chain) return chain.error();
     json out = json::array();
     for (const SnapshotInfo& s : *chain) out.push_back(snapshot_json(s));
@@ -646,32 +714,27 @@ class Dispatcher::Command {
   // The QEMU arguments giving a guest the namespace. Only a carved
   // namespace needs to know what `qemu` can do; it is asked then.
   Result<json> vm_args() {
-    auto name = args_.string("name");
-    if (!name) return name.error();
-    auto virtio = args_.flag("virtio", false);
-    if (!virtio) return virtio.error();
-    auto ram = args_.size("ram");
-    if (!ram) return ram.error();
-    const std::string default_qemu = "qemu-system-x86_64";
-    auto qemu = args_.string("qemu", &default_qemu);
-    if (!qemu) return qemu.error();
-    auto ns = d_.region_.find(*name);
+    const std::string& name = args_.text("name");
+    const bool virtio = args_.flag("virtio");
+    const uint64_t ram = args_.number("ram");
+    const std::string& qemu = args_.text("qemu");
+    auto ns = d_.region_.find(name);
     if (!ns) return ns.error();
     internal::QemuBackendSupport support;
     if (ns->offset != 0) {
-      auto asked = internal::qemu_backend_support(*qemu);
+      auto asked = internal::qemu_backend_support(qemu);
       if (!asked) return generic_error(asked.error().message());
       support = *asked;
     }
-    auto pmem = internal::qemu_pmem_args(*ns, *virtio, *ram, support,
+    auto pmem = internal::qemu_pmem_args(*ns, virtio, ram, support,
                                          d_.region_.capabilities().alignment);
     if (!pmem) return generic_error(pmem.error().message());
     std::vector<std::string> args = {
         "-machine", pmem->machine_option.empty() ? "pc" : "pc," + pmem->machine_option, "-m",
-        std::to_string(*ram >> 20) + "M," + pmem->memory_option};
+        std::to_string(ram >> 20) + "M," + pmem->memory_option};
     args.insert(args.end(), pmem->args.begin(), pmem->args.end());
     return json{{"name", ns->name},
-                {"device", *virtio ? "virtio-pmem-pci" : "nvdimm"},
+                {"device", virtio ? "virtio-pmem-pci" : "nvdimm"},
                 {"path", ns->path},
                 {"offset", ns->offset},
                 {"size", ns->size},
@@ -692,7 +755,7 @@ class Dispatcher::Command {
 
   Dispatcher& d_;
   Session& session_;
-  const Arguments& args_;
+  Arguments args_;  // set by run()
   internal::UniqueFd* fd_out_;
 };
 
@@ -764,9 +827,8 @@ Dispatcher::Reply Dispatcher::handle(Session& session, std::string_view request_
       args = *it;
     }
     const std::string command = execute->get<std::string>();
-    Arguments arguments(command, args);
-    Command cmd(*this, session, arguments, &reply.fd);
-    Result<json> result = cmd.run(command);
+    Command cmd(*this, session, &reply.fd);
+    Result<json> result = cmd.run(command, args);
     if (!result) {
       fail(error_class(result.error()), result.error().message());
       return reply;
@@ -780,153 +842,20 @@ Dispatcher::Reply Dispatcher::handle(Session& session, std::string_view request_
   return reply;
 }
 
-void HolderFreeze::end() {
-  if (d_ != nullptr) std::exchange(d_, nullptr)->thaw_holders(name_);
-}
-
-Result<HolderFreeze> Dispatcher::freeze_holders(const std::string& name,
-                                                const std::shared_ptr<Peer>& self,
-                                                std::chrono::steady_clock::time_point deadline,
-                                                bool force, std::vector<pid_t>* revoked) {
-  std::unique_lock<std::mutex> lock(mu_);
-  // An outermost freeze still collecting acks decides whether this one nests.
-  for (;;) {
-    auto it = holder_freezes_.find(name);
-    if (it == holder_freezes_.end() || !it->second.settling) break;
-    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) {
-      it = holder_freezes_.find(name);
-      if (it != holder_freezes_.end() && it->second.settling) {
-        return Error(std::errc::timed_out, "freeze of namespace " + name +
-                                               ": an earlier freeze is still waiting for the "
-                                               "holders' acks");
-      }
-    }
-  }
-  HolderFreezeState& st = holder_freezes_[name];
-  if (st.depth > 0) {
-    ++st.depth;
-    return HolderFreeze(this, name);
-  }
-  st.depth = 1;
-  st.settling = true;
-  st.token = next_token_++;
-  auto fail = [&](Error error) -> Result<HolderFreeze> {
-    release_holders_locked(name, st);
-    holder_freezes_.erase(name);
-    cv_.notify_all();
-    return error;
-  };
-
+std::vector<std::shared_ptr<Peer>> Dispatcher::writable_holders_locked(const std::string& name) {
+  std::vector<std::shared_ptr<Peer>> out;
   auto ns = namespaces_.find(name);
-  if (ns != namespaces_.end()) {
-    auto [busy_begin, busy_end] = freezing_.equal_range(name);
-    for (const Holder& h : ns->second.holders) {
-      if (!h.writable || h.peer == self) continue;
-      bool busy = std::any_of(busy_begin, busy_end,
-                              [&](const auto& entry) { return entry.second == h.peer->id(); });
-      if (busy) continue;
-      st.asked.push_back(h.peer);
-      st.waiting.insert(h.peer->id());
-    }
+  if (ns == namespaces_.end()) return out;
+  for (const Holder& h : ns->second.holders) {
+    if (h.writable) out.push_back(h.peer);
   }
-  const std::string event =
-      dump({{"event", "FREEZE"}, {"data", {{"name", name}, {"token", st.token}}}});
-  for (const auto& peer : st.asked) {
-    Status sent = peer->send(event);
-    // That holder cannot ack: the wait ends with its connection or the timeout.
-    if (!sent) log_("FREEZE to pid " + std::to_string(peer->pid()) + " failed: " +
-                    sent.error().message());
-  }
-  // Holders revoked earlier are stopped without asking. (Under mu_: a stop
-  // takes microseconds unless the process is slow to stop, bounded by
-  // kStopLimit.)
-  auto [rb, re] = revoked_.equal_range(name);
-  for (auto it = rb; it != re; ++it) {
-    pid_t pid = it->second->pid();
-    Status stopped = stops_.stop(pid, kStopLimit);
-    if (!stopped) {
-      return fail(Error(std::errc::device_or_resource_busy,
-                        "freeze of namespace " + name + ": revoked pid " + std::to_string(pid) +
-                            " could not be stopped: " + stopped.error().message()));
-    }
-    st.stopped.push_back(pid);
-  }
-
-  // Each ack (or a session's end) notifies; the predicate rechecks.
-  cv_.wait_until(lock, deadline, [&] { return st.waiting.empty(); });
-  // mu_ was released while waiting: the namespace may be gone (destroyed).
-  ns = namespaces_.find(name);
-  if (!st.waiting.empty()) {
-    std::vector<std::shared_ptr<Peer>> late;
-    for (const auto& peer : st.asked) {
-      if (st.waiting.count(peer->id()) != 0) late.push_back(peer);
-    }
-    std::vector<pid_t> late_pids;
-    for (const auto& peer : late) late_pids.push_back(peer->pid());
-    const std::string what = "freeze of namespace " + name + ": pid(s) " + pid_text(late_pids) +
-                             " did not acknowledge FREEZE in time";
-    if (!force) {
-      log_(what);
-      return fail(Error(std::errc::device_or_resource_busy, what + "; force revokes them"));
-    }
-    // Revoke: stop the process first, so that its stores have ended when the
-    // freeze returns; then its open ends and it hears why.
-    for (const auto& peer : late) {
-      Status stopped = stops_.stop(peer->pid(), kStopLimit);
-      if (!stopped) {
-        return fail(Error(std::errc::device_or_resource_busy,
-                          what + ", and pid " + std::to_string(peer->pid()) +
-                              " cannot be revoked: " + stopped.error().message()));
-      }
-      st.stopped.push_back(peer->pid());
-    }
-    const std::string revoked_event =
-        dump({{"event", "NAMESPACE_REVOKED"}, {"data", {{"name", name}, {"reason", "freeze"}}}});
-    for (const auto& peer : late) {
-      if (ns != namespaces_.end()) {
-        std::erase_if(ns->second.holders, [&](const Holder& h) { return h.peer == peer; });
-      }
-      revoked_.emplace(name, peer);
-      (void)peer->send(revoked_event);
-      revoked->push_back(peer->pid());
-    }
-    st.waiting.clear();
-    log_(what + "; revoked, and stopped until the thaw");
-  }
-  st.settling = false;
-  cv_.notify_all();
-  return HolderFreeze(this, name);
+  return out;
 }
 
-void Dispatcher::thaw_holders(const std::string& name) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = holder_freezes_.find(name);
-  if (it == holder_freezes_.end() || --it->second.depth > 0) return;
-  release_holders_locked(name, it->second);
-  holder_freezes_.erase(it);
-}
-
-void Dispatcher::release_holders_locked(const std::string& name, HolderFreezeState& st) {
-  const std::string event =
-      dump({{"event", "THAW"}, {"data", {{"name", name}, {"token", st.token}}}});
-  for (const auto& peer : st.asked) (void)peer->send(event);
-  for (pid_t pid : st.stopped) stops_.resume(pid);
-  st.asked.clear();
-  st.stopped.clear();
-  st.waiting.clear();
-}
-
-Status Dispatcher::ack_freeze(const std::shared_ptr<Peer>& peer, const std::string& name,
-                              uint64_t token) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = holder_freezes_.find(name);
-  if (it == holder_freezes_.end() || it->second.token != token ||
-      it->second.waiting.erase(peer->id()) == 0) {
-    return generic_error("freeze-ack: no freeze of namespace " + name + " with token " +
-                         std::to_string(token) + " waits for this connection's ack");
-  }
-  cv_.notify_all();
-  return ok();
+void Dispatcher::revoke_locked(const std::string& name, const std::shared_ptr<Peer>& peer) {
+  auto ns = namespaces_.find(name);
+  if (ns == namespaces_.end()) return;
+  std::erase_if(ns->second.holders, [&](const Holder& h) { return h.peer == peer; });
 }
 
 void Dispatcher::flush_all() {
@@ -948,12 +877,7 @@ void Dispatcher::end_session(Session& session) {
   std::lock_guard<std::mutex> lock(mu_);
   // A closed connection acks nothing more and is sent nothing more; its
   // process is no longer stopped for later freezes.
-  for (auto& [name, st] : holder_freezes_) {
-    st.waiting.erase(session.peer->id());
-    std::erase(st.asked, session.peer);
-  }
-  std::erase_if(revoked_, [&](const auto& entry) { return entry.second == session.peer; });
-  cv_.notify_all();
+  holder_freezes_.connection_ended_locked(session.peer);
   for (auto& [name, state] : namespaces_) {
     auto& holders = state.holders;
     size_t before = holders.size();
