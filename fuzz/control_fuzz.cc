@@ -38,9 +38,9 @@
 #include <string_view>
 #include <vector>
 
-#include "control/dispatcher.h"
-#include "control/peer.h"
-#include "control/protocol.h"
+#include "daemon/dispatcher.h"
+#include "daemon/peer.h"
+#include "client/protocol.h"
 #include "rawdax/region.h"
 
 namespace {

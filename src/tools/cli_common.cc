@@ -5,7 +5,7 @@
 #include <iostream>
 
 #include "common/units.h"
-#include "control/json_forms.h"
+#include "daemon/json_forms.h"
 
 namespace rawdax::cli {
 

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "common/units.h"
-#include "control/server.h"
+#include "daemon/server.h"
 #include "rawdax/nbd_server.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"

@@ -8,7 +8,7 @@
 #include <memory>
 
 #include "common/units.h"
-#include "control/json_forms.h"
+#include "daemon/json_forms.h"
 #include "tools/cli_common.h"
 #include "tools/command_path.h"
 #include "tools/commands.h"

@@ -3,7 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "control/protocol.h"
+#include "client/protocol.h"
 #include "tools/daemon_record.h"
 
 namespace rawdax::cli {

@@ -20,7 +20,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "control/dispatcher.h"
+#include "daemon/dispatcher.h"
 #include "rawdax/client.h"
 #include "rawdax/region.h"
 #include "rawdax/snapshot.h"

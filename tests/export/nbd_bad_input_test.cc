@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "control/protocol.h"
+#include "client/protocol.h"
 #include "export/nbd_fixture.h"
 #include "export/nbd_wire.h"
 #include "serve_child.h"

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "cli_run.h"
-#include "control/control_test_util.h"
+#include "daemon/control_test_util.h"
 #include "export/nbd_wire.h"
 #include "serve_child.h"
 

@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "control/server.h"
+#include "daemon/server.h"
 #include "net/listener.h"
 #include "net/unix_socket.h"
 #include "rawdax/region.h"

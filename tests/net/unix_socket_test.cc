@@ -12,7 +12,7 @@
 #include <gtest/gtest.h>
 #include <string>
 
-#include "control/server.h"
+#include "daemon/server.h"
 #include "net/listener.h"
 #include "rawdax/nbd_server.h"
 #include "rawdax/region.h"

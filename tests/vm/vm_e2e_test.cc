@@ -26,7 +26,7 @@
 
 #include "rawdax/rawdax.h"
 #include "test_util.h"
-#include "control/server.h"
+#include "daemon/server.h"
 #include "rawdax/client.h"
 #include "vm/qemu_args.h"
 #include "vm/qmp_client.h"

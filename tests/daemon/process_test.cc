@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include "control/control_test_util.h"
+#include "daemon/control_test_util.h"
 #include "export/nbd_fixture.h"
 #include "fault_catcher.h"
 

@@ -10,8 +10,8 @@
 // Thread safety: the free functions are thread-safe; a LineReader belongs to
 // one reader at a time. Writers to one socket must serialize their lines
 // themselves (send_line may write a line in several pieces).
-#ifndef RAWDAX_CONTROL_PROTOCOL_H_
-#define RAWDAX_CONTROL_PROTOCOL_H_
+#ifndef RAWDAX_CLIENT_PROTOCOL_H_
+#define RAWDAX_CLIENT_PROTOCOL_H_
 
 #include <cstddef>
 #include <deque>
@@ -80,4 +80,4 @@ class LineReader {
 
 }  // namespace rawdax::control
 
-#endif  // RAWDAX_CONTROL_PROTOCOL_H_
+#endif  // RAWDAX_CLIENT_PROTOCOL_H_

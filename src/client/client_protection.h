@@ -17,8 +17,8 @@
 //
 // Thread safety: all methods are thread-safe (one mutex; stores never take
 // it). The owner of a mapping must not store into it while removing it.
-#ifndef RAWDAX_CONTROL_CLIENT_PROTECTION_H_
-#define RAWDAX_CONTROL_CLIENT_PROTECTION_H_
+#ifndef RAWDAX_CLIENT_CLIENT_PROTECTION_H_
+#define RAWDAX_CLIENT_CLIENT_PROTECTION_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -69,4 +69,4 @@ class NamespaceProtection {
 
 }  // namespace rawdax::detail
 
-#endif  // RAWDAX_CONTROL_CLIENT_PROTECTION_H_
+#endif  // RAWDAX_CLIENT_CLIENT_PROTECTION_H_

@@ -1,4 +1,4 @@
-#include "control/protocol.h"
+#include "client/protocol.h"
 
 #include <fcntl.h>
 #include <sys/socket.h>

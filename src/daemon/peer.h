@@ -8,8 +8,8 @@
 // Ownership: shared by the server (until the connection's thread is joined)
 // and by the dispatcher's holder table (until the session ends); the socket
 // closes with the last owner, so no thread ever writes to a reused fd number.
-#ifndef RAWDAX_CONTROL_PEER_H_
-#define RAWDAX_CONTROL_PEER_H_
+#ifndef RAWDAX_DAEMON_PEER_H_
+#define RAWDAX_DAEMON_PEER_H_
 
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -19,7 +19,7 @@
 #include <string_view>
 
 #include "common/unique_fd.h"
-#include "control/protocol.h"
+#include "client/protocol.h"
 #include "rawdax/result.h"
 
 namespace rawdax::control {
@@ -57,4 +57,4 @@ class Peer {
 
 }  // namespace rawdax::control
 
-#endif  // RAWDAX_CONTROL_PEER_H_
+#endif  // RAWDAX_DAEMON_PEER_H_

@@ -1,4 +1,4 @@
-#include "control/json_forms.h"
+#include "daemon/json_forms.h"
 
 namespace rawdax::control {
 

@@ -15,8 +15,8 @@
 //
 // Thread safety: stop() and the destructor may be called from any one
 // thread; the server's other methods are const accessors.
-#ifndef RAWDAX_CONTROL_SERVER_H_
-#define RAWDAX_CONTROL_SERVER_H_
+#ifndef RAWDAX_DAEMON_SERVER_H_
+#define RAWDAX_DAEMON_SERVER_H_
 
 #include <chrono>
 #include <cstddef>
@@ -26,8 +26,8 @@
 #include <string>
 
 #include "common/unique_fd.h"
-#include "control/dispatcher.h"
-#include "control/peer.h"
+#include "daemon/dispatcher.h"
+#include "daemon/peer.h"
 #include "net/accept_loop.h"
 #include "net/listener.h"
 #include "rawdax/result.h"
@@ -77,4 +77,4 @@ class ControlServer {
 
 }  // namespace rawdax::control
 
-#endif  // RAWDAX_CONTROL_SERVER_H_
+#endif  // RAWDAX_DAEMON_SERVER_H_

@@ -9,7 +9,7 @@
 #include <gtest/gtest.h>
 #include <thread>
 
-#include "control/control_test_util.h"
+#include "daemon/control_test_util.h"
 
 namespace rawdax {
 namespace {

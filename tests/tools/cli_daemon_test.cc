@@ -15,7 +15,7 @@
 #include <sstream>
 
 #include "cli_run.h"
-#include "control/control_test_util.h"
+#include "daemon/control_test_util.h"
 #include "serve_child.h"
 
 namespace rawdax {

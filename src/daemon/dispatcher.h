@@ -29,8 +29,8 @@
 // holders (HolderFreezes: the FREEZE/freeze-ack/THAW protocol, revocation
 // with `force`) and then the device. A `freeze` is kept by its connection's
 // Session as a SessionFreeze until `thaw` or the connection's end.
-#ifndef RAWDAX_CONTROL_DISPATCHER_H_
-#define RAWDAX_CONTROL_DISPATCHER_H_
+#ifndef RAWDAX_DAEMON_DISPATCHER_H_
+#define RAWDAX_DAEMON_DISPATCHER_H_
 
 #include <cstdint>
 #include <functional>
@@ -42,9 +42,9 @@
 #include <vector>
 
 #include "common/unique_fd.h"
-#include "control/holder_freezes.h"
-#include "control/peer.h"
-#include "control/process_stops.h"
+#include "daemon/holder_freezes.h"
+#include "daemon/peer.h"
+#include "daemon/process_stops.h"
 #include "rawdax/device.h"
 #include "rawdax/region.h"
 #include "rawdax/result.h"
@@ -141,4 +141,4 @@ class Dispatcher final : private HolderFreezes::Table {
 
 }  // namespace rawdax::control
 
-#endif  // RAWDAX_CONTROL_DISPATCHER_H_
+#endif  // RAWDAX_DAEMON_DISPATCHER_H_

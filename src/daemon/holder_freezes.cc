@@ -1,4 +1,4 @@
-#include "control/holder_freezes.h"
+#include "daemon/holder_freezes.h"
 
 #include <algorithm>
 #include <nlohmann/json.hpp>

@@ -1,4 +1,4 @@
-// The public Client: the protocol of docs/control.md over control/protocol.h.
+// The public Client: the protocol of docs/control.md over client/protocol.h.
 #include "rawdax/client.h"
 
 #include <poll.h>
@@ -17,8 +17,8 @@
 #include <utility>
 
 #include "common/unique_fd.h"
-#include "control/client_protection.h"
-#include "control/protocol.h"
+#include "client/client_protection.h"
+#include "client/protocol.h"
 
 namespace rawdax {
 

@@ -1,8 +1,8 @@
 // Helpers for the control-socket tests: a daemon-side fixture (a Region and
 // a ControlServer in this process), a raw line client for protocol-level
 // checks, and spawning the rawdax binary as a daemon.
-#ifndef RAWDAX_TESTS_CONTROL_CONTROL_TEST_UTIL_H_
-#define RAWDAX_TESTS_CONTROL_CONTROL_TEST_UTIL_H_
+#ifndef RAWDAX_TESTS_DAEMON_CONTROL_TEST_UTIL_H_
+#define RAWDAX_TESTS_DAEMON_CONTROL_TEST_UTIL_H_
 
 #include <fcntl.h>
 #include <poll.h>
@@ -23,9 +23,9 @@
 #include <thread>
 #include <vector>
 
-#include "control/protocol.h"
+#include "client/protocol.h"
 #include "child_process.h"
-#include "control/server.h"
+#include "daemon/server.h"
 #include "rawdax/rawdax.h"
 #include "test_util.h"
 
@@ -162,4 +162,4 @@ inline bool wait_byte(int fd, std::chrono::milliseconds timeout) {
 
 }  // namespace rawdax::testing
 
-#endif  // RAWDAX_TESTS_CONTROL_CONTROL_TEST_UTIL_H_
+#endif  // RAWDAX_TESTS_DAEMON_CONTROL_TEST_UTIL_H_

@@ -2,8 +2,8 @@
 // them and the CLI prints them (raw integer sizes; the CLI's --human turns
 // sizes into strings). One place, so that a verb prints the same through
 // the daemon as without it. Pure functions; thread-safe.
-#ifndef RAWDAX_CONTROL_JSON_FORMS_H_
-#define RAWDAX_CONTROL_JSON_FORMS_H_
+#ifndef RAWDAX_DAEMON_JSON_FORMS_H_
+#define RAWDAX_DAEMON_JSON_FORMS_H_
 
 #include <nlohmann/json.hpp>
 
@@ -30,4 +30,4 @@ nlohmann::json snapshot_json(const SnapshotInfo& s);
 
 }  // namespace rawdax::control
 
-#endif  // RAWDAX_CONTROL_JSON_FORMS_H_
+#endif  // RAWDAX_DAEMON_JSON_FORMS_H_

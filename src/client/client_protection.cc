@@ -1,4 +1,4 @@
-#include "control/client_protection.h"
+#include "client/client_protection.h"
 
 #include <sys/mman.h>
 

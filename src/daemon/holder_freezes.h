@@ -67,8 +67,8 @@
 // connection's ack). A failed send is logged and otherwise ignored: that
 // holder cannot ack, and the freeze waits for its connection's end or the
 // deadline. Nothing else fails.
-#ifndef RAWDAX_CONTROL_HOLDER_FREEZES_H_
-#define RAWDAX_CONTROL_HOLDER_FREEZES_H_
+#ifndef RAWDAX_DAEMON_HOLDER_FREEZES_H_
+#define RAWDAX_DAEMON_HOLDER_FREEZES_H_
 
 #include <sys/types.h>
 
@@ -85,8 +85,8 @@
 #include <utility>
 #include <vector>
 
-#include "control/peer.h"
-#include "control/process_stops.h"
+#include "daemon/peer.h"
+#include "daemon/process_stops.h"
 #include "rawdax/result.h"
 
 namespace rawdax::control {
@@ -225,4 +225,4 @@ class HolderFreezes {
 
 }  // namespace rawdax::control
 
-#endif  // RAWDAX_CONTROL_HOLDER_FREEZES_H_
+#endif  // RAWDAX_DAEMON_HOLDER_FREEZES_H_

@@ -20,8 +20,8 @@
 #include <thread>
 #include <vector>
 
-#include "control/control_test_util.h"
-#include "control/process_stops.h"
+#include "daemon/control_test_util.h"
+#include "daemon/process_stops.h"
 #include "rawdax/client_c.h"
 #include "test_util.h"
 

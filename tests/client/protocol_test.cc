@@ -7,7 +7,7 @@
 #include <gtest/gtest.h>
 #include <string>
 
-#include "control/protocol.h"
+#include "client/protocol.h"
 
 namespace rawdax::control {
 namespace {

@@ -9,8 +9,8 @@
 //
 // Thread safety: all methods are thread-safe (one internal mutex, never held
 // while calling out to anything but kill() and /proc reads).
-#ifndef RAWDAX_CONTROL_PROCESS_STOPS_H_
-#define RAWDAX_CONTROL_PROCESS_STOPS_H_
+#ifndef RAWDAX_DAEMON_PROCESS_STOPS_H_
+#define RAWDAX_DAEMON_PROCESS_STOPS_H_
 
 #include <sys/types.h>
 
@@ -47,4 +47,4 @@ class ProcessStops {
 
 }  // namespace rawdax::control
 
-#endif  // RAWDAX_CONTROL_PROCESS_STOPS_H_
+#endif  // RAWDAX_DAEMON_PROCESS_STOPS_H_

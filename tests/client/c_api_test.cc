@@ -2,7 +2,7 @@
 #include <cstring>
 #include <gtest/gtest.h>
 
-#include "control/control_test_util.h"
+#include "daemon/control_test_util.h"
 #include "rawdax/client_c.h"
 
 extern "C" int rawdax_c_api_check(const char* socket_path, char* message, size_t message_size);

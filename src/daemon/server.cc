@@ -1,4 +1,4 @@
-#include "control/server.h"
+#include "daemon/server.h"
 
 #include <sys/socket.h>
 #include <unistd.h>
@@ -6,7 +6,7 @@
 #include <cstring>
 #include <string_view>
 
-#include "control/protocol.h"
+#include "client/protocol.h"
 
 namespace rawdax::control {
 

@@ -2,7 +2,7 @@
 // holders' connections (the test reads their FREEZE, THAW and
 // NAMESPACE_REVOKED events from the other end and acks for them), and a
 // small table under the test's mutex stands for the Dispatcher's.
-#include "control/holder_freezes.h"
+#include "daemon/holder_freezes.h"
 
 #include <poll.h>
 #include <signal.h>
@@ -26,7 +26,7 @@
 #include <thread>
 #include <vector>
 
-#include "control/protocol.h"
+#include "client/protocol.h"
 
 namespace rawdax {
 namespace {

@@ -1,4 +1,4 @@
-#include "control/process_stops.h"
+#include "daemon/process_stops.h"
 
 #include <dirent.h>
 #include <signal.h>

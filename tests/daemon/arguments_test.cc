@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "control/dispatcher.h"
+#include "daemon/dispatcher.h"
 #include "rawdax/rawdax.h"
 
 namespace rawdax {

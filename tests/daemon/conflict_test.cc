@@ -11,7 +11,7 @@
 #include <string>
 #include <thread>
 
-#include "control/control_test_util.h"
+#include "daemon/control_test_util.h"
 #include "export/nbd_fixture.h"
 #include "export/nbd_wire.h"
 #include "serve_child.h"

@@ -1,4 +1,4 @@
-#include "control/dispatcher.h"
+#include "daemon/dispatcher.h"
 
 #include <unistd.h>
 
@@ -11,7 +11,7 @@
 #include <utility>
 #include <variant>
 
-#include "control/json_forms.h"
+#include "daemon/json_forms.h"
 #include "vm/qemu_args.h"
 
 namespace rawdax::control {
