@@ -544,6 +544,31 @@ class Dispatcher::Command {
     return json::object();
   }
 
+  // The writers whose stores bypass every engine here, stopped for a freeze
+  // or a snapshot: an attached guest (its VMM maps the namespace itself) is
+  // paused, and the other holders write-protect their own mappings
+  // (HolderFreezes). The guest resumes last.
+  struct OutsideWriters {
+    internal::AttachedVms::Pause vm;
+    HolderFreeze holders;
+  };
+  Result<OutsideWriters> stop_outside_writers(const std::string& name, double timeout,
+                                              bool force, std::vector<pid_t>* revoked) {
+    auto paused = d_.vms_.pause(name);
+    if (!paused) return generic_error(paused.error().message());
+    auto holders = d_.holder_freezes_.freeze(
+        name, session_.peer, std::chrono::steady_clock::now() + to_ns(timeout), force, revoked);
+    if (!holders) {
+      resume(*paused);
+      return holders.error();
+    }
+    return OutsideWriters{std::move(*paused), std::move(*holders)};
+  }
+  void resume(internal::AttachedVms::Pause& paused) {
+    Status resumed = paused.resume();
+    if (!resumed) d_.log_("error: " + resumed.error().message());
+  }
+
   Result<json> freeze() {
     const std::string& name = args_.text("name");
     const double timeout = args_.seconds("timeout");
@@ -551,21 +576,16 @@ class Dispatcher::Command {
     auto dev = device(name);
     if (!dev) return dev.error();
     HolderFreezes::BusyMark busy(d_.holder_freezes_, name, session_.peer->id());
-    // An attached guest's stores come from the VMM's own mapping, which no
-    // engine here sees: it is paused first, and resumed after the thaw.
-    auto paused = d_.vms_.pause(name);
-    if (!paused) return generic_error(paused.error().message());
-    // Holders' stores stop before the device freeze persists the namespace,
-    // so what they wrote before their ack is in the persisted image.
+    // They stop before the device freeze persists the namespace, so what
+    // holders wrote before their ack is in the persisted image.
     std::vector<pid_t> revoked;
-    auto holders = d_.holder_freezes_.freeze(
-        name, session_.peer, std::chrono::steady_clock::now() + to_ns(timeout), force, &revoked);
-    if (!holders) return holders.error();
+    auto outside = stop_outside_writers(name, timeout, force, &revoked);
+    if (!outside) return outside.error();
     // Not under mu_: draining block writes may take up to the timeout.
     auto guard = (*dev)->freeze({.timeout = to_ns(timeout)});
     if (!guard) return not_a_device_error(guard.error());
-    session_.freezes.emplace(
-        name, SessionFreeze{std::move(*paused), std::move(*holders), std::move(*guard)});
+    session_.freezes.emplace(name, SessionFreeze{std::move(outside->vm),
+                                                 std::move(outside->holders), std::move(*guard)});
     d_.log_("namespace " + name + " frozen by pid " + std::to_string(session_.peer->pid()));
     return json{{"revoked", revoked}};
   }
@@ -601,27 +621,16 @@ class Dispatcher::Command {
     auto dev = device(name);
     if (!dev) return dev.error();
     HolderFreezes::BusyMark busy(d_.holder_freezes_, name, session_.peer->id());
-    // An attached guest is paused for the whole copy (its stores bypass the
-    // engine), and resumed when the snapshot ends, whatever its result.
-    auto paused = d_.vms_.pause(name);
-    if (!paused) return generic_error(paused.error().message());
-    // Holders' stores bypass the engine too: they are write-protected for
-    // the whole copy.
+    // Stopped for the whole copy, and let go when it ends, whatever its result.
     std::vector<pid_t> revoked;
-    auto holders = d_.holder_freezes_.freeze(
-        name, session_.peer, std::chrono::steady_clock::now() + to_ns(timeout), force, &revoked);
-    if (!holders) {
-      Status resumed = paused->resume();
-      if (!resumed) d_.log_(resumed.error().message());
-      return holders.error();
-    }
+    auto outside = stop_outside_writers(name, timeout, force, &revoked);
+    if (!outside) return outside.error();
     // Not under mu_: the copy takes as long as the namespace is big.
     auto info = (*dev)->snapshot(file, {.base = base,
                                          .progress = d_.options_.progress,
                                          .copy_threads = static_cast<unsigned>(threads)});
-    holders->end();
-    Status resumed = paused->resume();
-    if (!resumed) d_.log_("error: " + resumed.error().message());
+    outside->holders.end();
+    resume(outside->vm);
     if (!info) return not_a_device_error(info.error());
     d_.log_("namespace " + name + " snapshot " + info->path);
     json out = snapshot_json(*info);
