@@ -11,6 +11,7 @@
 #include <utility>
 #include <variant>
 
+#include "daemon/command_arguments.h"
 #include "daemon/json_forms.h"
 #include "vm/qemu_args.h"
 
@@ -45,206 +46,6 @@ Error not_a_device_error(const Error& error) {
 }
 
 
-json stats_json(const std::string& name, const DeviceStats& s) {
-  return {{"name", name},
-          {"reads", s.reads},
-          {"writes", s.writes},
-          {"bytes_read", s.bytes_read},
-          {"bytes_written", s.bytes_written},
-          {"write_zeroes", s.write_zeroes},
-          {"discards", s.discards},
-          {"flushes", s.flushes},
-          {"maps", s.maps},
-          {"live_mappings", s.live_mappings},
-          {"revoked_mappings", s.revoked_mappings},
-          {"media_errors", s.media_errors},
-          {"bad_ranges", s.bad_ranges},
-          {"dirty_pages", s.dirty_pages},
-          {"synced_pages", s.synced_pages},
-          {"write_faults", s.write_faults},
-          {"freezes", s.freezes},
-          {"stall_total_ns", s.stall_total_ns},
-          {"stall_max_ns", s.stall_max_ns},
-          {"parked_writers", s.parked_writers}};
-}
-
-// The declared arguments of a command. Each has a name, a type, and either
-// is required or has a default; sizes, flags and counts are JSON values of
-// their type, seconds any JSON number. A request's "arguments" are checked
-// against the command's schema by parse_arguments() before the command runs,
-// and every failure is a GenericError naming the command and the argument.
-struct ArgSpec {
-  enum class Type {
-    kString,   // any string; "is empty" when non_empty and ""
-    kSize,     // an unsigned integer (bytes, a token, ...)
-    kFlag,     // true or false
-    kSeconds,  // a number from 0 to kMaxSeconds
-    kCount,    // an unsigned integer from 0 to max
-    kChoice,   // one of `choices`
-  };
-  std::string_view name{};
-  Type type = Type::kString;
-  bool required = true;
-  std::string_view default_text{};          // kString, kChoice
-  uint64_t default_number = 0;              // kSize, kCount
-  bool default_flag = false;                // kFlag
-  double default_seconds = 0;               // kSeconds
-  uint64_t max = 0;                         // kCount
-  std::vector<std::string_view> choices{};  // kChoice
-  bool non_empty = false;                   // kString
-};
-
-constexpr double kMaxSeconds = 3600;
-
-// The schema's vocabulary: one function per argument type.
-ArgSpec text(std::string_view name) { return {.name = name, .type = ArgSpec::Type::kString}; }
-ArgSpec text(std::string_view name, std::string_view fallback) {
-  return {.name = name,
-          .type = ArgSpec::Type::kString,
-          .required = false,
-          .default_text = fallback};
-}
-// A path the command writes or reads: required, and not "".
-ArgSpec path(std::string_view name) {
-  return {.name = name, .type = ArgSpec::Type::kString, .non_empty = true};
-}
-ArgSpec size(std::string_view name) { return {.name = name, .type = ArgSpec::Type::kSize}; }
-ArgSpec flag(std::string_view name, bool fallback) {
-  return {.name = name, .type = ArgSpec::Type::kFlag, .required = false, .default_flag = fallback};
-}
-ArgSpec seconds(std::string_view name, double fallback) {
-  return {.name = name,
-          .type = ArgSpec::Type::kSeconds,
-          .required = false,
-          .default_seconds = fallback};
-}
-ArgSpec count(std::string_view name, uint64_t fallback, uint64_t max) {
-  return {.name = name,
-          .type = ArgSpec::Type::kCount,
-          .required = false,
-          .default_number = fallback,
-          .max = max};
-}
-ArgSpec choice(std::string_view name, std::vector<std::string_view> choices,
-               std::string_view fallback) {
-  return {.name = name,
-          .type = ArgSpec::Type::kChoice,
-          .required = false,
-          .default_text = fallback,
-          .choices = std::move(choices)};
-}
-
-// A request's arguments once checked: every argument of the schema, given or
-// defaulted, as its declared type. Reading one the schema does not declare,
-// or as another type, is a bug in the command table and aborts.
-class Arguments {
- public:
-  using Value = std::variant<std::string, uint64_t, bool, double>;
-
-  const std::string& text(std::string_view name) const { return get<std::string>(name); }
-  uint64_t number(std::string_view name) const { return get<uint64_t>(name); }
-  bool flag(std::string_view name) const { return get<bool>(name); }
-  double seconds(std::string_view name) const { return get<double>(name); }
-
- private:
-  friend Result<Arguments> parse_arguments(std::string_view command,
-                                           const std::vector<ArgSpec>& schema, const json& given);
-  template <typename T>
-  const T& get(std::string_view name) const {
-    auto it = values_.find(name);
-    const T* value = it == values_.end() ? nullptr : std::get_if<T>(&it->second);
-    if (value == nullptr) {
-      std::fprintf(stderr, "rawdax: a command reads argument '%.*s' its schema does not give\n",
-                   static_cast<int>(name.size()), name.data());
-      std::abort();
-    }
-    return *value;
-  }
-  std::map<std::string_view, Value, std::less<>> values_;
-};
-
-// Checks `given` against `schema`, in this order (clients and tests see which
-// error comes first): an argument the schema lacks (the first by name); then
-// each declared argument in the schema's order (missing, wrong type, out of
-// range); then emptiness, once every argument is well typed.
-Result<Arguments> parse_arguments(std::string_view command, const std::vector<ArgSpec>& schema,
-                                  const json& given) {
-  auto fail = [&](std::string_view key, const std::string& what) {
-    return generic_error(std::string(command) + ": argument '" + std::string(key) + "' " + what);
-  };
-  for (const auto& item : given.items()) {
-    const std::string& key = item.key();
-    bool known = std::any_of(schema.begin(), schema.end(),
-                             [&](const ArgSpec& spec) { return spec.name == key; });
-    if (!known) return fail(key, "is not an argument of this command");
-  }
-  Arguments out;
-  for (const ArgSpec& spec : schema) {
-    auto it = given.find(std::string(spec.name));
-    using Type = ArgSpec::Type;
-    if (it == given.end()) {
-      if (spec.required) return fail(spec.name, "is missing");
-      switch (spec.type) {
-        case Type::kString:
-        case Type::kChoice: out.values_.emplace(spec.name, std::string(spec.default_text)); break;
-        case Type::kSize:
-        case Type::kCount: out.values_.emplace(spec.name, spec.default_number); break;
-        case Type::kFlag: out.values_.emplace(spec.name, spec.default_flag); break;
-        case Type::kSeconds: out.values_.emplace(spec.name, spec.default_seconds); break;
-      }
-      continue;
-    }
-    const json& v = *it;
-    switch (spec.type) {
-      case Type::kString:
-        if (!v.is_string()) return fail(spec.name, "must be a string");
-        out.values_.emplace(spec.name, v.get<std::string>());
-        break;
-      case Type::kChoice: {
-        if (!v.is_string()) return fail(spec.name, "must be a string");
-        std::string s = v.get<std::string>();
-        if (std::find(spec.choices.begin(), spec.choices.end(), s) == spec.choices.end()) {
-          std::string alternatives;
-          for (size_t i = 0; i < spec.choices.size(); ++i) {
-            if (i > 0) alternatives += i + 1 == spec.choices.size() ? " or " : ", ";
-            alternatives += "\"" + std::string(spec.choices[i]) + "\"";
-          }
-          return fail(spec.name, "must be " + alternatives);
-        }
-        out.values_.emplace(spec.name, std::move(s));
-        break;
-      }
-      case Type::kSize:
-        if (!v.is_number_unsigned()) return fail(spec.name, "must be a non-negative integer");
-        out.values_.emplace(spec.name, v.get<uint64_t>());
-        break;
-      case Type::kCount:
-        if (!v.is_number_unsigned() || v.get<uint64_t>() > spec.max) {
-          return fail(spec.name, "must be an integer from 0 to " + std::to_string(spec.max));
-        }
-        out.values_.emplace(spec.name, v.get<uint64_t>());
-        break;
-      case Type::kFlag:
-        if (!v.is_boolean()) return fail(spec.name, "must be true or false");
-        out.values_.emplace(spec.name, v.get<bool>());
-        break;
-      case Type::kSeconds: {
-        if (!v.is_number()) return fail(spec.name, "must be a number of seconds");
-        double s = v.get<double>();
-        if (!std::isfinite(s) || s < 0 || s > kMaxSeconds) {
-          return fail(spec.name, "must be between 0 and " +
-                                     std::to_string(static_cast<int>(kMaxSeconds)));
-        }
-        out.values_.emplace(spec.name, s);
-        break;
-      }
-    }
-  }
-  for (const ArgSpec& spec : schema) {
-    if (spec.non_empty && out.text(spec.name).empty()) return fail(spec.name, "is empty");
-  }
-  return out;
-}
 
 constexpr double kDefaultFreezeTimeoutSeconds = 10;
 
@@ -265,6 +66,7 @@ class Dispatcher::Command {
   // Checks `arguments` against the command's schema, then runs it. ENOSYS
   // (CommandNotFound) for an unknown command.
   Result<json> run(std::string_view name, const json& arguments) {
+    using namespace args;  // the schema's vocabulary
     using Fn = Result<json> (Command::*)();
     struct Entry {
       std::string_view name;

@@ -71,4 +71,27 @@ nlohmann::json snapshot_json(const SnapshotInfo& s) {
   return j;
 }
 
+nlohmann::json stats_json(const std::string& name, const DeviceStats& s) {
+  return nlohmann::json{{"name", name},
+          {"reads", s.reads},
+          {"writes", s.writes},
+          {"bytes_read", s.bytes_read},
+          {"bytes_written", s.bytes_written},
+          {"write_zeroes", s.write_zeroes},
+          {"discards", s.discards},
+          {"flushes", s.flushes},
+          {"maps", s.maps},
+          {"live_mappings", s.live_mappings},
+          {"revoked_mappings", s.revoked_mappings},
+          {"media_errors", s.media_errors},
+          {"bad_ranges", s.bad_ranges},
+          {"dirty_pages", s.dirty_pages},
+          {"synced_pages", s.synced_pages},
+          {"write_faults", s.write_faults},
+          {"freezes", s.freezes},
+          {"stall_total_ns", s.stall_total_ns},
+          {"stall_max_ns", s.stall_max_ns},
+          {"parked_writers", s.parked_writers}};
+}
+
 }  // namespace rawdax::control

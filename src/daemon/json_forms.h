@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "rawdax/capabilities.h"
+#include "rawdax/device_types.h"
 #include "rawdax/namespace.h"
 #include "rawdax/region_space.h"
 #include "rawdax/snapshot.h"
@@ -27,6 +28,8 @@ nlohmann::json space_json(const RegionSpace& s);
 // duration_ns and max_writer_stall_ns only for a snapshot just taken
 // (duration_ns > 0), not for one read back from a file.
 nlohmann::json snapshot_json(const SnapshotInfo& s);
+// A namespace's counters as query-stats lists them, under its name.
+nlohmann::json stats_json(const std::string& name, const DeviceStats& s);
 
 }  // namespace rawdax::control
 
