@@ -39,6 +39,12 @@ Result<std::string> output_of(const std::string& command, const std::string& wha
 }  // namespace
 
 Result<QemuBackendSupport> qemu_backend_support(const std::string& qemu) {
+  // It runs through a shell, and the name may come from a control client.
+  if (qemu.empty() || qemu.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                              "0123456789._/+-") != std::string::npos) {
+    return Error(std::errc::invalid_argument,
+                 "QEMU binary '" + qemu + "': only A-Z a-z 0-9 . _ / + - are allowed");
+  }
   const std::string quoted = "'" + qemu + "'";
   auto props = output_of(quoted + " -object memory-backend-file,help", qemu);
   if (!props) return props.error();

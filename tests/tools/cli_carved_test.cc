@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <filesystem>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -150,6 +151,16 @@ TEST_F(CarvedCliTest, VmArgsPlaceTheExtentWithOffsetOrNameTheQemuVersionNeeded) 
   EXPECT_NE(refused.err.find("since version 8.1"), std::string::npos) << refused.err;
   EXPECT_NE(refused.err.find("(7.2.22) lacks it"), std::string::npos) << refused.err;
   EXPECT_TRUE(refused.out.empty()) << "no arguments printed on error";
+
+  // The QEMU named is run through a shell, in the daemon when one runs: a
+  // name that could say more than a path is refused before anything runs.
+  const std::string touched = dir_.path() + "/touched";
+  CliRun injected =
+      rawdax("vm-args vm --region " + spec() + " --qemu \"" + modern + "';touch " + touched + ";'\"");
+  EXPECT_EQ(injected.exit_code, 1);
+  EXPECT_NE(injected.err.find("only A-Z a-z 0-9 . _ / + - are allowed"), std::string::npos)
+      << injected.err;
+  EXPECT_FALSE(std::filesystem::exists(touched));
 }
 
 TEST_F(CarvedCliTest, DaemonHandsOutTheDeviceAtTheExtentAndNeverFreesItUnderAHolder) {
