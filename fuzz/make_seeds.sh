@@ -99,6 +99,13 @@ q '{"execute":"snapshot","arguments":{"name":"default","file":"/a.snap"}}' \
   '{"execute":"snapshot","arguments":{"name":"default","file":"/b.snap","base":"/a.snap"}}' \
   '{"execute":"snapshot","arguments":{"name":"small","file":"/c.snap","base":"/a.snap"}}' \
   '{"execute":"snapshot","arguments":{"name":"small","file":""}}' > "$c/snapshots"
+q '{"execute":"snapshot","arguments":{"name":"default","file":"/r.snap"}}' \
+  '{"execute":"verify-snapshot","arguments":{"file":"/r.snap"}}' \
+  '{"execute":"restore-namespace","arguments":{"name":"copy","file":"/r.snap"}}' \
+  '{"execute":"restore-namespace","arguments":{"name":"small","file":"/r.snap","force":true}}' \
+  '{"execute":"verify-snapshot","arguments":{"file":"/none.snap"}}' > "$c/restore-verify"
+q '{"execute":"vm-args","arguments":{"name":"default","ram":536870912}}' \
+  '{"execute":"vm-args","arguments":{"name":"small","virtio":true,"ram":1073741824}}' > "$c/vm-args"
 q '{"execute":"attach-vm","arguments":{"name":"default","qmp":"/qmp.sock"}}' \
   '{"execute":"detach-vm","arguments":{"name":"default"}}' > "$c/vm"
 q 'not json' '[1,2]' '{"id":3}' '{"execute":7}' '{"execute":"query-region","extra":1}' \
