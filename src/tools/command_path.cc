@@ -89,14 +89,12 @@ Result<std::unique_ptr<CommandPath>> CommandPath::open(const GlobalOptions& opti
 }
 
 Result<json> CommandPath::execute(const std::string& command, const json& arguments) {
-  std::string line;
   if (client_) {
     // The Client has read the reply line into its "return" value already,
     // by the same parser as below.
     auto reply = client_->execute(command, arguments.dump());
     if (!reply) return Error(reply.error().code(), rebase(reply.error().message()));
-    line = *reply;
-    json ret = json::parse(line, nullptr, false);
+    json ret = json::parse(*reply, nullptr, false);
     if (ret.is_discarded()) {
       return Error(std::errc::protocol_error, command + ": malformed reply from the daemon");
     }
