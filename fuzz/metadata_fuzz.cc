@@ -15,7 +15,7 @@ namespace {
 
 // Every field the encoding stores, the bad-block list included (`path` and
 // `offset` are derived, not stored).
-bool same_record(const rawdax::RegionMetadata& a, const rawdax::RegionMetadata& b) {
+bool same_record(const rawdax::internal::RegionMetadata& a, const rawdax::internal::RegionMetadata& b) {
   if (a.generation != b.generation || a.region_uuid != b.region_uuid ||
       a.namespaces.size() != b.namespaces.size()) {
     return false;
@@ -40,12 +40,12 @@ bool same_record(const rawdax::RegionMetadata& a, const rawdax::RegionMetadata& 
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view bytes(reinterpret_cast<const char*>(data), size);
-  auto meta = rawdax::decode_metadata(bytes, "fuzz");
+  auto meta = rawdax::internal::decode_metadata(bytes, "fuzz");
   if (!meta) return 0;
-  const std::string encoded = rawdax::encode_metadata(*meta);
-  auto again = rawdax::decode_metadata(encoded, "fuzz re-encoded");
+  const std::string encoded = rawdax::internal::encode_metadata(*meta);
+  auto again = rawdax::internal::decode_metadata(encoded, "fuzz re-encoded");
   if (!again) fail(("the re-encoded record does not decode: " + again.error().message()).c_str());
   if (!same_record(*meta, *again)) fail("the re-encoded record decodes to another record");
-  if (rawdax::encode_metadata(*again) != encoded) fail("the encoding is not stable");
+  if (rawdax::internal::encode_metadata(*again) != encoded) fail("the encoding is not stable");
   return 0;
 }

@@ -165,7 +165,7 @@ inline void serve_session(nbd::ServerContext& context, std::string_view input,
   static ClientThread* client_thread = new ClientThread;
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) std::abort();
-  UniqueFd server(sv[0]), client(sv[1]);
+  internal::UniqueFd server(sv[0]), client(sv[1]);
   client_thread->start(client.get(), input, sink);
   {
     // "unix" in the peer's name: no TCP_NODELAY on this socket.
