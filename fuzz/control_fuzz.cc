@@ -160,7 +160,8 @@ constexpr std::string_view kCommands[] = {
     "query-namespaces", "query-region",      "create-namespace", "destroy-namespace",
     "resize-namespace", "open-namespace",    "release-namespace", "freeze",
     "freeze-ack",       "thaw",              "snapshot",          "query-stats",
-    "attach-vm",        "detach-vm"};
+    "attach-vm",        "detach-vm",         "restore-namespace", "verify-snapshot",
+    "vm-args"};
 
 // A request the dispatcher reaches the command table with: an object whose
 // "execute" is a string, with no members but execute/arguments/id, and
