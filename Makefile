@@ -38,12 +38,13 @@ CTEST_J    ?= 2
 CTEST      := ctest -j$(CTEST_J) --output-on-failure --no-tests=error
 CTEST_CHECK := $(CURDIR)/tests/check_ctest.sh ctest.out
 
-# Build, test and peer packages. Peers (nbdkit, libnbd, qemu-img, fio, and QEMU
-# with a Debian kernel, busybox, ndctl and mke2fs for the guest) serve the
-# end-to-end tests, which never skip in CI because they are installed here.
+# Build, test and peer packages. Peers (nbdkit, libnbd, qemu-img, fio, GnuTLS's
+# certtool and psktool for the TLS tests, and QEMU with a Debian kernel,
+# busybox, ndctl and mke2fs for the guest) serve the end-to-end tests, which
+# never skip in CI because they are installed here.
 DEB_PACKAGES := cmake ninja-build g++ clang libclang-rt-14-dev pkg-config \
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev \
-  libxxhash-dev liburing-dev \
+  libxxhash-dev liburing-dev libgnutls28-dev gnutls-bin \
   nbdkit libnbd-bin python3-libnbd qemu-utils fio jq bc \
   qemu-system-x86 linux-image-amd64 busybox-static ndctl e2fsprogs cpio xz-utils
 

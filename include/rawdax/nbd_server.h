@@ -35,6 +35,13 @@
 
 namespace rawdax {
 
+// TLS on the export, negotiated with NBD_OPT_STARTTLS (docs/export.md, "TLS").
+enum class NbdTls {
+  kOff,      // STARTTLS is unsupported: every client is served in clear text
+  kOn,       // clients may start TLS; plain ones are served too
+  kRequire,  // before TLS, every option but STARTTLS and ABORT is refused
+};
+
 struct NbdServerOptions {
   // "HOST:PORT" (an IPv4 literal, "[IPv6]" or a host name; port 0 picks a
   // free port, see address()) or "unix:PATH". The default is loopback only.
@@ -55,6 +62,16 @@ struct NbdServerOptions {
   // Connections served at once; more are closed at accept (and logged), so
   // threads and buffers stay bounded whatever clients do.
   size_t max_connections = 256;
+  // TLS, with GnuTLS. On or required, it needs one kind of material: a
+  // psktool file ("username:hexkey" lines) or a directory holding
+  // server-cert.pem and server-key.pem (and ca-cert.pem, which
+  // tls_verify_peer needs: clients must then present a certificate that CA
+  // signed). The material is read and checked once, in start(). The
+  // handshake_timeout bounds the TLS handshake too.
+  NbdTls tls = NbdTls::kOff;
+  std::string tls_psk_file{};
+  std::string tls_certificates_dir{};
+  bool tls_verify_peer = false;
 };
 
 struct NbdServerStats {
@@ -66,8 +83,12 @@ struct NbdServerStats {
 
 class RAWDAX_EXPORT NbdServer {
  public:
-  // Binds the listening socket and starts accepting. EINVAL for a malformed
-  // address; the socket call's errno (EADDRINUSE, EACCES, ...) otherwise.
+  // Loads the TLS material, binds the listening socket and starts
+  // accepting. EINVAL for a malformed address or TLS settings or material
+  // (the message names the file and what is wrong), the errno of TLS
+  // material that cannot be read, the socket call's errno (EADDRINUSE,
+  // EACCES, ...) otherwise. Listening on an address other than loopback
+  // without NbdTls::kRequire logs a warning that names the risk.
   static Result<std::unique_ptr<NbdServer>> start(Region& region, NbdServerOptions options);
   ~NbdServer();  // stop()
   NbdServer(const NbdServer&) = delete;
@@ -77,7 +98,8 @@ class RAWDAX_EXPORT NbdServer {
   // "[::1]:10809" or "unix:/run/x.sock".
   const std::string& address() const;
   // The NBD URI of one export: nbd://127.0.0.1:10809/NAME or
-  // nbd+unix:///NAME?socket=PATH.
+  // nbd+unix:///NAME?socket=PATH; nbds:// and nbds+unix:// with TLS on or
+  // required.
   std::string uri(std::string_view export_name) const;
 
   // Stops accepting; every connection answers the requests it has already

@@ -58,6 +58,9 @@ constexpr uint32_t kSparseReadMin = 64 << 10;
 // Reads from this size on are sent with sendfile(2) from the backing file:
 // one kernel copy instead of a memcpy into the output buffer plus the send.
 constexpr uint32_t kSendfileMin = 64 << 10;
+// Under TLS, large reads leave in pieces of this size: the device's data is
+// copied into the output buffer (sendfile cannot encrypt) and sent from there.
+constexpr uint32_t kTlsPiece = 256 << 10;
 // Option payloads are names and queries; anything larger is refused.
 constexpr uint32_t kMaxOptionLength = 64 << 10;
 
@@ -88,6 +91,11 @@ void NbdConnection::cut_off() { ::shutdown(fd_.get(), SHUT_RDWR); }
 
 bool NbdConnection::flush_output() {
   client_order(context_, ClientEdge::kSent);
+  if (tls_ != nullptr) {
+    if (!tls_->send(out_.data(), out_.size())) return false;
+    out_.clear();
+    return true;
+  }
   size_t sent = 0;
   while (sent < out_.size()) {
     ssize_t n = ::send(fd_.get(), out_.data() + sent, out_.size() - sent, MSG_NOSIGNAL);
@@ -103,6 +111,8 @@ bool NbdConnection::flush_output() {
 
 bool NbdConnection::wait_input() {
   if (deadline_ == std::chrono::steady_clock::time_point::max()) return true;
+  // Bytes GnuTLS has decrypted already are input the socket no longer shows.
+  if (tls_ != nullptr && tls_->pending()) return true;
   while (true) {
     auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline_ -
                                                               std::chrono::steady_clock::now());
@@ -122,7 +132,7 @@ bool NbdConnection::refill() {
   if (out_.size() > 0 && !flush_output()) return false;
   while (true) {
     if (!wait_input()) return false;
-    ssize_t n = ::recv(fd_.get(), in_.get(), kInSize, 0);
+    ssize_t n = tls_ != nullptr ? tls_recv(in_.get(), kInSize) : ::recv(fd_.get(), in_.get(), kInSize, 0);
     if (n > 0) {
       client_order(context_, ClientEdge::kReceived);
       in_end_ = static_cast<size_t>(n);
@@ -149,7 +159,8 @@ bool NbdConnection::read_exact(char* dst, size_t n) {
       // keep us inside one MSG_WAITALL past it.
       if (!wait_input()) return false;
       bool bounded = deadline_ != std::chrono::steady_clock::time_point::max();
-      ssize_t got = ::recv(fd_.get(), dst, n, bounded ? 0 : MSG_WAITALL);
+      ssize_t got = tls_ != nullptr ? tls_recv(dst, n)
+                                    : ::recv(fd_.get(), dst, n, bounded ? 0 : MSG_WAITALL);
       if (got < 0 && errno == EINTR) continue;
       if (got <= 0) return false;
       client_order(context_, ClientEdge::kReceived);
@@ -160,6 +171,26 @@ bool NbdConnection::read_exact(char* dst, size_t n) {
     if (!refill()) return false;
   }
   return true;
+}
+
+ssize_t NbdConnection::tls_recv(char* dst, size_t n) {
+  std::chrono::milliseconds wait{0};  // no deadline: wait without limit
+  if (deadline_ != std::chrono::steady_clock::time_point::max()) {
+    wait = std::chrono::ceil<std::chrono::milliseconds>(deadline_ -
+                                                        std::chrono::steady_clock::now());
+    if (wait.count() <= 0) {
+      timed_out_ = true;
+      errno = ETIMEDOUT;
+      return -1;
+    }
+  }
+  ssize_t got = tls_->recv(dst, n, wait, &timed_out_);
+  if (got < 0) {
+    // Never EINTR: the callers retry on that, and the session already did.
+    errno = timed_out_ ? ETIMEDOUT : EPROTO;
+    if (!timed_out_) log("client " + peer_ + ": TLS receive failed: " + tls_->error());
+  }
+  return got;
 }
 
 bool NbdConnection::skip(uint64_t n) {
@@ -185,7 +216,7 @@ void NbdConnection::run() {
         std::to_string(context_.handshake_timeout.count()) + " ms; closing");
   }
   if (attached) transmit();
-  flush_output();
+  if (flush_output() && tls_ != nullptr) tls_->bye();
   if (device_ != nullptr && wrote_since_flush_) {
     Status st = device_->flush();
     if (!st && st.error().code() != std::errc::no_such_device_or_address) {
@@ -238,10 +269,80 @@ bool NbdConnection::handshake() {
     if (!flush_output()) return false;
     if (next == Next::kTransmit) return true;
     if (next == Next::kClose) return false;
+    if (next == Next::kStartTls && !start_tls()) return false;
   }
 }
 
+NbdConnection::Next NbdConnection::handle_starttls(const std::string& payload) {
+  if (context_.tls == nullptr) {
+    put_option_reply(out_, kOptStartTls, kRepErrUnsup, "option STARTTLS is not supported");
+    log("client " + peer_ + ": unsupported option STARTTLS");
+    return Next::kOption;
+  }
+  if (tls_ != nullptr) {
+    put_option_reply(out_, kOptStartTls, kRepErrInvalid, "TLS is already on");
+    log("client " + peer_ + ": STARTTLS inside TLS refused");
+    return Next::kOption;
+  }
+  if (!payload.empty()) {
+    put_option_reply(out_, kOptStartTls, kRepErrInvalid, "STARTTLS takes no data");
+    return Next::kOption;
+  }
+  put_option_reply(out_, kOptStartTls, kRepAck);
+  return Next::kStartTls;
+}
+
+bool NbdConnection::start_tls() {
+  // The client sends its ClientHello only after our ACK: bytes already
+  // buffered were sent in clear text past the STARTTLS, which the protocol
+  // does not allow (and which would be lost to the handshake).
+  if (buffered() > 0) {
+    log("client " + peer_ + ": data after STARTTLS before the TLS handshake; closing");
+    return false;
+  }
+  auto session = context_.tls->new_session(fd_.get());
+  if (!session) {
+    log("error: client " + peer_ + ": " + session.error().message() + "; closing");
+    return false;
+  }
+  auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline_ -
+                                                           std::chrono::steady_clock::now());
+  if (left.count() <= 0) {
+    timed_out_ = true;
+    return false;
+  }
+  Status st = (*session)->handshake(left);
+  if (!st) {
+    if (st.error().code() == std::errc::timed_out) {
+      timed_out_ = true;  // run() logs the handshake timeout
+    } else {
+      log("client " + peer_ + ": " + st.error().message() + "; closing");
+    }
+    return false;
+  }
+  tls_ = std::move(*session);
+  log("client " + peer_ + ": TLS on (" + tls_->describe() + ")");
+  // Option haggling starts over inside TLS: nothing negotiated in clear
+  // text carries over.
+  structured_ = false;
+  base_allocation_ = false;
+  meta_export_.clear();
+  return true;
+}
+
 NbdConnection::Next NbdConnection::handle_option(uint32_t option, std::string& payload) {
+  if (option == kOptStartTls) return handle_starttls(payload);
+  if (tls_ == nullptr && context_.tls_mode == NbdTls::kRequire && option != kOptAbort) {
+    if (option == kOptExportName) {
+      // EXPORT_NAME has no error reply: the spec says to close.
+      log("client " + peer_ + ": EXPORT_NAME refused: TLS is required; closing");
+      return Next::kClose;
+    }
+    put_option_reply(out_, option, kRepErrTlsReqd,
+                     "TLS is required: negotiate NBD_OPT_STARTTLS first");
+    log("client " + peer_ + ": option " + option_name(option) + " refused: TLS is required");
+    return Next::kOption;
+  }
   switch (option) {
     case kOptExportName: {
       std::string resolved;
@@ -318,6 +419,7 @@ Result<std::unique_ptr<Device>> NbdConnection::open_export(const std::string& na
 }
 
 void NbdConnection::open_backing() {
+  if (tls_ != nullptr) return;  // sendfile would bypass the encryption
   // The namespace's backing file, for sendfile. The same page cache pages as
   // the device's shared mapping, so what it sends is what a read would copy.
   // Only regular files: memfd regions have no path, devdax cannot sendfile.
@@ -584,6 +686,15 @@ bool NbdConnection::read_data(const RequestHeader& r) {
     put_read_header(r);
     return send_backing(r);
   }
+  if (tls_ != nullptr && r.length >= kSendfileMin) {
+    Status readable = device_->check_readable(r.offset, r.length);
+    if (!readable) {
+      reply_error(r, to_nbd_error(readable.error()), readable.error().message());
+      return true;
+    }
+    put_read_header(r);
+    return send_tls_pieces(r);
+  }
   size_t mark = out_.size();
   put_read_header(r);
   // Straight from the device into the output buffer: the one user copy.
@@ -618,6 +729,27 @@ bool NbdConnection::send_backing(const RequestHeader& r) {
       return false;
     }
     sent += static_cast<uint64_t>(n);
+  }
+  return true;
+}
+
+bool NbdConnection::send_tls_pieces(const RequestHeader& r) {
+  uint64_t done = 0;
+  while (done < r.length) {
+    uint32_t piece = static_cast<uint32_t>(std::min<uint64_t>(kTlsPiece, r.length - done));
+    char* data = out_.append(piece);
+    Status st = device_->read(r.offset + done, std::as_writable_bytes(std::span<char>(data, piece)));
+    if (!st) {
+      // The header already promised the data: the stream cannot recover.
+      // (Only poison met, or a file cut short, since the check.)
+      log("error: " + describe(r) + ": read stopped after " + std::to_string(done) + " bytes (" +
+          st.error().message() + "); closing this connection");
+      out_.shrink_by(piece);
+      flush_output();
+      return false;
+    }
+    if (!flush_output()) return false;
+    done += piece;
   }
   return true;
 }

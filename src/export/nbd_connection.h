@@ -10,6 +10,12 @@
 // the namespace's backing file instead of through the buffer. Replies leave
 // in request order, which the protocol allows but does not require.
 //
+// TLS (export/nbd_tls.h): after NBD_OPT_STARTTLS and its handshake, every
+// receive and send goes through the connection's TlsSession, and option
+// haggling starts over. sendfile cannot encrypt, so large reads are then
+// copied from the device into the output buffer and sent in 256 KiB pieces.
+// The plain path is unchanged (one branch on tls_ per socket call).
+//
 // Errors: a bad request gets its NBD error and the session goes on; only
 // protocol corruption (bad magic, a short read mid-message, unknown client
 // flags) or a failing socket ends it. Each is logged naming the client,
@@ -34,6 +40,7 @@
 
 #include "common/unique_fd.h"
 #include "export/nbd_codec.h"
+#include "export/nbd_tls.h"
 #include "rawdax/device.h"
 #include "rawdax/region.h"
 
@@ -47,6 +54,8 @@ struct ServerContext {
   std::function<void(const std::string&)> log;
   std::chrono::milliseconds handshake_timeout{10000};
   std::chrono::milliseconds message_timeout{30000};
+  NbdTls tls_mode = NbdTls::kOff;
+  const TlsCredentials* tls = nullptr;  // null when TLS is off; owned by the server
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> errors{0};
   // Only its address is used: the clock that models, for ThreadSanitizer,
@@ -80,7 +89,7 @@ class NbdConnection {
   const std::string& peer() const { return peer_; }
 
  private:
-  enum class Next { kOption, kTransmit, kClose };
+  enum class Next { kOption, kStartTls, kTransmit, kClose };
 
   // --- Socket I/O ---
   // Fills dst with n bytes: buffered ones first, then from the socket
@@ -97,10 +106,18 @@ class NbdConnection {
   // Sends all pending output. False when the socket fails.
   bool flush_output();
   size_t buffered() const { return in_end_ - in_pos_; }
+  // A receive through TLS, bounded by deadline_; -1 on an error, with errno
+  // set (ETIMEDOUT once the deadline passed, EPROTO otherwise).
+  ssize_t tls_recv(char* dst, size_t n);
 
   // --- Handshake ---
   bool handshake();
   Next handle_option(uint32_t option, std::string& payload);
+  // NBD_OPT_STARTTLS: ACK (kStartTls) or an error reply.
+  Next handle_starttls(const std::string& payload);
+  // The TLS handshake after the ACK, within the handshake deadline. False
+  // (logged) when it fails; the connection then closes.
+  bool start_tls();
   Next handle_info_or_go(uint32_t option, const std::string& payload);
   void handle_meta_context(uint32_t option, const std::string& payload);
   // The namespace the empty export name means; "" when there is none.
@@ -130,6 +147,9 @@ class NbdConnection {
   void put_read_header(const RequestHeader& request);
   // Sends the pending output, then the request's data from the backing file.
   bool send_backing(const RequestHeader& request);
+  // Under TLS: the request's data from the device in pieces through the
+  // output buffer, after the header already in it.
+  bool send_tls_pieces(const RequestHeader& request);
   void open_backing();
 
   void log(const std::string& line) const;
@@ -166,6 +186,9 @@ class NbdConnection {
   uint64_t backing_offset_ = 0;  // where the namespace starts in backing_
   bool wrote_since_flush_ = false;
   bool logged_shutdown_ = false;
+  // Set once STARTTLS's handshake succeeded; from then on all I/O uses it.
+  // Declared after fd_, so it is destroyed before the socket closes.
+  std::unique_ptr<TlsSession> tls_;
 };
 
 }  // namespace rawdax::nbd

@@ -1,5 +1,6 @@
 // NbdServer: a Listener and the accept loop (net/accept_loop.h), which runs
-// one NbdConnection per client on its own thread.
+// one NbdConnection per client on its own thread, and the TLS credentials
+// (export/nbd_tls.h) every connection shares.
 #include "rawdax/nbd_server.h"
 
 #include <cstring>
@@ -7,6 +8,7 @@
 
 #include "common/unique_fd.h"
 #include "export/nbd_connection.h"
+#include "export/nbd_tls.h"
 #include "net/accept_loop.h"
 #include "net/listener.h"
 
@@ -41,13 +43,23 @@ class NbdSession final : public net::Connection {
   nbd::ServerContext& context_;
 };
 
+// Whether only this machine can reach the listener: a unix socket, or a
+// TCP address in 127.0.0.0/8 or ::1 (the listener names its bound address
+// numerically).
+bool loopback_only(const net::Listener& l) {
+  return l.is_unix() || l.host().starts_with("127.") || l.host() == "[::1]";
+}
+
 }  // namespace
 
 class NbdServer::Impl {
  public:
-  Impl(Region& region, NbdServerOptions options, net::Listener listener)
-      : listener_(std::move(listener)) {
+  Impl(Region& region, NbdServerOptions options, net::Listener listener,
+       std::unique_ptr<nbd::TlsCredentials> tls)
+      : tls_(std::move(tls)), listener_(std::move(listener)) {
     context_.region = &region;
+    context_.tls_mode = options.tls;
+    context_.tls = tls_.get();
     context_.read_only = options.read_only;
     context_.log = std::move(options.log);
     context_.handshake_timeout = options.handshake_timeout;
@@ -96,18 +108,30 @@ class NbdServer::Impl {
   }
 
   const net::Listener& listener() const { return listener_; }
+  bool tls() const { return context_.tls != nullptr; }
 
  private:
+  std::unique_ptr<nbd::TlsCredentials> tls_;  // read by every connection
   nbd::ServerContext context_;
   net::Listener listener_;
   std::unique_ptr<net::AcceptLoop> loop_;  // before listener_ and context_ go
 };
 
 Result<std::unique_ptr<NbdServer>> NbdServer::start(Region& region, NbdServerOptions options) {
+  // The TLS material first: a server that would fail every TLS client must
+  // not start (nor take the port).
+  auto tls = nbd::TlsCredentials::load(options);
+  if (!tls) return tls.error();
   auto listener = net::Listener::open(options.listen, "NBD");
   if (!listener) return listener.error();
+  if (!loopback_only(*listener) && options.tls != NbdTls::kRequire && options.log) {
+    options.log("warning: NBD listens on " + listener->address() +
+                " without TLS required (--tls require): anyone who can reach this port can "
+                "read and write every namespace, in clear text");
+  }
   const size_t max_connections = options.max_connections;
-  auto impl = std::make_unique<Impl>(region, std::move(options), std::move(*listener));
+  auto impl = std::make_unique<Impl>(region, std::move(options), std::move(*listener),
+                                     std::move(*tls));
   if (Status st = impl->start(max_connections); !st) return st.error();
   return std::unique_ptr<NbdServer>(new NbdServer(std::move(impl)));
 }
@@ -120,8 +144,12 @@ const std::string& NbdServer::address() const { return impl_->listener().address
 
 std::string NbdServer::uri(std::string_view export_name) const {
   const net::Listener& l = impl_->listener();
-  if (l.is_unix()) return "nbd+unix:///" + std::string(export_name) + "?socket=" + l.unix_path();
-  return "nbd://" + l.host() + ":" + std::to_string(l.port()) + "/" + std::string(export_name);
+  const std::string scheme = impl_->tls() ? "nbds" : "nbd";
+  if (l.is_unix()) {
+    return scheme + "+unix:///" + std::string(export_name) + "?socket=" + l.unix_path();
+  }
+  return scheme + "://" + l.host() + ":" + std::to_string(l.port()) + "/" +
+         std::string(export_name);
 }
 
 void NbdServer::stop(std::chrono::milliseconds grace) { impl_->stop(grace); }

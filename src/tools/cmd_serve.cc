@@ -16,6 +16,7 @@
 
 #include "common/units.h"
 #include "daemon/server.h"
+#include "export/nbd_tls.h"
 #include "rawdax/nbd_server.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
@@ -31,6 +32,10 @@ struct ServeOptions {
   std::string default_size = "256M";
   std::string nbd = "127.0.0.1:10809";
   bool read_only = false;
+  std::string tls = "off";
+  std::string tls_psk;
+  std::string tls_certificates;
+  bool tls_verify_peer = false;
 };
 
 // One line per event on stderr: "2026-11-25T21:30:00Z rawdax serve: MESSAGE".
@@ -67,6 +72,18 @@ int run_serve(const ServeOptions& options) {
 
   auto default_size = internal::parse_size(options.default_size);
   if (!default_size) return fail(default_size.error());
+  NbdServerOptions nbd_options{.listen = options.nbd,
+                               .read_only = options.read_only,
+                               .log = log_event,
+                               .tls = options.tls == "require" ? NbdTls::kRequire
+                                      : options.tls == "on"    ? NbdTls::kOn
+                                                               : NbdTls::kOff,
+                               .tls_psk_file = options.tls_psk,
+                               .tls_certificates_dir = options.tls_certificates,
+                               .tls_verify_peer = options.tls_verify_peer};
+  // TLS settings and material are checked before the region is touched: a
+  // refused start changes nothing (NbdServer::start loads them again).
+  if (auto tls = nbd::TlsCredentials::load(nbd_options); !tls) return fail(tls.error());
   auto region = open_region(options.global);
   if (!region) return fail(region.error());
   const Capabilities& caps = (*region)->capabilities();
@@ -89,12 +106,11 @@ int run_serve(const ServeOptions& options) {
     log_event("namespace " + ns.name + " open (" + internal::format_size(ns.size) + ", " + ns.path + ")");
     ++served;
   }
-  auto nbd = NbdServer::start(**region, {.listen = options.nbd,
-                                          .read_only = options.read_only,
-                                          .log = log_event});
+  auto nbd = NbdServer::start(**region, std::move(nbd_options));
   if (!nbd) return fail(nbd.error());
   log_event(std::string("NBD listening on ") + (*nbd)->address() +
-            (options.read_only ? " (read-only)" : ""));
+            (options.read_only ? " (read-only)" : "") +
+            (options.tls == "off" ? "" : ", TLS " + options.tls));
   for (const auto& ns : (*region)->list()) log_event("NBD export " + (*nbd)->uri(ns.name));
   std::unique_ptr<control::ControlServer> control;
   std::optional<DaemonRecord> record;
@@ -147,6 +163,18 @@ void register_serve_command(CLI::App& app, int* exit_code) {
                     "NBD listen address: HOST:PORT (port 0 picks one) or unix:PATH")
       ->capture_default_str();
   serve->add_flag("--read-only", options->read_only, "Export every namespace read-only");
+  serve->add_option("--tls", options->tls,
+                    "TLS (NBD_OPT_STARTTLS): off, on (plain clients too) or require")
+      ->check(CLI::IsMember({"off", "on", "require"}))
+      ->capture_default_str();
+  auto* psk = serve->add_option("--tls-psk", options->tls_psk,
+                                "Pre-shared keys for TLS: a psktool file of username:hexkey lines");
+  auto* certs = serve->add_option(
+      "--tls-certificates", options->tls_certificates,
+      "X.509 for TLS: a directory with server-cert.pem, server-key.pem (and ca-cert.pem)");
+  psk->excludes(certs);
+  serve->add_flag("--tls-verify-peer", options->tls_verify_peer,
+                  "Require a client certificate signed by the directory's ca-cert.pem");
   serve->callback([=] { *exit_code = run_serve(*options); });
 }
 
