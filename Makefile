@@ -21,13 +21,13 @@ FUZZ_FLAGS ?= -timeout=30 -rss_limit_mb=2048 -malloc_limit_mb=512
 SOAK_SECONDS ?= 600
 # The concurrency tests: live ref, teardown, resize, freeze, the engines,
 # live snapshots, the NBD server (its threads against real clients and bad
-# ones; the 256 MiB copy is left out), the control socket (conflicts
+# ones, and over TLS; the 256 MiB copy is left out), the control socket (conflicts
 # included), the holder-freeze protocol on its own (HolderFreezes*) and the
 # servers' accept loop (connects racing stop()). Not the SIGBUS-safe copy:
 # under TSan a guarded write that faults dies of the SIGBUS (TSan's
 # memcpy/memset interceptors stand between the fault and the recovery); ASan
 # and the plain build run its thread test.
-TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker|SnapshotTest.Stress|SnapshotTest.AStoreAhead|SnapshotTest.ParallelAcross|SnapshotTest.SerializedWithin|NbdCodec|NbdServe|NbdE2e|NbdBadInput|Control|HolderFreezes|AcceptLoop
+TSAN_TESTS ?= LiveRef|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker|SnapshotTest.Stress|SnapshotTest.AStoreAhead|SnapshotTest.ParallelAcross|SnapshotTest.SerializedWithin|NbdCodec|NbdServe|NbdE2e|NbdBadInput|NbdTls|Control|HolderFreezes|AcceptLoop
 WERROR     ?= OFF
 REGION     ?= ./rawdax-data
 CTEST_J    ?= 2
