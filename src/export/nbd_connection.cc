@@ -111,8 +111,10 @@ bool NbdConnection::flush_output() {
 
 bool NbdConnection::wait_input() {
   if (deadline_ == std::chrono::steady_clock::time_point::max()) return true;
-  // Bytes GnuTLS has decrypted already are input the socket no longer shows.
-  if (tls_ != nullptr && tls_->pending()) return true;
+  // Under TLS the receive itself waits at most until the deadline (a record
+  // timeout, tls_recv), which also sees the bytes GnuTLS has decrypted
+  // already and a poll on the socket would not.
+  if (tls_ != nullptr) return true;
   while (true) {
     auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline_ -
                                                               std::chrono::steady_clock::now());

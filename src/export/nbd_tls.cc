@@ -384,8 +384,6 @@ bool TlsSession::send(const char* data, size_t n) {
   return true;
 }
 
-bool TlsSession::pending() const { return gnutls_record_check_pending(state_->session) > 0; }
-
 void TlsSession::bye() {
   if (said_bye_) return;
   said_bye_ = true;

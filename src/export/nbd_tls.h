@@ -87,8 +87,6 @@ class TlsSession {
   // Sends all n bytes, in records. False when the socket fails or its send
   // timeout (SO_SNDTIMEO) expires.
   bool send(const char* data, size_t n);
-  // Whether decrypted bytes are waiting, which a poll on the socket cannot see.
-  bool pending() const;
   // Sends close_notify (once; best effort).
   void bye();
 
