@@ -248,6 +248,13 @@ bool NbdConnection::handshake() {
     return false;
   }
   no_zeroes_ = (client_flags & kClientNoZeroes) != 0;
+  fixed_newstyle_ = (client_flags & kClientFixedNewstyle) != 0;
+  // TLS needs fixed newstyle (the spec has the server fall back to no TLS
+  // without it), which under require means no service.
+  if (!fixed_newstyle_ && context_.tls_mode == NbdTls::kRequire) {
+    log("client " + peer_ + ": TLS is required and the client is not fixed newstyle; closing");
+    return false;
+  }
   while (true) {
     char header[16];
     if (!read_exact(header, sizeof header)) return false;
@@ -276,7 +283,7 @@ bool NbdConnection::handshake() {
 }
 
 NbdConnection::Next NbdConnection::handle_starttls(const std::string& payload) {
-  if (context_.tls == nullptr) {
+  if (context_.tls == nullptr || !fixed_newstyle_) {
     put_option_reply(out_, kOptStartTls, kRepErrUnsup, "option STARTTLS is not supported");
     log("client " + peer_ + ": unsupported option STARTTLS");
     return Next::kOption;

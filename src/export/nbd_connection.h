@@ -176,6 +176,7 @@ class NbdConnection {
 
   // Negotiated state.
   bool no_zeroes_ = false;
+  bool fixed_newstyle_ = false;
   bool structured_ = false;
   bool base_allocation_ = false;
   std::string meta_export_;  // the export SET_META_CONTEXT named
