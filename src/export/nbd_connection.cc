@@ -134,7 +134,8 @@ bool NbdConnection::refill() {
   if (out_.size() > 0 && !flush_output()) return false;
   while (true) {
     if (!wait_input()) return false;
-    ssize_t n = tls_ != nullptr ? tls_recv(in_.get(), kInSize) : ::recv(fd_.get(), in_.get(), kInSize, 0);
+    ssize_t n = tls_ != nullptr ? tls_recv(in_.get(), kInSize)
+                                : ::recv(fd_.get(), in_.get(), kInSize, 0);
     if (n > 0) {
       client_order(context_, ClientEdge::kReceived);
       in_end_ = static_cast<size_t>(n);
@@ -747,7 +748,8 @@ bool NbdConnection::send_tls_pieces(const RequestHeader& r) {
   while (done < r.length) {
     uint32_t piece = static_cast<uint32_t>(std::min<uint64_t>(kTlsPiece, r.length - done));
     char* data = out_.append(piece);
-    Status st = device_->read(r.offset + done, std::as_writable_bytes(std::span<char>(data, piece)));
+    Status st =
+        device_->read(r.offset + done, std::as_writable_bytes(std::span<char>(data, piece)));
     if (!st) {
       // The header already promised the data: the stream cannot recover.
       // (Only poison met, or a file cut short, since the check.)

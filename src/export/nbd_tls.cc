@@ -415,7 +415,8 @@ std::string TlsSession::describe() const {
   }
   const char* version = gnutls_protocol_get_name(gnutls_protocol_get_version(s));
   const char* cipher = gnutls_cipher_get_name(gnutls_cipher_get(s));
-  return who + ", " + (version != nullptr ? version : "?") + " " + (cipher != nullptr ? cipher : "?");
+  return who + ", " + (version != nullptr ? version : "?") + " " +
+         (cipher != nullptr ? cipher : "?");
 }
 
 }  // namespace rawdax::nbd
