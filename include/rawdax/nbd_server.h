@@ -71,7 +71,7 @@ struct NbdExportInfo {
   std::string namespace_name;  // the namespace (a snapshot's: the one it was taken of; may be "")
   uint64_t size = 0;
   // Snapshot exports only:
-  std::string file;         // the snapshot file, as given to export_snapshot()
+  std::string file;         // the snapshot file, made absolute
   std::string taken_at;     // UTC, ISO 8601 (the file's mtime for old files)
   std::string base_export;  // an incremental's dirty bitmap is against this export name
   bool broken = false;      // a file of its chain was deleted or replaced: reads fail (EIO)

@@ -191,8 +191,13 @@ Result<std::vector<std::string>> ExportRegistry::contexts(const std::string& nam
   return namespace_contexts();
 }
 
-Result<NbdExportInfo> ExportRegistry::add_snapshot(const std::string& path,
+Result<NbdExportInfo> ExportRegistry::add_snapshot(const std::string& given,
                                                    const std::string& name) {
+  // Absolute: the image checks its files by path on every read, and the
+  // export lists its file, whatever the working directory later.
+  std::error_code ec;
+  const std::string path = std::filesystem::absolute(given, ec).string();
+  if (ec) return Error(ec, "snapshot " + given + ": " + ec.message());
   // Verified before anything is registered, and without mu_: it reads every page.
   auto image = internal::SnapshotImage::open(path);
   if (!image) return image.error();
