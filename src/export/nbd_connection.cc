@@ -1,7 +1,5 @@
 #include "export/nbd_connection.h"
 
-#include "export/export_registry.h"
-
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <fcntl.h>
@@ -14,6 +12,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+
+#include "export/export_registry.h"
 
 #if defined(__SANITIZE_THREAD__)
 #define RAWDAX_NBD_TSAN 1
