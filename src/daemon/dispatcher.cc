@@ -634,6 +634,8 @@ Dispatcher::~Dispatcher() = default;
 std::string Dispatcher::greeting() const {
   json caps = json::array();
   for (const char* c : kCapabilities) caps.push_back(c);
+  // export-snapshot, unexport and query-exports: only with an NBD server.
+  if (options_.nbd != nullptr) caps.push_back("snapshot-export");
   return dump({{"rawdax", {{"version", RAWDAX_VERSION}, {"capabilities", caps}}}});
 }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cli_run.h"
+#include "rawdax/client.h"
 #include "export/nbd_fixture.h"
 #include "serve_child.h"
 #include "snapshot/snapshot_file.h"
@@ -182,6 +183,11 @@ TEST_F(SnapshotExportTest, ExportsServeTheImagesToStandardTools) {
   RAWDAX_REQUIRE_PROGRAM("qemu-img");
   RAWDAX_REQUIRE_PROGRAM("qemu-io");
   take_chain();
+  // The daemon says it can.
+  auto client = Client::connect(region() + "/control.sock");
+  ASSERT_TRUE(client) << client.error().message();
+  auto caps = nlohmann::json::parse((*client)->greeting_json())["capabilities"];
+  EXPECT_NE(std::find(caps.begin(), caps.end(), "snapshot-export"), caps.end()) << caps;
 
   CliRun e1 = rawdax("export-snapshot " + path("s1.snap"));
   ASSERT_EQ(e1.exit_code, 0) << e1;
