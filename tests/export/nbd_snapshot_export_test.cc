@@ -6,6 +6,7 @@
 // filled from the dirty extents alone), and the bad input: a taken name, a
 // chain that fails verify, a file deleted while exported, unexport.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -258,6 +259,18 @@ TEST_F(SnapshotExportTest, ExportsServeTheImagesToStandardTools) {
   RunResult differ = run("qemu-img compare -f raw -F raw " + q(path("s2.raw")) + " " +
                          q(uri("vm1@s1")));
   EXPECT_EQ(differ.exit_code, 1) << "s1 is not s2: " << differ.out << differ.err;
+
+  // nbdcopy to a raw file: the same bytes, and the holes stay holes.
+  RAWDAX_REQUIRE_PROGRAM("nbdcopy");
+  RunResult copy = run("nbdcopy " + q(uri("vm1@s1")) + " " + q(path("copy.raw")));
+  ASSERT_EQ(copy.exit_code, 0) << copy.err;
+  RunResult copied = run("qemu-img compare -f raw -F raw " + q(path("s1.raw")) + " " +
+                         q(path("copy.raw")));
+  EXPECT_EQ(copied.exit_code, 0) << copied.out << copied.err;
+  struct stat st;
+  ASSERT_EQ(::stat(path("copy.raw").c_str(), &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), kSize);
+  EXPECT_LE(static_cast<uint64_t>(st.st_blocks) * 512, 1 * kMiB) << "196 KiB of data";
 }
 
 // The pull-mode backup with standard tools only (docs/export.md, "Backups
