@@ -161,7 +161,7 @@ constexpr std::string_view kCommands[] = {
     "resize-namespace", "open-namespace",    "release-namespace", "freeze",
     "freeze-ack",       "thaw",              "snapshot",          "query-stats",
     "attach-vm",        "detach-vm",         "restore-namespace", "verify-snapshot",
-    "vm-args"};
+    "vm-args",          "export-snapshot",   "unexport",          "query-exports"};
 
 // A request the dispatcher reaches the command table with: an object whose
 // "execute" is a string, with no members but execute/arguments/id, and

@@ -108,6 +108,11 @@ q '{"execute":"vm-args","arguments":{"name":"default","ram":536870912}}' \
   '{"execute":"vm-args","arguments":{"name":"small","virtio":true,"ram":1073741824}}' > "$c/vm-args"
 q '{"execute":"attach-vm","arguments":{"name":"default","qmp":"/qmp.sock"}}' \
   '{"execute":"detach-vm","arguments":{"name":"default"}}' > "$c/vm"
+q '{"execute":"snapshot","arguments":{"name":"default","file":"/e.snap"}}' \
+  '{"execute":"export-snapshot","arguments":{"file":"/e.snap"}}' \
+  '{"execute":"export-snapshot","arguments":{"file":"/e.snap","export":"x"}}' \
+  '{"execute":"query-exports"}' \
+  '{"execute":"unexport","arguments":{"export":"default@e"}}' > "$c/exports"
 q 'not json' '[1,2]' '{"id":3}' '{"execute":7}' '{"execute":"query-region","extra":1}' \
   '{"execute":"query-region","arguments":[]}' '{"execute":"nosuch","id":{"a":1}}' \
   '{"execute":"create-namespace","arguments":{"name":"x","size":-1,"other":true}}' \

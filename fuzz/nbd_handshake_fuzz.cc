@@ -7,12 +7,15 @@
 #include <cstdint>
 #include <string_view>
 
+#include "export/export_registry.h"
 #include "nbd_session.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // One context per process, like one server; sessions only bump its counters.
   static rawdax::nbd::ServerContext context;
+  static rawdax::nbd::ExportRegistry exports(rawdax::fuzz::nbd_region(), /*read_only=*/false);
   context.region = &rawdax::fuzz::nbd_region();
+  context.exports = &exports;
   rawdax::fuzz::serve_session(context,
                               std::string_view(reinterpret_cast<const char*>(data), size));
   return 0;

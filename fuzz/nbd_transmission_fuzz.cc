@@ -43,6 +43,7 @@
 #include <utility>
 #include <vector>
 
+#include "export/export_registry.h"
 #include "export/nbd_protocol.h"
 #include "nbd_session.h"
 
@@ -519,7 +520,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Two servers, as one process would run one: read-write and read-only.
   static nbd::ServerContext contexts[2];
   rawdax::Region& region = rawdax::fuzz::nbd_region();
+  static nbd::ExportRegistry exports[2] = {{region, false}, {region, true}};
   contexts[0].region = contexts[1].region = &region;
+  contexts[0].exports = &exports[0];
+  contexts[1].exports = &exports[1];
   contexts[1].read_only = true;
   const Config config = config_of(data[0]);
   std::string_view stream(reinterpret_cast<const char*>(data + 1), size - 1);

@@ -15,6 +15,8 @@
 //  * verify refuses: the restore must fail too and change nothing: "target"
 //    keeps its uuid, size and bytes, and a restore into a missing namespace
 //    creates nothing.
+//  * SnapshotImage (what a snapshot export serves) opens exactly the chains
+//    verify accepts, and reads the same bytes a restore writes.
 // Mutated pages almost never match their checksums, so each input runs twice:
 // as given, then "sealed" (each file's page checksum table recomputed from
 // its pages, as the writer would), so that geometry and bitmap mutations
@@ -35,6 +37,7 @@
 #include "rawdax/region.h"
 #include "rawdax/snapshot.h"
 #include "snapshot/snapshot_file.h"
+#include "snapshot/snapshot_image.h"
 
 namespace {
 
@@ -150,6 +153,14 @@ void check(const std::string& top) {
     auto chain = rawdax::internal::open_chain(top);
     if (!chain) fail("verify accepted a chain open_chain refuses: " + chain.error().message());
     const auto& h = chain->front().header();
+    // What a snapshot export serves is the same image.
+    auto image = rawdax::internal::SnapshotImage::open(top);
+    if (!image) fail("verify accepted a chain SnapshotImage refuses: " + image.error().message());
+    std::string served((*image)->size(), '\0');
+    if (rawdax::Status st = (*image)->read(0, std::as_writable_bytes(std::span<char>(served))); !st) {
+      fail("a verified image does not read: " + st.error().message());
+    }
+    if (served != expected_image(*chain)) fail("the image's bytes differ from the files'");
     if (h.namespace_size % r.capabilities().alignment != 0) {
       must_refuse = true;  // a region holds only whole alignment units
       if (restored) fail("restore accepted a size off the region's alignment");

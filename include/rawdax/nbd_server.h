@@ -10,12 +10,18 @@
 // share its one device state, hence NBD_FLAG_CAN_MULTI_CONN. A namespace
 // removed while served answers ESHUTDOWN.
 //
+// Snapshot files (and their base chains) can be exported too, read-only, by
+// export_snapshot() at any time: `vm1@s1` for s1.snap taken of vm1. An
+// incremental's export offers the metadata context
+// qemu:dirty-bitmap:<its base's export name>, the pages it stores
+// (docs/export.md, "Point-in-time exports").
+//
 // Threads: one accept thread per server and one thread per connection, which
 // parses requests, executes them inline (the block face is a memcpy on a
 // shared mapping) and sends the replies in batches. The measurements behind
 // this choice are in docs/export.md.
 //
-// Thread safety: stop() and the accessors are thread-safe. Ownership: the
+// Thread safety: stop(), the accessors and the export calls are thread-safe. Ownership: the
 // Region must outlive the server; the server owns its sockets and threads
 // and releases them in stop() (or its destructor).
 #ifndef RAWDAX_NBD_SERVER_H_
@@ -28,6 +34,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "rawdax/export.h"
 #include "rawdax/region.h"
@@ -74,6 +81,20 @@ struct NbdServerOptions {
   bool tls_verify_peer = false;
 };
 
+// One export, as exports() lists it.
+struct NbdExportInfo {
+  std::string name;
+  std::string kind;            // "namespace" or "snapshot"
+  std::string namespace_name;  // the namespace (a snapshot's: the one it was taken of; may be "")
+  uint64_t size = 0;
+  // Snapshot exports only:
+  std::string file;         // the snapshot file, made absolute
+  std::string taken_at;     // UTC, ISO 8601 (the file's mtime for old files)
+  std::string base_export;  // an incremental's dirty bitmap is against this export name
+  bool broken = false;      // a file of its chain was deleted or replaced: reads fail (EIO)
+  std::string reason;       // why it is broken
+};
+
 struct NbdServerStats {
   uint64_t connections = 0;         // accepted since start
   uint64_t active_connections = 0;  // open now
@@ -109,6 +130,18 @@ class RAWDAX_EXPORT NbdServer {
   void stop(std::chrono::milliseconds grace = std::chrono::milliseconds(3000));
 
   NbdServerStats stats() const;
+
+  // Exports the snapshot file `path` and its base chain read-only as
+  // `name` ("" for <namespace>@<file stem>). The whole chain is verified
+  // first (every page's checksum): a chain that fails is refused with that
+  // error. EEXIST when a namespace or another export has the name; EINVAL
+  // for a name that is too long or empty once defaulted.
+  Result<NbdExportInfo> export_snapshot(const std::string& path, const std::string& name = "");
+  // Removes a snapshot export. Its connections get ESHUTDOWN from then on.
+  // ENOENT when no export has the name; EINVAL when it is a namespace's.
+  Status unexport(const std::string& name);
+  // Every export: namespaces, then snapshot exports (their state checked now).
+  std::vector<NbdExportInfo> exports() const;
 
   class RAWDAX_NO_EXPORT Impl;
 

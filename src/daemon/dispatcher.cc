@@ -106,6 +106,9 @@ class Dispatcher::Command {
         {"vm-args",
          {text("name"), flag("virtio", false), size("ram"), text("qemu", "qemu-system-x86_64")},
          &Command::vm_args},
+        {"export-snapshot", {path("file"), text("export", "")}, &Command::export_snapshot},
+        {"unexport", {text("export")}, &Command::unexport},
+        {"query-exports", {}, &Command::query_exports},
     };
     for (const Entry& e : kTable) {
       if (e.name != name) continue;
@@ -552,6 +555,46 @@ class Dispatcher::Command {
                 {"args", args}};
   }
 
+  // The NBD server's, which only serve has.
+  Result<NbdServer*> nbd(const char* command) {
+    if (d_.options_.nbd == nullptr) {
+      return generic_error(std::string(command) + " needs a running `rawdax serve` for region " +
+                           d_.region_.spec() + " (its NBD server serves the exports)");
+    }
+    return d_.options_.nbd;
+  }
+
+  // Verified whole before it is exported (it reads every page); no
+  // namespace is involved.
+  Result<json> export_snapshot() {
+    auto server = nbd("export-snapshot");
+    if (!server) return server.error();
+    const std::string& file = args_.text("file");
+    auto info = (*server)->export_snapshot(file, args_.text("export"));
+    if (!info) {
+      // ENOENT here is the file's, not a device's.
+      return not_a_device_error(info.error()).with_context("export-snapshot " + file + ": ");
+    }
+    return export_json(*info, (*server)->uri(info->name));
+  }
+
+  Result<json> unexport() {
+    auto server = nbd("unexport");
+    if (!server) return server.error();
+    RAWDAX_RETURN_IF_ERROR((*server)->unexport(args_.text("export")));
+    return json::object();
+  }
+
+  Result<json> query_exports() {
+    auto server = nbd("query-exports");
+    if (!server) return server.error();
+    json out = json::array();
+    for (const NbdExportInfo& e : (*server)->exports()) {
+      out.push_back(export_json(e, (*server)->uri(e.name)));
+    }
+    return out;
+  }
+
   Result<json> query_stats() {
     std::lock_guard<std::mutex> lock(d_.mu_);
     json out = json::array();
@@ -591,6 +634,8 @@ Dispatcher::~Dispatcher() = default;
 std::string Dispatcher::greeting() const {
   json caps = json::array();
   for (const char* c : kCapabilities) caps.push_back(c);
+  // export-snapshot, unexport and query-exports: only with an NBD server.
+  if (options_.nbd != nullptr) caps.push_back("snapshot-export");
   return dump({{"rawdax", {{"version", RAWDAX_VERSION}, {"capabilities", caps}}}});
 }
 

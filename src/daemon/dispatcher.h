@@ -46,6 +46,7 @@
 #include "daemon/peer.h"
 #include "daemon/process_stops.h"
 #include "rawdax/device.h"
+#include "rawdax/nbd_server.h"
 #include "rawdax/region.h"
 #include "rawdax/result.h"
 #include "vm/attached_vms.h"
@@ -63,6 +64,10 @@ struct DispatcherOptions {
   // Progress of a snapshot's copy (SnapshotOptions::progress), called on the
   // commanding thread; for a terminal. Empty in the daemon.
   std::function<void(uint64_t done, uint64_t total)> progress = nullptr;
+  // The NBD server whose exports export-snapshot, unexport and query-exports
+  // manage (serve's); it must outlive the dispatcher. Null in a verb run
+  // in-process: there is no NBD server, and those commands say so.
+  NbdServer* nbd = nullptr;
 };
 
 // What one `freeze` taken through the socket holds: the VM attached to the

@@ -13,6 +13,22 @@ nlohmann::json namespace_json(const NamespaceInfo& ns) {
           {"path", ns.path}, {"offset", ns.offset}, {"badblocks", badblocks_json(ns.badblocks)}};
 }
 
+nlohmann::json export_json(const NbdExportInfo& e, const std::string& uri) {
+  nlohmann::json out = {{"name", e.name},
+                        {"kind", e.kind},
+                        {"uri", uri},
+                        {"namespace", e.namespace_name},
+                        {"size", e.size},
+                        {"state", e.broken ? "broken" : "ok"}};
+  if (e.kind == "snapshot") {
+    out["file"] = e.file;
+    out["taken_at"] = e.taken_at;
+    out["base_export"] = e.base_export;
+  }
+  if (e.broken) out["reason"] = e.reason;
+  return out;
+}
+
 nlohmann::json capabilities_json(const Capabilities& caps) {
   const KernelFeatures& k = caps.kernel;
   return {{"media",

@@ -9,6 +9,7 @@
 
 #include "rawdax/capabilities.h"
 #include "rawdax/device_types.h"
+#include "rawdax/nbd_server.h"
 #include "rawdax/namespace.h"
 #include "rawdax/region_space.h"
 #include "rawdax/snapshot.h"
@@ -28,6 +29,10 @@ nlohmann::json space_json(const RegionSpace& s);
 // duration_ns and max_writer_stall_ns only for a snapshot just taken
 // (duration_ns > 0), not for one read back from a file.
 nlohmann::json snapshot_json(const SnapshotInfo& s);
+// An NBD export as query-exports lists it: name, kind, uri, namespace,
+// size, state ("ok" or "broken"); a snapshot export also file, taken_at,
+// base_export (an incremental's) and, when broken, reason.
+nlohmann::json export_json(const NbdExportInfo& e, const std::string& uri);
 // A namespace's counters as query-stats lists them, under its name.
 nlohmann::json stats_json(const std::string& name, const DeviceStats& s);
 

@@ -151,8 +151,9 @@ Result<MetaContextRequest> parse_meta_context_request(std::string_view payload) 
   return request;
 }
 
-bool query_selects_base_allocation(std::string_view query) {
-  return query == "base:" || query == kBaseAllocation;
+bool query_selects(std::string_view query, std::string_view context) {
+  if (query == context) return true;
+  return !query.empty() && query.back() == ':' && context.starts_with(query);
 }
 
 void put_option_reply(OutBuffer& out, uint32_t option, uint32_t type, std::string_view data) {

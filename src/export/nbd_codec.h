@@ -100,10 +100,11 @@ struct MetaContextRequest {
 };
 Result<MetaContextRequest> parse_meta_context_request(std::string_view payload);
 
-// Whether one query selects base:allocation: "base:allocation" itself, or
-// the namespace "base:" (every context of it). Matching is exact, as the
-// spec's context names are case-sensitive.
-bool query_selects_base_allocation(std::string_view query);
+// Whether one query selects the context `context`: the context's full name,
+// or a prefix of it that ends in ':' (a namespace, "base:" or "qemu:", or
+// QEMU's "qemu:dirty-bitmap:" for every dirty bitmap). Matching is exact, as
+// the spec's context names are case-sensitive.
+bool query_selects(std::string_view query, std::string_view context);
 
 // One option reply: magic, option, type, length, data.
 void put_option_reply(OutBuffer& out, uint32_t option, uint32_t type, std::string_view data = {});
@@ -138,7 +139,7 @@ struct ExportLimits {
   uint64_t size = 0;
   bool read_only = false;
   bool structured_replies = false;
-  bool base_allocation = false;  // base:allocation was selected
+  bool base_allocation = false;  // a metadata context (base:allocation or another) was selected
   uint32_t min_block = 1;        // 512 when the client was told so, else 1
   uint32_t max_payload = 0;      // largest READ or WRITE accepted
 };

@@ -13,6 +13,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "export/export_registry.h"
+
 #if defined(__SANITIZE_THREAD__)
 #define RAWDAX_NBD_TSAN 1
 #elif defined(__has_feature)
@@ -220,15 +222,15 @@ void NbdConnection::run() {
   }
   if (attached) transmit();
   if (flush_output() && tls_ != nullptr) tls_->bye();
-  if (device_ != nullptr && wrote_since_flush_) {
-    Status st = device_->flush();
+  if (source_ != nullptr && wrote_since_flush_) {
+    Status st = source_->flush();
     if (!st && st.error().code() != std::errc::no_such_device_or_address) {
       log("error: client " + peer_ + " export " + export_name_ + ": flush at disconnect failed: " +
           st.error().message());
     }
   }
-  if (device_ != nullptr) log("client " + peer_ + " left export " + export_name_);
-  device_.reset();
+  if (source_ != nullptr) log("client " + peer_ + " left export " + export_name_);
+  source_.reset();
   // The client sees the end now. The fd itself is closed by the destructor:
   // request_stop() and cut_off() may still act on it from another thread,
   // and a close here could let them hit a reused descriptor number.
@@ -335,7 +337,7 @@ bool NbdConnection::start_tls() {
   // Option haggling starts over inside TLS: nothing negotiated in clear
   // text carries over.
   structured_ = false;
-  base_allocation_ = false;
+  meta_selected_.clear();
   meta_export_.clear();
   return true;
 }
@@ -356,18 +358,16 @@ NbdConnection::Next NbdConnection::handle_option(uint32_t option, std::string& p
   switch (option) {
     case kOptExportName: {
       std::string resolved;
-      auto dev = open_export(payload, &resolved);
-      if (!dev) {
+      auto source = open_export(payload, &resolved);
+      if (!source) {
         // EXPORT_NAME cannot fail politely: the spec says to close.
         log("client " + peer_ + ": EXPORT_NAME '" + payload + "' refused: " +
-            dev.error().message() + "; closing");
+            source.error().message() + "; closing");
         return Next::kClose;
       }
-      if (meta_export_ != resolved) base_allocation_ = false;
-      device_ = std::move(*dev);
-      export_name_ = resolved;
-      open_backing();
-      out_.put_bytes(export_name_reply(device_->size(), transmission_flags(), no_zeroes_));
+      attach(std::move(*source), resolved);
+      out_.put_bytes(
+          export_name_reply(source_->size(), transmission_flags(*source_), no_zeroes_));
       log("client " + peer_ + " attached to export " + export_name_ + " (EXPORT_NAME)");
       return Next::kTransmit;
     }
@@ -379,8 +379,8 @@ NbdConnection::Next NbdConnection::handle_option(uint32_t option, std::string& p
         put_option_reply(out_, option, kRepErrInvalid, "LIST takes no data");
         return Next::kOption;
       }
-      for (const auto& ns : context_.region->list()) {
-        put_option_reply(out_, option, kRepServer, server_entry(ns.name, ""));
+      for (const auto& [name, description] : context_.exports->listing()) {
+        put_option_reply(out_, option, kRepServer, server_entry(name, description));
       }
       put_option_reply(out_, option, kRepAck);
       return Next::kOption;
@@ -407,25 +407,25 @@ NbdConnection::Next NbdConnection::handle_option(uint32_t option, std::string& p
   }
 }
 
-std::string NbdConnection::default_export() const {
-  // The empty export name means "default", else the first namespace.
-  auto all = context_.region->list();
-  for (const auto& ns : all) {
-    if (ns.name == "default") return ns.name;
-  }
-  return all.empty() ? std::string() : all.front().name;
+Result<std::unique_ptr<ExportSource>> NbdConnection::open_export(const std::string& name,
+                                                                 std::string* resolved) {
+  return context_.exports->open(name, resolved);
 }
 
-Result<std::unique_ptr<Device>> NbdConnection::open_export(const std::string& name,
-                                                           std::string* resolved) {
-  std::string target = name.empty() ? default_export() : name;
-  if (target.empty()) {
-    return Error(std::errc::no_such_file_or_directory, "the region has no namespace");
+void NbdConnection::attach(std::unique_ptr<ExportSource> source, const std::string& resolved) {
+  // The contexts chosen for this export, by their ids; those chosen for
+  // another export (or no longer offered) are dropped.
+  contexts_.clear();
+  if (meta_export_ == resolved) {
+    const std::vector<std::string>& offered = source->contexts();
+    for (const std::string& name : meta_selected_) {
+      auto it = std::find(offered.begin(), offered.end(), name);
+      if (it != offered.end()) contexts_.push_back(static_cast<uint32_t>(it - offered.begin()) + 1);
+    }
   }
-  auto dev = context_.region->open_device(target, {.read_only = context_.read_only});
-  if (!dev) return dev.error();
-  *resolved = target;
-  return dev;
+  source_ = std::move(source);
+  export_name_ = resolved;
+  open_backing();
 }
 
 void NbdConnection::open_backing() {
@@ -433,7 +433,8 @@ void NbdConnection::open_backing() {
   // The namespace's backing file, for sendfile. The same page cache pages as
   // the device's shared mapping, so what it sends is what a read would copy.
   // Only regular files: memfd regions have no path, devdax cannot sendfile.
-  const std::string path = device_->info().path;
+  const std::string path = source_->backing_path();
+  if (path.empty()) return;
   internal::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   struct stat st;
   if (!fd.valid() || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return;
@@ -445,12 +446,16 @@ void NbdConnection::open_backing() {
   off_t at = 0;
   if (::sendfile(pipe_in.get(), fd.get(), &at, 1) != 1) return;
   backing_ = std::move(fd);
-  backing_offset_ = device_->info().offset;  // a carved namespace's extent
+  backing_offset_ = source_->backing_offset();  // a carved namespace's extent
 }
 
-uint16_t NbdConnection::transmission_flags() const {
+bool NbdConnection::read_only(const ExportSource& source) const {
+  return context_.read_only || source.read_only();
+}
+
+uint16_t NbdConnection::transmission_flags(const ExportSource& source) const {
   uint16_t flags = kFlagHasFlags | kFlagSendFlush | kFlagSendCache | kFlagCanMultiConn;
-  if (context_.read_only) {
+  if (read_only(source)) {
     flags |= kFlagReadOnly;
   } else {
     flags |= kFlagSendFua | kFlagSendTrim | kFlagSendWriteZeroes | kFlagSendFastZero;
@@ -467,38 +472,34 @@ NbdConnection::Next NbdConnection::handle_info_or_go(uint32_t option, const std:
     return Next::kOption;
   }
   std::string resolved;
-  auto dev = open_export(request->name, &resolved);
-  if (!dev) {
-    put_option_reply(out_, option, kRepErrUnknown, dev.error().message());
+  auto source = open_export(request->name, &resolved);
+  if (!source) {
+    put_option_reply(out_, option, kRepErrUnknown, source.error().message());
     log("client " + peer_ + ": " + option_name(option) + " for export '" + request->name +
-        "' refused: " + dev.error().message());
+        "' refused: " + source.error().message());
     return Next::kOption;
   }
   // Alignment is only enforced on clients that asked for the block sizes:
   // the others were never told, so they get 1-byte granularity.
   bool told_block_size = contains(request->infos, kInfoBlockSize);
   uint32_t min_block = told_block_size ? kMinBlock : 1;
-  uint64_t size = (*dev)->size();
-  put_option_reply(out_, option, kRepInfo, info_export(size, transmission_flags()));
+  uint64_t size = (*source)->size();
+  put_option_reply(out_, option, kRepInfo, info_export(size, transmission_flags(**source)));
   if (contains(request->infos, kInfoName)) {
     put_option_reply(out_, option, kRepInfo, info_name(resolved));
   }
   if (contains(request->infos, kInfoDescription)) {
-    put_option_reply(out_, option, kRepInfo,
-                     info_description("rawdax namespace " + resolved + " (" +
-                                      std::to_string(size) + " bytes)"));
+    put_option_reply(out_, option, kRepInfo, info_description((*source)->description()));
   }
   put_option_reply(out_, option, kRepInfo, info_block_size(min_block, kPreferredBlock, kMaxPayload));
   put_option_reply(out_, option, kRepAck);
   if (option == kOptInfo) return Next::kOption;
-  if (meta_export_ != resolved) base_allocation_ = false;
-  device_ = std::move(*dev);
-  export_name_ = resolved;
+  attach(std::move(*source), resolved);
   min_block_ = min_block;
-  open_backing();
+  std::string contexts;
+  for (uint32_t id : contexts_) contexts += ", " + source_->contexts()[id - 1];
   log("client " + peer_ + " attached to export " + export_name_ + " (size " +
-      std::to_string(size) + (structured_ ? ", structured replies" : "") +
-      (base_allocation_ ? ", base:allocation" : "") + ")");
+      std::to_string(size) + (structured_ ? ", structured replies" : "") + contexts + ")");
   return Next::kTransmit;
 }
 
@@ -514,22 +515,30 @@ void NbdConnection::handle_meta_context(uint32_t option, const std::string& payl
     log("client " + peer_ + ": " + option_name(option) + ": " + request.error().message());
     return;
   }
-  std::string resolved = request->export_name.empty() ? default_export() : request->export_name;
-  if (!context_.region->find(resolved)) {
+  std::string resolved = request->export_name.empty() ? context_.exports->default_export()
+                                                       : request->export_name;
+  auto offered = context_.exports->contexts(request->export_name);
+  if (!offered) {
     put_option_reply(out_, option, kRepErrUnknown,
-                     "no namespace named '" + request->export_name + "'");
+                     "no export named '" + request->export_name + "'");
     return;
   }
-  bool selected = option == kOptListMetaContext && request->queries.empty();
-  for (const auto& query : request->queries) selected |= query_selects_base_allocation(query);
-  if (selected) {
+  // Each offered context once, in the export's order, if any query selects it
+  // (LIST without queries: all of them).
+  std::vector<std::string> selected;
+  for (size_t i = 0; i < offered->size(); ++i) {
+    const std::string& name = (*offered)[i];
+    bool chosen = option == kOptListMetaContext && request->queries.empty();
+    for (const auto& query : request->queries) chosen |= query_selects(query, name);
+    if (!chosen) continue;
     // LIST replies carry id 0, as the spec reserves ids for SET.
-    uint32_t id = option == kOptSetMetaContext ? kBaseAllocationId : 0;
-    put_option_reply(out_, option, kRepMetaContext, meta_context_entry(id, kBaseAllocation));
+    uint32_t id = option == kOptSetMetaContext ? static_cast<uint32_t>(i) + 1 : 0;
+    put_option_reply(out_, option, kRepMetaContext, meta_context_entry(id, name));
+    selected.push_back(name);
   }
   put_option_reply(out_, option, kRepAck);
   if (option == kOptSetMetaContext) {
-    base_allocation_ = selected;
+    meta_selected_ = std::move(selected);
     meta_export_ = resolved;
   }
 }
@@ -576,10 +585,10 @@ std::string NbdConnection::describe(const RequestHeader& r) const {
 bool NbdConnection::serve_request(const RequestHeader& request) {
   if (request.type == kCmdDisc) return false;
   ExportLimits limits;
-  limits.size = device_->size();
-  limits.read_only = context_.read_only;
+  limits.size = source_->size();
+  limits.read_only = read_only(*source_);
   limits.structured_replies = structured_;
-  limits.base_allocation = base_allocation_;
+  limits.base_allocation = !contexts_.empty();
   limits.min_block = min_block_;
   limits.max_payload = kMaxPayload;
   Verdict verdict = check_request(request, limits);
@@ -629,7 +638,7 @@ void NbdConnection::log_payload_failure(const RequestHeader& request, const std:
 }
 
 bool NbdConnection::execute(const RequestHeader& r, std::span<const std::byte> payload) {
-  Device& dev = *device_;
+  ExportSource& source = *source_;
   Status st;
   switch (r.type) {
     case kCmdRead:
@@ -638,23 +647,23 @@ bool NbdConnection::execute(const RequestHeader& r, std::span<const std::byte> p
       }
       return read_data(r);
     case kCmdWrite:
-      st = dev.write(r.offset, payload, {.fua = (r.flags & kCmdFlagFua) != 0});
+      st = source.write(r.offset, payload, (r.flags & kCmdFlagFua) != 0);
       wrote_since_flush_ = true;
       break;
     case kCmdFlush:
-      st = dev.flush();
+      st = source.flush();
       if (st) wrote_since_flush_ = false;
       break;
     case kCmdTrim:
       // Discards and zeroes persist what they change before returning, so
       // FUA needs nothing more.
-      st = dev.discard(r.offset, r.length);
+      st = source.discard(r.offset, r.length);
       wrote_since_flush_ = true;
       break;
     case kCmdWriteZeroes:
       // FAST_ZERO is always honoured: a punched hole or a memset of mapped
       // memory is faster than the client writing zeroes over the socket.
-      st = dev.write_zeroes(r.offset, r.length, {.no_hole = (r.flags & kCmdFlagNoHole) != 0});
+      st = source.write_zeroes(r.offset, r.length, (r.flags & kCmdFlagNoHole) != 0);
       wrote_since_flush_ = true;
       break;
     case kCmdCache:
@@ -688,7 +697,7 @@ bool NbdConnection::read_data(const RequestHeader& r) {
     // the backing file still covers it (sendfile of a file cut short stops
     // short instead of faulting). Refused here, the read is answered by the
     // error alone.
-    Status readable = device_->check_readable(r.offset, r.length);
+    Status readable = source_->check_readable(r.offset, r.length);
     if (!readable) {
       reply_error(r, to_nbd_error(readable.error()), readable.error().message());
       return true;
@@ -697,7 +706,7 @@ bool NbdConnection::read_data(const RequestHeader& r) {
     return send_backing(r);
   }
   if (tls_ != nullptr && r.length >= kSendfileMin) {
-    Status readable = device_->check_readable(r.offset, r.length);
+    Status readable = source_->check_readable(r.offset, r.length);
     if (!readable) {
       reply_error(r, to_nbd_error(readable.error()), readable.error().message());
       return true;
@@ -709,7 +718,7 @@ bool NbdConnection::read_data(const RequestHeader& r) {
   put_read_header(r);
   // Straight from the device into the output buffer: the one user copy.
   char* data = out_.append(r.length);
-  Status st = device_->read(r.offset, std::as_writable_bytes(std::span<char>(data, r.length)));
+  Status st = source_->read(r.offset, std::as_writable_bytes(std::span<char>(data, r.length)));
   if (!st) {
     // Nothing of this reply has been sent yet: replace it by the error.
     out_.shrink_by(out_.size() - mark);
@@ -732,7 +741,7 @@ bool NbdConnection::send_backing(const RequestHeader& r) {
       // the check lists a cut-short range, so the next read gets EIO.)
       const std::string why =
           n < 0 ? std::string(std::strerror(errno)) : std::string("end of file");
-      Status recheck = device_->check_readable(r.offset + sent, r.length - sent);
+      Status recheck = source_->check_readable(r.offset + sent, r.length - sent);
       log("error: " + describe(r) + ": sendfile stopped after " + std::to_string(sent) +
           " bytes (" + why + (recheck ? "" : "; " + recheck.error().message()) +
           "); closing this connection");
@@ -749,7 +758,7 @@ bool NbdConnection::send_tls_pieces(const RequestHeader& r) {
     uint32_t piece = static_cast<uint32_t>(std::min<uint64_t>(kTlsPiece, r.length - done));
     char* data = out_.append(piece);
     Status st =
-        device_->read(r.offset + done, std::as_writable_bytes(std::span<char>(data, piece)));
+        source_->read(r.offset + done, std::as_writable_bytes(std::span<char>(data, piece)));
     if (!st) {
       // The header already promised the data: the stream cannot recover.
       // (Only poison met, or a file cut short, since the check.)
@@ -773,12 +782,12 @@ bool NbdConnection::read_sparse(const RequestHeader& r) {
   // over every page of the run, far more than sending it.
   // A range past the end of a backing file cut short under us looks like a
   // hole to SEEK_DATA, but it is missing, not zero: refuse it (EIO) first.
-  Status readable = device_->check_readable(r.offset, r.length);
+  Status readable = source_->check_readable(r.offset, r.length);
   if (!readable) {
     reply_error(r, to_nbd_error(readable.error()), readable.error().message());
     return true;
   }
-  auto hole = device_->is_hole(r.offset, r.length);
+  auto hole = source_->is_hole(r.offset, r.length);
   if (!hole) {
     reply_error(r, to_nbd_error(hole.error()), hole.error().message());
     return true;
@@ -793,20 +802,27 @@ bool NbdConnection::read_sparse(const RequestHeader& r) {
 }
 
 void NbdConnection::block_status(const RequestHeader& r) {
-  // REQ_ONE asks for one extent; otherwise cap the answer, as the spec lets
-  // a server return fewer descriptors than the range needs.
+  // One chunk per negotiated context, the last flagged DONE. REQ_ONE asks
+  // for one extent each; otherwise cap the answer, as the spec lets a server
+  // return fewer descriptors than the range needs.
   size_t max = (r.flags & kCmdFlagReqOne) ? 1 : 1024;
-  auto runs = device_->extents(r.offset, r.length, max);
-  if (!runs) {
-    reply_error(r, to_nbd_error(runs.error()), runs.error().message());
-    return;
-  }
-  put_chunk_header(out_, r.cookie, kReplyFlagDone, kReplyTypeBlockStatus,
-                   static_cast<uint32_t>(4 + 8 * runs->size()));
-  out_.put_u32(kBaseAllocationId);
-  for (const Extent& e : *runs) {
-    out_.put_u32(static_cast<uint32_t>(e.length));
-    out_.put_u32(e.hole ? (kStateHole | kStateZero) : 0);
+  const size_t mark = out_.size();
+  for (size_t i = 0; i < contexts_.size(); ++i) {
+    const uint32_t id = contexts_[i];
+    auto runs = source_->block_status(id - 1, r.offset, r.length, max);
+    if (!runs) {
+      // Nothing of this reply has been sent yet: replace it by the error.
+      out_.shrink_by(out_.size() - mark);
+      reply_error(r, to_nbd_error(runs.error()), runs.error().message());
+      return;
+    }
+    put_chunk_header(out_, r.cookie, i + 1 == contexts_.size() ? kReplyFlagDone : 0,
+                     kReplyTypeBlockStatus, static_cast<uint32_t>(4 + 8 * runs->size()));
+    out_.put_u32(id);
+    for (const StatusExtent& e : *runs) {
+      out_.put_u32(static_cast<uint32_t>(e.length));
+      out_.put_u32(e.flags);
+    }
   }
 }
 
@@ -817,7 +833,8 @@ void NbdConnection::reply_error(const RequestHeader& r, uint32_t error, const st
   if (error == kEshutdown) {
     if (!logged_shutdown_) {
       log("client " + peer_ + " export " + export_name_ +
-          ": the namespace was removed; answering ESHUTDOWN");
+          ": the export was removed (namespace removed or snapshot unexported); answering "
+          "ESHUTDOWN");
       logged_shutdown_ = true;
     }
   } else {

@@ -2,12 +2,14 @@
 // haggling to the end of transmission, run on one thread.
 //
 // Execution model: the session thread reads requests from a 256 KiB input
-// buffer, executes each inline on the Device (a memcpy on the shared
-// mapping), and appends its reply to an output buffer. The output is sent
-// before the thread would block on input (or when it grows past 256 KiB),
+// buffer, executes each inline on the export's source (ExportSource: a
+// namespace's Device, a memcpy on the shared mapping, or a snapshot image),
+// and appends its reply to an output buffer. The output is sent before the
+// thread would block on input (or when it grows past 256 KiB),
 // so a pipelined burst of N requests costs about one recv and one send
 // instead of N of each. Reads of 64 KiB or more go out with sendfile(2) from
-// the namespace's backing file instead of through the buffer. Replies leave
+// the namespace's backing file instead of through the buffer (snapshot
+// exports have none: their pages are checked as they are read). Replies leave
 // in request order, which the protocol allows but does not require.
 //
 // TLS (export/nbd_tls.h): after NBD_OPT_STARTTLS and its handshake, every
@@ -39,17 +41,21 @@
 #include <vector>
 
 #include "common/unique_fd.h"
+#include "export/export_source.h"
 #include "export/nbd_codec.h"
 #include "export/nbd_tls.h"
-#include "rawdax/device.h"
 #include "rawdax/region.h"
 
 namespace rawdax::nbd {
+
+class ExportRegistry;
 
 // What every session of one server shares. Counters are relaxed atomics:
 // they are statistics and order nothing.
 struct ServerContext {
   Region* region = nullptr;
+  // What export names resolve to (namespaces of `region`, snapshot exports).
+  ExportRegistry* exports = nullptr;
   bool read_only = false;
   std::function<void(const std::string&)> log;
   std::chrono::milliseconds handshake_timeout{10000};
@@ -120,11 +126,14 @@ class NbdConnection {
   bool start_tls();
   Next handle_info_or_go(uint32_t option, const std::string& payload);
   void handle_meta_context(uint32_t option, const std::string& payload);
-  // The namespace the empty export name means; "" when there is none.
-  std::string default_export() const;
-  // Opens a namespace by export name ("" is the default export).
-  Result<std::unique_ptr<Device>> open_export(const std::string& name, std::string* resolved);
-  uint16_t transmission_flags() const;
+  // Opens an export by name ("" is the default export).
+  Result<std::unique_ptr<ExportSource>> open_export(const std::string& name,
+                                                    std::string* resolved);
+  // Makes `source` the session's export: the contexts SET_META_CONTEXT chose
+  // for it become active.
+  void attach(std::unique_ptr<ExportSource> source, const std::string& resolved);
+  bool read_only(const ExportSource& source) const;
+  uint16_t transmission_flags(const ExportSource& source) const;
 
   // --- Transmission ---
   void transmit();
@@ -178,11 +187,12 @@ class NbdConnection {
   bool no_zeroes_ = false;
   bool fixed_newstyle_ = false;
   bool structured_ = false;
-  bool base_allocation_ = false;
-  std::string meta_export_;  // the export SET_META_CONTEXT named
+  std::vector<std::string> meta_selected_;  // the contexts SET_META_CONTEXT chose
+  std::string meta_export_;                 // for the export it named
+  std::vector<uint32_t> contexts_;  // active on the attached export: ids, in the order chosen
   uint32_t min_block_ = 1;
   std::string export_name_;
-  std::unique_ptr<Device> device_;
+  std::unique_ptr<ExportSource> source_;
   internal::UniqueFd backing_;  // the namespace's backing file, read-only; invalid: no sendfile
   uint64_t backing_offset_ = 0;  // where the namespace starts in backing_
   bool wrote_since_flush_ = false;

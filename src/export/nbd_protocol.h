@@ -110,8 +110,14 @@ inline constexpr uint32_t kEoverflow = 75;
 inline constexpr uint32_t kEnotsup = 95;
 inline constexpr uint32_t kEshutdown = 108;
 
-// The one metadata context we serve, and the id we give it.
+// qemu:dirty-bitmap:NAME status flag (QEMU's form): 1 = dirty.
+inline constexpr uint32_t kStateDirty = 1 << 0;
+
+// The metadata contexts we serve: base:allocation on every export, and on
+// an incremental snapshot's export qemu:dirty-bitmap:<base export name>.
+// Ids are an export's context index + 1 (ExportSource::contexts()).
 inline constexpr const char* kBaseAllocation = "base:allocation";
+inline constexpr const char* kDirtyBitmapPrefix = "qemu:dirty-bitmap:";
 inline constexpr uint32_t kBaseAllocationId = 1;
 
 // Strings (names, queries, messages) longer than this are invalid.

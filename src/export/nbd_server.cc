@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "common/unique_fd.h"
+#include "export/export_registry.h"
 #include "export/nbd_connection.h"
 #include "export/nbd_tls.h"
 #include "net/accept_loop.h"
@@ -56,8 +57,9 @@ class NbdServer::Impl {
  public:
   Impl(Region& region, NbdServerOptions options, net::Listener listener,
        std::unique_ptr<nbd::TlsCredentials> tls)
-      : tls_(std::move(tls)), listener_(std::move(listener)) {
+      : tls_(std::move(tls)), exports_(region, options.read_only), listener_(std::move(listener)) {
     context_.region = &region;
+    context_.exports = &exports_;
     context_.tls_mode = options.tls;
     context_.tls = tls_.get();
     context_.read_only = options.read_only;
@@ -109,9 +111,12 @@ class NbdServer::Impl {
 
   const net::Listener& listener() const { return listener_; }
   bool tls() const { return context_.tls != nullptr; }
+  nbd::ExportRegistry& exports() { return exports_; }
+  const std::function<void(const std::string&)>& log() const { return context_.log; }
 
  private:
   std::unique_ptr<nbd::TlsCredentials> tls_;  // read by every connection
+  nbd::ExportRegistry exports_;
   nbd::ServerContext context_;
   net::Listener listener_;
   std::unique_ptr<net::AcceptLoop> loop_;  // before listener_ and context_ go
@@ -155,5 +160,23 @@ std::string NbdServer::uri(std::string_view export_name) const {
 void NbdServer::stop(std::chrono::milliseconds grace) { impl_->stop(grace); }
 
 NbdServerStats NbdServer::stats() const { return impl_->stats(); }
+
+Result<NbdExportInfo> NbdServer::export_snapshot(const std::string& path, const std::string& name) {
+  auto info = impl_->exports().add_snapshot(path, name);
+  if (!info) return info.error();
+  if (impl_->log()) {
+    impl_->log()("NBD export " + uri(info->name) + ": snapshot " + path +
+                 (info->base_export.empty() ? "" : " (dirty bitmap against " + info->base_export + ")"));
+  }
+  return info;
+}
+
+Status NbdServer::unexport(const std::string& name) {
+  RAWDAX_RETURN_IF_ERROR(impl_->exports().remove_snapshot(name));
+  if (impl_->log()) impl_->log()("NBD export " + name + " removed");
+  return ok();
+}
+
+std::vector<NbdExportInfo> NbdServer::exports() const { return impl_->exports().list(); }
 
 }  // namespace rawdax

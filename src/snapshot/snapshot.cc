@@ -319,6 +319,8 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, SnapshotSt
   header.source_uuid = core.info().uuid;
   header.namespace_size = core.size();
   header.page_size = core.page_size();
+  header.namespace_name = core.name();
+  header.taken_at = utc_timestamp_now();
   // An incremental stores the pages written since its base: from dirty
   // tracking when the base is this device's last snapshot, else by comparing
   // every page with the base chain's checksums (a fresh process, such as the

@@ -11,6 +11,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -49,6 +50,9 @@ nlohmann::json header_json(const SnapshotHeader& h, bool with_checksum) {
                       {"stored_pages", h.stored_pages},
                       {"bitmap_checksum", h.bitmap_checksum},
                       {"table_checksum", h.table_checksum}};
+  // Only when known: a file without them hashes as it did when written.
+  if (!h.namespace_name.empty()) j["namespace"] = h.namespace_name;
+  if (!h.taken_at.empty()) j["taken_at"] = h.taken_at;
   if (with_checksum) j["header_checksum"] = h.header_checksum;
   return j;
 }
@@ -76,6 +80,26 @@ Status pread_all(int fd, void* data, size_t len, uint64_t offset, const std::str
 }
 
 }  // namespace
+
+namespace {
+
+std::string utc_timestamp(std::time_t t) {
+  std::tm utc;
+  gmtime_r(&t, &utc);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return stamp;
+}
+
+}  // namespace
+
+std::string utc_timestamp_now() { return utc_timestamp(std::time(nullptr)); }
+
+std::string utc_timestamp_of_mtime(int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return "";
+  return utc_timestamp(st.st_mtime);
+}
 
 std::string hex64(uint64_t value) {
   char buf[17];
@@ -185,6 +209,9 @@ Result<SnapshotFile> SnapshotFile::open(const std::string& path) {
     h.bitmap_checksum = j.at("bitmap_checksum").get<std::string>();
     h.table_checksum = j.at("table_checksum").get<std::string>();
     h.header_checksum = j.at("header_checksum").get<std::string>();
+    // Optional: files from before exportable snapshots lack them.
+    h.namespace_name = j.value("namespace", std::string());
+    h.taken_at = j.value("taken_at", std::string());
   } catch (const nlohmann::json::exception&) {
     return corrupt("header misses a field or has a wrong type");
   }

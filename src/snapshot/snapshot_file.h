@@ -46,6 +46,12 @@ struct SnapshotHeader {
   std::string bitmap_checksum;
   std::string table_checksum;
   std::string header_checksum;
+  // Written since the exportable snapshots: the name of the namespace the
+  // snapshot was taken of, and when (UTC, ISO 8601: 2026-12-05T11:12:48Z).
+  // Empty in older files; the JSON then has no such member, so their
+  // header_checksum still matches.
+  std::string namespace_name;
+  std::string taken_at;
 
   uint64_t page_count() const { return (namespace_size + page_size - 1) / page_size; }
   // The namespace bytes page `page` holds: page_size, less for a short last page.
@@ -93,6 +99,9 @@ class SnapshotFile {
   static Result<SnapshotFile> open(const std::string& path);
   const SnapshotHeader& header() const { return header_; }
   const std::string& path() const { return path_; }
+  // The open file, read-only; valid for this object's life (pread on it is
+  // thread-safe).
+  int fd() const { return fd_.get(); }
   bool has_page(uint64_t page) const { return (bitmap_[page / 8] >> (page % 8)) & 1; }
   // The stored page's checksum (page_checksum() of its contents).
   uint64_t stored_checksum(uint64_t page) const { return checksums_[page]; }
@@ -122,6 +131,12 @@ class SnapshotFile {
 Result<std::vector<SnapshotFile>> open_chain(const std::string& path);
 
 std::string hex64(uint64_t value);
+
+// Now, in the form of SnapshotHeader::taken_at.
+std::string utc_timestamp_now();
+// A file's mtime in that form ("" when it cannot be read): the time of a
+// snapshot written before taken_at was recorded.
+std::string utc_timestamp_of_mtime(int fd);
 
 // The checksum a snapshot records for page `index`: XXH3-64 seeded with the
 // index, over the page zero-padded to `page_size` (the namespace's last page

@@ -1,5 +1,6 @@
 // Verb: serve. Owns the region (its flock), makes sure a namespace exists,
-// keeps every namespace open, exports them all over NBD, logs one line per
+// keeps every namespace open, exports them all over NBD (and the snapshot
+// files export-snapshot adds), logs one line per
 // event, and exits 0 on SIGINT or SIGTERM once in-flight NBD requests are
 // answered and everything is flushed.
 #include <malloc.h>
@@ -95,10 +96,13 @@ int run_serve(const ServeOptions& options) {
     if (!made) return fail(made.error());
     log_event("namespace " + made->name + " created (" + internal::format_size(made->size) + ")");
   }
+  // Bound first: the dispatcher manages its snapshot exports.
+  auto nbd = NbdServer::start(**region, std::move(nbd_options));
+  if (!nbd) return fail(nbd.error());
   // The dispatcher keeps every namespace open for the daemon's life (and
   // closes one only to restore it); a namespace that does not open stops
   // serve here.
-  control::Dispatcher dispatcher(**region, {.log = log_event});
+  control::Dispatcher dispatcher(**region, {.log = log_event, .nbd = nbd->get()});
   size_t served = 0;
   for (const auto& ns : (*region)->list()) {
     auto dev = (*region)->open_device(ns.name);
@@ -106,8 +110,6 @@ int run_serve(const ServeOptions& options) {
     log_event("namespace " + ns.name + " open (" + internal::format_size(ns.size) + ", " + ns.path + ")");
     ++served;
   }
-  auto nbd = NbdServer::start(**region, std::move(nbd_options));
-  if (!nbd) return fail(nbd.error());
   log_event(std::string("NBD listening on ") + (*nbd)->address() +
             (options.read_only ? " (read-only)" : "") +
             (options.tls == "off" ? "" : ", TLS " + options.tls));

@@ -14,6 +14,8 @@ void register_serve_command(CLI::App& app, int* exit_code);
 void register_snapshot_commands(CLI::App& app, int* exit_code);  // snapshot, restore, verify
 void register_bench_command(CLI::App& app, int* exit_code);
 void register_vm_commands(CLI::App& app, int* exit_code);  // vm-args
+// export-snapshot, unexport, exports
+void register_export_commands(CLI::App& app, int* exit_code);
 
 }  // namespace rawdax::cli
 

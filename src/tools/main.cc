@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   rawdax::cli::register_serve_command(app, &exit_code);
   rawdax::cli::register_bench_command(app, &exit_code);
   rawdax::cli::register_vm_commands(app, &exit_code);
+  rawdax::cli::register_export_commands(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -79,10 +79,18 @@ TEST(NbdCodec, MetaContextRequestParsesQueries) {
   ASSERT_TRUE(r) << r.error().message();
   EXPECT_EQ(r->export_name, "default");
   ASSERT_EQ(r->queries.size(), 2u);
-  EXPECT_TRUE(query_selects_base_allocation(r->queries[0]));
-  EXPECT_TRUE(query_selects_base_allocation(r->queries[1]));
-  EXPECT_FALSE(query_selects_base_allocation("qemu:dirty-bitmap:x"));
-  EXPECT_FALSE(query_selects_base_allocation("base:allocationX"));
+  EXPECT_TRUE(query_selects(r->queries[0], kBaseAllocation));
+  EXPECT_TRUE(query_selects(r->queries[1], kBaseAllocation));
+  EXPECT_FALSE(query_selects("qemu:dirty-bitmap:x", kBaseAllocation));
+  EXPECT_FALSE(query_selects("base:allocationX", kBaseAllocation));
+  EXPECT_FALSE(query_selects("base", kBaseAllocation));
+  EXPECT_FALSE(query_selects("", kBaseAllocation));
+  // QEMU's dirty bitmaps: by full name, by "qemu:dirty-bitmap:" and by "qemu:".
+  EXPECT_TRUE(query_selects("qemu:dirty-bitmap:vm1@s1", "qemu:dirty-bitmap:vm1@s1"));
+  EXPECT_TRUE(query_selects("qemu:dirty-bitmap:", "qemu:dirty-bitmap:vm1@s1"));
+  EXPECT_TRUE(query_selects("qemu:", "qemu:dirty-bitmap:vm1@s1"));
+  EXPECT_FALSE(query_selects("qemu:dirty-bitmap:vm1@s0", "qemu:dirty-bitmap:vm1@s1"));
+  EXPECT_FALSE(query_selects("base:", "qemu:dirty-bitmap:vm1@s1"));
   EXPECT_FALSE(parse_meta_context_request(be32(7) + "default" + be32(1)));  // query missing
   EXPECT_FALSE(parse_meta_context_request(be32(7) + "default" + be32(0) + "junk"));
 }
