@@ -266,7 +266,7 @@ constexpr const char* kEnvPrefix = "RAWDAX_LAZY_CRASH_";
 constexpr uint64_t kCrashSize = 4 * kMiB;
 // The pages the child changes once the restore returned.
 constexpr uint64_t kPatchedPage = kCrashSize / kPage - 3;    // 100 bytes at 1000
-constexpr uint64_t kDiscardedPage = kCrashSize / kPage - 6;  // discarded
+constexpr uint64_t kDiscardedPage = kCrashSize / kPage - 5;  // discarded (not a zero page)
 constexpr uint64_t kWrittenPage = kCrashSize / kPage / 2 + 1;  // written whole
 
 int run_lazy_child(const std::string& spec, const std::string& snap, int report) {
