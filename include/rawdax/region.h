@@ -96,7 +96,10 @@ class RAWDAX_EXPORT Region {
   // changed. EINVAL on a size mismatch unless options.force. EBUSY while the
   // namespace is open.
   //
-  // options.lazy: the namespace is usable as soon as this returns. Pages not
+  // options.lazy: the namespace is usable as soon as this returns. The
+  // chain's headers, bitmaps, checksum tables and base ids are checked first;
+  // each page's checksum when the page is filled (a page that fails it fails
+  // its reads with EILSEQ and stops the fill). Pages not
   // restored yet are filled on demand by the first block I/O or map() that
   // touches them, and a background thread of this Region fills the rest;
   // find()/list() show the progress in NamespaceInfo::restore. Until the

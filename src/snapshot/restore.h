@@ -14,7 +14,10 @@
 // it; pages no file stores read as zeros.
 //
 // options.lazy (directory and memfd media; check_lazy_media): after the same
-// checks, an empty detached object is installed at once, carrying the
+// checks, except that the pages' checksums are checked as each page is
+// filled rather than all first (a page that fails it fails the accesses to
+// it and stops the background fill, leaving the namespace marked
+// incomplete), an empty detached object is installed at once, carrying the
 // restore marker (snapshot path and header checksum) in the same metadata
 // update, and a LazyFill (snapshot/lazy_restore.h) handed to the host fills
 // it on demand and in the background. ENOTSUP on other media.

@@ -368,24 +368,61 @@ TEST_F(LazyRestoreBadInput, OpenNamespaceIsRefusedAndKept) {
   EXPECT_TRUE(read_all(**dev) == old);
 }
 
-TEST_F(LazyRestoreBadInput, ChainThatFailsVerifyIsRefusedBeforeAnything) {
-  auto region = Region::open(scratch_.spec(), {.create = true});
-  ASSERT_TRUE(region);
-  // Flip a byte of a stored page of the base.
-  int fd = ::open((files_.path() + "/full.snap").c_str(), O_RDWR);
+// Flips one byte of `path` at `where` (from the end when negative).
+void flip(const std::string& path, off_t where) {
+  int fd = ::open(path.c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
   struct stat st;
   ASSERT_EQ(::fstat(fd, &st), 0);
+  if (where < 0) where += st.st_size;
   char c = 0;
-  const off_t where = st.st_size - static_cast<off_t>(kPage) / 2;
   ASSERT_EQ(::pread(fd, &c, 1, where), 1);
   c = static_cast<char>(c ^ 0x40);
   ASSERT_EQ(::pwrite(fd, &c, 1, where), 1);
   ::close(fd);
+}
+
+TEST_F(LazyRestoreBadInput, ChainThatFailsVerifyIsRefusedBeforeAnything) {
+  auto region = Region::open(scratch_.spec(), {.create = true});
+  ASSERT_TRUE(region);
+  const uint64_t generation = (*region)->generation();
+  // A byte of the base's header (its JSON): the chain does not open.
+  flip(files_.path() + "/full.snap", 40);
   auto info = (*region)->restore_namespace("dst", snap_, {.lazy = true});
   ASSERT_FALSE(info);
   EXPECT_EQ(info.error().code(), std::errc::illegal_byte_sequence) << info.error().message();
   EXPECT_TRUE((*region)->list().empty()) << "nothing is created";
+  EXPECT_EQ((*region)->generation(), generation);
+}
+
+// A stored page whose bytes fail their checksum: the lazy restore checks it
+// when it fills that page. Reads of it fail, the fill stops there and the
+// namespace stays marked incomplete (a plain restore would have refused the
+// chain up front).
+TEST_F(LazyRestoreBadInput, APageThatFailsItsChecksumFailsItsReadsAndStopsTheFill) {
+  auto region = Region::open(scratch_.spec(), {.create = true});
+  ASSERT_TRUE(region);
+  // The last page: stored by the base only.
+  flip(files_.path() + "/full.snap", -static_cast<off_t>(kPage) / 2);
+  auto info = (*region)->restore_namespace("dst", snap_, {.lazy = true});
+  ASSERT_TRUE(info) << info.error().message();
+  auto dev = (*region)->open_device("dst");
+  ASSERT_TRUE(dev);
+  std::vector<std::byte> page(kPage);
+  ASSERT_TRUE((*dev)->read(0, page)) << "the other pages read";
+  Status bad = (*dev)->read(kSize - kPage, page);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code(), std::errc::illegal_byte_sequence) << bad.error().message();
+  Status filled = (*region)->wait_for_restore("dst");
+  ASSERT_FALSE(filled);
+  auto now = (*region)->find("dst");
+  ASSERT_TRUE(now);
+  ASSERT_TRUE(now->restore.has_value());
+  EXPECT_NE(now->restore->error.find("page"), std::string::npos) << now->restore->error;
+  auto plain = (*region)->restore_namespace("other", snap_);
+  EXPECT_FALSE(plain) << "a plain restore refuses the chain";
+  dev->reset();
+  EXPECT_TRUE((*region)->destroy_namespace("dst"));
 }
 
 TEST_F(LazyRestoreBadInput, MediaWithoutHolesIsRefused) {
