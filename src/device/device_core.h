@@ -48,8 +48,9 @@
 // read_for_copy, writes (a partial write never lands on an unfilled page),
 // write_zeroes and discard (which then write zeros instead of punching, so
 // a hole keeps meaning "not filled yet" for a resumed fill). Resize is
-// refused (EBUSY), and extents() reports data only, until the fill
-// completes.
+// refused (EBUSY), and extents() reports data only, until the fill is
+// settled: complete and recorded so (a crash before that resumes it, and
+// would refill a page punched after the last page was filled).
 //
 // Thread safety: every method is thread-safe. lifecycle_mu_ serializes remove
 // and resize; maps_mu_ guards the mapping registry and is held across mmap,
@@ -159,8 +160,9 @@ class DeviceCore {
   // Installs a lazy restore's fill; before the core is shared with anyone
   // (OpenNamespace::open). Never replaced.
   void set_fill(std::shared_ptr<PageFill> fill) { fill_ = std::move(fill); }
-  // True while a fill is installed and incomplete.
-  bool filling() const { return fill_ != nullptr && !fill_->complete(); }
+  // True while a fill is installed and not settled (PageFill::settle: its
+  // completion recorded in the region's metadata).
+  bool filling() const { return fill_ != nullptr && !fill_->settled(); }
 
   // Installs (or, with nullptr, removes) the live snapshot's copier. Removal
   // returns once no block write can still be inside the old one.

@@ -89,6 +89,13 @@ class PageFill {
   Result<bool> fill_next(uint64_t* cursor, uint64_t max_pages);
   // fdatasync of the backing object (before the fill is recorded complete).
   Status sync() const;
+  // Set by the owner once the fill is recorded complete (the restore marker
+  // dropped from the region's metadata); release store, acquire load. Until
+  // then a crash would resume the fill, which takes every hole over a page
+  // the image stores for an unfilled page: so the device punches no hole
+  // (nor resizes) before it, even once complete() holds.
+  void settle() { settled_.store(true, std::memory_order_release); }
+  bool settled() const { return settled_.load(std::memory_order_acquire); }
 
   static constexpr uint64_t kMaxRun = 256;
 
@@ -107,6 +114,7 @@ class PageFill {
   uint64_t total_ = 0;
   std::unique_ptr<std::atomic<uint8_t>[]> state_;
   std::atomic<uint64_t> left_{0};
+  std::atomic<bool> settled_{false};
   std::mutex mu_;  // only for waiting; see the ordering argument above
   std::condition_variable cv_;
 };

@@ -192,6 +192,8 @@ void LazyFill::run() {
     crash_point("lazy restore pages synced");
     st = catalog_->clear_restore(ns_.name, ns_.uuid);
     crash_point("lazy restore marker dropped");
+    // Only now may the device punch holes again (see PageFill::settle).
+    if (st) fill_->settle();
   }
   std::lock_guard<std::mutex> lock(mu_);
   finished_ = true;

@@ -175,7 +175,16 @@ TEST(PageFill, ADeviceCoreFillsBeforeEveryAccessAndHoldsResizesBack) {
   ASSERT_TRUE((*core)->read(50 * kPage, buf));
   EXPECT_EQ(buf[0], std::byte{0});
 
+  // Complete, but not recorded so: a crash now would resume the fill, so
+  // still no holes and no resize.
   ASSERT_TRUE(fill->fill(0, kPages * kPage));
+  EXPECT_TRUE(fill->complete());
+  EXPECT_TRUE((*core)->filling());
+  ASSERT_TRUE((*core)->write_zeroes(60 * kPage, kPage, ZeroOptions{}, true, false));
+  EXPECT_EQ(::lseek(ro->get(), static_cast<off_t>(60 * kPage), SEEK_DATA),
+            static_cast<off_t>(60 * kPage));
+  EXPECT_FALSE((*core)->resize(2 * kPages * kPage, {}));
+  fill->settle();
   EXPECT_FALSE((*core)->filling());
   EXPECT_TRUE((*core)->resize(2 * kPages * kPage, {}));
 }
