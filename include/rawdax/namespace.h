@@ -4,6 +4,7 @@
 #define RAWDAX_NAMESPACE_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,20 @@ struct BadRange {
   bool operator==(const BadRange&) const = default;
 };
 
+// A lazy restore that has not filled the namespace yet
+// (Region::restore_namespace with RestoreOptions::lazy; docs/snapshot.md).
+// `snapshot` and `checksum` are recorded in the region's metadata until the
+// fill completes, so a crash leaves a fill that the next open resumes; the
+// progress fields describe the fill running in this process.
+struct RestoreState {
+  std::string snapshot;       // the snapshot file restored (the newest of its chain)
+  std::string checksum;       // its header checksum (hex), checked when resuming
+  bool filling = false;       // a fill of it runs in this process
+  uint64_t pages_filled = 0;  // pages the chain stores that are in place
+  uint64_t pages_total = 0;   // pages the chain stores
+  std::string error = {};     // why the fill stopped, when it did
+};
+
 // A namespace as the region records it.
 struct NamespaceInfo {
   std::string name;
@@ -45,6 +60,8 @@ struct NamespaceInfo {
   // Persisted in the region metadata on a directory region; kept for the
   // Region's lifetime on memfd, devdax and carved regions (docs/media.md).
   std::vector<BadRange> badblocks = {};
+  // Set while a lazy restore of the namespace is incomplete.
+  std::optional<RestoreState> restore = std::nullopt;
 };
 
 }  // namespace rawdax

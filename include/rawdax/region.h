@@ -45,6 +45,7 @@ namespace rawdax {
 
 namespace internal {
 class Catalog;
+class LazyFill;
 }  // namespace internal
 
 struct RegionOptions {
@@ -94,15 +95,35 @@ class RAWDAX_EXPORT Region {
   // ids) before anything is written; on any error nothing is created or
   // changed. EINVAL on a size mismatch unless options.force. EBUSY while the
   // namespace is open.
+  //
+  // options.lazy: the namespace is usable as soon as this returns. The
+  // chain's headers, bitmaps, checksum tables and base ids are checked first;
+  // each page's checksum when the page is filled (a page that fails it fails
+  // its reads with EILSEQ and stops the fill). Pages not
+  // restored yet are filled on demand by the first block I/O or map() that
+  // touches them, and a background thread of this Region fills the rest;
+  // find()/list() show the progress in NamespaceInfo::restore. Until the
+  // fill completes the region's metadata marks the namespace incomplete:
+  // after a crash (or when this Region is closed first) the next
+  // Region::open resumes the fill. Directory (not hugetlbfs) and memfd media
+  // only: ENOTSUP elsewhere. While it fills, open_backing_fd() and resize
+  // are refused (EBUSY), and so is another restore of the namespace.
+  // docs/snapshot.md "Lazy restore".
   Result<NamespaceInfo> restore_namespace(std::string_view name, const std::string& path,
                                           RestoreOptions options = {});
+  // Waits until the lazy restore of `name` running in this Region has filled
+  // every page (ok at once when none runs), or returns the error that
+  // stopped it.
+  Status wait_for_restore(std::string_view name) const;
 
   // Every Device of one namespace opened through this Region shares one
   // state: a resize or remove through any of them is seen by all.
   Result<std::unique_ptr<Device>> open_device(std::string_view name, DeviceOptions options = {});
 
   // A new file descriptor on the namespace's backing object (a file, memfd or
-  // devdax device), close-on-exec, for handing to another process; opened
+  // devdax device), close-on-exec, for handing to another process; EBUSY
+  // while a lazy restore fills the namespace (another process's mapping
+  // would not see the pages filled on demand here); opened
   // read-only unless `writable`. The caller owns it and must close it.
   // Mappings of it in other processes raise SIGBUS once the namespace is
   // destroyed (destroy truncates the backing object before removing it).
@@ -120,6 +141,21 @@ class RAWDAX_EXPORT Region {
   // The open state of each namespace, by name; expired once every Device and
   // Mapping of it is gone. Guarded by mu_.
   std::map<std::string, std::weak_ptr<internal::OpenNamespace>> open_;
+  // Lazy restores of this Region, by name (started or resumed here); each
+  // owns its background thread. Guarded by mu_; declared after catalog_, so
+  // the threads are joined before the catalog can go.
+  std::map<std::string, std::shared_ptr<internal::LazyFill>> fills_;
+  // Why a marked namespace's fill could not resume (Region::open); its
+  // devices are refused with it. Guarded by mu_.
+  std::map<std::string, Error> resume_errors_;
+  // fills_ of `name` while incomplete, else null. mu_ held.
+  std::shared_ptr<internal::LazyFill> filling_locked(std::string_view name) const;
+  // The fill of `ns` when it carries a restore marker (resumed now when none
+  // runs here; the resume's error otherwise), null when it carries none.
+  // mu_ held.
+  Result<std::shared_ptr<internal::LazyFill>> fill_for_locked(const NamespaceInfo& ns);
+  // `ns` with the progress of its fill, when one is incomplete. mu_ held.
+  NamespaceInfo with_restore_locked(NamespaceInfo ns) const;
   std::shared_ptr<internal::OpenNamespace> live_locked(std::string_view name) const;
   // The namespace's open state, shared with every open Device of it, or a
   // new one; EBUSY when open with other tracking or engine options. mu_ held.

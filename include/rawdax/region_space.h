@@ -46,6 +46,10 @@ struct DestroyOptions {
 
 struct RestoreOptions {
   bool force = false;  // resize an existing namespace of another size
+  // Makes the namespace usable at once: pages are filled on demand by its
+  // first access and by a background fill that this Region runs (see
+  // Region::restore_namespace and docs/snapshot.md "Lazy restore").
+  bool lazy = false;
 };
 
 }  // namespace rawdax

@@ -99,7 +99,7 @@ class Dispatcher::Command {
         {"attach-vm", {text("name"), text("qmp")}, &Command::attach_vm},
         {"detach-vm", {text("name")}, &Command::detach_vm},
         {"restore-namespace",
-         {text("name"), path("file"), flag("force", false)},
+         {text("name"), path("file"), flag("force", false), flag("lazy", false)},
          &Command::restore_namespace},
         // Not path(): an empty file is refused by the reader (as a missing one).
         {"verify-snapshot", {text("file")}, &Command::verify_snapshot},
@@ -479,6 +479,7 @@ class Dispatcher::Command {
     const std::string& name = args_.text("name");
     const std::string& file = args_.text("file");
     const bool force = args_.flag("force");
+    const bool lazy = args_.flag("lazy");
     {
       std::lock_guard<std::mutex> lock(d_.mu_);
       NamespaceState& state = d_.namespaces_[name];
@@ -494,7 +495,7 @@ class Dispatcher::Command {
       state.restoring = true;
       state.device.reset();
     }
-    auto info = d_.region_.restore_namespace(name, file, {.force = force});
+    auto info = d_.region_.restore_namespace(name, file, {.force = force, .lazy = lazy});
     std::lock_guard<std::mutex> lock(d_.mu_);
     NamespaceState& state = d_.namespaces_[name];
     state.restoring = false;
@@ -511,7 +512,8 @@ class Dispatcher::Command {
       d_.namespaces_.erase(name);
     }
     if (!info) return info.error();
-    d_.log_("namespace " + name + " restored from " + file);
+    d_.log_("namespace " + name + (lazy ? " lazily restored from " : " restored from ") + file +
+            (lazy ? " (the fill goes on in the background)" : ""));
     return namespace_json(*info);
   }
 

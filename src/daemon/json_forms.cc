@@ -9,8 +9,21 @@ nlohmann::json badblocks_json(const std::vector<BadRange>& badblocks) {
 }
 
 nlohmann::json namespace_json(const NamespaceInfo& ns) {
-  return {{"name", ns.name}, {"uuid", ns.uuid}, {"size", ns.size}, {"mode", ns.mode},
-          {"path", ns.path}, {"offset", ns.offset}, {"badblocks", badblocks_json(ns.badblocks)}};
+  nlohmann::json out = {{"name", ns.name},   {"uuid", ns.uuid},
+                        {"size", ns.size},   {"mode", ns.mode},
+                        {"path", ns.path},   {"offset", ns.offset},
+                        {"badblocks", badblocks_json(ns.badblocks)}};
+  // Only while a lazy restore is incomplete.
+  if (ns.restore) {
+    const RestoreState& r = *ns.restore;
+    out["restore"] = {{"state", r.filling ? "filling" : "incomplete"},
+                      {"snapshot", r.snapshot},
+                      {"checksum", r.checksum},
+                      {"pages_filled", r.pages_filled},
+                      {"pages_total", r.pages_total},
+                      {"error", r.error}};
+  }
+  return out;
 }
 
 nlohmann::json export_json(const NbdExportInfo& e, const std::string& uri) {

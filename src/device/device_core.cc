@@ -319,11 +319,19 @@ Status DeviceCore::check_range(const char* op, uint64_t offset, uint64_t length,
                          std::to_string(size) + ")");
 }
 
+Status DeviceCore::fill_range(const char* op, uint64_t offset, uint64_t length) {
+  if (fill_ == nullptr || fill_->complete()) [[likely]] return ok();
+  Status st = fill_->fill(offset, length);
+  if (!st) return st.error().with_context(std::string(op) + ": ");
+  return st;
+}
+
 Status DeviceCore::read(uint64_t offset, std::span<std::byte> out) {
   auto hold = ref_.hold(RefAccess::kRead);
   if (!hold) return removed_error("read");
   RAWDAX_RETURN_IF_ERROR(check_range("read", offset, out.size(), size(), false, false));
   RAWDAX_RETURN_IF_ERROR(refuse_listed("read", offset, out.size()));
+  RAWDAX_RETURN_IF_ERROR(fill_range("read", offset, out.size()));
   std::byte* view = view_.load(std::memory_order_acquire);
   if (auto fault = SafeCopy::copy_from(out.data(), view + offset, out.size())) {
     return fault_error("read", offset, out.size(), view, *fault);
@@ -348,6 +356,7 @@ Status DeviceCore::check_readable(uint64_t offset, uint64_t length) {
   if (!hold) return removed_error("read");
   RAWDAX_RETURN_IF_ERROR(check_range("read", offset, length, size(), false, false));
   RAWDAX_RETURN_IF_ERROR(refuse_listed("read", offset, length));
+  RAWDAX_RETURN_IF_ERROR(fill_range("read", offset, length));
   // A backing file cut short by someone else: read() would fault, sendfile
   // would stop short.
   if (capabilities().kind != MediaKind::kDevdax && length > 0) {
@@ -367,6 +376,7 @@ Status DeviceCore::read_for_copy(uint64_t offset, std::span<std::byte> out) {
   if (!hold) return removed_error("read");
   RAWDAX_RETURN_IF_ERROR(check_range("read", offset, out.size(), size(), false, false));
   RAWDAX_RETURN_IF_ERROR(refuse_listed("read", offset, out.size()));
+  RAWDAX_RETURN_IF_ERROR(fill_range("read", offset, out.size()));
   for (size_t done = 0; done < out.size();) {
     ssize_t n = ::pread(fd_.get(), out.data() + done, out.size() - done,
                         static_cast<off_t>(info_.offset + offset + done));
@@ -447,6 +457,7 @@ Status DeviceCore::write(uint64_t offset, std::span<const std::byte> data, Write
   auto hold = hold_for_write();
   if (!hold) return removed_error("write");
   RAWDAX_RETURN_IF_ERROR(check_range("write", offset, data.size(), size(), true, read_only));
+  RAWDAX_RETURN_IF_ERROR(fill_range("write", offset, data.size()));
   before_block_write(offset, data.size());
   const bool had_bad = any_bad_.load(std::memory_order_acquire);
   if (had_bad) drop_bad_pages(offset, data.size());
@@ -469,12 +480,16 @@ Status DeviceCore::write_zeroes(uint64_t offset, uint64_t length, ZeroOptions op
   auto hold = hold_for_write();
   if (!hold) return removed_error(op);
   RAWDAX_RETURN_IF_ERROR(check_range(op, offset, length, size(), true, read_only));
+  // Filled first, then zeroed without a hole: a resumed fill takes a hole
+  // for a page not filled yet.
+  RAWDAX_RETURN_IF_ERROR(fill_range(op, offset, length));
+  const bool allow_hole = !options.no_hole && !filling();
   before_block_write(offset, length);
   mark_dirty(offset, length);
   (is_discard ? discards_ : write_zeroes_).fetch_add(1, kRelaxed);
   const bool had_bad = any_bad_.load(std::memory_order_acquire);
   if (had_bad) drop_bad_pages(offset, length);
-  RAWDAX_RETURN_IF_ERROR(zero_range(offset, length, !options.no_hole));
+  RAWDAX_RETURN_IF_ERROR(zero_range(offset, length, allow_hole));
   if (had_bad) clear_bad_pages(offset, length);
   return ok();
 }
@@ -536,7 +551,8 @@ Result<std::vector<Extent>> DeviceCore::extents(uint64_t offset, uint64_t length
   std::vector<Extent> runs;
   const uint64_t end = offset + length;
   if (length == 0 || max_extents == 0) return runs;
-  if (capabilities().kind == MediaKind::kDevdax) {
+  // Unfilled pages are holes in the backing file but not in the image.
+  if (capabilities().kind == MediaKind::kDevdax || filling()) {
     runs.push_back({offset, length, false});
     return runs;
   }
@@ -581,7 +597,7 @@ Result<bool> DeviceCore::is_hole(uint64_t offset, uint64_t length) {
   auto hold = ref_.hold(RefAccess::kRead);
   if (!hold) return removed_error("is_hole");
   RAWDAX_RETURN_IF_ERROR(check_range("is_hole", offset, length, size(), false, false));
-  if (length == 0 || capabilities().kind == MediaKind::kDevdax) return false;
+  if (length == 0 || capabilities().kind == MediaKind::kDevdax || filling()) return false;
   // A bad range is never a hole, even where the file has none (cut short):
   // its reads fail, as nbdkit reports it.
   if (any_bad_.load(std::memory_order_acquire)) {
@@ -620,6 +636,11 @@ Result<MappingRecord*> DeviceCore::map(uint64_t offset, uint64_t length, Access 
   }
   if (Status aligned = check_aligned("map offset", offset, caps); !aligned) {
     return aligned.error().with_context(where + ": ");
+  }
+  // Read-then-map: a mapping only ever covers filled pages (see the header).
+  if (offset < size() && filling()) {
+    RAWDAX_RETURN_IF_ERROR(
+        fill_range("map", offset, std::min<uint64_t>(length, size() - offset)));
   }
   // The size is checked under maps_mu_, which a shrink holds while it checks
   // for mappings in the cut, so no mapping can slip into a cut.
@@ -709,6 +730,12 @@ Status DeviceCore::resize(uint64_t new_size, ResizeOptions options) {
   }
   auto rounded = validate_namespace_size(name_, new_size, caps.alignment);
   if (!rounded) return rounded.error();
+  if (filling()) {
+    return Error(std::errc::device_or_resource_busy,
+                 "namespace " + name_ + ": cannot resize while a lazy restore fills it (" +
+                     std::to_string(fill_->pages_filled()) + " of " +
+                     std::to_string(fill_->pages_total()) + " pages); wait for it to complete");
+  }
   std::lock_guard<std::mutex> lifecycle(lifecycle_mu_);
   auto hold = ref_.hold(RefAccess::kRead);
   if (!hold) return removed_error("resize");

@@ -41,6 +41,17 @@
 // takes them off the list once the write landed. A stale any_bad_ (false
 // while another thread just listed a page) only costs a guarded access.
 //
+// Lazy restore. While a PageFill (device/page_fill.h) is installed and not
+// complete, every access to the namespace's bytes first fills the pages it
+// touches ("read-then-map": map() fills the mapped range before the mmap):
+// reads, check_readable (so a sendfile sends filled pages only),
+// read_for_copy, writes (a partial write never lands on an unfilled page),
+// write_zeroes and discard (which then write zeros instead of punching, so
+// a hole keeps meaning "not filled yet" for a resumed fill). Resize is
+// refused (EBUSY), and extents() reports data only, until the fill is
+// settled: complete and recorded so (a crash before that resumes it, and
+// would refill a page punched after the last page was filled).
+//
 // Thread safety: every method is thread-safe. lifecycle_mu_ serializes remove
 // and resize; maps_mu_ guards the mapping registry and is held across mmap,
 // munmap and revocation so that no address range changes owner unobserved.
@@ -66,6 +77,7 @@
 #include "device/dirty_bitmap.h"
 #include "device/mapping_observer.h"
 #include "device/page_copier.h"
+#include "device/page_fill.h"
 #include "rawdax/capabilities.h"
 #include "rawdax/device_types.h"
 #include "rawdax/mapping.h"
@@ -145,6 +157,13 @@ class DeviceCore {
   // Marks pages dirty for both consumers (the engine's write faults).
   void mark_pages(uint64_t first_page, uint64_t count);
 
+  // Installs a lazy restore's fill; before the core is shared with anyone
+  // (OpenNamespace::open). Never replaced.
+  void set_fill(std::shared_ptr<PageFill> fill) { fill_ = std::move(fill); }
+  // True while a fill is installed and not settled (PageFill::settle: its
+  // completion recorded in the region's metadata).
+  bool filling() const { return fill_ != nullptr && !fill_->settled(); }
+
   // Installs (or, with nullptr, removes) the live snapshot's copier. Removal
   // returns once no block write can still be inside the old one.
   void set_copier(PageCopier* copier);
@@ -161,6 +180,9 @@ class DeviceCore {
  private:
   explicit DeviceCore(std::shared_ptr<Catalog> catalog) : catalog_(std::move(catalog)) {}
 
+  // Fills the pages of [offset, offset+length) a lazy restore has not yet
+  // (one acquire load when none is pending); errors name the operation.
+  Status fill_range(const char* op, uint64_t offset, uint64_t length);
   // EINVAL/ENOSPC/EROFS with the namespace, operation, offset, length and size.
   Status check_range(const char* op, uint64_t offset, uint64_t length, uint64_t size,
                      bool is_write, bool read_only) const;
@@ -226,6 +248,7 @@ class DeviceCore {
   std::unique_ptr<DirtyBitmap> snapshot_dirty_;  // likewise
   MappingObserver* observer_ = nullptr;          // guarded by maps_mu_; not owned
   std::atomic<PageCopier*> copier_{nullptr};
+  std::shared_ptr<PageFill> fill_;  // set before the core is shared, never replaced
 };
 
 }  // namespace rawdax::internal

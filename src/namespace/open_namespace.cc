@@ -6,9 +6,11 @@ namespace rawdax::internal {
 
 Result<std::shared_ptr<OpenNamespace>> OpenNamespace::open(std::shared_ptr<Catalog> catalog,
                                                            std::string_view name,
-                                                           const DeviceOptions& options) {
+                                                           const DeviceOptions& options,
+                                                           std::shared_ptr<PageFill> fill) {
   auto core = DeviceCore::open(std::move(catalog), name, options);
   if (!core) return core.error();
+  if (fill != nullptr) (*core)->set_fill(std::move(fill));
   auto engine = Protector::create(**core, options.engine);
   if (!engine) return engine.error();
   return std::shared_ptr<OpenNamespace>(

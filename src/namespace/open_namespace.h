@@ -38,9 +38,12 @@ class OpenNamespace {
  public:
   // Opens the device core of `name` and its engine (options.engine). Errors:
   // those of DeviceCore::open, and ENOTSUP when the engine cannot work here.
+  // `fill`: the namespace's incomplete lazy restore, installed in the core
+  // before anything can reach it (device/page_fill.h); may be null.
   static Result<std::shared_ptr<OpenNamespace>> open(std::shared_ptr<Catalog> catalog,
                                                      std::string_view name,
-                                                     const DeviceOptions& options);
+                                                     const DeviceOptions& options,
+                                                     std::shared_ptr<PageFill> fill = nullptr);
   ~OpenNamespace();
   OpenNamespace(const OpenNamespace&) = delete;
   OpenNamespace& operator=(const OpenNamespace&) = delete;

@@ -695,6 +695,7 @@ Result<NamespaceInfo> Catalog::install(DetachedObject object, bool replace) {
     ns.uuid = object.uuid;
     ns.size = object.size;
     ns.offset = object.offset;
+    ns.restore = object.restore;
     std::optional<ByteRange> replaced;
     RegionMetadata next = meta_;
     if (existing != nullptr) {
@@ -730,6 +731,7 @@ Result<NamespaceInfo> Catalog::install(DetachedObject object, bool replace) {
   ns.name = object.name;
   ns.uuid = object.uuid;
   ns.size = object.size;
+  ns.restore = object.restore;
   auto it = std::find_if(next.namespaces.begin(), next.namespaces.end(),
                          [&](const NamespaceInfo& n) { return n.name == object.name; });
   if (it != next.namespaces.end()) {
@@ -762,6 +764,17 @@ void Catalog::discard(DetachedObject object) {
   }
   if (caps_.kind != MediaKind::kDirectory) return;  // a memfd goes with its fd
   ::unlink((backing_dir(dir_) + "/" + object.uuid).c_str());
+}
+
+Status Catalog::clear_restore(std::string_view name, const std::string& uuid) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const NamespaceInfo* ns = lookup(name);
+  if (ns == nullptr || ns->uuid != uuid || !ns->restore) return ok();
+  RegionMetadata next = meta_;
+  for (auto& entry : next.namespaces) {
+    if (entry.name == name) entry.restore.reset();
+  }
+  return commit(std::move(next));
 }
 
 Status Catalog::set_size(std::string_view name, uint64_t size) {

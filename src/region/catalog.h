@@ -118,6 +118,9 @@ class Catalog {
     UniqueFd fd;
     uint64_t offset = 0;  // carved: the extent's offset
     MappedRange view;     // carved only
+    // A lazy restore's marker, recorded by install() in the same update that
+    // names the object (RestoreState: snapshot and checksum only).
+    std::optional<RestoreState> restore = std::nullopt;
   };
   // `to_fill` false: the caller only installs it (a create), so a carved
   // extent gets no `view`, and install() has nothing more to persist.
@@ -131,6 +134,11 @@ class Catalog {
   Result<NamespaceInfo> install(DetachedObject object, bool replace = true);
   // Drops an object that will not be installed.
   void discard(DetachedObject object);
+  // Records that the lazy restore which installed object `uuid` as `name`
+  // is complete (drops the namespace's restore marker). A no-op when the
+  // namespace is gone or now has another object. The caller has made the
+  // filled pages durable first.
+  Status clear_restore(std::string_view name, const std::string& uuid);
 
   // A new fd on the namespace's backing object, for mapping it.
   Result<UniqueFd> open_backing(std::string_view name, bool writable) const;

@@ -52,6 +52,10 @@ std::string encode_metadata(const RegionMetadata& meta) {
         entry["badblocks"].push_back({{"offset", r.offset}, {"length", r.length}});
       }
     }
+    // Only while a lazy restore is incomplete (see RestoreState).
+    if (ns.restore) {
+      entry["restore"] = {{"snapshot", ns.restore->snapshot}, {"checksum", ns.restore->checksum}};
+    }
     body["namespaces"].push_back(std::move(entry));
   }
   std::string json = body.dump(1);
@@ -131,6 +135,16 @@ Result<RegionMetadata> decode_metadata(std::string_view bytes, const std::string
         return corrupt("bad blocks of namespace " + ns.name +
                        " are unsorted, overlapping, empty or past its size");
       }
+    }
+    if (auto restore = entry.find("restore"); restore != entry.end()) {
+      if (!restore->is_object() || !restore->contains("snapshot") ||
+          !(*restore)["snapshot"].is_string() || !restore->contains("checksum") ||
+          !(*restore)["checksum"].is_string() ||
+          (*restore)["snapshot"].get<std::string>().empty()) {
+        return corrupt("malformed restore state of namespace " + ns.name);
+      }
+      ns.restore = RestoreState{.snapshot = (*restore)["snapshot"].get<std::string>(),
+                                .checksum = (*restore)["checksum"].get<std::string>()};
     }
     for (const auto& seen : meta.namespaces) {
       if (seen.name == ns.name || seen.uuid == ns.uuid) {

@@ -13,6 +13,15 @@
 // Each page is written once, from the newest file of the chain that stores
 // it; pages no file stores read as zeros.
 //
+// options.lazy (directory and memfd media; check_lazy_media): after the same
+// checks, except that the pages' checksums are checked as each page is
+// filled rather than all first (a page that fails it fails the accesses to
+// it and stops the background fill, leaving the namespace marked
+// incomplete), an empty detached object is installed at once, carrying the
+// restore marker (snapshot path and header checksum) in the same metadata
+// update, and a LazyFill (snapshot/lazy_restore.h) handed to the host fills
+// it on demand and in the background. ENOTSUP on other media.
+//
 // Errors name the file and the namespace ("restore of P into namespace N: "):
 // those of the chain and its verification; EINVAL when the size is off the
 // alignment, or differs from the existing namespace's without
@@ -33,6 +42,7 @@
 #include "rawdax/namespace.h"
 #include "rawdax/region_space.h"
 #include "region/catalog.h"
+#include "snapshot/lazy_restore.h"
 
 namespace rawdax::internal {
 
@@ -48,9 +58,13 @@ struct RestoreHost {
   // The namespace's device core, opened (and shared) as open_device() would
   // open it; the result keeps it open. For the in-place restore.
   std::function<Result<std::shared_ptr<DeviceCore>>()> open_core;
+  // Lazy restore: takes the namespace's fill, called inside the step that
+  // installs the object (the host's lock held), so no device of the
+  // namespace can open without it.
+  std::function<void(std::unique_ptr<LazyFill>)> adopt_fill;
 };
 
-Result<NamespaceInfo> restore_snapshot(Catalog& catalog, const RestoreHost& host,
+Result<NamespaceInfo> restore_snapshot(const std::shared_ptr<Catalog>& catalog, const RestoreHost& host,
                                        std::string_view name, const std::string& path,
                                        const RestoreOptions& options);
 

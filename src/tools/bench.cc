@@ -56,7 +56,8 @@ struct BenchOptions {
   std::string teardown_size = "1G";
   std::string freeze_size = "256M";
   std::string snapshot_size = "1G";
-  std::string only;  // "" or one of: core, live-ref, teardown, engine, snapshot
+  std::string restore_size = "1G";
+  std::string only;  // "" or one of: core, live-ref, teardown, engine, region, snapshot, restore
   bool huge_pages = false;
   int rounds = 5;
   bool region_given = false;
@@ -295,6 +296,8 @@ int run_bench(const BenchOptions& options) {
   if (!freeze_size) return fail(freeze_size.error());
   auto snapshot_size = internal::parse_size(options.snapshot_size);
   if (!snapshot_size) return fail(snapshot_size.error());
+  auto restore_size = internal::parse_size(options.restore_size);
+  if (!restore_size) return fail(restore_size.error());
   auto want = [&](const char* group) { return options.only.empty() || options.only == group; };
   if (*size < (4u << 20) || *size % (1 << 20) != 0) {
     return fail(Error(std::errc::invalid_argument,
@@ -346,6 +349,11 @@ int run_bench(const BenchOptions& options) {
     if (!snapshot) return fail(snapshot.error());
     for (auto& p : *snapshot) pairs.push_back(p);
   }
+  if (want("restore")) {
+    auto restored = run_restore_pairs(**region, *restore_size, std::min(options.rounds, 3));
+    if (!restored) return fail(restored.error());
+    for (auto& p : *restored) pairs.push_back(p);
+  }
 
   if (options.global.json) {
     nlohmann::json out = nlohmann::json::array();
@@ -394,9 +402,13 @@ void register_bench_command(CLI::App& app, int* exit_code) {
   bench->add_option("--snapshot-size", options->snapshot_size,
                     "Namespace size for the live snapshot benchmark")
       ->capture_default_str();
+  bench->add_option("--restore-size", options->restore_size,
+                    "Snapshot size for the lazy restore benchmark")
+      ->capture_default_str();
   bench->add_option("--only", options->only,
-                    "Run one group: core, live-ref, teardown, engine, region, snapshot")
-      ->check(CLI::IsMember({"core", "live-ref", "teardown", "engine", "region", "snapshot"}));
+                    "Run one group: core, live-ref, teardown, engine, region, snapshot, restore")
+      ->check(CLI::IsMember(
+          {"core", "live-ref", "teardown", "engine", "region", "snapshot", "restore"}));
   bench->add_flag("--huge-pages", options->huge_pages,
                   "Set shmem THP to 'advise' for the run (root) to measure 2M pages");
   bench->add_option("--rounds", options->rounds, "Rounds per measurement (best is kept)")

@@ -92,6 +92,11 @@ Result<std::vector<Pair>> run_engine_pairs(Region& region, uint64_t size, int ro
 // snapshot cost by dirty fraction (bench_snapshot.cc).
 Result<std::vector<Pair>> run_snapshot_pairs(Region& region, uint64_t size, int rounds);
 
+// Lazy restore against a plain restore of the same `size`-byte snapshot:
+// time to the first 4 KiB read deep in the image, and until the fill is
+// complete (bench_restore.cc).
+Result<std::vector<Pair>> run_restore_pairs(Region& region, uint64_t size, int rounds);
+
 // Namespace create and destroy latency on the region (zeroing included: a
 // carved region zeroes an extent at create), against making and removing a
 // file of the same size, fsynced, on the same filesystem (/dev/shm for

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "common/units.h"
 #include "daemon/json_forms.h"
@@ -32,6 +33,7 @@ struct SnapshotVerbOptions {
   std::string base;
   unsigned threads = 0;
   bool force = false;
+  bool lazy = false;
 };
 
 void print_snapshot(const SnapshotVerbOptions& options, const SnapshotInfo& info) {
@@ -85,15 +87,65 @@ int run_snapshot(const SnapshotVerbOptions& options) {
   return 0;
 }
 
+// The namespace's restore state as the region reports it now: nullopt
+// once the fill is complete.
+Result<std::optional<RestoreState>> restore_state(CommandPath& path, const std::string& name) {
+  auto reply = path.execute("query-namespaces", nlohmann::json::object());
+  if (!reply) return reply.error();
+  if (!reply->is_array()) return Error(std::errc::protocol_error, "malformed namespaces in a reply");
+  for (const auto& entry : *reply) {
+    auto ns = path.namespace_info(entry);
+    if (!ns) return ns.error();
+    if (ns->name == name) return ns->restore;
+  }
+  return Error(std::errc::no_such_file_or_directory, "namespace " + name + " is gone");
+}
+
+// Without a daemon, the fill runs in this process and would stop when it
+// exits: it runs to completion here, with progress on stderr. (Stopped
+// anyway, by a kill or a crash, it resumes at the region's next open.)
+Status fill_in_foreground(CommandPath& path, const std::string& name) {
+  const bool bar = ::isatty(STDERR_FILENO);
+  for (;;) {
+    auto state = restore_state(path, name);
+    if (!state) return state.error();
+    if (!*state) break;
+    const RestoreState& r = **state;
+    if (!r.error.empty()) {
+      return Error(std::errc::io_error, "namespace " + name + ": the lazy restore stopped: " +
+                                            r.error);
+    }
+    if (bar) {
+      std::fprintf(stderr, "\rfilling namespace %s: %llu of %llu pages", name.c_str(),
+                   static_cast<unsigned long long>(r.pages_filled),
+                   static_cast<unsigned long long>(r.pages_total));
+    }
+    ::usleep(100 * 1000);
+  }
+  if (bar) std::fputc('\n', stderr);
+  return ok();
+}
+
 int run_restore(const SnapshotVerbOptions& options) {
   auto path = CommandPath::open(options.global);
   if (!path) return fail(path.error());
-  auto reply = (*path)->execute(
-      "restore-namespace",
-      {{"name", options.name}, {"file", absolute(options.file)}, {"force", options.force}});
+  auto reply = (*path)->execute("restore-namespace", {{"name", options.name},
+                                                      {"file", absolute(options.file)},
+                                                      {"force", options.force},
+                                                      {"lazy", options.lazy}});
   if (!reply) return fail(reply.error());
   auto info = (*path)->namespace_info(*reply);
   if (!info) return fail(info.error());
+  if (options.lazy && (*path)->through_daemon()) {
+    std::fprintf(stderr,
+                 "namespace %s is usable now; the daemon fills the rest in the background "
+                 "(`rawdax list --json` shows its progress)\n",
+                 options.name.c_str());
+  } else if (options.lazy) {
+    Status filled = fill_in_foreground(**path, options.name);
+    if (!filled) return fail(filled.error());
+    info->restore.reset();
+  }
   print_json(::rawdax::cli::to_json(*info, options.global.human));
   return 0;
 }
@@ -147,6 +199,9 @@ void register_snapshot_commands(CLI::App& app, int* exit_code) {
   restore->add_option("name", rest->name, "Namespace, created when missing")->required();
   restore->add_option("file", rest->file, "Snapshot file")->required();
   restore->add_flag("--force,-f", rest->force, "Resize an existing namespace of another size");
+  restore->add_flag("--lazy", rest->lazy,
+                    "Make the namespace usable at once and fill it on demand and in the "
+                    "background (in the daemon; without one, before this command returns)");
   restore->callback([=] { *exit_code = run_restore(*rest); });
 
   auto ver = std::make_shared<SnapshotVerbOptions>();

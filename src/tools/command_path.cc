@@ -165,6 +165,18 @@ Result<NamespaceInfo> CommandPath::namespace_info(const json& reply) const {
       ns.badblocks.push_back(range);
     }
   }
+  if (auto restore = reply.find("restore"); restore != reply.end()) {
+    RestoreState r;
+    std::string state;
+    if (!restore->is_object() || !take(*restore, "state", state) ||
+        !take(*restore, "snapshot", r.snapshot) || !take(*restore, "checksum", r.checksum) ||
+        !take(*restore, "pages_filled", r.pages_filled) ||
+        !take(*restore, "pages_total", r.pages_total) || !take(*restore, "error", r.error)) {
+      return bad_reply("namespace");
+    }
+    r.filling = state == "filling";
+    ns.restore = std::move(r);
+  }
   ns.path = rebase(ns.path);
   return ns;
 }

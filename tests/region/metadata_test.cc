@@ -38,6 +38,24 @@ TEST(Metadata, BadBlocksRoundTripAndARecordWithoutThemIsWhatOlderVersionsWrote) 
   EXPECT_TRUE(back->namespaces[1].badblocks.empty());
 }
 
+TEST(Metadata, ARestoreMarkerRoundTripsAndOnlyAMarkedNamespaceCarriesOne) {
+  internal::RegionMetadata meta = sample();
+  EXPECT_EQ(internal::encode_metadata(meta).find("restore"), std::string::npos);
+  meta.namespaces[1].restore = RestoreState{.snapshot = "/snaps/a.snap", .checksum = "00ff"};
+  auto back = internal::decode_metadata(internal::encode_metadata(meta), "test");
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_FALSE(back->namespaces[0].restore.has_value());
+  ASSERT_TRUE(back->namespaces[1].restore.has_value());
+  EXPECT_EQ(back->namespaces[1].restore->snapshot, "/snaps/a.snap");
+  EXPECT_EQ(back->namespaces[1].restore->checksum, "00ff");
+  // A marker without its snapshot is corrupt.
+  meta.namespaces[1].restore->snapshot = "";
+  auto bad = internal::decode_metadata(internal::encode_metadata(meta), "test");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("restore state of namespace vm2"), std::string::npos)
+      << bad.error().message();
+}
+
 TEST(Metadata, BadBlocksOutOfOrderOrPastTheSizeAreRejected) {
   for (std::vector<BadRange> bad : {std::vector<BadRange>{{8192, 4096}, {0, 4096}},
                                     std::vector<BadRange>{{0, 8192}, {4096, 4096}},

@@ -97,6 +97,44 @@ TEST_P(CliRegionTest, ResizeNamespace) {
   EXPECT_NE(missing.err.find("nope"), std::string::npos);
 }
 
+// Without a daemon the fill runs to completion before the verb returns; a
+// carved region refuses --lazy with nothing created.
+TEST_P(CliRegionTest, LazyRestore) {
+  const std::string snap = dir_.path() + "/l.snap";
+  std::vector<std::byte> image(2 << 20);
+  for (size_t i = 0; i < image.size(); ++i) image[i] = std::byte(static_cast<uint8_t>(i / 4096 + i));
+  {
+    auto source = Region::open("memfd:");
+    ASSERT_TRUE(source);
+    ASSERT_TRUE((*source)->create_namespace({.name = "l", .size = image.size()}));
+    auto dev = (*source)->open_device("l");
+    ASSERT_TRUE(dev);
+    ASSERT_TRUE((*dev)->write(0, image));
+    ASSERT_TRUE((*dev)->snapshot(snap));
+  }
+  CliRun restored = rawdax("restore t " + snap + " --lazy --region " + region());
+  if (GetParam() == TestMedia::kCarved) {
+    EXPECT_NE(restored.exit_code, 0);
+    EXPECT_NE(restored.err.find("without --lazy"), std::string::npos) << restored.err;
+    EXPECT_EQ(nlohmann::json::parse(rawdax("list --region " + region()).out).size(), 0u);
+    return;
+  }
+  ASSERT_EQ(restored.exit_code, 0) << restored.err;
+  auto info = nlohmann::json::parse(restored.out);
+  EXPECT_EQ(info["size"], 2u << 20);
+  EXPECT_FALSE(info.contains("restore")) << restored.out;
+  auto listed = nlohmann::json::parse(rawdax("list --json --region " + region()).out);
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_FALSE(listed[0].contains("restore")) << listed.dump();
+  auto region = Region::open(this->region());
+  ASSERT_TRUE(region) << region.error().message();
+  auto dev = (*region)->open_device("t");
+  ASSERT_TRUE(dev);
+  std::vector<std::byte> back(image.size());
+  ASSERT_TRUE((*dev)->read(0, back));
+  EXPECT_TRUE(back == image);
+}
+
 TEST_P(CliRegionTest, SnapshotVerifyRestore) {
   ASSERT_EQ(rawdax("create-namespace --region " + region() + " -n s -s 1M").exit_code, 0);
   std::string snap = dir_.path() + "/s.snap";

@@ -1,0 +1,193 @@
+// PageFill (device/page_fill.h): each pending page is written exactly once
+// however many threads race for it, a failed fill gives its pages back, and
+// a device core with an incomplete fill fills before it reads, writes or
+// maps, zeroes without holes and refuses a resize.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <gtest/gtest.h>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "device/device_core.h"
+#include "device/page_fill.h"
+#include "media/files.h"
+#include "region/catalog.h"
+#include "test_util.h"
+
+namespace rawdax::internal {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+std::byte pattern(uint64_t page, uint64_t i) {
+  return std::byte(static_cast<uint8_t>(page * 7 + i % 13 + 1));
+}
+
+// Counts reads per page; fails page `fail_page` once when asked.
+class CountingSource final : public PageSource {
+ public:
+  explicit CountingSource(uint64_t pages) : reads_(new std::atomic<int>[pages]) {
+    for (uint64_t p = 0; p < pages; ++p) reads_[p].store(0);
+  }
+  Status read_page(uint64_t page, std::span<std::byte> out) const override {
+    reads_[page].fetch_add(1);
+    uint64_t expected = page;
+    if (fail_once_.compare_exchange_strong(expected, UINT64_MAX)) {
+      return Error(std::errc::io_error, "source: page " + std::to_string(page) + " failed");
+    }
+    for (uint64_t i = 0; i < out.size(); ++i) out[i] = pattern(page, i);
+    return ok();
+  }
+  int reads(uint64_t page) const { return reads_[page].load(); }
+  void fail_once(uint64_t page) { fail_once_.store(page); }
+
+ private:
+  std::unique_ptr<std::atomic<int>[]> reads_;
+  mutable std::atomic<uint64_t> fail_once_{UINT64_MAX};
+};
+
+UniqueFd memfd(uint64_t size) {
+  int fd = ::memfd_create("page-fill-test", MFD_CLOEXEC);
+  EXPECT_GE(fd, 0);
+  EXPECT_EQ(::ftruncate(fd, static_cast<off_t>(size)), 0);
+  return UniqueFd(fd);
+}
+
+bool page_ok(int fd, uint64_t page) {
+  std::vector<std::byte> buf(kPage);
+  if (::pread(fd, buf.data(), kPage, static_cast<off_t>(page * kPage)) != kPage) return false;
+  for (uint64_t i = 0; i < kPage; ++i) {
+    if (buf[i] != pattern(page, i)) return false;
+  }
+  return true;
+}
+
+TEST(PageFill, EachPendingPageIsWrittenOnceWhateverRacesForIt) {
+  constexpr uint64_t kPages = 1024;
+  auto source = std::make_shared<CountingSource>(kPages);
+  UniqueFd fd = memfd(kPages * kPage);
+  const int raw = fd.get();
+  UniqueFd own(::fcntl(raw, F_DUPFD_CLOEXEC, 0));
+  std::vector<uint8_t> pending(kPages, 1);
+  for (uint64_t p = 0; p < kPages; p += 5) pending[p] = 0;  // already in place
+  PageFill fill(source, std::move(own), 0, kPages * kPage, kPage, pending, "t");
+  EXPECT_EQ(fill.pages_total(), kPages - (kPages + 4) / 5);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (uint64_t p = static_cast<uint64_t>(t); p + 3 < kPages; p += 3) {
+        EXPECT_TRUE(fill.fill(p * kPage + 100, 2 * kPage));
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    uint64_t cursor = 0;
+    for (;;) {
+      auto more = fill.fill_next(&cursor, 64);
+      ASSERT_TRUE(more);
+      if (!*more) break;
+    }
+  });
+  for (auto& t : threads) t.join();
+  ASSERT_TRUE(fill.fill(0, kPages * kPage));
+  EXPECT_TRUE(fill.complete());
+  EXPECT_EQ(fill.pages_filled(), fill.pages_total());
+  for (uint64_t p = 0; p < kPages; ++p) {
+    EXPECT_EQ(source->reads(p), pending[p] ? 1 : 0) << "page " << p;
+    if (pending[p]) {
+      EXPECT_TRUE(page_ok(raw, p)) << "page " << p;
+    }
+  }
+}
+
+TEST(PageFill, AFailedFillGivesItsPagesBack) {
+  auto source = std::make_shared<CountingSource>(8);
+  UniqueFd fd = memfd(8 * kPage);
+  UniqueFd own(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
+  PageFill fill(source, std::move(own), 0, 8 * kPage, kPage, std::vector<uint8_t>(8, 1), "t");
+  source->fail_once(2);
+  Status failed = fill.fill(0, 4 * kPage);
+  ASSERT_FALSE(failed);
+  EXPECT_NE(failed.error().message().find("namespace t"), std::string::npos);
+  EXPECT_FALSE(fill.is_filled(2));
+  EXPECT_FALSE(fill.complete());
+  ASSERT_TRUE(fill.fill(0, 8 * kPage));
+  EXPECT_TRUE(fill.complete());
+  for (uint64_t p = 0; p < 8; ++p) EXPECT_TRUE(page_ok(fd.get(), p)) << p;
+}
+
+TEST(PageFill, ADeviceCoreFillsBeforeEveryAccessAndHoldsResizesBack) {
+  // A tmpfs region: its holes are what a resumed fill goes by.
+  ::rawdax::testing::ScratchDir dir(::rawdax::testing::tmpfs_parent());
+  auto catalog = Catalog::open(dir.path() + "/region", true);
+  ASSERT_TRUE(catalog) << catalog.error().message();
+  std::shared_ptr<Catalog> shared(std::move(*catalog));
+  constexpr uint64_t kPages = 64;
+  ASSERT_TRUE(shared->create({.name = "n", .size = kPages * kPage}));
+  auto core = DeviceCore::open(shared, "n", DeviceOptions{});
+  ASSERT_TRUE(core);
+  auto source = std::make_shared<CountingSource>(kPages);
+  auto fd = shared->open_backing("n", true);
+  ASSERT_TRUE(fd);
+  auto fill = std::make_shared<PageFill>(source, std::move(*fd), 0, kPages * kPage, kPage,
+                                         std::vector<uint8_t>(kPages, 1), "n");
+  (*core)->set_fill(fill);
+  EXPECT_TRUE((*core)->filling());
+
+  Status resized = (*core)->resize(2 * kPages * kPage, {});
+  ASSERT_FALSE(resized);
+  EXPECT_EQ(resized.error().code(), std::errc::device_or_resource_busy);
+  auto runs = (*core)->extents(0, kPages * kPage, 100);
+  ASSERT_TRUE(runs);
+  ASSERT_EQ(runs->size(), 1u);
+  EXPECT_FALSE(runs->front().hole) << "unfilled pages are holes of the file, not of the image";
+
+  std::vector<std::byte> buf(kPage);
+  ASSERT_TRUE((*core)->read(10 * kPage, buf));
+  EXPECT_EQ(buf[5], pattern(10, 5));
+  EXPECT_EQ(source->reads(10), 1);
+  EXPECT_EQ(source->reads(11), 0) << "a read fills only what it touches";
+  std::vector<std::byte> two(2, std::byte{0xEE});
+  ASSERT_TRUE((*core)->write(20 * kPage + 10, two, WriteOptions{}, false));
+  ASSERT_TRUE((*core)->read(20 * kPage, buf));
+  EXPECT_EQ(buf[9], pattern(20, 9)) << "a partial write lands on the filled page";
+  EXPECT_EQ(buf[10], std::byte{0xEE});
+  ASSERT_TRUE((*core)->check_readable(30 * kPage, kPage));
+  EXPECT_EQ(source->reads(30), 1) << "a sendfile's check fills the range";
+  auto map = (*core)->map(40 * kPage, 2 * kPage, Access::ReadOnly, false);
+  ASSERT_TRUE(map);
+  EXPECT_EQ((*map)->addr[kPage + 3], pattern(41, 3));
+  (*core)->unmap(*map);
+  ASSERT_TRUE((*core)->write_zeroes(50 * kPage, 2 * kPage, ZeroOptions{}, true, false));
+  EXPECT_EQ(source->reads(50), 1) << "a discard fills first";
+  // Zeroed without a hole: a resumed fill would take a hole for unfilled.
+  // (Looked at before the read below: a read fault on a tmpfs hole through
+  // a shared mapping allocates the page.)
+  auto ro = shared->open_backing("n", false);
+  ASSERT_TRUE(ro);
+  EXPECT_EQ(::lseek(ro->get(), static_cast<off_t>(50 * kPage), SEEK_DATA),
+            static_cast<off_t>(50 * kPage));
+  ASSERT_TRUE((*core)->read(50 * kPage, buf));
+  EXPECT_EQ(buf[0], std::byte{0});
+
+  // Complete, but not recorded so: a crash now would resume the fill, so
+  // still no holes and no resize.
+  ASSERT_TRUE(fill->fill(0, kPages * kPage));
+  EXPECT_TRUE(fill->complete());
+  EXPECT_TRUE((*core)->filling());
+  ASSERT_TRUE((*core)->write_zeroes(60 * kPage, kPage, ZeroOptions{}, true, false));
+  EXPECT_EQ(::lseek(ro->get(), static_cast<off_t>(60 * kPage), SEEK_DATA),
+            static_cast<off_t>(60 * kPage));
+  EXPECT_FALSE((*core)->resize(2 * kPages * kPage, {}));
+  fill->settle();
+  EXPECT_FALSE((*core)->filling());
+  EXPECT_TRUE((*core)->resize(2 * kPages * kPage, {}));
+}
+
+}  // namespace
+}  // namespace rawdax::internal
