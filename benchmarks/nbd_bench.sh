@@ -97,14 +97,7 @@ qemu_bench_iops() {  # extra args
   echo "$n / $t" | bc -l
 }
 
-TESTS=("fio 4k randrw qd32, 1 job (IOPS)|fio_iops 1|1.5"
-       "fio 4k randrw qd32, 2 jobs (IOPS)|fio_iops 2|1.5"
-       "nbdcopy 1 GiB write (MB/s)|nbdcopy_write_mbs|1.2"
-       "nbdcopy 1 GiB read (MB/s)|nbdcopy_read_mbs|1.2"
-       "qemu-img bench 4k read qd32 (IOPS)|qemu_bench_iops|0"
-       "qemu-img bench 4k write qd32 (IOPS)|qemu_bench_iops -w|0")
-
-# Runs TESTS on SERVERS for ROUNDS rounds (the order rotates each round);
+# Runs TESTS (each table sets its own) on SERVERS for ROUNDS rounds (the order rotates each round);
 # fills BEST["test|server"] with each one's best figure.
 declare -A BEST
 run_table() {
