@@ -637,8 +637,9 @@ Result<MappingRecord*> DeviceCore::map(uint64_t offset, uint64_t length, Access 
   if (Status aligned = check_aligned("map offset", offset, caps); !aligned) {
     return aligned.error().with_context(where + ": ");
   }
-  // Read-then-map: a mapping only ever covers filled pages (see the header).
-  if (offset < size() && filling()) {
+  // Read-then-map: a mapping only ever covers filled pages (see the header),
+  // unless the observer fills the pages its faults miss.
+  if (offset < size() && filling() && !observer_fills_missing_pages()) {
     RAWDAX_RETURN_IF_ERROR(
         fill_range("map", offset, std::min<uint64_t>(length, size() - offset)));
   }
@@ -689,6 +690,25 @@ void DeviceCore::unmap(MappingRecord* record) {
   if (observer_ != nullptr) observer_->on_unmap(*record);
   ::munmap(record->addr, record->mapped_len);
   mappings_.remove_if([&](const MappingRecord& r) { return &r == record; });
+}
+
+bool DeviceCore::observer_fills_missing_pages() const {
+  std::lock_guard<std::mutex> lock(maps_mu_);
+  return observer_ != nullptr && observer_->fills_missing_pages();
+}
+
+Status DeviceCore::fault_in(uint64_t offset, uint64_t length) {
+  if (fill_ == nullptr) return ok();
+  return fill_->fault_in(offset, length);
+}
+
+void DeviceCore::fail_pages(std::byte* addr, size_t len) const {
+  // MAP_FIXED over part of the mapping: the rest keeps its pages (and its
+  // userfaultfd registration); an access here raises SIGBUS, as poison does.
+  if (::mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, revoked_backing_fd(), 0) ==
+      MAP_FAILED) {
+    ::mprotect(addr, len, PROT_NONE);  // SIGSEGV instead, but no access
+  }
 }
 
 bool DeviceCore::is_revoked(const MappingRecord* record) const {

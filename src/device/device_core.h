@@ -43,8 +43,9 @@
 //
 // Lazy restore. While a PageFill (device/page_fill.h) is installed and not
 // complete, every access to the namespace's bytes first fills the pages it
-// touches ("read-then-map": map() fills the mapped range before the mmap):
-// reads, check_readable (so a sendfile sends filled pages only),
+// touches: map() (unless the engine resolves faults on missing pages, as
+// the userfaultfd engine does on shmem and memfd, engine/uffd_protector.h)
+// fills the mapped range before the mmap ("read-then-map"); reads, check_readable (so a sendfile sends filled pages only),
 // read_for_copy, writes (a partial write never lands on an unfilled page),
 // write_zeroes and discard (which then write zeros instead of punching, so
 // a hole keeps meaning "not filled yet" for a resumed fill). Resize is
@@ -163,6 +164,15 @@ class DeviceCore {
   // True while a fill is installed and not settled (PageFill::settle: its
   // completion recorded in the region's metadata).
   bool filling() const { return fill_ != nullptr && !fill_->settled(); }
+  // For an observer that resolves a mapping's faults on pages missing from
+  // the backing object (MappingObserver::fills_missing_pages): puts the
+  // namespace's [offset, offset+length) in place (PageFill::fault_in). A
+  // no-op without a fill. Errors name the namespace and the range.
+  Status fault_in(uint64_t offset, uint64_t length);
+  // Replaces [addr, addr+len), inside a live mapping of this namespace that
+  // the caller keeps from being unmapped, by the SIGBUS-raising placeholder
+  // a revoked mapping gets: for a page a fault could not put in place.
+  void fail_pages(std::byte* addr, size_t len) const;
 
   // Installs (or, with nullptr, removes) the live snapshot's copier. Removal
   // returns once no block write can still be inside the old one.
@@ -183,6 +193,7 @@ class DeviceCore {
   // Fills the pages of [offset, offset+length) a lazy restore has not yet
   // (one acquire load when none is pending); errors name the operation.
   Status fill_range(const char* op, uint64_t offset, uint64_t length);
+  bool observer_fills_missing_pages() const;
   // EINVAL/ENOSPC/EROFS with the namespace, operation, offset, length and size.
   Status check_range(const char* op, uint64_t offset, uint64_t length, uint64_t size,
                      bool is_write, bool read_only) const;

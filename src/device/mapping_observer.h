@@ -26,6 +26,11 @@ class MappingObserver {
   virtual void on_unmap(MappingRecord& record) = 0;
   // After the record's pages were replaced by the SIGBUS placeholder.
   virtual void on_revoked(MappingRecord& record) = 0;
+  // Whether the observer resolves faults on pages missing from the backing
+  // object (a lazy restore's unfilled pages) through DeviceCore::fault_in,
+  // for every mapping on_map() sees while DeviceCore::filling(). Then map()
+  // maps unfilled pages at once instead of filling its range first.
+  virtual bool fills_missing_pages() const { return false; }
 };
 
 }  // namespace rawdax::internal

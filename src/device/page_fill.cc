@@ -1,5 +1,6 @@
 #include "device/page_fill.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -92,6 +93,19 @@ Status PageFill::fill(uint64_t offset, uint64_t length) {
     } else {
       wait_while_filling(p);  // then look again: filled, or pending after a failure
     }
+  }
+  return ok();
+}
+
+Status PageFill::fault_in(uint64_t offset, uint64_t length) {
+  if (offset >= size_ || length == 0) return ok();
+  length = std::min(length, size_ - offset);
+  RAWDAX_RETURN_IF_ERROR(fill(offset, length));
+  if (::fallocate(fd_.get(), 0, static_cast<off_t>(base_ + offset), static_cast<off_t>(length)) !=
+      0) {
+    return errno_error(errno, "namespace " + name_ + ": allocating offset " +
+                                  std::to_string(offset) + " length " + std::to_string(length) +
+                                  " for a mapping's fault");
   }
   return ok();
 }

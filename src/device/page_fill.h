@@ -83,6 +83,15 @@ class PageFill {
   // waiting for those another thread is filling. Errors: the source's, the
   // backing object's (ENOSPC, EIO), each naming the namespace and page.
   Status fill(uint64_t offset, uint64_t length);
+  // For a mapping's fault on a page that is not in the backing object
+  // (userfaultfd MISSING, engine/uffd_protector.h): puts the pages of
+  // [offset, offset+length) there. Pending pages are filled as fill() fills
+  // them; then the range (pages filled meanwhile, or holes the image does not
+  // store) is allocated with
+  // fallocate(2) mode 0, which never touches bytes a writer put there, so
+  // the retried access finds the page a fault on a namespace not being
+  // filled would have found. Errors as fill()'s, and fallocate's (ENOSPC).
+  Status fault_in(uint64_t offset, uint64_t length);
   // For the background pass: fills the pending pages among the next
   // `max_pages` from *cursor, and advances it. False once *cursor passed the
   // last page.

@@ -52,15 +52,24 @@ void UffdProtector::wake(std::byte* addr, uint64_t len) const {
 }
 
 Status UffdProtector::on_map(MappingRecord& record) {
-  if (record.access != Access::ReadWrite) return ok();
+  const bool writable = record.access == Access::ReadWrite;
+  // Registered for MISSING while filling: map() then skipped read-then-map
+  // (fills_missing_pages). A fill settling after this check leaves the mode
+  // on for nothing: every page is in place by then.
+  const bool missing = core_.filling();
+  if (!writable && !missing) return ok();
   uffdio_register reg{};
   reg.range.start = reinterpret_cast<uint64_t>(record.addr);
   reg.range.len = record.mapped_len;
-  reg.mode = UFFDIO_REGISTER_MODE_WP;
+  reg.mode = (writable ? UFFDIO_REGISTER_MODE_WP : 0) | (missing ? UFFDIO_REGISTER_MODE_MISSING : 0);
   if (::ioctl(uffd_.get(), UFFDIO_REGISTER, &reg) != 0) {
     return errno_error(errno, "namespace " + core_.name() + ": UFFDIO_REGISTER");
   }
   std::lock_guard<std::mutex> lock(mu_);
+  if (!writable) {
+    read_only_[record.addr] = &record;
+    return ok();
+  }
   // Born protected while frozen (it must not take stores) or tracking (its
   // first store to each page must be seen).
   if (frozen_ || tracking() || core_.copier() != nullptr) {
@@ -71,7 +80,7 @@ Status UffdProtector::on_map(MappingRecord& record) {
 }
 
 void UffdProtector::forget_locked(MappingRecord& record) {
-  if (writable_.erase(record.addr) == 0) return;
+  if (writable_.erase(record.addr) == 0 && read_only_.erase(record.addr) == 0) return;
   std::byte* end = record.addr + record.mapped_len;
   std::erase_if(parked_, [&](const Parked& p) { return p.page >= record.addr && p.page < end; });
   wake(record.addr, record.mapped_len);
@@ -88,12 +97,21 @@ void UffdProtector::on_revoked(MappingRecord& record) {
   forget_locked(record);
 }
 
-MappingRecord* UffdProtector::find_locked(const std::byte* addr) const {
-  auto it = writable_.upper_bound(addr);
-  if (it == writable_.begin()) return nullptr;
+namespace {
+
+MappingRecord* find_in(const std::map<const std::byte*, MappingRecord*>& records,
+                       const std::byte* addr) {
+  auto it = records.upper_bound(addr);
+  if (it == records.begin()) return nullptr;
   --it;
   MappingRecord* record = it->second;
   return addr < record->addr + record->mapped_len ? record : nullptr;
+}
+
+}  // namespace
+
+MappingRecord* UffdProtector::find_locked(const std::byte* addr) const {
+  return find_in(writable_, addr);
 }
 
 Status UffdProtector::protect_all_locked() {
@@ -194,6 +212,15 @@ Status UffdProtector::release_copied(uint64_t, uint64_t) {
   return ok();
 }
 
+void UffdProtector::fill_missing_locked(MappingRecord& record, std::byte* page_addr) {
+  const uint64_t page = core_.page_size();
+  const uint64_t offset = record.offset + static_cast<uint64_t>(page_addr - record.addr);
+  // The record stays mapped while mu_ is held (on_unmap takes mu_ before the
+  // munmap), so the placeholder cannot land on someone else's range.
+  if (Status st = core_.fault_in(offset, page); !st) core_.fail_pages(page_addr, page);
+  wake(page_addr, page);
+}
+
 void UffdProtector::handle_faults() {
   const uint64_t page = core_.page_size();
   pollfd fds[2] = {{uffd_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
@@ -208,6 +235,17 @@ void UffdProtector::handle_faults() {
       const uffd_msg& msg = msgs[i];
       if (msg.event != UFFD_EVENT_PAGEFAULT) continue;
       auto* addr = reinterpret_cast<std::byte*>(msg.arg.pagefault.address & ~(page - 1));
+      if ((msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) == 0) {
+        // MISSING: a page a lazy restore has not put in place yet.
+        MappingRecord* record = find_locked(addr);
+        if (record == nullptr) record = find_in(read_only_, addr);
+        if (record == nullptr) {
+          wake(addr, page);  // unmapped or revoked meanwhile: let it retry
+        } else {
+          fill_missing_locked(*record, addr);
+        }
+        continue;
+      }
       MappingRecord* record = find_locked(addr);
       if (record == nullptr) {
         wake(addr, page);  // unmapped or revoked meanwhile: let it retry

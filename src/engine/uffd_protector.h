@@ -16,6 +16,20 @@
 //  - neither: unprotected (a page left protected by an earlier freeze).
 // Unprotecting a page also wakes the faults waiting on it.
 //
+// Lazy restore: a mapping made while the device is filling (a lazy
+// restore's unfilled pages, device/page_fill.h) is also registered in
+// MISSING mode, read-only ones included, so map() returns at once and a
+// load or store of a page not yet in the backing object comes here. The
+// handler puts the page in place (DeviceCore::fault_in: fills it from the
+// snapshot, or allocates a hole the image does not store) and wakes the
+// fault; the retried access then finds the page in the page cache, and a
+// store to a write-protected one faults again as a write fault. Filling
+// never changes the namespace's image, so it is done frozen or not. A page
+// that cannot be filled (a snapshot page failing its checksum, ENOSPC) is
+// replaced by the SIGBUS placeholder: the access raises SIGBUS, as poison
+// would. On a user-mode-only userfaultfd a kernel-mode access to an unfilled
+// page (a read(2) into a mapping, say) fails with EFAULT instead.
+//
 // Ordering: the handler decides under mu_, and freeze sets frozen_ under mu_
 // before it write-protects, so a fault is either resolved before the freeze
 // protects its page again (the retried store faults anew and parks) or seen
@@ -45,6 +59,7 @@ class UffdProtector : public Protector {
   ~UffdProtector() override;
 
   Status on_map(MappingRecord& record) override;
+  bool fills_missing_pages() const override { return true; }
   // 256 KiB: 64 pages of 4 KiB, one huge page (a store waits for its run).
   uint64_t live_chunk_pages() const override {
     return std::max<uint64_t>(1, (uint64_t{256} << 10) / core_.page_size());
@@ -70,6 +85,8 @@ class UffdProtector : public Protector {
   explicit UffdProtector(DeviceCore& core) : Protector(core, ProtectionEngine::kUffd) {}
   void handle_faults();
   void resolve_locked(MappingRecord& record, std::byte* page_addr);
+  // A MISSING fault: the page put in place (or failed), the fault woken.
+  void fill_missing_locked(MappingRecord& record, std::byte* page_addr);
   void forget_locked(MappingRecord& record);
   Status write_protect(std::byte* addr, uint64_t len, bool protect) const;
   void wake(std::byte* addr, uint64_t len) const;
@@ -84,6 +101,8 @@ class UffdProtector : public Protector {
   UniqueFd stop_;  // eventfd: tells the handler to exit
   std::thread handler_;
   std::map<const std::byte*, MappingRecord*> writable_;  // by address; guarded by mu_
+  // Read-only mappings registered for MISSING faults only; guarded by mu_.
+  std::map<const std::byte*, MappingRecord*> read_only_;
   std::vector<Parked> parked_;                           // guarded by mu_
 };
 

@@ -1,7 +1,10 @@
 // `rawdax bench --only restore`: a lazy restore against a plain restore of
 // the same snapshot, in the same run: time to the first 4 KiB read of a page
-// deep in the image (from the restore call to that read's return), and time
-// until every page is in place.
+// deep in the image (from the restore call to that read's return), to the
+// first load through a mapping of the whole namespace (a lazy restore's
+// missing pages come from the userfaultfd engine's faults, or, on media
+// without it, map() fills its range first), and until every page is in
+// place.
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +19,7 @@ namespace {
 
 struct RestoreTimes {
   double first_io_ns = 0;  // restore call, then the first read's return
+  double first_load_ns = 0;  // restore call, then map(all) and one load deep in it
   double total_ns = 0;     // restore call until every page is in place
 };
 
@@ -30,18 +34,28 @@ Result<RestoreTimes> restore_once(Region& region, const std::string& name,
   std::vector<std::byte> page(4096);
   const uint64_t deep = size - 3 * (size / 7) / 4096 * 4096;  // 4/7 in, page-aligned
   RestoreTimes out;
-  const auto start = std::chrono::steady_clock::now();
-  auto info = region.restore_namespace(name, snap, {.lazy = lazy});
-  if (!info) return info.error();
-  {
-    auto dev = region.open_device(name);
-    if (!dev) return dev.error();
-    RAWDAX_RETURN_IF_ERROR((*dev)->read(deep, page));
-    out.first_io_ns = since(start);
+  for (bool by_load : {false, true}) {
+    const auto start = std::chrono::steady_clock::now();
+    auto info = region.restore_namespace(name, snap, {.lazy = lazy});
+    if (!info) return info.error();
+    {
+      auto dev = region.open_device(name);
+      if (!dev) return dev.error();
+      if (by_load) {
+        auto mapping = (*dev)->map(0, size, Access::ReadOnly);
+        if (!mapping) return mapping.error();
+        volatile std::byte loaded = mapping->data()[deep + 1];
+        (void)loaded;
+        out.first_load_ns = since(start);
+      } else {
+        RAWDAX_RETURN_IF_ERROR((*dev)->read(deep, page));
+        out.first_io_ns = since(start);
+      }
+    }
+    RAWDAX_RETURN_IF_ERROR(region.wait_for_restore(name));
+    if (!by_load) out.total_ns = since(start);
+    RAWDAX_RETURN_IF_ERROR(region.destroy_namespace(name));
   }
-  RAWDAX_RETURN_IF_ERROR(region.wait_for_restore(name));
-  out.total_ns = since(start);
-  RAWDAX_RETURN_IF_ERROR(region.destroy_namespace(name));
   return out;
 }
 
@@ -68,7 +82,7 @@ Result<std::vector<Pair>> run_restore_pairs(Region& region, uint64_t size, int r
     if (!taken) return taken.error();
   }
   RAWDAX_RETURN_IF_ERROR(region.destroy_namespace(source));
-  RestoreTimes plain{1e300, 1e300}, lazy{1e300, 1e300};
+  RestoreTimes plain{1e300, 1e300, 1e300}, lazy{1e300, 1e300, 1e300};
   Status failed;
   for (int r = 0; r < rounds && failed; ++r) {
     for (bool is_lazy : {false, true}) {
@@ -79,6 +93,7 @@ Result<std::vector<Pair>> run_restore_pairs(Region& region, uint64_t size, int r
       }
       RestoreTimes& best = is_lazy ? lazy : plain;
       best.first_io_ns = std::min(best.first_io_ns, t->first_io_ns);
+      best.first_load_ns = std::min(best.first_load_ns, t->first_load_ns);
       best.total_ns = std::min(best.total_ns, t->total_ns);
     }
   }
@@ -91,6 +106,9 @@ Result<std::vector<Pair>> run_restore_pairs(Region& region, uint64_t size, int r
   pairs.push_back(Pair{"lazy restore " + size_text + ", to the first 4 KiB read deep in it",
                        "plain restore of the same snapshot", plain.first_io_ns,
                        lazy.first_io_ns, 0, "per restore", GoalKind::kReport});
+  pairs.push_back(Pair{"lazy restore " + size_text + ", to the first load through a mapping of it all",
+                       "plain restore of the same snapshot", plain.first_load_ns,
+                       lazy.first_load_ns, 0, "per restore", GoalKind::kReport});
   Pair total{"lazy restore " + size_text + ", until every page is in place",
              "plain restore of the same snapshot", plain.total_ns, lazy.total_ns, 0,
              "per restore", GoalKind::kReport};

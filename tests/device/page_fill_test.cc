@@ -1,7 +1,8 @@
 // PageFill (device/page_fill.h): each pending page is written exactly once
 // however many threads race for it, a failed fill gives its pages back, and
 // a device core with an incomplete fill fills before it reads, writes or
-// maps, zeroes without holes and refuses a resize.
+// maps, zeroes without holes and refuses a resize; with the userfaultfd
+// engine, a mapping is made at once and its faults fill the pages they miss.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -15,6 +16,8 @@
 
 #include "device/device_core.h"
 #include "device/page_fill.h"
+#include "engine/uffd_protector.h"
+#include "fault_catcher.h"
 #include "media/files.h"
 #include "region/catalog.h"
 #include "test_util.h"
@@ -187,6 +190,65 @@ TEST(PageFill, ADeviceCoreFillsBeforeEveryAccessAndHoldsResizesBack) {
   fill->settle();
   EXPECT_FALSE((*core)->filling());
   EXPECT_TRUE((*core)->resize(2 * kPages * kPage, {}));
+}
+
+TEST(PageFill, TheUffdEngineFillsTheMissingPagesAMappingFaultsOn) {
+  ::rawdax::testing::ScratchDir dir(::rawdax::testing::tmpfs_parent());
+  auto catalog = Catalog::open(dir.path() + "/region", true);
+  ASSERT_TRUE(catalog) << catalog.error().message();
+  std::shared_ptr<Catalog> shared(std::move(*catalog));
+  constexpr uint64_t kPages = 64;
+  ASSERT_TRUE(shared->create({.name = "n", .size = kPages * kPage}));
+  auto core = DeviceCore::open(shared, "n", DeviceOptions{});
+  ASSERT_TRUE(core);
+  auto source = std::make_shared<CountingSource>(kPages);
+  auto fd = shared->open_backing("n", true);
+  ASSERT_TRUE(fd);
+  // Pages 0-31 pending; 32-63 are holes the image does not store.
+  std::vector<uint8_t> pending(kPages, 0);
+  std::fill(pending.begin(), pending.begin() + 32, 1);
+  auto fill = std::make_shared<PageFill>(source, std::move(*fd), 0, kPages * kPage, kPage, pending,
+                                         "n");
+  (*core)->set_fill(fill);
+  auto engine = UffdProtector::create(**core);
+  ASSERT_TRUE(engine) << engine.error().message();
+  (*core)->set_observer(engine->get());
+
+  auto map = (*core)->map(0, kPages * kPage, Access::ReadWrite, false);
+  ASSERT_TRUE(map) << map.error().message();
+  auto ro = (*core)->map(0, kPages * kPage, Access::ReadOnly, false);
+  ASSERT_TRUE(ro) << ro.error().message();
+  EXPECT_EQ(fill->pages_filled(), 0u) << "map() returned without filling its range";
+
+  std::byte* rw = (*map)->addr;
+  EXPECT_EQ(rw[10 * kPage + 5], pattern(10, 5)) << "a load fetches its page";
+  EXPECT_EQ(source->reads(10), 1);
+  EXPECT_EQ(source->reads(11), 0) << "and only its page";
+  EXPECT_EQ((*ro)->addr[12 * kPage + 7], pattern(12, 7)) << "through a read-only mapping too";
+  EXPECT_EQ(source->reads(12), 1);
+  rw[20 * kPage + 10] = std::byte{0xEE};  // a store to an unfilled page
+  std::vector<std::byte> buf(kPage);
+  ASSERT_TRUE((*core)->read(20 * kPage, buf));
+  EXPECT_EQ(buf[9], pattern(20, 9)) << "the store landed on the filled page";
+  EXPECT_EQ(buf[10], std::byte{0xEE});
+  EXPECT_EQ(source->reads(20), 1);
+  EXPECT_EQ(rw[40 * kPage], std::byte{0}) << "a hole the image does not store reads as zeros";
+  rw[41 * kPage + 1] = std::byte{0x5A};
+  EXPECT_EQ((*ro)->addr[41 * kPage + 1], std::byte{0x5A});
+  EXPECT_EQ(fill->pages_filled(), 3u);
+
+  // A page the source cannot give raises SIGBUS where it is touched; the
+  // other pages keep working.
+  source->fail_once(30);
+  volatile std::byte seen{};
+  EXPECT_EQ(::rawdax::testing::run_catching_faults([&] { seen = (*ro)->addr[30 * kPage]; }),
+            SIGBUS);
+  EXPECT_FALSE(fill->is_filled(30));
+  EXPECT_EQ((*ro)->addr[31 * kPage + 2], pattern(31, 2));
+
+  (*core)->unmap(*ro);
+  (*core)->unmap(*map);
+  (*core)->set_observer(nullptr);
 }
 
 }  // namespace
