@@ -124,131 +124,133 @@ TEST(PageFill, AFailedFillGivesItsPagesBack) {
   for (uint64_t p = 0; p < 8; ++p) EXPECT_TRUE(page_ok(fd.get(), p)) << p;
 }
 
-TEST(PageFill, ADeviceCoreFillsBeforeEveryAccessAndHoldsResizesBack) {
-  // A tmpfs region: its holes are what a resumed fill goes by.
-  ::rawdax::testing::ScratchDir dir(::rawdax::testing::tmpfs_parent());
-  auto catalog = Catalog::open(dir.path() + "/region", true);
-  ASSERT_TRUE(catalog) << catalog.error().message();
-  std::shared_ptr<Catalog> shared(std::move(*catalog));
-  constexpr uint64_t kPages = 64;
-  ASSERT_TRUE(shared->create({.name = "n", .size = kPages * kPage}));
-  auto core = DeviceCore::open(shared, "n", DeviceOptions{});
-  ASSERT_TRUE(core);
-  auto source = std::make_shared<CountingSource>(kPages);
-  auto fd = shared->open_backing("n", true);
-  ASSERT_TRUE(fd);
-  auto fill = std::make_shared<PageFill>(source, std::move(*fd), 0, kPages * kPage, kPage,
-                                         std::vector<uint8_t>(kPages, 1), "n");
-  (*core)->set_fill(fill);
-  EXPECT_TRUE((*core)->filling());
+// A device core over namespace "n" of a tmpfs region (its holes are what a
+// resumed fill goes by), with a fill from a CountingSource installed.
+class PageFillOnACore : public ::testing::Test {
+ protected:
+  static constexpr uint64_t kPages = 64;
 
-  Status resized = (*core)->resize(2 * kPages * kPage, {});
+  // `pending`: one byte per page, nonzero for a page the fill must write.
+  void install_fill(const std::vector<uint8_t>& pending) {
+    auto catalog = Catalog::open(dir_.path() + "/region", true);
+    ASSERT_TRUE(catalog) << catalog.error().message();
+    shared_ = std::move(*catalog);
+    ASSERT_TRUE(shared_->create({.name = "n", .size = kPages * kPage}));
+    auto core = DeviceCore::open(shared_, "n", DeviceOptions{});
+    ASSERT_TRUE(core) << core.error().message();
+    core_ = std::move(*core);
+    auto fd = shared_->open_backing("n", true);
+    ASSERT_TRUE(fd) << fd.error().message();
+    fill_ = std::make_shared<PageFill>(source_, std::move(*fd), 0, kPages * kPage, kPage, pending,
+                                       "n");
+    core_->set_fill(fill_);
+  }
+
+  ::rawdax::testing::ScratchDir dir_{::rawdax::testing::tmpfs_parent()};
+  std::shared_ptr<Catalog> shared_;
+  std::unique_ptr<DeviceCore> core_;
+  std::shared_ptr<CountingSource> source_ = std::make_shared<CountingSource>(kPages);
+  std::shared_ptr<PageFill> fill_;
+};
+
+TEST_F(PageFillOnACore, FillsBeforeEveryAccessAndHoldsResizesBack) {
+  ASSERT_NO_FATAL_FAILURE(install_fill(std::vector<uint8_t>(kPages, 1)));
+  EXPECT_TRUE(core_->filling());
+
+  Status resized = core_->resize(2 * kPages * kPage, {});
   ASSERT_FALSE(resized);
   EXPECT_EQ(resized.error().code(), std::errc::device_or_resource_busy);
-  auto runs = (*core)->extents(0, kPages * kPage, 100);
+  auto runs = core_->extents(0, kPages * kPage, 100);
   ASSERT_TRUE(runs);
   ASSERT_EQ(runs->size(), 1u);
   EXPECT_FALSE(runs->front().hole) << "unfilled pages are holes of the file, not of the image";
 
   std::vector<std::byte> buf(kPage);
-  ASSERT_TRUE((*core)->read(10 * kPage, buf));
+  ASSERT_TRUE(core_->read(10 * kPage, buf));
   EXPECT_EQ(buf[5], pattern(10, 5));
-  EXPECT_EQ(source->reads(10), 1);
-  EXPECT_EQ(source->reads(11), 0) << "a read fills only what it touches";
+  EXPECT_EQ(source_->reads(10), 1);
+  EXPECT_EQ(source_->reads(11), 0) << "a read fills only what it touches";
   std::vector<std::byte> two(2, std::byte{0xEE});
-  ASSERT_TRUE((*core)->write(20 * kPage + 10, two, WriteOptions{}, false));
-  ASSERT_TRUE((*core)->read(20 * kPage, buf));
+  ASSERT_TRUE(core_->write(20 * kPage + 10, two, WriteOptions{}, false));
+  ASSERT_TRUE(core_->read(20 * kPage, buf));
   EXPECT_EQ(buf[9], pattern(20, 9)) << "a partial write lands on the filled page";
   EXPECT_EQ(buf[10], std::byte{0xEE});
-  ASSERT_TRUE((*core)->check_readable(30 * kPage, kPage));
-  EXPECT_EQ(source->reads(30), 1) << "a sendfile's check fills the range";
-  auto map = (*core)->map(40 * kPage, 2 * kPage, Access::ReadOnly, false);
+  ASSERT_TRUE(core_->check_readable(30 * kPage, kPage));
+  EXPECT_EQ(source_->reads(30), 1) << "a sendfile's check fills the range";
+  auto map = core_->map(40 * kPage, 2 * kPage, Access::ReadOnly, false);
   ASSERT_TRUE(map);
   EXPECT_EQ((*map)->addr[kPage + 3], pattern(41, 3));
-  (*core)->unmap(*map);
-  ASSERT_TRUE((*core)->write_zeroes(50 * kPage, 2 * kPage, ZeroOptions{}, true, false));
-  EXPECT_EQ(source->reads(50), 1) << "a discard fills first";
+  core_->unmap(*map);
+  ASSERT_TRUE(core_->write_zeroes(50 * kPage, 2 * kPage, ZeroOptions{}, true, false));
+  EXPECT_EQ(source_->reads(50), 1) << "a discard fills first";
   // Zeroed without a hole: a resumed fill would take a hole for unfilled.
   // (Looked at before the read below: a read fault on a tmpfs hole through
   // a shared mapping allocates the page.)
-  auto ro = shared->open_backing("n", false);
+  auto ro = shared_->open_backing("n", false);
   ASSERT_TRUE(ro);
   EXPECT_EQ(::lseek(ro->get(), static_cast<off_t>(50 * kPage), SEEK_DATA),
             static_cast<off_t>(50 * kPage));
-  ASSERT_TRUE((*core)->read(50 * kPage, buf));
+  ASSERT_TRUE(core_->read(50 * kPage, buf));
   EXPECT_EQ(buf[0], std::byte{0});
 
   // Complete, but not recorded so: a crash now would resume the fill, so
   // still no holes and no resize.
-  ASSERT_TRUE(fill->fill(0, kPages * kPage));
-  EXPECT_TRUE(fill->complete());
-  EXPECT_TRUE((*core)->filling());
-  ASSERT_TRUE((*core)->write_zeroes(60 * kPage, kPage, ZeroOptions{}, true, false));
+  ASSERT_TRUE(fill_->fill(0, kPages * kPage));
+  EXPECT_TRUE(fill_->complete());
+  EXPECT_TRUE(core_->filling());
+  ASSERT_TRUE(core_->write_zeroes(60 * kPage, kPage, ZeroOptions{}, true, false));
   EXPECT_EQ(::lseek(ro->get(), static_cast<off_t>(60 * kPage), SEEK_DATA),
             static_cast<off_t>(60 * kPage));
-  EXPECT_FALSE((*core)->resize(2 * kPages * kPage, {}));
-  fill->settle();
-  EXPECT_FALSE((*core)->filling());
-  EXPECT_TRUE((*core)->resize(2 * kPages * kPage, {}));
+  EXPECT_FALSE(core_->resize(2 * kPages * kPage, {}));
+  fill_->settle();
+  EXPECT_FALSE(core_->filling());
+  EXPECT_TRUE(core_->resize(2 * kPages * kPage, {}));
 }
 
-TEST(PageFill, TheUffdEngineFillsTheMissingPagesAMappingFaultsOn) {
-  ::rawdax::testing::ScratchDir dir(::rawdax::testing::tmpfs_parent());
-  auto catalog = Catalog::open(dir.path() + "/region", true);
-  ASSERT_TRUE(catalog) << catalog.error().message();
-  std::shared_ptr<Catalog> shared(std::move(*catalog));
-  constexpr uint64_t kPages = 64;
-  ASSERT_TRUE(shared->create({.name = "n", .size = kPages * kPage}));
-  auto core = DeviceCore::open(shared, "n", DeviceOptions{});
-  ASSERT_TRUE(core);
-  auto source = std::make_shared<CountingSource>(kPages);
-  auto fd = shared->open_backing("n", true);
-  ASSERT_TRUE(fd);
+TEST_F(PageFillOnACore, TheUffdEngineFillsTheMissingPagesAMappingFaultsOn) {
   // Pages 0-31 pending; 32-63 are holes the image does not store.
   std::vector<uint8_t> pending(kPages, 0);
   std::fill(pending.begin(), pending.begin() + 32, 1);
-  auto fill = std::make_shared<PageFill>(source, std::move(*fd), 0, kPages * kPage, kPage, pending,
-                                         "n");
-  (*core)->set_fill(fill);
-  auto engine = UffdProtector::create(**core);
+  ASSERT_NO_FATAL_FAILURE(install_fill(pending));
+  auto engine = UffdProtector::create(*core_);
   ASSERT_TRUE(engine) << engine.error().message();
-  (*core)->set_observer(engine->get());
+  core_->set_observer(engine->get());
 
-  auto map = (*core)->map(0, kPages * kPage, Access::ReadWrite, false);
+  auto map = core_->map(0, kPages * kPage, Access::ReadWrite, false);
   ASSERT_TRUE(map) << map.error().message();
-  auto ro = (*core)->map(0, kPages * kPage, Access::ReadOnly, false);
+  auto ro = core_->map(0, kPages * kPage, Access::ReadOnly, false);
   ASSERT_TRUE(ro) << ro.error().message();
-  EXPECT_EQ(fill->pages_filled(), 0u) << "map() returned without filling its range";
+  EXPECT_EQ(fill_->pages_filled(), 0u) << "map() returned without filling its range";
 
   std::byte* rw = (*map)->addr;
   EXPECT_EQ(rw[10 * kPage + 5], pattern(10, 5)) << "a load fetches its page";
-  EXPECT_EQ(source->reads(10), 1);
-  EXPECT_EQ(source->reads(11), 0) << "and only its page";
+  EXPECT_EQ(source_->reads(10), 1);
+  EXPECT_EQ(source_->reads(11), 0) << "and only its page";
   EXPECT_EQ((*ro)->addr[12 * kPage + 7], pattern(12, 7)) << "through a read-only mapping too";
-  EXPECT_EQ(source->reads(12), 1);
+  EXPECT_EQ(source_->reads(12), 1);
   rw[20 * kPage + 10] = std::byte{0xEE};  // a store to an unfilled page
   std::vector<std::byte> buf(kPage);
-  ASSERT_TRUE((*core)->read(20 * kPage, buf));
+  ASSERT_TRUE(core_->read(20 * kPage, buf));
   EXPECT_EQ(buf[9], pattern(20, 9)) << "the store landed on the filled page";
   EXPECT_EQ(buf[10], std::byte{0xEE});
-  EXPECT_EQ(source->reads(20), 1);
+  EXPECT_EQ(source_->reads(20), 1);
   EXPECT_EQ(rw[40 * kPage], std::byte{0}) << "a hole the image does not store reads as zeros";
   rw[41 * kPage + 1] = std::byte{0x5A};
   EXPECT_EQ((*ro)->addr[41 * kPage + 1], std::byte{0x5A});
-  EXPECT_EQ(fill->pages_filled(), 3u);
+  EXPECT_EQ(fill_->pages_filled(), 3u);
 
   // A page the source cannot give raises SIGBUS where it is touched; the
   // other pages keep working.
-  source->fail_once(30);
+  source_->fail_once(30);
   volatile std::byte seen{};
   EXPECT_EQ(::rawdax::testing::run_catching_faults([&] { seen = (*ro)->addr[30 * kPage]; }),
             SIGBUS);
-  EXPECT_FALSE(fill->is_filled(30));
+  EXPECT_FALSE(fill_->is_filled(30));
   EXPECT_EQ((*ro)->addr[31 * kPage + 2], pattern(31, 2));
 
-  (*core)->unmap(*ro);
-  (*core)->unmap(*map);
-  (*core)->set_observer(nullptr);
+  core_->unmap(*ro);
+  core_->unmap(*map);
+  core_->set_observer(nullptr);
 }
 
 }  // namespace
