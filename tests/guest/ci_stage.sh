@@ -32,6 +32,9 @@ suites+=':*DeviceExtentsTest*:LiveRef*:*Devdax*:*Fsdax*:RequireDax*:*Hugetlbfs*'
 # Media errors: the cut-short-file suite on every guest media, real
 # MADV_HWPOISON (registered only as root on a kernel with memory failure).
 suites+=':*PoisonTest*:*HwPoison*:SafeCopy*'
+# Lazy restore: its fills, and the userfaultfd MISSING faults that fill a
+# mapping's pages on shmem and memfd (the crash sweep included).
+suites+=':PageFill*:*LazyRestore*'
 # Stress tests prove concurrency, not media: the host runs them (plain and
 # ASan; TSan those in TSAN_TESTS); under TCG each takes 5 to 40 s. `--full`
 # runs them here too.

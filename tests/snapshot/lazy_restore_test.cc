@@ -81,10 +81,11 @@ std::vector<std::byte> read_all(Device& dev) {
 }
 
 // Media that can do it: a lazy restore needs holes (or a region that dies
-// with the process). Carved and hugetlbfs regions refuse it (BadInput).
+// with the process). Carved and hugetlbfs regions refuse it (BadInput), and
+// so do DAX filesystems (LazyRestoreOnDax).
 std::vector<TestMedia> lazy_media() {
-  return ::rawdax::testing::media_except(::rawdax::testing::all_media(),
-                                         {TestMedia::kCarved, TestMedia::kHugetlbfs});
+  return ::rawdax::testing::media_except(
+      ::rawdax::testing::all_media(), {TestMedia::kCarved, TestMedia::kHugetlbfs, TestMedia::kFsdax});
 }
 
 class LazyRestoreTest : public ::testing::TestWithParam<TestMedia> {
@@ -259,6 +260,27 @@ TEST_P(LazyRestoreTest, StressReadersWritersAndMapsAgainstTheFill) {
 INSTANTIATE_TEST_SUITE_P(Media, LazyRestoreTest, ::testing::ValuesIn(lazy_media()),
                          ::rawdax::testing::param_name);
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(LazyRestoreTest);
+
+// A DAX filesystem (ext4 -o dax; registered where one is given, as in the
+// guest) refuses a lazy restore and keeps the namespace as it was.
+class LazyRestoreOnDax : public LazyRestoreTest {};
+
+TEST_P(LazyRestoreOnDax, IsRefusedAndChangesNothing) {
+  auto lazy = region_->restore_namespace("lazy", snap_, {.lazy = true});
+  ASSERT_FALSE(lazy);
+  EXPECT_EQ(lazy.error().code(), std::errc::operation_not_supported);
+  EXPECT_NE(lazy.error().message().find("DAX filesystem"), std::string::npos)
+      << lazy.error().message();
+  EXPECT_FALSE(region_->find("lazy")) << "nothing was created";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Media, LazyRestoreOnDax,
+    ::testing::ValuesIn(::rawdax::testing::media_except(
+        ::rawdax::testing::all_media(), {TestMedia::kTmpfs, TestMedia::kDisk, TestMedia::kMemfd,
+                                         TestMedia::kHugetlbfs, TestMedia::kCarved})),
+    ::rawdax::testing::param_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(LazyRestoreOnDax);
 
 // ---- Crashes: at every persist point, with user writes racing the fill ----
 
