@@ -1,5 +1,8 @@
 // Runs code that may raise SIGBUS and reports it instead of dying: the
-// test-side equivalent of catching a revoked mapping's fault. SIGSEGV is left
+// test-side equivalent of catching a revoked mapping's fault. A SIGBUS the
+// uffd engine raises to resolve a fault in the faulting thread
+// (engine/uffd_sigbus.h) is passed on to it, as any application's SIGBUS
+// handler must. SIGSEGV is left
 // alone: the mprotect engine's parking handler owns it. A SIGBUS outside
 // run_catching_faults() goes to the handler installed before (rawdax's
 // guarded copies, common/safe_copy.h, rely on that when it is theirs).
@@ -12,13 +15,18 @@
 #include <atomic>
 #include <mutex>
 
+#include "engine/uffd_sigbus.h"
+
 namespace rawdax::testing {
 
 inline thread_local sigjmp_buf* t_fault_jump = nullptr;
 inline struct sigaction g_fault_prev = {};
 
 inline void fault_handler(int sig, siginfo_t* info, void* context) {
-  if (t_fault_jump != nullptr) siglongjmp(*t_fault_jump, sig);
+  // A fault the uffd engine resolves in the faulting thread is its own, even
+  // inside run_catching_faults(): chained to it below.
+  const bool uffd_fault = info->si_code == BUS_ADRERR && internal::UffdSigbus::owns(info->si_addr);
+  if (t_fault_jump != nullptr && !uffd_fault) siglongjmp(*t_fault_jump, sig);
   // Not ours: chain, or die as the signal would have made us.
   if ((g_fault_prev.sa_flags & SA_SIGINFO) != 0 && g_fault_prev.sa_sigaction != nullptr) {
     g_fault_prev.sa_sigaction(sig, info, context);

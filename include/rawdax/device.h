@@ -154,6 +154,9 @@ class RAWDAX_EXPORT Device {
 
   // The engine in use: kUffd or kMprotect.
   ProtectionEngine engine() const;
+  // The uffd engine's fault mode in effect (kHandlerThread or
+  // kFaultingThread); kAuto for the mprotect engine.
+  UffdFaults uffd_faults() const;
 
   DeviceStats stats() const;
 

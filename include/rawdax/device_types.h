@@ -18,12 +18,25 @@ enum class EngineChoice {
   kMprotect,  // mprotect + SIGSEGV parking; works on every media
 };
 
+// Which thread answers a write fault of the uffd engine (a store to a page a
+// freeze, tracking or a live snapshot's copy-before-write protects).
+enum class UffdFaults {
+  kAuto,            // kFaultingThread where this process's userfaultfd is user-mode-only
+                    // (a plain user's: it loses nothing there), else kHandlerThread
+  kHandlerThread,   // the engine's handler thread; on a full-mode userfaultfd a
+                    // kernel-mode write (read(2) into a mapping) waits like a store
+  kFaultingThread,  // the faulting thread itself, in a SIGBUS handler: about half the
+                    // round trip; a kernel-mode write into a protected page fails
+                    // with EFAULT, and a lazy restore's pages are filled at map()
+};
+
 // The first open of a namespace (per Region) fixes its engine and tracking;
 // a later open that asks for different ones fails with EBUSY.
 struct DeviceOptions {
   bool track_dirty = false;  // page-granular dirty bitmap fed by both faces
   bool read_only = false;    // this handle refuses writes and writable mappings
   EngineChoice engine = EngineChoice::kAuto;
+  UffdFaults uffd_faults = UffdFaults::kAuto;  // the uffd engine only
 };
 
 struct FreezeOptions {

@@ -73,6 +73,8 @@ Result<SnapshotInfo> Device::snapshot(const std::string& path, SnapshotOptions o
 
 ProtectionEngine Device::engine() const { return ns_->engine().kind(); }
 
+UffdFaults Device::uffd_faults() const { return ns_->engine().uffd_faults(); }
+
 DeviceStats Device::stats() const { return ns_->stats(); }
 
 FreezeGuard::FreezeGuard(FreezeGuard&& other) noexcept : ns_(std::move(other.ns_)) {}

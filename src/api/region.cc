@@ -139,7 +139,9 @@ Result<std::shared_ptr<internal::OpenNamespace>> Region::open_locked(
     open_[std::string(name)] = ns;
   } else if (options.track_dirty != ns->options().track_dirty ||
              (options.engine != EngineChoice::kAuto &&
-              options.engine != ns->options().engine)) {
+              options.engine != ns->options().engine) ||
+             (options.uffd_faults != UffdFaults::kAuto &&
+              options.uffd_faults != ns->options().uffd_faults)) {
     return Error(std::errc::device_or_resource_busy,
                  "namespace " + std::string(name) +
                      " is already open with other tracking or engine options");

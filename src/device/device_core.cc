@@ -446,6 +446,12 @@ void DeviceCore::mark_dirty(uint64_t offset, uint64_t length) {
   mark_pages(offset / page, (offset + length - 1) / page - offset / page + 1);
 }
 
+void DeviceCore::reserve_marks(uint64_t first_page, uint64_t count) {
+  if (dirty_ == nullptr) return;
+  dirty_->reserve(first_page, count);
+  snapshot_dirty_->reserve(first_page, count);
+}
+
 void DeviceCore::mark_pages(uint64_t first_page, uint64_t count) {
   if (dirty_ == nullptr) return;
   dirty_->set_range(first_page, count);

@@ -157,6 +157,8 @@ class DeviceCore {
   DirtyBitmap* snapshot_dirty() const { return snapshot_dirty_.get(); }
   // Marks pages dirty for both consumers (the engine's write faults).
   void mark_pages(uint64_t first_page, uint64_t count);
+  // Makes mark_pages() of these pages allocation-free (DirtyBitmap::reserve).
+  void reserve_marks(uint64_t first_page, uint64_t count);
 
   // Installs a lazy restore's fill; before the core is shared with anyone
   // (OpenNamespace::open). Never replaced.

@@ -25,6 +25,13 @@ DirtyBitmap::Chunk* DirtyBitmap::chunk_for_write(uint64_t index) {
   return chunk;
 }
 
+void DirtyBitmap::reserve(uint64_t first_page, uint64_t count) {
+  const uint64_t end = std::min(first_page + count, kMaxPages);
+  for (uint64_t page = first_page; page < end; page += kChunkPages - (page & (kChunkPages - 1))) {
+    chunk_for_write(page >> kChunkShift);
+  }
+}
+
 void DirtyBitmap::set_range(uint64_t first_page, uint64_t count) {
   uint64_t end = first_page + count;
   if (end > kMaxPages) end = kMaxPages;

@@ -31,6 +31,9 @@ class DirtyBitmap {
 
   void set(uint64_t page) { set_range(page, 1); }
   void set_range(uint64_t first_page, uint64_t count);
+  // Allocates the storage of pages [first_page, +count) now, so that setting
+  // them later allocates nothing (a SIGBUS handler may set them).
+  void reserve(uint64_t first_page, uint64_t count);
   bool test(uint64_t page) const;
   uint64_t count() const;
 

@@ -13,7 +13,8 @@ uint64_t elapsed_ns(std::chrono::steady_clock::time_point since) {
                                    .count());
 }
 
-Result<std::unique_ptr<Protector>> Protector::create(DeviceCore& core, EngineChoice choice) {
+Result<std::unique_ptr<Protector>> Protector::create(DeviceCore& core, EngineChoice choice,
+                                                     UffdFaults faults) {
   const Capabilities& caps = core.capabilities();
   bool uffd = choice == EngineChoice::kUffd ||
               (choice == EngineChoice::kAuto && caps.engine == ProtectionEngine::kUffd);
@@ -25,7 +26,7 @@ Result<std::unique_ptr<Protector>> Protector::create(DeviceCore& core, EngineCho
                  "namespace " + core.name() + ": the uffd engine needs sync userfaultfd "
                  "write-protect, " + why);
   }
-  if (uffd) return UffdProtector::create(core);
+  if (uffd) return UffdProtector::create(core, faults);
   return MprotectProtector::create(core);
 }
 

@@ -51,10 +51,14 @@ namespace rawdax::internal {
 class Protector : public MappingObserver {
  public:
   // ENOTSUP, naming the namespace and media, when `choice` cannot work here.
-  static Result<std::unique_ptr<Protector>> create(DeviceCore& core, EngineChoice choice);
+  // `faults` picks the uffd engine's mode (ignored by the mprotect engine).
+  static Result<std::unique_ptr<Protector>> create(DeviceCore& core, EngineChoice choice,
+                                                   UffdFaults faults = UffdFaults::kAuto);
   ~Protector() override = default;
 
   ProtectionEngine kind() const { return kind_; }
+  // The uffd engine's fault mode; kAuto for the mprotect engine.
+  virtual UffdFaults uffd_faults() const { return UffdFaults::kAuto; }
   // persist=false skips step 3 (a snapshot copies memory, not media; pages
   // stay dirty for the next sync).
   Status freeze(std::chrono::nanoseconds timeout, bool persist = true);

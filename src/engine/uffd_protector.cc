@@ -14,14 +14,28 @@
 
 namespace rawdax::internal {
 
-Result<std::unique_ptr<Protector>> UffdProtector::create(DeviceCore& core) {
+Result<std::unique_ptr<Protector>> UffdProtector::create(DeviceCore& core, UffdFaults faults) {
   std::unique_ptr<UffdProtector> engine(new UffdProtector(core));
+  if (faults == UffdFaults::kFaultingThread && core.filling()) {
+    return Error(std::errc::operation_not_supported,
+                 "namespace " + core.name() +
+                     ": faults in the faulting thread cannot fill a lazy restore's pages; "
+                     "open it with the handler thread, or once the restore is complete");
+  }
+  // kAuto: the faulting thread where kernel-mode writes get EFAULT anyway
+  // (a user-mode-only userfaultfd, a plain user's), the handler elsewhere.
+  engine->faulting_thread_ =
+      faults == UffdFaults::kFaultingThread ||
+      (faults == UffdFaults::kAuto && core.capabilities().uffd_mode == UffdMode::kUserModeOnly &&
+       !core.filling());
   // A user-mode-only userfaultfd (a plain user's) parks stores alike; only
   // kernel-mode writes into protected pages differ: EFAULT instead of a wait.
   auto uffd = open_userfaultfd(O_CLOEXEC | O_NONBLOCK,
-                               UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
+                               UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
+                                   (engine->faulting_thread_ ? UFFD_FEATURE_SIGBUS : 0));
   if (!uffd) return uffd.error().with_context("namespace " + core.name() + ": ");
   engine->uffd_ = std::move(uffd->fd);
+  if (engine->faulting_thread_) return std::unique_ptr<Protector>(std::move(engine));
   engine->stop_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!engine->stop_.valid()) return errno_error(errno, "eventfd");
   engine->handler_ = std::thread([e = engine.get()] { e->handle_faults(); });
@@ -29,9 +43,15 @@ Result<std::unique_ptr<Protector>> UffdProtector::create(DeviceCore& core) {
 }
 
 UffdProtector::~UffdProtector() {
-  uint64_t one = 1;
-  (void)::write(stop_.get(), &one, sizeof one);
-  if (handler_.joinable()) handler_.join();
+  if (faulting_thread_) {
+    // Every mapping is gone (and its range with it): wait out the handlers
+    // that found one before.
+    UffdSigbus::quiesce(this);
+  } else {
+    uint64_t one = 1;
+    (void)::write(stop_.get(), &one, sizeof one);
+    if (handler_.joinable()) handler_.join();
+  }
   // Closing the userfaultfd wakes any fault still waiting on it.
 }
 
@@ -55,8 +75,9 @@ Status UffdProtector::on_map(MappingRecord& record) {
   const bool writable = record.access == Access::ReadWrite;
   // Registered for MISSING while filling: map() then skipped read-then-map
   // (fills_missing_pages). A fill settling after this check leaves the mode
-  // on for nothing: every page is in place by then.
-  const bool missing = core_.filling();
+  // on for nothing: every page is in place by then. Never in faulting-thread
+  // mode, which map() fills for (fills_missing_pages() is false).
+  const bool missing = core_.filling() && !faulting_thread_;
   if (!writable && !missing) return ok();
   uffdio_register reg{};
   reg.range.start = reinterpret_cast<uint64_t>(record.addr);
@@ -75,6 +96,12 @@ Status UffdProtector::on_map(MappingRecord& record) {
   if (frozen_ || tracking() || core_.copier() != nullptr) {
     RAWDAX_RETURN_IF_ERROR(write_protect(record.addr, record.mapped_len, true));
   }
+  if (faulting_thread_) {
+    // on_fault() marks pages from a SIGBUS handler, which must not allocate.
+    core_.reserve_marks(record.offset / core_.page_size(),
+                        (record.mapped_len + core_.page_size() - 1) / core_.page_size());
+    RAWDAX_RETURN_IF_ERROR(UffdSigbus::add(this, record.addr, record.mapped_len));
+  }
   writable_[record.addr] = &record;
   return ok();
 }
@@ -84,6 +111,18 @@ void UffdProtector::forget_locked(MappingRecord& record) {
   std::byte* end = record.addr + record.mapped_len;
   std::erase_if(parked_, [&](const Parked& p) { return p.page >= record.addr && p.page < end; });
   wake(record.addr, record.mapped_len);
+  if (faulting_thread_) {
+    // Under mu_ with the record's removal: a handler that finds the range
+    // then finds the record, or retries and finds neither.
+    UffdSigbus::remove(record.addr);
+    wake_waiting_locked();
+  }
+}
+
+void UffdProtector::wake_waiting_locked() {
+  if (waiting_in_thread_ == 0) return;
+  thaw_epoch_.fetch_add(1, std::memory_order_relaxed);
+  thaw_epoch_.notify_all();
 }
 
 void UffdProtector::on_unmap(MappingRecord& record) {
@@ -135,6 +174,9 @@ void UffdProtector::release_all_locked() {
     }
   }
   parked_.clear();
+  // Stores waiting in on_fault() retry: into a page unprotected above, or
+  // they fault again and are resolved like any first store.
+  wake_waiting_locked();
 }
 
 Status UffdProtector::collect_dirty_locked() {
@@ -219,6 +261,30 @@ void UffdProtector::fill_missing_locked(MappingRecord& record, std::byte* page_a
   // munmap), so the placeholder cannot land on someone else's range.
   if (Status st = core_.fault_in(offset, page); !st) core_.fail_pages(page_addr, page);
   wake(page_addr, page);
+}
+
+bool UffdProtector::on_fault(std::byte* addr) {
+  const uint64_t page = core_.page_size();
+  auto* page_addr = reinterpret_cast<std::byte*>(reinterpret_cast<uintptr_t>(addr) & ~(page - 1));
+  std::unique_lock<std::mutex> lock(mu_);
+  MappingRecord* record = find_locked(page_addr);
+  // Gone meanwhile: the retried access finds no range either and is chained
+  // (a revoked mapping's placeholder: the application's SIGBUS).
+  if (record == nullptr) return true;
+  faults_.fetch_add(1, std::memory_order_relaxed);
+  if (frozen_) {
+    const auto since = std::chrono::steady_clock::now();
+    const uint32_t seen = thaw_epoch_.load(std::memory_order_relaxed);
+    ++waiting_in_thread_;
+    lock.unlock();
+    thaw_epoch_.wait(seen, std::memory_order_relaxed);
+    lock.lock();
+    --waiting_in_thread_;
+    record_stall(elapsed_ns(since));
+    return true;
+  }
+  resolve_locked(*record, page_addr);
+  return true;
 }
 
 void UffdProtector::handle_faults() {

@@ -30,14 +30,32 @@
 // would. On a user-mode-only userfaultfd a kernel-mode access to an unfilled
 // page (a read(2) into a mapping, say) fails with EFAULT instead.
 //
+// Faulting-thread mode (UffdFaults::kFaultingThread; the default where the
+// userfaultfd is user-mode-only): the userfaultfd is opened with
+// UFFD_FEATURE_SIGBUS and there is no handler thread. A fault raises SIGBUS
+// in the thread that stored, and UffdSigbus (uffd_sigbus.h) calls on_fault()
+// there: the same decisions as the handler's, made by the writer itself. A
+// frozen store waits in on_fault() on thaw_epoch_ (a futex word, bumped and
+// woken by thaw and by unmap/revoke) and then returns, so the store is
+// retried and faults again if its page is still protected. A kernel-mode
+// write into a protected page is never delivered: it fails with EFAULT,
+// frozen or not. The mode is fixed when the engine is made, and is refused
+// (kAuto: not chosen) while a lazy restore fills the namespace, since a
+// MISSING fault needs its message: map() then fills its range first.
+//
 // Ordering: the handler decides under mu_, and freeze sets frozen_ under mu_
 // before it write-protects, so a fault is either resolved before the freeze
 // protects its page again (the retried store faults anew and parks) or seen
 // as frozen. Revocation wakes the range after the placeholder is in place, so
 // a woken writer retries into the placeholder and gets SIGBUS.
 //
+// In faulting-thread mode a waiting store reads thaw_epoch_ under mu_ and
+// waits for it to change after letting go; thaw bumps it under mu_ before it
+// wakes, so a thaw after the read changes the word and the wait returns.
+//
 // Thread safety: as Protector. The handler thread is owned by the object and
-// joined by its destructor.
+// joined by its destructor; in faulting-thread mode the destructor waits out
+// the SIGBUS handlers still inside on_fault() (UffdSigbus::quiesce).
 #ifndef RAWDAX_ENGINE_UFFD_PROTECTOR_H_
 #define RAWDAX_ENGINE_UFFD_PROTECTOR_H_
 
@@ -50,16 +68,21 @@
 
 #include "common/unique_fd.h"
 #include "engine/protector.h"
+#include "engine/uffd_sigbus.h"
 
 namespace rawdax::internal {
 
-class UffdProtector : public Protector {
+class UffdProtector : public Protector, private UffdSigbus::Client {
  public:
-  static Result<std::unique_ptr<Protector>> create(DeviceCore& core);
+  // ENOTSUP for kFaultingThread while the namespace is being filled.
+  static Result<std::unique_ptr<Protector>> create(DeviceCore& core, UffdFaults faults);
   ~UffdProtector() override;
 
+  UffdFaults uffd_faults() const override {
+    return faulting_thread_ ? UffdFaults::kFaultingThread : UffdFaults::kHandlerThread;
+  }
   Status on_map(MappingRecord& record) override;
-  bool fills_missing_pages() const override { return true; }
+  bool fills_missing_pages() const override { return !faulting_thread_; }
   // 256 KiB: 64 pages of 4 KiB, one huge page (a store waits for its run).
   uint64_t live_chunk_pages() const override {
     return std::max<uint64_t>(1, (uint64_t{256} << 10) / core_.page_size());
@@ -78,12 +101,16 @@ class UffdProtector : public Protector {
   // and forget_locked() wake writers and drop their entries in one critical
   // section, so a counted writer has not been let go.
   void add_engine_stats_locked(DeviceStats& stats) const override {
-    stats.parked_writers += parked_.size();
+    stats.parked_writers += parked_.size() + waiting_in_thread_;
   }
 
  private:
   explicit UffdProtector(DeviceCore& core) : Protector(core, ProtectionEngine::kUffd) {}
   void handle_faults();
+  // Faulting-thread mode: one fault, on the thread that took it.
+  bool on_fault(std::byte* addr) override;
+  // Lets every store waiting in on_fault() retry. mu_ held.
+  void wake_waiting_locked();
   void resolve_locked(MappingRecord& record, std::byte* page_addr);
   // A MISSING fault: the page put in place (or failed), the fault woken.
   void fill_missing_locked(MappingRecord& record, std::byte* page_addr);
@@ -104,6 +131,9 @@ class UffdProtector : public Protector {
   // Read-only mappings registered for MISSING faults only; guarded by mu_.
   std::map<const std::byte*, MappingRecord*> read_only_;
   std::vector<Parked> parked_;                           // guarded by mu_
+  bool faulting_thread_ = false;                         // fixed by create()
+  std::atomic<uint32_t> thaw_epoch_{0};  // bumped under mu_; waited on without it
+  uint64_t waiting_in_thread_ = 0;       // stores waiting in on_fault(); guarded by mu_
 };
 
 }  // namespace rawdax::internal

@@ -89,6 +89,7 @@ std::string uffd_feature_names(uint64_t bits) {
       {UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "WP_HUGETLBFS_SHMEM"},
       {UFFD_FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED"},
       {UFFD_FEATURE_WP_ASYNC, "WP_ASYNC"},
+      {UFFD_FEATURE_SIGBUS, "SIGBUS"},
   };
   std::string out;
   for (const auto& [bit, name] : kNames) {

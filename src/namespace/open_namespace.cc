@@ -11,7 +11,7 @@ Result<std::shared_ptr<OpenNamespace>> OpenNamespace::open(std::shared_ptr<Catal
   auto core = DeviceCore::open(std::move(catalog), name, options);
   if (!core) return core.error();
   if (fill != nullptr) (*core)->set_fill(std::move(fill));
-  auto engine = Protector::create(**core, options.engine);
+  auto engine = Protector::create(**core, options.engine, options.uffd_faults);
   if (!engine) return engine.error();
   return std::shared_ptr<OpenNamespace>(
       new OpenNamespace(std::move(*core), std::move(*engine), options));

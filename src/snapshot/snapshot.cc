@@ -65,14 +65,28 @@ class LiveCopy : public PageCopier {
         batch_pages_(std::max<uint64_t>(kBatchBytes / core.page_size(), 1)),
         progress_pages_(std::max<uint64_t>(kProgressBytes / core.page_size(), 1)) {
     for (uint32_t s = 0; s < stash_.size() / core.page_size(); ++s) free_slots_.push_back(s);
+    stashed_.reserve(free_slots_.size());  // push_back never allocates (before_write)
   }
 
   void before_write(uint64_t first_page, uint64_t count) override {
     auto start = std::chrono::steady_clock::now();
-    // Per thread, reused: this runs on every first write to a page.
-    thread_local std::vector<std::byte> buffer;
     std::unique_lock<std::mutex> lock(mu_);
-    copy_range_locked(lock, first_page, first_page + count, buffer, /*stash=*/true);
+    if (count <= Slots().size() && stash_.size() > 0) {
+      // A store's copy goes to the stash, waiting for a slot if none is free,
+      // and never to a buffer: the uffd engine's faulting-thread mode calls
+      // this from a SIGBUS handler, which must not allocate. Slots free as
+      // the background pass stores them, after each chunk; waiting before
+      // claiming any page holds nobody up.
+      done_.wait(lock, [&] {
+        return free_slots_.size() >= count || !any_todo_locked(first_page, first_page + count);
+      });
+      std::vector<std::byte> unused;  // empty: the stash takes the run
+      copy_range_locked(lock, first_page, first_page + count, unused, /*stash=*/true);
+    } else {
+      // Per thread, reused: block writes of many pages.
+      thread_local std::vector<std::byte> buffer;
+      copy_range_locked(lock, first_page, first_page + count, buffer, /*stash=*/true);
+    }
     uint64_t ns = elapsed_ns(start);
     if (ns > max_stall_ns_) max_stall_ns_ = ns;
   }
@@ -192,6 +206,13 @@ class LiveCopy : public PageCopier {
     });
   }
 
+  bool any_todo_locked(uint64_t first, uint64_t end) const {
+    for (uint64_t p = first; p < std::min<uint64_t>(end, state_.size()); ++p) {
+      if (state_[p] == kTodo) return true;
+    }
+    return false;
+  }
+
   // Copies what is left of chunk c and releases it. False once copying failed.
   bool copy_chunk(uint64_t c, uint64_t chunk, std::vector<std::byte>& buffer) {
     std::unique_lock<std::mutex> lock(mu_);
@@ -234,7 +255,9 @@ class LiveCopy : public PageCopier {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stashed_.empty()) return;
-      batch.swap(stashed_);
+      // Copied out, not swapped: stashed_ keeps its reserved capacity.
+      batch.assign(stashed_.begin(), stashed_.end());
+      stashed_.clear();
     }
     Status written;
     for (auto [page, s] : batch) {
@@ -245,6 +268,7 @@ class LiveCopy : public PageCopier {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto [page, s] : batch) free_slots_.push_back(s);
     if (!written && status_) status_ = written;
+    done_.notify_all();  // a store may wait for a slot
   }
 
   // Copies pages [first, end) in one read; stores the runs of them that are

@@ -170,13 +170,13 @@ Result<StallFigures> fork_cow(uint64_t size, const std::string& path,
 
 // A live snapshot of a fresh namespace of `size` while the writer stores.
 Result<StallFigures> live_snapshot(Region& region, uint64_t size, const std::string& path,
-                                   std::chrono::nanoseconds period) {
+                                   std::chrono::nanoseconds period, UffdFaults faults) {
   std::string name = "bench-snap-" + std::to_string(::getpid());
   auto info = region.create_namespace({.name = name, .size = size});
   if (!info) return info.error();
   Result<StallFigures> result = Error(std::errc::invalid_argument, "not run");
   {
-    auto dev = region.open_device(name);
+    auto dev = region.open_device(name, {.uffd_faults = faults});
     if (!dev) return dev.error();
     auto mapping = (*dev)->map(0, size, Access::ReadWrite);
     if (!mapping) return mapping.error();
@@ -332,31 +332,66 @@ Result<std::vector<Pair>> run_snapshot_pairs(Region& region, uint64_t size, int 
   const double gib = static_cast<double>(size) / (1 << 30);
   std::string size_text = std::to_string(size >> 20) + " MiB";
 
-  // Alternate the two sides; keep each side's round with the best p99.
-  StallFigures fork_best, live_best;
-  fork_best.p99 = live_best.p99 = 1e300;
+  // The uffd engine is measured in both of its fault modes (the handler
+  // thread is what kAuto picks as root; a plain user gets the faulting
+  // thread); other engines once, as kAuto opens them.
+  struct Mode {
+    UffdFaults faults;
+    std::string label;  // after "live snapshot N MiB"
+    StallFigures best;
+  };
+  std::vector<Mode> modes;
+  if (region.capabilities().engine == ProtectionEngine::kUffd) {
+    modes.push_back({UffdFaults::kHandlerThread, " (uffd, handler thread)", {}});
+    modes.push_back({UffdFaults::kFaultingThread, " (uffd, faulting thread)", {}});
+  } else {
+    modes.push_back({UffdFaults::kAuto, "", {}});
+  }
+  // Alternate the sides; keep each side's round with the best p99.
+  StallFigures fork_best;
+  fork_best.p99 = 1e300;
+  for (Mode& m : modes) m.best.p99 = 1e300;
   for (int r = 0; r < rounds; ++r) {
     auto forked = fork_cow(size, path, period);
     if (!forked) return forked.error();
     if (forked->p99 < fork_best.p99) fork_best = *forked;
-    auto live = live_snapshot(region, size, path, period);
-    if (!live) return live.error();
-    if (live->p99 < live_best.p99) live_best = *live;
+    for (Mode& m : modes) {
+      auto live = live_snapshot(region, size, path, period, m.faults);
+      if (!live) return live.error();
+      if (live->p99 < m.best.p99) m.best = *live;
+    }
   }
   std::vector<Pair> pairs;
-  auto stall_pair = [&](const char* what, double fork_ns, double live_ns, double goal,
-                        GoalKind kind) {
-    Pair p{std::string("live snapshot ") + size_text + ", writer stall " + what,
-           "fork-COW, child writes the image", fork_ns, live_ns, goal, "per store", kind};
-    pairs.push_back(p);
-  };
-  stall_pair("p50", fork_best.p50, live_best.p50, 0, GoalKind::kReport);
-  stall_pair("p99", fork_best.p99, live_best.p99, 1.0, GoalKind::kMinRatio);
-  stall_pair("p99 (<= 50 us)", fork_best.p99, live_best.p99, 50000, GoalKind::kMaxNs);
-  stall_pair("max", fork_best.max, live_best.max, 0, GoalKind::kReport);
-  // The same writer for as long as the snapshot took, over the bare fault
-  // mechanisms: what one fault per first store to a page costs here at best.
-  const auto window = std::chrono::nanoseconds(static_cast<int64_t>(live_best.total_ns));
+  for (const Mode& m : modes) {
+    const StallFigures& live_best = m.best;
+    const std::string head = "live snapshot " + size_text + m.label;
+    auto stall_pair = [&](const char* what, double fork_ns, double live_ns, double goal,
+                          GoalKind kind) {
+      pairs.push_back(Pair{head + ", writer stall " + what, "fork-COW, child writes the image",
+                           fork_ns, live_ns, goal, "per store", kind});
+    };
+    stall_pair("p50", fork_best.p50, live_best.p50, 1 / 1.5, GoalKind::kMinRatio);
+    stall_pair("p99", fork_best.p99, live_best.p99, 1.0, GoalKind::kMinRatio);
+    stall_pair("p99 (<= 50 us)", fork_best.p99, live_best.p99, 50000, GoalKind::kMaxNs);
+    stall_pair("max", fork_best.max, live_best.max, 0, GoalKind::kReport);
+    Pair copy{head + " to tmpfs, total time",
+              "fork-COW, child writes the image",
+              fork_best.total_ns,
+              live_best.total_ns,
+              1e3 / 2.0 * (1 << 30) / 1e9,  // 2 GB/s, in ms per GiB
+              "per snapshot",
+              GoalKind::kMaxMsPerGib};
+    copy.gib = gib;
+    pairs.push_back(copy);
+    Pair total{head + " to tmpfs, total time against fork", "fork-COW, child writes the image",
+               fork_best.total_ns, live_best.total_ns, 1.0, "per snapshot", GoalKind::kMinRatio};
+    pairs.push_back(total);
+  }
+  // The same writer for as long as the first mode's snapshot took, over the
+  // bare fault mechanisms: what one fault per first store to a page costs
+  // here at best.
+  const StallFigures& first = modes.front().best;
+  const auto window = std::chrono::nanoseconds(static_cast<int64_t>(first.total_ns));
   for (auto [faults, what] : {std::pair{RawFaults::kKernel, "async uffd-wp fault, kernel-resolved"},
                               std::pair{RawFaults::kHandlerThread,
                                         "sync uffd-wp fault, a thread unprotects"}}) {
@@ -368,23 +403,16 @@ Result<std::vector<Pair>> run_snapshot_pairs(Region& region, uint64_t size, int 
     }
     auto floor = fault_floor(size, period, faults, window);
     if (!floor) return floor.error();
-    for (auto [label, floor_ns, live_ns] : {std::tuple{"p50", floor->p50, live_best.p50},
-                                            std::tuple{"p99", floor->p99, live_best.p99}}) {
-      pairs.push_back(Pair{std::string("live snapshot ") + size_text + ", writer stall " + label +
-                               " against the bare fault",
-                           std::string(what) + " (no copy)", floor_ns, live_ns, 0, "per store",
-                           GoalKind::kReport});
+    for (const Mode& m : modes) {
+      for (auto [label, floor_ns, live_ns] : {std::tuple{"p50", floor->p50, m.best.p50},
+                                              std::tuple{"p99", floor->p99, m.best.p99}}) {
+        pairs.push_back(Pair{std::string("live snapshot ") + size_text + m.label +
+                                 ", writer stall " + label + " against the bare fault",
+                             std::string(what) + " (no copy)", floor_ns, live_ns, 0, "per store",
+                             GoalKind::kReport});
+      }
     }
   }
-  Pair copy{"live snapshot " + size_text + " to tmpfs, total time",
-            "fork-COW, child writes the image",
-            fork_best.total_ns,
-            live_best.total_ns,
-            1e3 / 2.0 * (1 << 30) / 1e9,  // 2 GB/s, in ms per GiB
-            "per snapshot",
-            GoalKind::kMaxMsPerGib};
-  copy.gib = gib;
-  pairs.push_back(copy);
 
   Pair idle{"snapshot " + size_text + " to tmpfs, nobody writing", "pread+pwrite of the same bytes",
             1e300, 1e300, 1e3 / 2.0 * (1 << 30) / 1e9, "per snapshot", GoalKind::kMaxMsPerGib};

@@ -212,7 +212,7 @@ TEST_F(PageFillOnACore, TheUffdEngineFillsTheMissingPagesAMappingFaultsOn) {
   std::vector<uint8_t> pending(kPages, 0);
   std::fill(pending.begin(), pending.begin() + 32, 1);
   ASSERT_NO_FATAL_FAILURE(install_fill(pending));
-  auto engine = UffdProtector::create(*core_);
+  auto engine = UffdProtector::create(*core_, UffdFaults::kHandlerThread);
   ASSERT_TRUE(engine) << engine.error().message();
   core_->set_observer(engine->get());
 

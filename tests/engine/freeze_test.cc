@@ -42,12 +42,13 @@ constexpr uint64_t kAnonPage = 4096;
 struct EngineCase {
   TestMedia media;
   EngineChoice engine;
+  UffdFaults faults = UffdFaults::kHandlerThread;  // the uffd engine's mode
 };
 
 // Each selected media with the engines it allows: uffd where sync uffd-wp
 // registers (tmpfs, memfd, hugetlbfs, and carved, whose file is on tmpfs),
-// mprotect everywhere but memfd, whose regions are this process's own and
-// gain nothing from a second engine.
+// in both of its fault modes, and mprotect everywhere but memfd, whose
+// regions are this process's own and gain nothing from a second engine.
 std::vector<EngineCase> engine_cases() {
   std::vector<EngineCase> out;
   for (TestMedia media : ::rawdax::testing::all_media()) {
@@ -56,6 +57,7 @@ std::vector<EngineCase> engine_cases() {
       case TestMedia::kHugetlbfs:
       case TestMedia::kCarved:
         out.push_back({media, EngineChoice::kUffd});
+        out.push_back({media, EngineChoice::kUffd, UffdFaults::kFaultingThread});
         out.push_back({media, EngineChoice::kMprotect});
         break;
       case TestMedia::kDisk:
@@ -64,6 +66,7 @@ std::vector<EngineCase> engine_cases() {
         break;
       case TestMedia::kMemfd:
         out.push_back({media, EngineChoice::kUffd});
+        out.push_back({media, EngineChoice::kUffd, UffdFaults::kFaultingThread});
         break;
     }
   }
@@ -71,8 +74,11 @@ std::vector<EngineCase> engine_cases() {
 }
 
 std::string case_name(const ::testing::TestParamInfo<EngineCase>& info) {
+  if (info.param.engine == EngineChoice::kMprotect) {
+    return std::string(::rawdax::testing::media_name(info.param.media)) + "_mprotect";
+  }
   return std::string(::rawdax::testing::media_name(info.param.media)) +
-         (info.param.engine == EngineChoice::kUffd ? "_uffd" : "_mprotect");
+         (info.param.faults == UffdFaults::kFaultingThread ? "_uffd_faulting_thread" : "_uffd");
 }
 
 class FreezeTest : public ::testing::TestWithParam<EngineCase> {
@@ -84,11 +90,14 @@ class FreezeTest : public ::testing::TestWithParam<EngineCase> {
     page_ = region_->capabilities().page_size;
     size_ = std::max<uint64_t>(4 << 20, 64 * page_);
     ASSERT_TRUE(region_->create_namespace({.name = "f", .size = size_}));
-    auto dev = region_->open_device("f", {.track_dirty = track_dirty, .engine = GetParam().engine});
+    const bool uffd = GetParam().engine == EngineChoice::kUffd;
+    auto dev = region_->open_device("f", {.track_dirty = track_dirty,
+                                          .engine = GetParam().engine,
+                                          .uffd_faults = uffd ? GetParam().faults : UffdFaults::kAuto});
     ASSERT_TRUE(dev) << dev.error().message();
     dev_ = std::move(*dev);
-    ASSERT_EQ(dev_->engine(), GetParam().engine == EngineChoice::kUffd ? ProtectionEngine::kUffd
-                                                                       : ProtectionEngine::kMprotect);
+    ASSERT_EQ(dev_->engine(), uffd ? ProtectionEngine::kUffd : ProtectionEngine::kMprotect);
+    ASSERT_EQ(dev_->uffd_faults(), uffd ? GetParam().faults : UffdFaults::kAuto);
   }
   uint64_t read_u64(uint64_t offset) {
     uint64_t v = 0;

@@ -48,6 +48,7 @@ class SnapshotTest : public ::testing::TestWithParam<TestMedia> {
     dev_ = std::move(*dev);
   }
   std::string file(const std::string& name) const { return files_.path() + "/" + name; }
+  void stress_block_and_mapping_writers(const DeviceOptions& options);
   // The pages an incremental stores when `written` pages changed since its
   // base and a mapping covers the whole namespace: exactly those where the
   // engine tracks pages; every mapped page where the mprotect engine has no
@@ -284,7 +285,33 @@ TEST_P(SnapshotTest, SnapshotAfterRemoveFailsClearly) {
 // snapshot's own call: each page holds at least what the writer had stored
 // there before the call began and at most what it had stored when the call
 // returned (so a stale image, or an incremental that stored nothing, fails).
-class OneCutTest : public ::testing::TestWithParam<TestMedia> {
+// The media, and the uffd engine's fault mode the source is opened with
+// (kAuto: what a default open gets).
+struct OneCutCase {
+  TestMedia media;
+  UffdFaults faults = UffdFaults::kAuto;
+};
+
+// Every selected media as a default open gets it, and the media of the uffd
+// engine again with faults resolved in the faulting thread.
+std::vector<OneCutCase> one_cut_cases() {
+  std::vector<OneCutCase> out;
+  for (TestMedia media : ::rawdax::testing::all_media()) out.push_back({media});
+  for (TestMedia media : ::rawdax::testing::all_media()) {
+    if (media == TestMedia::kTmpfs || media == TestMedia::kMemfd || media == TestMedia::kCarved ||
+        media == TestMedia::kHugetlbfs) {
+      out.push_back({media, UffdFaults::kFaultingThread});
+    }
+  }
+  return out;
+}
+
+std::string one_cut_name(const ::testing::TestParamInfo<OneCutCase>& info) {
+  return std::string(::rawdax::testing::media_name(info.param.media)) +
+         (info.param.faults == UffdFaults::kFaultingThread ? "_faulting_thread" : "");
+}
+
+class OneCutTest : public ::testing::TestWithParam<OneCutCase> {
  protected:
   void SetUp() override {
     auto region = Region::open(scratch_.spec(), {.create = true});
@@ -294,9 +321,12 @@ class OneCutTest : public ::testing::TestWithParam<TestMedia> {
     big_ = kBig;
     pages_ = big_ / page_;
     ASSERT_TRUE(region_->create_namespace({.name = "src", .size = big_}));
-    auto dev = region_->open_device("src", {.track_dirty = true});
+    auto dev = region_->open_device("src", {.track_dirty = true, .uffd_faults = GetParam().faults});
     ASSERT_TRUE(dev) << dev.error().message();
     dev_ = std::move(*dev);
+    if (GetParam().faults != UffdFaults::kAuto) {
+      ASSERT_EQ(dev_->uffd_faults(), GetParam().faults);
+    }
     auto m = dev_->map(0, big_, Access::ReadWrite);
     ASSERT_TRUE(m);
     mapping_ = std::move(*m);
@@ -382,7 +412,7 @@ class OneCutTest : public ::testing::TestWithParam<TestMedia> {
     ASSERT_TRUE(region_->destroy_namespace(into));
   }
 
-  ScratchRegion scratch_{GetParam()};
+  ScratchRegion scratch_{GetParam().media};
   ScratchDir files_{::rawdax::testing::disk_parent()};
   std::unique_ptr<Region> region_;
   std::unique_ptr<Device> dev_;
@@ -402,7 +432,7 @@ TEST_P(OneCutTest, FullSnapshotWhileAWriterSweeps) {
   uint64_t worst = max_store_ns_.load();
   std::printf("%s: snapshot of %llu MiB took %.1f ms; writer's worst store %.3f ms; "
               "reported stall %.3f ms\n",
-              ::rawdax::testing::media_name(GetParam()),
+              ::rawdax::testing::media_name(GetParam().media),
               static_cast<unsigned long long>(big_ / kMiB), info->duration_ns / 1e6, worst / 1e6,
               info->max_writer_stall_ns / 1e6);
   // Live on both engines: a writer waits for at most a page copy (uffd) or
@@ -625,12 +655,16 @@ TEST_P(SnapshotTest, MappingsTakeStoresWithoutFaultsAfterASnapshot) {
 // one half and a mapping writer the other, each storing its pass number,
 // while snapshots are taken back to back. Every image must hold one cut per
 // half ("pages [0,k) hold v, the rest v-1").
-TEST_P(SnapshotTest, StressBlockAndMappingWritersAcrossSnapshots) {
+// The body of the stress tests below, on a device opened with `options`.
+void SnapshotTest::stress_block_and_mapping_writers(const DeviceOptions& options) {
   // 8 MiB, and at least 16 pages, so that each half has 8 pages to cut.
   const uint64_t size = std::max(8 * kMiB, 16 * page_), half = size / 2, pages = half / page_;
   ASSERT_TRUE(region_->create_namespace({.name = "stress", .size = size}));
-  auto dev = region_->open_device("stress");
-  ASSERT_TRUE(dev);
+  auto dev = region_->open_device("stress", options);
+  ASSERT_TRUE(dev) << dev.error().message();
+  if (options.uffd_faults != UffdFaults::kAuto) {
+    ASSERT_EQ((*dev)->uffd_faults(), options.uffd_faults);
+  }
   auto m = (*dev)->map(half, half, Access::ReadWrite);
   ASSERT_TRUE(m);
   std::atomic<bool> stop{false};
@@ -678,6 +712,18 @@ TEST_P(SnapshotTest, StressBlockAndMappingWritersAcrossSnapshots) {
       EXPECT_LE(cuts, 1u) << taken[i] << ": not one cut in half " << base / half;
     }
   }
+}
+
+TEST_P(SnapshotTest, StressBlockAndMappingWritersAcrossSnapshots) {
+  stress_block_and_mapping_writers({});
+}
+
+// The same with the uffd engine's faults resolved in the faulting thread
+// (the SIGBUS handler copies and unprotects), on the media of that engine.
+class FaultingThreadSnapshotTest : public SnapshotTest {};
+
+TEST_P(FaultingThreadSnapshotTest, StressBlockAndMappingWritersAcrossSnapshots) {
+  stress_block_and_mapping_writers({.uffd_faults = UffdFaults::kFaultingThread});
 }
 
 TEST_P(SnapshotTest, RemoveDuringASnapshotEndsBothCleanly) {
@@ -745,7 +791,12 @@ TEST(SnapshotShortLastPageTest, RestoresExactlyWhatVerifies) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllMedia, SnapshotTest, RAWDAX_ALL_MEDIA, testing::param_name);
-INSTANTIATE_TEST_SUITE_P(AllMedia, OneCutTest, RAWDAX_ALL_MEDIA, testing::param_name);
+INSTANTIATE_TEST_SUITE_P(UffdMedia, FaultingThreadSnapshotTest,
+                         ::testing::ValuesIn(::rawdax::testing::media_except(
+                             ::rawdax::testing::all_media(),
+                             {TestMedia::kDisk, TestMedia::kFsdax})),
+                         testing::param_name);
+INSTANTIATE_TEST_SUITE_P(AllMedia, OneCutTest, ::testing::ValuesIn(one_cut_cases()), one_cut_name);
 
 }  // namespace
 }  // namespace rawdax
