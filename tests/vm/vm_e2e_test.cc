@@ -218,44 +218,30 @@ TEST(VmEndToEnd, GuestOnANamespaceSnapshotRestoreAndSecondBoot) {
   }
 }
 
-// The byte each 4 KiB page of `image` holds (the generations guest writes
-// whole pages of one byte); fails naming a page that is not uniform.
-::testing::AssertionResult page_generations(const std::vector<std::byte>& image,
-                                            std::vector<uint8_t>* gens) {
-  for (size_t at = 0; at < image.size(); at += 4096) {
-    for (size_t i = at; i < at + 4096; ++i) {
-      if (image[i] != image[at]) {
-        return ::testing::AssertionFailure()
-               << "page " << at / 4096 << " is torn: byte " << i - at << " is "
-               << int(image[i]) << ", its first " << int(image[at]);
-      }
-    }
-    gens->push_back(static_cast<uint8_t>(image[at]));
-  }
-  return ::testing::AssertionSuccess();
-}
-
-// One cut of the generations guest: pages [0, k) carry generation g+1 and
-// pages [k, end) carry g (1..255, wrapping), or all carry one generation.
+// One cut of the generations guest, which writes the namespace in order,
+// round after round, each round's bytes its generation g (1..255,
+// wrapping): bytes [0, b) carry generation g+1 and bytes [b, end) carry g,
+// or all carry one generation. The cut is at a byte, not a page: the guest
+// may be stopped inside its copy of a page.
 ::testing::AssertionResult one_cut(const std::vector<std::byte>& image) {
-  std::vector<uint8_t> gens;
-  if (auto torn = page_generations(image, &gens); !torn) return torn;
-  const uint8_t newer = gens.front(), older = gens.back();
-  if (older == 0) return ::testing::AssertionFailure() << "the last page was never written";
+  const auto newer = static_cast<uint8_t>(image.front());
+  const auto older = static_cast<uint8_t>(image.back());
+  if (older == 0) return ::testing::AssertionFailure() << "the last byte was never written";
   if (newer != older && newer != older % 255 + 1) {
-    return ::testing::AssertionFailure() << "page 0 has generation " << int(newer)
-                                         << ", the last page " << int(older);
+    return ::testing::AssertionFailure() << "byte 0 has generation " << int(newer)
+                                         << ", the last byte " << int(older);
   }
-  size_t k = 0;
-  while (k < gens.size() && gens[k] == newer) ++k;
-  for (size_t i = k; i < gens.size(); ++i) {
-    if (gens[i] != older) {
+  size_t cut = 0;
+  while (cut < image.size() && static_cast<uint8_t>(image[cut]) == newer) ++cut;
+  for (size_t i = cut; i < image.size(); ++i) {
+    if (static_cast<uint8_t>(image[i]) != older) {
       return ::testing::AssertionFailure()
-             << "not one cut: pages [0," << k << ") have generation " << int(newer) << ", page "
-             << i << " has " << int(gens[i]) << " among pages of " << int(older);
+             << "not one cut: bytes [0, " << cut << ") have generation " << int(newer)
+             << ", byte " << i << " (page " << i / 4096 << ") has " << int(image[i])
+             << " among bytes of " << int(older);
     }
   }
-  return ::testing::AssertionSuccess() << "cut at page " << k << " between generations "
+  return ::testing::AssertionSuccess() << "cut at byte " << cut << " between generations "
                                        << int(newer) << " and " << int(older);
 }
 
