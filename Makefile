@@ -50,7 +50,7 @@ DEB_PACKAGES := cmake ninja-build g++ clang libclang-rt-14-dev pkg-config \
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build run test test-user test-asan test-tsan test-guest test-guest-full powercut mutation-check powercut-carve fuzz soak bench bench-nbd clean
+.PHONY: deps build run test test-user test-asan test-tsan test-guest test-guest-full powercut mutation-check powercut-carve fuzz soak bench bench-nbd bench-vm clean
 
 deps:
 	@missing=""; \
@@ -189,6 +189,10 @@ bench: build
 # rawdax against nbdkit memory over NBD (fio, nbdcopy, qemu-img); see docs/export.md.
 bench-nbd: build
 	benchmarks/nbd_bench.sh --rawdax $(BUILD)/rawdax
+
+# A VM guest's pause for a snapshot: QEMU background snapshot against the full pause (docs/vm.md).
+bench-vm: build
+	benchmarks/vm_snapshot_bench.py --rawdax $(BUILD)/rawdax
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)

@@ -42,6 +42,14 @@ struct SnapshotInfo {
   uint64_t bytes_written = 0;  // page bytes stored
   uint64_t duration_ns = 0;    // taking it (0 when read back from a file)
   uint64_t max_writer_stall_ns = 0;
+  // A snapshot of a namespace an attached VM maps (the daemon's snapshot
+  // command): how the guest's stores were held, "background" (QEMU's
+  // background snapshot: paused only while QEMU write-protects its RAM) or
+  // "pause" (paused for the whole copy); empty without a VM. vm_pause_ns is
+  // the guest's pause, RESUME − STOP of QEMU's QMP event timestamps (0 when
+  // QEMU did not report both).
+  std::string vm_snapshot = {};
+  uint64_t vm_pause_ns = 0;
 };
 
 // Checks a snapshot file and its whole base chain: header and data

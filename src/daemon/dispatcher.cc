@@ -14,6 +14,7 @@
 #include "daemon/command_arguments.h"
 #include "daemon/json_forms.h"
 #include "vm/qemu_args.h"
+#include "vm/vm_snapshot.h"
 
 namespace rawdax::control {
 namespace {
@@ -93,7 +94,8 @@ class Dispatcher::Command {
         {"snapshot",
          {text("name"), path("file"), text("base", ""),
           seconds("timeout", kDefaultFreezeTimeoutSeconds), flag("force", false),
-          count("threads", 0, kMaxSnapshotCopyThreads)},
+          count("threads", 0, kMaxSnapshotCopyThreads),
+          choice("vm", {"background", "pause"}, "background")},
          &Command::snapshot},
         {"query-stats", {}, &Command::query_stats},
         {"attach-vm", {text("name"), text("qmp")}, &Command::attach_vm},
@@ -357,9 +359,12 @@ class Dispatcher::Command {
     internal::AttachedVms::Pause vm;
     HolderFreeze holders;
   };
+  // `pause_vm` false leaves an attached guest running (its stores are then
+  // the caller's to hold, as snapshot_through_vm() does).
   Result<OutsideWriters> stop_outside_writers(const std::string& name, double timeout,
-                                              bool force, std::vector<pid_t>* revoked) {
-    auto paused = d_.vms_.pause(name);
+                                              bool force, std::vector<pid_t>* revoked,
+                                              bool pause_vm = true) {
+    auto paused = pause_vm ? d_.vms_.pause(name) : internal::AttachedVms::Pause();
     if (!paused) return generic_error(paused.error().message());
     auto holders = d_.holder_freezes_.freeze(
         name, session_.peer, std::chrono::steady_clock::now() + to_ns(timeout), force, revoked);
@@ -416,6 +421,34 @@ class Dispatcher::Command {
     return json::object();
   }
 
+  // A full snapshot of a namespace an attached, running VM maps, through
+  // QEMU's background snapshot (vm/vm_snapshot.h): the guest is paused only
+  // while QEMU write-protects its RAM. Holders and block writers, whose
+  // stores QEMU does not see, are stopped for the whole copy, as without a
+  // VM. An error says why it could not; the caller then pauses the guest
+  // for the whole copy.
+  Result<SnapshotInfo> snapshot_through_vm(Device& dev, const std::string& name,
+                                           const std::string& file, double timeout, bool force,
+                                           std::vector<pid_t>* revoked) {
+    auto ns = d_.region_.find(name);
+    if (!ns) return ns.error();
+    auto outside = stop_outside_writers(name, timeout, force, revoked, /*pause_vm=*/false);
+    if (!outside) return outside.error();
+    Result<SnapshotInfo> taken = Error(std::errc::operation_not_supported, "not taken");
+    {
+      auto frozen = dev.freeze({.timeout = to_ns(timeout)});
+      if (!frozen) {
+        outside->holders.end();
+        return frozen.error();
+      }
+      taken = d_.vms_.with_running_vm(name, [&](internal::QmpClient& qmp) {
+        return internal::snapshot_through_qemu(qmp, *ns, file);
+      });
+    }
+    outside->holders.end();
+    return taken;
+  }
+
   Result<json> snapshot() {
     const std::string& name = args_.text("name");
     const std::string& file = args_.text("file");
@@ -426,8 +459,29 @@ class Dispatcher::Command {
     auto dev = device(name);
     if (!dev) return dev.error();
     HolderFreezes::BusyMark busy(d_.holder_freezes_, name, session_.peer->id());
-    // Stopped for the whole copy, and let go when it ends, whatever its result.
     std::vector<pid_t> revoked;
+    const bool vm_attached = !d_.vms_.qmp_path(name).empty();
+    if (vm_attached) {
+      std::string why;
+      if (args_.text("vm") == "pause") {
+        why = "asked to (vm: pause)";
+      } else if (!base.empty()) {
+        why = "an incremental snapshot is taken with the VM paused";
+      } else {
+        auto taken = snapshot_through_vm(**dev, name, file, timeout, force, &revoked);
+        if (taken) {
+          d_.log_("namespace " + name + " snapshot " + taken->path +
+                  " through QEMU's background snapshot (VM paused " +
+                  std::to_string(taken->vm_pause_ns / 1000) + " us)");
+          json out = snapshot_json(*taken);
+          out["revoked"] = revoked;
+          return out;
+        }
+        why = taken.error().message();
+      }
+      d_.log_("namespace " + name + ": pausing the VM for the whole snapshot: " + why);
+    }
+    // Stopped for the whole copy, and let go when it ends, whatever its result.
     auto outside = stop_outside_writers(name, timeout, force, &revoked);
     if (!outside) return outside.error();
     // Not under mu_: the copy takes as long as the namespace is big.
@@ -435,8 +489,13 @@ class Dispatcher::Command {
                                          .progress = d_.options_.progress,
                                          .copy_threads = static_cast<unsigned>(threads)});
     outside->holders.end();
+    const bool paused = outside->vm.paused();
     resume(outside->vm);
     if (!info) return not_a_device_error(info.error());
+    if (paused) {
+      info->vm_snapshot = "pause";
+      info->vm_pause_ns = d_.vms_.last_pause_ns(name);
+    }
     d_.log_("namespace " + name + " snapshot " + info->path);
     json out = snapshot_json(*info);
     out["revoked"] = revoked;

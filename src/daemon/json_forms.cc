@@ -97,6 +97,10 @@ nlohmann::json snapshot_json(const SnapshotInfo& s) {
     j["duration_ns"] = s.duration_ns;
     j["max_writer_stall_ns"] = s.max_writer_stall_ns;
   }
+  if (!s.vm_snapshot.empty()) {
+    j["vm_snapshot"] = s.vm_snapshot;
+    j["vm_pause_ns"] = s.vm_pause_ns;
+  }
   return j;
 }
 

@@ -338,13 +338,8 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, SnapshotSt
                  what + "copy_threads " + std::to_string(options.copy_threads) +
                      " is more than " + std::to_string(kMaxSnapshotCopyThreads));
   }
-  SnapshotHeader header;
-  header.id = new_uuid();
-  header.source_uuid = core.info().uuid;
-  header.namespace_size = core.size();
-  header.page_size = core.page_size();
-  header.namespace_name = core.name();
-  header.taken_at = utc_timestamp_now();
+  SnapshotHeader header =
+      new_snapshot_header(core.name(), core.info().uuid, core.size(), core.page_size());
   // An incremental stores the pages written since its base: from dirty
   // tracking when the base is this device's last snapshot, else by comparing
   // every page with the base chain's checksums (a fresh process, such as the
@@ -435,16 +430,7 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, SnapshotSt
   state.last_id = done->id;
   state.last_checksum = done->header_checksum;
 
-  SnapshotInfo info;
-  info.path = path;
-  info.id = done->id;
-  info.base_id = done->base_id;
-  info.base_path = done->base_path;
-  info.source_uuid = done->source_uuid;
-  info.namespace_size = done->namespace_size;
-  info.page_size = done->page_size;
-  info.pages = done->stored_pages;
-  info.bytes_written = done->stored_pages * header.page_size;
+  SnapshotInfo info = snapshot_info_of(path, *done);
   info.duration_ns = elapsed_ns(start);
   info.max_writer_stall_ns = stall;
   return info;

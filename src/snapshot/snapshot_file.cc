@@ -1,5 +1,7 @@
 #include "snapshot/snapshot_file.h"
 
+#include "common/uuid.h"
+
 #include "common/crash_point.h"
 
 #include <fcntl.h>
@@ -284,18 +286,32 @@ std::string SnapshotFile::resolved_base_path() const {
   return (std::filesystem::path(path_).parent_path() / base).string();
 }
 
-SnapshotInfo SnapshotFile::info() const {
+SnapshotInfo SnapshotFile::info() const { return snapshot_info_of(path_, header_); }
+
+SnapshotInfo snapshot_info_of(const std::string& path, const SnapshotHeader& h) {
   SnapshotInfo i;
-  i.path = path_;
-  i.id = header_.id;
-  i.base_id = header_.base_id;
-  i.base_path = header_.base_path;
-  i.source_uuid = header_.source_uuid;
-  i.namespace_size = header_.namespace_size;
-  i.page_size = header_.page_size;
-  i.pages = header_.stored_pages;
-  i.bytes_written = header_.stored_pages * header_.page_size;
+  i.path = path;
+  i.id = h.id;
+  i.base_id = h.base_id;
+  i.base_path = h.base_path;
+  i.source_uuid = h.source_uuid;
+  i.namespace_size = h.namespace_size;
+  i.page_size = h.page_size;
+  i.pages = h.stored_pages;
+  i.bytes_written = h.stored_pages * h.page_size;
   return i;
+}
+
+SnapshotHeader new_snapshot_header(const std::string& name, const std::string& source_uuid,
+                                   uint64_t namespace_size, uint64_t page_size) {
+  SnapshotHeader header;
+  header.id = new_uuid();
+  header.source_uuid = source_uuid;
+  header.namespace_size = namespace_size;
+  header.page_size = page_size;
+  header.namespace_name = name;
+  header.taken_at = utc_timestamp_now();
+  return header;
 }
 
 Result<std::vector<SnapshotFile>> open_chain(const std::string& path) {

@@ -132,6 +132,13 @@ Result<std::vector<SnapshotFile>> open_chain(const std::string& path);
 
 std::string hex64(uint64_t value);
 
+// The header of a new full snapshot of namespace `name`, taken now: a fresh
+// id, no base.
+SnapshotHeader new_snapshot_header(const std::string& name, const std::string& source_uuid,
+                                   uint64_t namespace_size, uint64_t page_size);
+// What a snapshot at `path` with header `h` reports (no timings).
+SnapshotInfo snapshot_info_of(const std::string& path, const SnapshotHeader& h);
+
 // Now, in the form of SnapshotHeader::taken_at.
 std::string utc_timestamp_now();
 // A file's mtime in that form ("" when it cannot be read): the time of a

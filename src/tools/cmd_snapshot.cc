@@ -32,6 +32,7 @@ struct SnapshotVerbOptions {
   std::string file;
   std::string base;
   unsigned threads = 0;
+  bool vm_pause = false;
   bool force = false;
   bool lazy = false;
 };
@@ -43,6 +44,12 @@ void print_snapshot(const SnapshotVerbOptions& options, const SnapshotInfo& info
     std::cout << "snapshot " << info.path << ": " << info.pages << " pages ("
               << internal::format_size(info.bytes_written) << ") of namespace " << options.name << " in "
               << info.duration_ns / 1000000.0 << " ms\n";
+    if (!info.vm_snapshot.empty()) {
+      std::cout << "VM paused " << info.vm_pause_ns / 1000000.0 << " ms ("
+                << (info.vm_snapshot == "background" ? "QEMU background snapshot"
+                                                     : "for the whole copy")
+                << ")\n";
+    }
   }
 }
 
@@ -78,6 +85,7 @@ int run_snapshot(const SnapshotVerbOptions& options) {
   nlohmann::json args = {{"name", options.name}, {"file", absolute(options.file)}};
   if (!options.base.empty()) args["base"] = absolute(options.base);
   if (options.threads != 0) args["threads"] = options.threads;
+  if (options.vm_pause) args["vm"] = "pause";
   auto reply = (*path)->execute("snapshot", args);
   if (!reply) return fail(reply.error());
   auto info = (*path)->snapshot_info(*reply);
@@ -191,6 +199,9 @@ void register_snapshot_commands(CLI::App& app, int* exit_code) {
       ->add_option("--threads", snap->threads,
                    "Threads copying in the background (0: one per CPU, at most 2)")
       ->check(CLI::Range(0u, kMaxSnapshotCopyThreads));
+  snapshot->add_flag("--vm-pause", snap->vm_pause,
+                     "Pause an attached VM for the whole copy instead of taking the snapshot "
+                     "through QEMU's background snapshot");
   snapshot->callback([=] { *exit_code = run_snapshot(*snap); });
 
   auto rest = std::make_shared<SnapshotVerbOptions>();

@@ -196,6 +196,10 @@ Result<SnapshotInfo> CommandPath::snapshot_info(const json& reply) const {
                                         !take(reply, "max_writer_stall_ns", s.max_writer_stall_ns))) {
     return bad_reply("snapshot");
   }
+  if (reply.contains("vm_snapshot") && (!take(reply, "vm_snapshot", s.vm_snapshot) ||
+                                        !take(reply, "vm_pause_ns", s.vm_pause_ns))) {
+    return bad_reply("snapshot");
+  }
   return s;
 }
 

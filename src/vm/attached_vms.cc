@@ -68,14 +68,40 @@ std::vector<std::pair<std::string, std::string>> AttachedVms::list() const {
   return out;
 }
 
-Result<AttachedVms::Pause> AttachedVms::pause(const std::string& name) {
-  std::shared_ptr<Pause::Vm> vm;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = vms_.find(name);
-    if (it == vms_.end()) return Pause();
-    vm = it->second;  // shared: a detach meanwhile cannot free it under us
+std::shared_ptr<AttachedVms::Pause::Vm> AttachedVms::find(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = vms_.find(name);
+  // Shared: a detach meanwhile cannot free it under its user.
+  return it == vms_.end() ? nullptr : it->second;
+}
+
+Result<SnapshotInfo> AttachedVms::with_running_vm(
+    const std::string& name, const std::function<Result<SnapshotInfo>(QmpClient&)>& fn) {
+  std::shared_ptr<Pause::Vm> vm = find(name);
+  if (vm == nullptr) {
+    return Error(std::errc::no_such_file_or_directory, "namespace " + name + ": no VM attached");
   }
+  // Held for the whole of fn: a pause() meanwhile waits, so no freeze can
+  // stop the VM under QEMU's background snapshot.
+  std::lock_guard<std::mutex> lock(vm->mu);
+  if (vm->depth > 0) {
+    return Error(std::errc::device_or_resource_busy,
+                 "namespace " + name + ": its VM is paused by a freeze");
+  }
+  return fn(*vm->client);
+}
+
+uint64_t AttachedVms::last_pause_ns(const std::string& name) const {
+  std::shared_ptr<Pause::Vm> vm = find(name);
+  if (vm == nullptr) return 0;
+  std::lock_guard<std::mutex> lock(vm->mu);
+  auto pause = vm->client->last_pause();
+  return pause ? static_cast<uint64_t>(pause->count()) : 0;
+}
+
+Result<AttachedVms::Pause> AttachedVms::pause(const std::string& name) {
+  std::shared_ptr<Pause::Vm> vm = find(name);
+  if (vm == nullptr) return Pause();
   std::lock_guard<std::mutex> lock(vm->mu);
   if (vm->depth == 0) {
     Status stopped = vm->client->stop();

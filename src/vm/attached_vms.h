@@ -9,6 +9,7 @@
 #ifndef RAWDAX_VM_ATTACHED_VMS_H_
 #define RAWDAX_VM_ATTACHED_VMS_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "rawdax/result.h"
+#include "rawdax/snapshot.h"
 #include "vm/qmp_client.h"
 
 namespace rawdax::internal {
@@ -53,7 +55,20 @@ class AttachedVms {
   // when none is attached.
   Result<Pause> pause(const std::string& name);
 
+  // Runs `fn` with the QMP connection of the VM attached to `name`, which
+  // must be running under no Pause of ours (QEMU's background snapshot
+  // resumes the guest it stopped, so it must not run while a freeze holds
+  // it paused). Pauses of that VM wait until `fn` returns. ENOENT when no
+  // VM is attached, EBUSY when a Pause holds it; else `fn`'s result.
+  Result<SnapshotInfo> with_running_vm(
+      const std::string& name, const std::function<Result<SnapshotInfo>(QmpClient&)>& fn);
+
+  // The attached VM's last pause as QEMU reported it (RESUME − STOP event
+  // timestamps), 0 when unknown or nothing is attached.
+  uint64_t last_pause_ns(const std::string& name) const;
+
  private:
+  std::shared_ptr<Pause::Vm> find(const std::string& name) const;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Pause::Vm>> vms_;  // guarded by mu_
 };

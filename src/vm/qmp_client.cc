@@ -51,9 +51,26 @@ Result<QmpClient> QmpClient::connect(const std::string& path, std::chrono::milli
   return client;
 }
 
-Status QmpClient::write_all(const std::string& text) {
+Status QmpClient::write_all(const std::string& text, int fd) {
   for (size_t done = 0; done < text.size();) {
-    ssize_t n = ::send(fd_.get(), text.data() + done, text.size() - done, MSG_NOSIGNAL);
+    ssize_t n;
+    if (fd >= 0 && done == 0) {  // the fd rides on the first byte(s)
+      iovec iov{const_cast<char*>(text.data()), text.size()};
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+      cmsg->cmsg_level = SOL_SOCKET;
+      cmsg->cmsg_type = SCM_RIGHTS;
+      cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
+      n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+    } else {
+      n = ::send(fd_.get(), text.data() + done, text.size() - done, MSG_NOSIGNAL);
+    }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return errno_error(errno, "QMP socket " + path_ + ": send");
     done += static_cast<size_t>(n);
@@ -95,6 +112,30 @@ Result<std::string> QmpClient::read_line() {
 
 Result<std::string> QmpClient::execute(const std::string& command,
                                        const std::string& arguments_json) {
+  return run(command, arguments_json, -1);
+}
+
+Result<std::string> QmpClient::execute_with_fd(const std::string& command,
+                                               const std::string& arguments_json, int fd) {
+  return run(command, arguments_json, fd);
+}
+
+void QmpClient::note_event(const std::string& name, int64_t timestamp_us) {
+  if (name == "STOP") {
+    stop_us_ = timestamp_us;
+    resume_us_ = -1;
+  } else if (name == "RESUME" && stop_us_ >= 0) {
+    resume_us_ = timestamp_us;
+  }
+}
+
+std::optional<std::chrono::nanoseconds> QmpClient::last_pause() const {
+  if (stop_us_ < 0 || resume_us_ < stop_us_) return std::nullopt;
+  return std::chrono::microseconds(resume_us_ - stop_us_);
+}
+
+Result<std::string> QmpClient::run(const std::string& command, const std::string& arguments_json,
+                                   int fd) {
   nlohmann::json request = {{"execute", command}};
   if (!arguments_json.empty()) {
     auto args = nlohmann::json::parse(arguments_json, nullptr, false);
@@ -103,7 +144,7 @@ Result<std::string> QmpClient::execute(const std::string& command,
     }
     request["arguments"] = std::move(args);
   }
-  RAWDAX_RETURN_IF_ERROR(write_all(request.dump() + "\n"));
+  RAWDAX_RETURN_IF_ERROR(write_all(request.dump() + "\n", fd));
   for (;;) {
     auto line = read_line();
     if (!line) return line.error();
@@ -111,7 +152,14 @@ Result<std::string> QmpClient::execute(const std::string& command,
     if (reply.is_discarded() || !reply.is_object()) {
       return Error(std::errc::protocol_error, "QMP socket " + path_ + ": bad reply: " + *line);
     }
-    if (reply.contains("event")) continue;
+    if (reply.contains("event")) {
+      const auto& ts = reply.value("timestamp", nlohmann::json::object());
+      if (reply["event"].is_string() && ts.is_object() && ts.value("seconds", int64_t{-1}) >= 0) {
+        note_event(reply["event"].get<std::string>(),
+                   ts.value("seconds", int64_t{0}) * 1000000 + ts.value("microseconds", int64_t{0}));
+      }
+      continue;
+    }
     if (reply.contains("return")) return reply["return"].dump();
     if (reply.contains("error")) {
       const auto& e = reply["error"];

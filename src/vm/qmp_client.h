@@ -12,6 +12,7 @@
 #define RAWDAX_VM_QMP_CLIENT_H_
 
 #include <chrono>
+#include <optional>
 #include <string>
 
 #include "common/unique_fd.h"
@@ -30,6 +31,17 @@ class QmpClient {
   // the reply's "return" value as JSON text. A QMP error becomes an Error
   // with its class and description.
   Result<std::string> execute(const std::string& command, const std::string& arguments_json = "");
+  // The same, passing `fd` along with the request (SCM_RIGHTS), as QMP's
+  // getfd wants. The caller keeps its own copy of `fd`.
+  Result<std::string> execute_with_fd(const std::string& command,
+                                      const std::string& arguments_json, int fd);
+
+  // RESUME timestamp − STOP timestamp of the last pause whose two events
+  // this client has read (QEMU's clock, microsecond resolution); nullopt
+  // when no STOP followed by a RESUME has been read.
+  std::optional<std::chrono::nanoseconds> last_pause() const;
+  // Forgets the pause events read so far.
+  void forget_pause() { stop_us_ = resume_us_ = -1; }
 
   // "running", "paused", … from query-status.
   Result<std::string> status();
@@ -41,12 +53,15 @@ class QmpClient {
  private:
   QmpClient() = default;
   Result<std::string> read_line();
-  Status write_all(const std::string& text);
+  Status write_all(const std::string& text, int fd = -1);
+  Result<std::string> run(const std::string& command, const std::string& arguments_json, int fd);
+  void note_event(const std::string& name, int64_t timestamp_us);
 
   std::string path_;
   UniqueFd fd_;
   std::chrono::milliseconds timeout_{5000};
   std::string buffer_;  // bytes read past the last line
+  int64_t stop_us_ = -1, resume_us_ = -1;  // the last STOP and the RESUME after it
 };
 
 }  // namespace rawdax::internal

@@ -7,6 +7,11 @@
 #                      running guest; powers off.
 #   rawdax.step=read   mounts the (restored) fsdax /dev/pmem0 -o dax and
 #                      prints the file back; powers off.
+#   rawdax.step=generations  writes raw /dev/pmem0 round after round and
+#                      never stops: round g fills every 4 KiB page, in
+#                      order, with the byte g (1..255, then 1 again),
+#                      through O_DIRECT, so each page reaches the namespace
+#                      as it is written. "rounds" once two rounds are done.
 export PATH=/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -49,6 +54,16 @@ read)
   mount -t ext4 -o dax /dev/pmem0 /mnt || fail "mount -o dax"
   say "file: $(cat /mnt/file)"
   say "done"
+  ;;
+generations)
+  mib=$(( $(cat /sys/block/pmem0/size) / 2048 ))
+  g=0
+  while :; do
+    g=$(( g % 255 + 1 ))
+    dd if=/dev/zero bs=1M count=$mib 2>/dev/null | tr '\000' "\\$(printf %o $g)" |
+      dd of=/dev/pmem0 bs=1M iflag=fullblock oflag=direct 2>/dev/null || fail "round $g"
+    [ $g = 2 ] && say "rounds"
+  done
   ;;
 *)
   fail "unknown step '$step'"
