@@ -7,7 +7,9 @@
 // and appends its reply to an output buffer. The output is sent before the
 // thread would block on input (or when it grows past 256 KiB),
 // so a pipelined burst of N requests costs about one recv and one send
-// instead of N of each. Reads of 64 KiB or more go out with sendfile(2) from
+// instead of N of each. Before it waits for more requests, a session that
+// is kept busy pauses 100 us so that the next burst gathers
+// (export/input_coalescer.h). Reads of 64 KiB or more go out with sendfile(2) from
 // the namespace's backing file instead of through the buffer (snapshot
 // exports have none: their pages are checked as they are read). Replies leave
 // in request order, which the protocol allows but does not require.
@@ -42,6 +44,7 @@
 
 #include "common/unique_fd.h"
 #include "export/export_source.h"
+#include "export/input_coalescer.h"
 #include "export/nbd_codec.h"
 #include "export/nbd_tls.h"
 #include "rawdax/region.h"
@@ -107,8 +110,10 @@ class NbdConnection {
   // Reads and drops n bytes (the payload of a rejected write).
   bool skip(uint64_t n);
   // Receives more input; sends pending output first, since the client may be
-  // waiting for it before it sends more. False on EOF or error.
-  bool refill();
+  // waiting for it before it sends more. `between_requests`: the input ended
+  // at a request boundary, where the coalescer may pause before the wait.
+  // False on EOF or error.
+  bool refill(bool between_requests = false);
   // Sends all pending output. False when the socket fails.
   bool flush_output();
   size_t buffered() const { return in_end_ - in_pos_; }
@@ -171,6 +176,12 @@ class NbdConnection {
 
   std::unique_ptr<char[]> in_;
   size_t in_pos_ = 0, in_end_ = 0;
+  InputCoalescer coalescer_;
+  // Request headers that came whole in the first receive after the last
+  // wait between requests (no more than the client's queue depth: all its
+  // replies had been sent), for the coalescer.
+  uint64_t first_receive_requests_ = 0;
+  bool first_receive_ = false;  // no receive since that one
   OutBuffer out_;
   // Write payloads too large to use in place. Allocated uninitialized, so a
   // client that declares a large write but sends little costs only the pages
