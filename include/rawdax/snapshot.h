@@ -42,6 +42,9 @@ struct SnapshotInfo {
   uint64_t bytes_written = 0;  // page bytes stored
   uint64_t duration_ns = 0;    // taking it (0 when read back from a file)
   uint64_t max_writer_stall_ns = 0;
+  // The freeze instant: from the freeze until the device thawed with the
+  // copier installed (part of max_writer_stall_ns; 0 when read back).
+  uint64_t freeze_ns = 0;
 };
 
 // Checks a snapshot file and its whole base chain: header and data

@@ -115,6 +115,11 @@ MappingRecord* UffdProtector::find_locked(const std::byte* addr) const {
 }
 
 Status UffdProtector::protect_all_locked() {
+  // With tracking, every page outside dirty() is write-protected already
+  // (see protect_dirty_locked), so the freeze protects only the dirty ones:
+  // its writer stall scales with what changed since the last sync or
+  // snapshot, not with the size mapped.
+  if (tracking()) return protect_dirty_locked();
   for (auto& [addr, record] : writable_) {
     RAWDAX_RETURN_IF_ERROR(write_protect(record->addr, record->mapped_len, true));
   }
@@ -138,14 +143,24 @@ void UffdProtector::release_all_locked() {
 }
 
 Status UffdProtector::collect_dirty_locked() {
-  // Frozen: every mapping is write-protected already, and faults have put
-  // the pages written before in the bitmap.
+  // Frozen: every mapping is write-protected already (protect_all_locked).
   if (frozen_) return ok();
-  // Faults already put mapping stores in the bitmap; protect those pages again.
-  // One ioctl per dirty run costs about as much as protecting 64 pages in bulk
-  // (it flushes the TLB each time), so many scattered runs are cheaper to
-  // cover with one ioctl over the whole mapping: the clean pages in it are
-  // protected already, so that changes nothing for them.
+  return protect_dirty_locked();
+}
+
+Status UffdProtector::protect_dirty_locked() {
+  // Why the pages outside dirty() need nothing: with tracking, a mapping is
+  // born protected (on_map), and the only page this engine unprotects is
+  // one resolve_locked() has marked dirty first, under mu_, as this runs.
+  // dirty() is cleared only by flush_dirty_locked(), under mu_, right after
+  // this has protected its pages again (sync, freeze). end_live_copy() and
+  // release_all_locked() unprotect whole mappings only without tracking.
+  // Block writes mark pages they do not unprotect: more to protect, no harm.
+  //
+  // One ioctl per dirty run costs about as much as protecting 64 pages in
+  // bulk (it flushes the TLB each time), so many scattered runs are cheaper
+  // to cover with one ioctl over the whole mapping: the clean pages in it
+  // are protected already, so that changes nothing for them.
   const uint64_t page = core_.page_size();
   constexpr uint64_t kPagesPerIoctl = 64;
   for (auto& [addr, record] : writable_) {
@@ -156,7 +171,8 @@ Status UffdProtector::collect_dirty_locked() {
       uint64_t lo = std::max(first, lo_page), hi = std::min(first + count, hi_page);
       if (lo < hi) runs.emplace_back(lo, hi - lo);
     });
-    if (runs.size() * kPagesPerIoctl > hi_page - lo_page) {
+    // Pages past the bitmap's capacity are never marked: protect them all.
+    if (hi_page > DirtyBitmap::kMaxPages || runs.size() * kPagesPerIoctl > hi_page - lo_page) {
       RAWDAX_RETURN_IF_ERROR(write_protect(record->addr, record->mapped_len, true));
       continue;
     }

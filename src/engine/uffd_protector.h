@@ -16,6 +16,11 @@
 //  - neither: unprotected (a page left protected by an earlier freeze).
 // Unprotecting a page also wakes the faults waiting on it.
 //
+// Freeze: with tracking only the pages in the sync dirty bitmap can be
+// writable, so the freeze write-protects just those (an incremental
+// snapshot's writer stall scales with what changed); without tracking, every
+// writable mapping whole.
+//
 // Lazy restore: a mapping made while the device is filling (a lazy
 // restore's unfilled pages, device/page_fill.h) is also registered in
 // MISSING mode, read-only ones included, so map() returns at once and a
@@ -84,6 +89,10 @@ class UffdProtector : public Protector {
  private:
   explicit UffdProtector(DeviceCore& core) : Protector(core, ProtectionEngine::kUffd) {}
   void handle_faults();
+  // Tracking: write-protects the pages in dirty() again, which are all the
+  // pages of the writable mappings that may be writable (the freeze, and
+  // collect_dirty while not frozen). mu_ held.
+  Status protect_dirty_locked();
   void resolve_locked(MappingRecord& record, std::byte* page_addr);
   // A MISSING fault: the page put in place (or failed), the fault woken.
   void fill_missing_locked(MappingRecord& record, std::byte* page_addr);
