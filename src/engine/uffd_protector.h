@@ -16,8 +16,8 @@
 //  - neither: unprotected (a page left protected by an earlier freeze).
 // Unprotecting a page also wakes the faults waiting on it.
 //
-// Freeze: with tracking only the pages in the sync dirty bitmap can be
-// writable, so the freeze write-protects just those (an incremental
+// Freeze: with tracking only the pages the handler unprotected since they
+// were last protected can be writable, so the freeze write-protects just those (an incremental
 // snapshot's writer stall scales with what changed); without tracking, every
 // writable mapping whole.
 //
@@ -54,6 +54,7 @@
 #include <vector>
 
 #include "common/unique_fd.h"
+#include "device/dirty_bitmap.h"
 #include "engine/protector.h"
 
 namespace rawdax::internal {
@@ -89,8 +90,8 @@ class UffdProtector : public Protector {
  private:
   explicit UffdProtector(DeviceCore& core) : Protector(core, ProtectionEngine::kUffd) {}
   void handle_faults();
-  // Tracking: write-protects the pages in dirty() again, which are all the
-  // pages of the writable mappings that may be writable (the freeze, and
+  // Tracking: write-protects the pages in unprotected_ again, which are all
+  // the pages of the writable mappings that may be writable (the freeze, and
   // collect_dirty while not frozen). mu_ held.
   Status protect_dirty_locked();
   void resolve_locked(MappingRecord& record, std::byte* page_addr);
@@ -113,6 +114,9 @@ class UffdProtector : public Protector {
   // Read-only mappings registered for MISSING faults only; guarded by mu_.
   std::map<const std::byte*, MappingRecord*> read_only_;
   std::vector<Parked> parked_;                           // guarded by mu_
+  // With tracking: the pages resolve_locked() unprotected since
+  // protect_dirty_locked() last protected them; written under mu_.
+  DirtyBitmap unprotected_;
 };
 
 }  // namespace rawdax::internal
