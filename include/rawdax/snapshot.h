@@ -50,6 +50,9 @@ struct SnapshotInfo {
   // QEMU did not report both).
   std::string vm_snapshot = {};
   uint64_t vm_pause_ns = 0;
+  // The freeze instant: from the freeze until the device thawed with the
+  // copier installed (part of max_writer_stall_ns; 0 when read back).
+  uint64_t freeze_ns = 0;
 };
 
 // Checks a snapshot file and its whole base chain: header and data

@@ -98,8 +98,10 @@ Status UffdProtector::on_map(MappingRecord& record) {
   }
   if (faulting_thread_) {
     // on_fault() marks pages from a SIGBUS handler, which must not allocate.
-    core_.reserve_marks(record.offset / core_.page_size(),
-                        (record.mapped_len + core_.page_size() - 1) / core_.page_size());
+    const uint64_t first = record.offset / core_.page_size();
+    const uint64_t count = (record.mapped_len + core_.page_size() - 1) / core_.page_size();
+    core_.reserve_marks(first, count);
+    if (tracking()) unprotected_.reserve(first, count);
     RAWDAX_RETURN_IF_ERROR(UffdSigbus::add(this, record.addr, record.mapped_len));
   }
   writable_[record.addr] = &record;
@@ -154,6 +156,11 @@ MappingRecord* UffdProtector::find_locked(const std::byte* addr) const {
 }
 
 Status UffdProtector::protect_all_locked() {
+  // With tracking, every page outside unprotected_ is write-protected already
+  // (see protect_dirty_locked), so the freeze protects only the dirty ones:
+  // its writer stall scales with what changed since the last sync or
+  // snapshot, not with the size mapped.
+  if (tracking()) return protect_dirty_locked();
   for (auto& [addr, record] : writable_) {
     RAWDAX_RETURN_IF_ERROR(write_protect(record->addr, record->mapped_len, true));
   }
@@ -180,34 +187,53 @@ void UffdProtector::release_all_locked() {
 }
 
 Status UffdProtector::collect_dirty_locked() {
-  // Frozen: every mapping is write-protected already, and faults have put
-  // the pages written before in the bitmap.
+  // Frozen: every mapping is write-protected already (protect_all_locked).
   if (frozen_) return ok();
-  // Faults already put mapping stores in the bitmap; protect those pages again.
-  // One ioctl per dirty run costs about as much as protecting 64 pages in bulk
+  return protect_dirty_locked();
+}
+
+Status UffdProtector::protect_dirty_locked() {
+  // Why the pages outside unprotected_ need nothing: with tracking, a
+  // mapping is born protected (on_map), and the only page this engine
+  // unprotects is one resolve_locked() records in unprotected_ first, under
+  // mu_, as this runs. end_live_copy() and release_all_locked() unprotect
+  // whole mappings only without tracking. (The sync bitmap dirty() would not
+  // do: a page stays in it, protected again, until the next sync persists
+  // it, so after a snapshot it still holds every page written before.)
+  //
+  // One ioctl per run costs about as much as protecting 64 pages in bulk
   // (it flushes the TLB each time), so many scattered runs are cheaper to
-  // cover with one ioctl over the whole mapping: the clean pages in it are
+  // cover with one ioctl over the whole mapping: the other pages in it are
   // protected already, so that changes nothing for them.
+  std::vector<std::pair<uint64_t, uint64_t>> all;
+  unprotected_.take([&](uint64_t first, uint64_t count) { all.emplace_back(first, count); });
   const uint64_t page = core_.page_size();
   constexpr uint64_t kPagesPerIoctl = 64;
+  Status result;
   for (auto& [addr, record] : writable_) {
     const uint64_t lo_page = record->offset / page;
     const uint64_t hi_page = (record->offset + record->mapped_len) / page;
     std::vector<std::pair<uint64_t, uint64_t>> runs;  // pages, clipped to this mapping
-    core_.dirty()->for_each_run([&](uint64_t first, uint64_t count) {
+    for (auto [first, count] : all) {
       uint64_t lo = std::max(first, lo_page), hi = std::min(first + count, hi_page);
       if (lo < hi) runs.emplace_back(lo, hi - lo);
-    });
-    if (runs.size() * kPagesPerIoctl > hi_page - lo_page) {
-      RAWDAX_RETURN_IF_ERROR(write_protect(record->addr, record->mapped_len, true));
-      continue;
     }
-    for (auto [first, count] : runs) {
-      RAWDAX_RETURN_IF_ERROR(
-          write_protect(record->addr + (first * page - record->offset), count * page, true));
+    // Pages past the bitmap's capacity are never recorded: protect them all.
+    if (hi_page > DirtyBitmap::kMaxPages || runs.size() * kPagesPerIoctl > hi_page - lo_page) {
+      result = write_protect(record->addr, record->mapped_len, true);
+    } else {
+      for (auto [first, count] : runs) {
+        result = write_protect(record->addr + (first * page - record->offset), count * page, true);
+        if (!result) break;
+      }
     }
+    if (!result) break;
   }
-  return ok();
+  // Failed: the pages may still be writable, so the next attempt covers them.
+  if (!result) {
+    for (auto [first, count] : all) unprotected_.set_range(first, count);
+  }
+  return result;
 }
 
 // Lets the first store to a protected page land: a live snapshot copies the
@@ -217,7 +243,10 @@ void UffdProtector::resolve_locked(MappingRecord& record, std::byte* page_addr) 
   const uint64_t page = core_.page_size();
   const uint64_t index = offset_of(record, page_addr) / page;
   if (PageCopier* copier = core_.copier()) copier->before_write(index, 1);
-  if (tracking()) core_.mark_pages(index, 1);
+  if (tracking()) {
+    core_.mark_pages(index, 1);
+    unprotected_.set(index);  // before the unprotect: see protect_dirty_locked()
+  }
   (void)write_protect(page_addr, page, false);
 }
 

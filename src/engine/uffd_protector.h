@@ -16,6 +16,11 @@
 //  - neither: unprotected (a page left protected by an earlier freeze).
 // Unprotecting a page also wakes the faults waiting on it.
 //
+// Freeze: with tracking only the pages the handler unprotected since they
+// were last protected can be writable, so the freeze write-protects just those (an incremental
+// snapshot's writer stall scales with what changed); without tracking, every
+// writable mapping whole.
+//
 // Lazy restore: a mapping made while the device is filling (a lazy
 // restore's unfilled pages, device/page_fill.h) is also registered in
 // MISSING mode, read-only ones included, so map() returns at once and a
@@ -67,6 +72,7 @@
 #include <vector>
 
 #include "common/unique_fd.h"
+#include "device/dirty_bitmap.h"
 #include "engine/protector.h"
 #include "engine/uffd_sigbus.h"
 
@@ -111,6 +117,10 @@ class UffdProtector : public Protector, private UffdSigbus::Client {
   bool on_fault(std::byte* addr) override;
   // Lets every store waiting in on_fault() retry. mu_ held.
   void wake_waiting_locked();
+  // Tracking: write-protects the pages in unprotected_ again, which are all
+  // the pages of the writable mappings that may be writable (the freeze, and
+  // collect_dirty while not frozen). mu_ held.
+  Status protect_dirty_locked();
   void resolve_locked(MappingRecord& record, std::byte* page_addr);
   // A MISSING fault: the page put in place (or failed), the fault woken.
   void fill_missing_locked(MappingRecord& record, std::byte* page_addr);
@@ -134,6 +144,9 @@ class UffdProtector : public Protector, private UffdSigbus::Client {
   bool faulting_thread_ = false;                         // fixed by create()
   std::atomic<uint32_t> thaw_epoch_{0};  // bumped under mu_; waited on without it
   uint64_t waiting_in_thread_ = 0;       // stores waiting in on_fault(); guarded by mu_
+  // With tracking: the pages resolve_locked() unprotected since
+  // protect_dirty_locked() last protected them; written under mu_.
+  DirtyBitmap unprotected_;
 };
 
 }  // namespace rawdax::internal

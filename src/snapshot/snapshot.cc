@@ -405,6 +405,8 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, SnapshotSt
     }
     ~Thaw() { now(); }
   } thaw{engine};
+  // With tracking on the uffd engine the freeze protected the dirty pages
+  // only (the rest stayed protected by tracking); this is then a no-op.
   RAWDAX_RETURN_IF_ERROR(engine.collect_dirty());
 
   // The pages to copy are fixed now; the copier keeps each one unchanged
@@ -415,8 +417,9 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, SnapshotSt
     });
   }
   core.set_copier(&live);
-  uint64_t stall = elapsed_ns(frozen_at);
   thaw.now();
+  const uint64_t freeze_ns = elapsed_ns(frozen_at);
+  uint64_t stall = freeze_ns;
   unsigned threads = options.copy_threads;
   if (threads == 0) threads = std::clamp(std::thread::hardware_concurrency(), 1u, 2u);
   live.copy_rest(options.progress, threads);
@@ -433,6 +436,7 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, SnapshotSt
   SnapshotInfo info = snapshot_info_of(path, *done);
   info.duration_ns = elapsed_ns(start);
   info.max_writer_stall_ns = stall;
+  info.freeze_ns = freeze_ns;
   return info;
 }
 

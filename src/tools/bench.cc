@@ -345,7 +345,8 @@ int run_bench(const BenchOptions& options) {
     for (auto& p : *made) pairs.push_back(p);
   }
   if (want("snapshot")) {
-    auto snapshot = run_snapshot_pairs(**region, *snapshot_size, std::min(options.rounds, 3));
+    auto snapshot = run_snapshot_pairs(**region, *snapshot_size, std::min(options.rounds, 3),
+                                       options.huge_pages);
     if (!snapshot) return fail(snapshot.error());
     for (auto& p : *snapshot) pairs.push_back(p);
   }
@@ -410,7 +411,8 @@ void register_bench_command(CLI::App& app, int* exit_code) {
       ->check(CLI::IsMember(
           {"core", "live-ref", "teardown", "engine", "region", "snapshot", "restore"}));
   bench->add_flag("--huge-pages", options->huge_pages,
-                  "Set shmem THP to 'advise' for the run (root) to measure 2M pages");
+                  "Measure 2M pages too (root): shmem THP set to 'advise' and a hugetlbfs "
+                  "pool and mount, each for the run");
   bench->add_option("--rounds", options->rounds, "Rounds per measurement (best is kept)")
       ->capture_default_str();
   bench->callback([=] {

@@ -89,8 +89,12 @@ Result<std::vector<Pair>> run_engine_pairs(Region& region, uint64_t size, int ro
                                            bool enable_huge_pages);
 
 // Live snapshot writer stall and time against fork-COW, and incremental
-// snapshot cost by dirty fraction (bench_snapshot.cc).
-Result<std::vector<Pair>> run_snapshot_pairs(Region& region, uint64_t size, int rounds);
+// snapshot cost, freeze instant and writer stall by dirty fraction; with
+// `huge_pages` (root), the writer stall on shmem THP against fork-COW on THP
+// anonymous memory and on hugetlbfs (2 MiB copy-before-write) against 4 KiB
+// pages (bench_snapshot.cc).
+Result<std::vector<Pair>> run_snapshot_pairs(Region& region, uint64_t size, int rounds,
+                                             bool huge_pages);
 
 // Lazy restore against a plain restore of the same `size`-byte snapshot:
 // time to the first 4 KiB read deep in the image, and until the fill is

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <thread>
 
 #include "common/mapped_range.h"
@@ -21,8 +22,9 @@ struct RawMapping {
   internal::MappedRange range;
 };
 
-// With `huge`, the mapping is 2 MiB-aligned and advised for shmem THP.
-Result<RawMapping> raw_mapping(uint64_t size, uint64_t huge = 0);
+// With `huge`, the mapping is 2 MiB-aligned and advised for shmem THP; with
+// `hugetlb` too, the memfd is of the default huge page size (MFD_HUGETLB).
+Result<RawMapping> raw_mapping(uint64_t size, uint64_t huge = 0, bool hugetlb = false);
 
 // Who answers a write fault on a page RawUffd protected.
 enum class RawFaults {
@@ -47,6 +49,42 @@ class RawUffd {
   internal::UniqueFd fd_;
   std::thread handler_;
   std::atomic<bool> stop_{false};
+};
+
+// Turns shmem THP to "advise" for its lifetime when it is off and
+// `allowed` (root), then restores it.
+class ShmemThpForBench {
+ public:
+  explicit ShmemThpForBench(bool allowed);
+  ~ShmemThpForBench();
+  ShmemThpForBench(const ShmemThpForBench&) = delete;
+  ShmemThpForBench& operator=(const ShmemThpForBench&) = delete;
+  bool on() const;
+  const std::string& before() const { return before_; }
+
+ private:
+  std::string before_;
+  bool changed_ = false;
+};
+
+// Adds `pages` 2 MiB pages to the hugetlb pool and mounts hugetlbfs on a
+// fresh directory for its lifetime (root only), then unmounts and gives back
+// what it added, whatever others did to the pool meanwhile. on() false and
+// why() says why when any step failed.
+class HugetlbfsForBench {
+ public:
+  explicit HugetlbfsForBench(uint64_t pages);
+  ~HugetlbfsForBench();
+  HugetlbfsForBench(const HugetlbfsForBench&) = delete;
+  HugetlbfsForBench& operator=(const HugetlbfsForBench&) = delete;
+  bool on() const { return mounted_; }
+  const std::string& dir() const { return dir_; }
+  const std::string& why() const { return why_; }
+
+ private:
+  uint64_t added_ = 0;
+  std::string dir_, why_;
+  bool mounted_ = false;
 };
 
 }  // namespace rawdax::cli

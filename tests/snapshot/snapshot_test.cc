@@ -627,6 +627,64 @@ TEST_P(SnapshotTest, AStoreAheadOfTheCopierIsServedFirst) {
   EXPECT_LT(worst.load() * 4, info->duration_ns);
 }
 
+// An incremental's freeze write-protects only the pages written since the
+// last snapshot (the uffd engine with tracking; docs/snapshot.md). Stores
+// after it, to a page written before it and to one never written since the
+// base, during the live copy (from another thread: the copier calls
+// progress) and after it, are all caught: the incremental holds the bytes
+// of the freeze instant, and the next one stores exactly those pages.
+TEST_P(SnapshotTest, IncrementalFreezeCatchesStoresToCleanAndDirtyPages) {
+  // Past 16 MiB, where the copier first reports progress (a page of 2 MiB
+  // on hugetlbfs is its own chunk), with pages left to copy after that.
+  const uint64_t size = 24 * kMiB, pages = size / page_;
+  ASSERT_TRUE(region_->create_namespace({.name = "inc", .size = size}));
+  auto dev = region_->open_device("inc", {.track_dirty = true});
+  ASSERT_TRUE(dev) << dev.error().message();
+  auto m = (*dev)->map(0, size, Access::ReadWrite);
+  ASSERT_TRUE(m);
+  std::memset(m->data(), 1, size);
+  auto full = (*dev)->snapshot(file("a.snap"));
+  ASSERT_TRUE(full) << full.error().message();
+  for (uint64_t p = 0; p < pages; p += 2) m->data()[p * page_] = std::byte{2};  // dirty: even
+  const uint64_t dirty = (20 * kMiB / page_) & ~uint64_t{1};  // ahead of the copier
+  const uint64_t clean = dirty + 1;
+  auto store = [&](uint64_t page, uint8_t v) {
+    reinterpret_cast<volatile std::byte*>(m->data())[page * page_ + 8] = std::byte{v};
+  };
+  std::thread during;
+  auto inc = (*dev)->snapshot(
+      file("b.snap"), {.base = file("a.snap"),
+                       .progress =
+                           [&](uint64_t done, uint64_t total) {
+                             if (done == total || during.joinable()) return;
+                             during = std::thread([&] {
+                               store(dirty, 3);
+                               store(clean, 3);
+                             });
+                           },
+                       .copy_threads = 1});
+  ASSERT_TRUE(during.joinable()) << "the copier never reported progress mid-copy";
+  during.join();
+  ASSERT_TRUE(inc) << inc.error().message();
+  // Whole-range tracking (the mprotect engine before Linux 6.7) stores every page.
+  const bool whole_range = (*dev)->engine() == ProtectionEngine::kMprotect &&
+                           !internal::write_tracker_supported();
+  EXPECT_EQ(inc->pages, whole_range ? pages : pages / 2);
+  store(2, 4);  // dirty before the incremental, not since
+  store(3, 4);  // never written since the full snapshot
+  auto next = (*dev)->snapshot(file("c.snap"), {.base = file("b.snap")});
+  ASSERT_TRUE(next) << next.error().message();
+  EXPECT_EQ(next->pages, whole_range ? pages : 4u);
+
+  // The incremental is the namespace at its freeze: none of the stores.
+  std::vector<std::byte> at_freeze(m->data(), m->data() + size);
+  for (uint64_t p : {dirty, clean, uint64_t{2}, uint64_t{3}}) at_freeze[p * page_ + 8] = std::byte{1};
+  ASSERT_TRUE(region_->restore_namespace("b", file("b.snap")));
+  EXPECT_TRUE(contents("b") == at_freeze);
+  ASSERT_TRUE(region_->restore_namespace("c", file("c.snap")));
+  EXPECT_TRUE(contents("c") == std::vector<std::byte>(m->data(), m->data() + size));
+}
+
 // After a live snapshot every mapping takes stores again without faulting,
 // however it was released: run by run (mprotect), or in slices at the end
 // (uffd, 16 MiB at a time; the 40 MiB mapping spans three).
