@@ -380,7 +380,7 @@ Result<std::vector<Pair>> huge_page_stalls(uint64_t size, const std::string& pat
       if (!thp_region) return thp_region.error();
       auto forked = best_of([&] { return fork_cow(size, path, period, /*thp=*/true); });
       if (!forked) return forked.error();
-      auto live = best_of([&] { return live_snapshot(**thp_region, size, path, period); });
+      auto live = best_of([&] { return live_snapshot(**thp_region, size, path, period, UffdFaults::kAuto); });
       if (!live) return live.error();
       for (auto [label, f, l] : {std::tuple{"p50", forked->p50, live->p50},
                                  std::tuple{"p99", forked->p99, live->p99},
@@ -398,7 +398,7 @@ Result<std::vector<Pair>> huge_page_stalls(uint64_t size, const std::string& pat
   }
   auto huge_region = Region::open(pool.dir(), {.create = true});
   if (!huge_region) return huge_region.error();
-  auto live = best_of([&] { return live_snapshot(**huge_region, size, path, period); });
+  auto live = best_of([&] { return live_snapshot(**huge_region, size, path, period, UffdFaults::kAuto); });
   if (!live) return live.error();
   pairs.push_back(Pair{"live snapshot " + size_text + " on hugetlbfs, writer stall p50",
                        "the same on this region's 4 KiB pages", small.p50, live->p50, 0, "per store",
@@ -547,14 +547,14 @@ Result<std::vector<Pair>> run_snapshot_pairs(Region& region, uint64_t size, int 
                          GoalKind::kReport});
     pairs.push_back(Pair{what + ", freeze instant", anchor, full.freeze_ns, inc.freeze_ns, 0,
                          "per freeze", GoalKind::kReport});
-    // The goal of issue #19: a small incremental stalls its writers 10x
+    // The goal: a small incremental stalls its writers 10x
     // less than a full snapshot does.
     pairs.push_back(Pair{what + ", writer stall max", anchor, full.max_stall_ns,
                          inc.max_stall_ns, percents[i] == 1 ? 10.0 : 0, "per snapshot",
                          percents[i] == 1 ? GoalKind::kMinRatio : GoalKind::kReport});
   }
   if (huge_pages) {
-    auto huge = huge_page_stalls(size, path, period, rounds, live_best);
+    auto huge = huge_page_stalls(size, path, period, rounds, modes.front().best);
     if (!huge) return huge.error();
     pairs.insert(pairs.end(), huge->begin(), huge->end());
   }
