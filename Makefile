@@ -27,7 +27,7 @@ SOAK_SECONDS ?= 600
 # under TSan a guarded write that faults dies of the SIGBUS (TSan's
 # memcpy/memset interceptors stand between the fault and the recovery); ASan
 # and the plain build run its thread test.
-TSAN_TESTS ?= LiveRef|PageFill|LazyRestoreTest.Stress|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker|SnapshotTest.Stress|SnapshotTest.AStoreAhead|SnapshotTest.IncrementalFreeze|SnapshotTest.ParallelAcross|SnapshotTest.SerializedWithin|NbdCodec|NbdServe|NbdE2e|NbdBadInput|NbdTls|Control|HolderFreezes|AcceptLoop|NbdSnapshot|SnapshotExport|SnapshotImage
+TSAN_TESTS ?= LiveRef|FaultingThreadSnapshotTest|PageFill|LazyRestoreTest.Stress|Teardown|Resize|Freeze|SegvParking|DirtyBitmap|WriteTracker|SnapshotTest.Stress|SnapshotTest.AStoreAhead|SnapshotTest.IncrementalFreeze|SnapshotTest.ParallelAcross|SnapshotTest.SerializedWithin|NbdCodec|NbdServe|NbdE2e|NbdBadInput|NbdTls|Control|HolderFreezes|AcceptLoop|NbdSnapshot|SnapshotExport|SnapshotImage
 WERROR     ?= OFF
 REGION     ?= ./rawdax-data
 CTEST_J    ?= 2

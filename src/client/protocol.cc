@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "net/unix_socket.h"
+
 namespace rawdax::control {
 
 std::string_view error_class(const Error& error) {
@@ -47,32 +49,7 @@ Status send_line(int socket, std::string_view line, int pass_fd) {
   buf.reserve(line.size() + 1);
   buf.append(line);
   buf.push_back('\n');
-  size_t done = 0;
-  bool fd_pending = pass_fd >= 0;
-  while (done < buf.size()) {
-    iovec iov{buf.data() + done, buf.size() - done};
-    msghdr msg = {};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    if (fd_pending) {
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-      cmsg->cmsg_level = SOL_SOCKET;
-      cmsg->cmsg_type = SCM_RIGHTS;
-      cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-      std::memcpy(CMSG_DATA(cmsg), &pass_fd, sizeof(int));
-    }
-    ssize_t n = ::sendmsg(socket, &msg, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno_error(errno, "control socket: send");
-    }
-    fd_pending = false;
-    done += static_cast<size_t>(n);
-  }
-  return ok();
+  return net::send_all(socket, buf, pass_fd, "control socket");
 }
 
 bool LineReader::has_line() const { return buffer_.find('\n', scanned_) != std::string::npos; }

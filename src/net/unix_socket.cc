@@ -98,4 +98,32 @@ Result<internal::UniqueFd> listen_unix(const std::string& path, int backlog, std
   return std::move(*fd);
 }
 
+Status send_all(int socket, std::string_view data, int pass_fd, std::string_view what) {
+  bool fd_pending = pass_fd >= 0;
+  for (size_t done = 0; done < data.size();) {
+    iovec iov{const_cast<char*>(data.data()) + done, data.size() - done};
+    msghdr msg = {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    if (fd_pending) {
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+      cmsg->cmsg_level = SOL_SOCKET;
+      cmsg->cmsg_type = SCM_RIGHTS;
+      cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(cmsg), &pass_fd, sizeof(int));
+    }
+    ssize_t n = ::sendmsg(socket, &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno_error(errno, std::string(what) + ": send");
+    }
+    fd_pending = false;
+    done += static_cast<size_t>(n);
+  }
+  return ok();
+}
+
 }  // namespace rawdax::net

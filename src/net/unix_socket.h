@@ -31,6 +31,10 @@ namespace rawdax::net {
 Result<internal::UniqueFd> connect_unix(const std::string& path, std::string_view what = "socket");
 // A listening socket bound at `path` with mode 0600 (see above).
 Result<internal::UniqueFd> listen_unix(const std::string& path, int backlog, std::string_view what);
+// Sends all of `data` on a stream socket (retrying EINTR and short sends,
+// MSG_NOSIGNAL), with `pass_fd` (if >= 0) riding on the first bytes as
+// SCM_RIGHTS. Errors name `what`.
+Status send_all(int socket, std::string_view data, int pass_fd, std::string_view what);
 
 }  // namespace rawdax::net
 

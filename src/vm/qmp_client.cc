@@ -11,6 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "net/unix_socket.h"
+
 namespace rawdax::internal {
 
 Result<QmpClient> QmpClient::connect(const std::string& path, std::chrono::milliseconds timeout) {
@@ -52,30 +54,7 @@ Result<QmpClient> QmpClient::connect(const std::string& path, std::chrono::milli
 }
 
 Status QmpClient::write_all(const std::string& text, int fd) {
-  for (size_t done = 0; done < text.size();) {
-    ssize_t n;
-    if (fd >= 0 && done == 0) {  // the fd rides on the first byte(s)
-      iovec iov{const_cast<char*>(text.data()), text.size()};
-      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-      msghdr msg{};
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-      cmsg->cmsg_level = SOL_SOCKET;
-      cmsg->cmsg_type = SCM_RIGHTS;
-      cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-      std::memcpy(CMSG_DATA(cmsg), &fd, sizeof fd);
-      n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
-    } else {
-      n = ::send(fd_.get(), text.data() + done, text.size() - done, MSG_NOSIGNAL);
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return errno_error(errno, "QMP socket " + path_ + ": send");
-    done += static_cast<size_t>(n);
-  }
-  return ok();
+  return net::send_all(fd_.get(), text, fd, "QMP socket " + path_);
 }
 
 Result<std::string> QmpClient::read_line() {
