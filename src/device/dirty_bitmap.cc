@@ -48,6 +48,20 @@ void DirtyBitmap::set_range(uint64_t first_page, uint64_t count) {
   }
 }
 
+void DirtyBitmap::clear_range(uint64_t first_page, uint64_t count) {
+  const uint64_t end = std::min(first_page + count, kMaxPages);
+  for (uint64_t page = first_page; page < end;) {
+    uint64_t in_chunk = page & (kChunkPages - 1);
+    uint64_t word = in_chunk / 64, bit = in_chunk % 64;
+    uint64_t n = std::min<uint64_t>(64 - bit, end - page);
+    if (Chunk* chunk = chunks_[page >> kChunkShift].load(std::memory_order_acquire)) {
+      uint64_t mask = (n == 64 ? ~uint64_t{0} : ((uint64_t{1} << n) - 1)) << bit;
+      chunk->words[word].fetch_and(~mask, std::memory_order_acq_rel);
+    }
+    page += n;
+  }
+}
+
 bool DirtyBitmap::test(uint64_t page) const {
   if (page >= kMaxPages) return false;
   Chunk* chunk = chunks_[page >> kChunkShift].load(std::memory_order_acquire);

@@ -34,6 +34,8 @@ class DirtyBitmap {
   // Allocates the storage of pages [first_page, +count) now, so that setting
   // them later allocates nothing (a SIGBUS handler may set them).
   void reserve(uint64_t first_page, uint64_t count);
+  // Clears pages [first_page, +count).
+  void clear_range(uint64_t first_page, uint64_t count);
   bool test(uint64_t page) const;
   uint64_t count() const;
 

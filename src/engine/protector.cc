@@ -43,6 +43,9 @@ Status Protector::freeze(std::chrono::nanoseconds timeout, bool persist) {
     ++depth_;
     return ok();
   }
+  if (Status ahead = protect_ahead(); !ahead) {
+    return ahead.error().with_context("namespace " + core_.name() + ": freeze: ");
+  }
   RAWDAX_RETURN_IF_ERROR(core_.freeze_block_writes(timeout));
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -60,6 +63,8 @@ Status Protector::freeze(std::chrono::nanoseconds timeout, bool persist) {
   freezes_.fetch_add(1, std::memory_order_relaxed);
   return ok();
 }
+
+Status Protector::protect_ahead() { return tracking() ? protect_before_freeze() : ok(); }
 
 void Protector::thaw() {
   std::lock_guard<std::mutex> serial(freeze_mu_);

@@ -18,6 +18,7 @@
 // is destroyed only once no mapping of the device is left.
 //
 // Freeze protocol (outermost freeze; inner ones only count depth):
+//   0. with tracking, the engine may protect ahead (protect_before_freeze);
 //   1. block writers: the device's live ref is frozen (new ones wait, the
 //      ones inside drain), bounded by the timeout;
 //   2. mappings: frozen_ is set, then every writable mapping is
@@ -64,6 +65,10 @@ class Protector : public MappingObserver {
   Status freeze(std::chrono::nanoseconds timeout, bool persist = true);
   void thaw();
   Status sync();
+  // With tracking, protects ahead what the next freeze would have to, while
+  // stores go on (freeze step 0); a caller that times the freeze's stall
+  // calls it first, so that the freeze's own step 0 finds little left.
+  Status protect_ahead();
   // Moves pages written through mappings into the dirty bitmaps and
   // write-protects them again (what sync does before it flushes).
   Status collect_dirty();
@@ -99,6 +104,10 @@ class Protector : public MappingObserver {
  protected:
   Protector(DeviceCore& core, ProtectionEngine kind) : core_(core), kind_(kind) {}
 
+  // Before freeze step 1, with tracking and without mu_: protects ahead
+  // what step 2 would, in steps that let stores go on, so that step 2 is
+  // left with what was written meanwhile. Fails as step 2 would.
+  virtual Status protect_before_freeze() { return ok(); }
   // Engine-specific steps, all called with mu_ held.
   // Freeze step 2: every writable mapping stops taking stores.
   virtual Status protect_all_locked() = 0;

@@ -99,6 +99,7 @@ class UffdProtector : public Protector, private UffdSigbus::Client {
   void on_revoked(MappingRecord& record) override;
 
  protected:
+  Status protect_before_freeze() override;
   Status protect_all_locked() override;
   void release_all_locked() override;
   Status collect_dirty_locked() override;

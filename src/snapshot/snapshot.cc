@@ -394,6 +394,9 @@ Result<SnapshotInfo> take_locked(DeviceCore& core, Protector& engine, SnapshotSt
   // base that the next incremental could wrongly build on.
   state.last_id.clear();
   state.last_checksum.clear();
+  // Stores go on while this protects what the freeze would (with tracking),
+  // so the stall timed from here is the freeze's own.
+  if (Status ahead = engine.protect_ahead(); !ahead) return ahead.error().with_context(what);
   auto frozen_at = std::chrono::steady_clock::now();
   RAWDAX_RETURN_IF_ERROR(engine.freeze(std::chrono::nanoseconds::max(), /*persist=*/false));
   struct Thaw {
