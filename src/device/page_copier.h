@@ -17,6 +17,12 @@ class PageCopier {
  public:
   virtual ~PageCopier() = default;
   virtual void before_write(uint64_t first_page, uint64_t count) = 0;
+  // before_write(page, 1) for a store that faulted on `mapped`, the page's
+  // address in the storing thread's own (write-protected, readable)
+  // mapping: the copy may read the page there. Called from the uffd
+  // engine's SIGBUS handler, so it takes no live-ref hold (whose first use
+  // on a thread allocates) and allocates nothing.
+  virtual void before_store(uint64_t page, const std::byte* /*mapped*/) { before_write(page, 1); }
 };
 
 }  // namespace rawdax::internal

@@ -301,7 +301,7 @@ Status UffdProtector::protect_dirty_locked() {
 void UffdProtector::resolve_locked(MappingRecord& record, std::byte* page_addr) {
   const uint64_t page = core_.page_size();
   const uint64_t index = offset_of(record, page_addr) / page;
-  if (PageCopier* copier = core_.copier()) copier->before_write(index, 1);
+  if (PageCopier* copier = core_.copier()) copier->before_store(index, page_addr);
   if (tracking()) {
     core_.mark_pages(index, 1);
     unprotected_.set(index);  // before the unprotect: see protect_dirty_locked()

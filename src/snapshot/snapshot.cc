@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/mapped_range.h"
+#include "common/safe_copy.h"
 #include "common/uuid.h"
 #include "snapshot/snapshot_file.h"
 
@@ -69,6 +70,15 @@ class LiveCopy : public PageCopier {
   }
 
   void before_write(uint64_t first_page, uint64_t count) override {
+    copy_before(first_page, count, nullptr);
+  }
+  void before_store(uint64_t page, const std::byte* mapped) override {
+    copy_before(page, 1, mapped);
+  }
+
+  // before_write(), reading a lone page from `mapped` (its address in a
+  // mapping) when given, instead of through the device.
+  void copy_before(uint64_t first_page, uint64_t count, const std::byte* mapped) {
     auto start = std::chrono::steady_clock::now();
     std::unique_lock<std::mutex> lock(mu_);
     if (count <= Slots().size() && stash_.size() > 0) {
@@ -81,7 +91,7 @@ class LiveCopy : public PageCopier {
         return free_slots_.size() >= count || !any_todo_locked(first_page, first_page + count);
       });
       std::vector<std::byte> unused;  // empty: the stash takes the run
-      copy_range_locked(lock, first_page, first_page + count, unused, /*stash=*/true);
+      copy_range_locked(lock, first_page, first_page + count, unused, /*stash=*/true, mapped);
     } else {
       // Per thread, reused: block writes of many pages.
       thread_local std::vector<std::byte> buffer;
@@ -161,7 +171,8 @@ class LiveCopy : public PageCopier {
   // never waits for the snapshot file: on tmpfs a write holds the file's
   // lock for the whole of the background pass's 256 KiB write.
   void copy_range_locked(std::unique_lock<std::mutex>& lock, uint64_t first, uint64_t end,
-                         std::vector<std::byte>& buffer, bool stash) {
+                         std::vector<std::byte>& buffer, bool stash,
+                         const std::byte* mapped = nullptr) {
     end = std::min<uint64_t>(end, state_.size());
     for (uint64_t p = first; p < end && status_;) {
       if (state_[p] != kTodo) {
@@ -178,7 +189,8 @@ class LiveCopy : public PageCopier {
           free_slots_.pop_back();
         }
         lock.unlock();
-        copied = stash_run(p, q, slots);
+        copied = mapped != nullptr && q - p == 1 && p == first ? stash_mapped(p, slots[0], mapped)
+                                                             : stash_run(p, q, slots);
         lock.lock();
         for (uint64_t i = 0; i < q - p; ++i) {
           if (copied) {
@@ -243,6 +255,18 @@ class LiveCopy : public PageCopier {
     for (uint64_t p = first; p < end; ++p) {
       RAWDAX_RETURN_IF_ERROR(core_.read_for_copy(p * core_.page_size(),
                                                  page_in(slot(slots[p - first]), p)));
+    }
+    return ok();
+  }
+
+  // Copies page p into stash slot s from `mapped`, its address in a mapping
+  // (guarded: a poisoned page fails the copy as a read would).
+  Status stash_mapped(uint64_t p, uint32_t s, const std::byte* mapped) {
+    std::span<std::byte> out = page_in(slot(s), p);
+    if (auto fault = SafeCopy::copy_from(out.data(), mapped, out.size())) {
+      return Error(std::errc::io_error, "namespace " + core_.name() + ": page " +
+                                            std::to_string(p) + " could not be read for the "
+                                            "snapshot: " + fault->describe());
     }
     return ok();
   }
