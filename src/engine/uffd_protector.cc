@@ -301,7 +301,17 @@ Status UffdProtector::protect_dirty_locked() {
 void UffdProtector::resolve_locked(MappingRecord& record, std::byte* page_addr) {
   const uint64_t page = core_.page_size();
   const uint64_t index = offset_of(record, page_addr) / page;
-  if (PageCopier* copier = core_.copier()) copier->before_store(index, page_addr);
+  // The faulting thread copies from its own mapping (no live-ref hold in a
+  // SIGBUS handler); the handler thread reads through the device, so that
+  // it never loads what other threads stored there with no ordering the
+  // program (and TSan) can see: the write-protect orders them in the kernel.
+  if (PageCopier* copier = core_.copier()) {
+    if (faulting_thread_) {
+      copier->before_store(index, page_addr);
+    } else {
+      copier->before_write(index, 1);
+    }
+  }
   if (tracking()) {
     core_.mark_pages(index, 1);
     unprotected_.set(index);  // before the unprotect: see protect_dirty_locked()
