@@ -149,6 +149,37 @@ class Guest {
 // Block number of the guest's markers: the last 4 4K blocks of the namespace.
 uint64_t marker_offset(int i) { return kSize - (4 - i) * 4096ull; }
 
+// The daemon's control path over a region: dispatcher, server at `socket`,
+// and what the dispatcher logs.
+class LoggedControl {
+ public:
+  LoggedControl(Region& region, std::string socket)
+      : dispatcher_(region, {.log = [this](const std::string& line) {
+                               std::lock_guard<std::mutex> lock(mu_);
+                               log_ += line + "\n";
+                             }}),
+        socket_(std::move(socket)) {}
+  // Starts the server and connects a client to it.
+  Result<std::unique_ptr<Client>> start() {
+    auto server = control::ControlServer::start(dispatcher_, {.socket_path = socket_});
+    if (!server) return server.error();
+    server_ = std::move(*server);
+    return Client::connect(socket_);
+  }
+  // Every line logged so far, each ending in a newline.
+  std::string log() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return log_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::string log_;  // guarded by mu_
+  control::Dispatcher dispatcher_;
+  std::string socket_;
+  std::unique_ptr<control::ControlServer> server_;
+};
+
 TEST(VmEndToEnd, GuestOnANamespaceSnapshotRestoreAndSecondBoot) {
   if (!on_path(kQemu)) GTEST_FAIL() << kQemu << " not installed (make deps installs it)";
   const std::string guest_dir = std::string(RAWDAX_BUILD_DIR) + "/vm-guest";
@@ -296,15 +327,8 @@ TEST(VmEndToEndAsRoot, SnapshotOfAGuestWritingAllTheTimeIsOneCut) {
               dir.path() + "/probe.sock");
   ASSERT_TRUE(guest.wait_for("rounds", 120s)) << guest.console();
 
-  std::vector<std::string> log;
-  std::mutex log_mu;
-  control::Dispatcher dispatcher(**region, {.log = [&](const std::string& line) {
-                                   std::lock_guard<std::mutex> lock(log_mu);
-                                   log.push_back(line);
-                                 }});
-  auto server = control::ControlServer::start(dispatcher, {.socket_path = dir.path() + "/c.sock"});
-  ASSERT_TRUE(server) << server.error().message();
-  auto client = Client::connect(dir.path() + "/c.sock");
+  LoggedControl control(**region, dir.path() + "/c.sock");
+  auto client = control.start();
   ASSERT_TRUE(client) << client.error().message();
   ASSERT_TRUE((*client)->execute("attach-vm", R"({"name":"live","qmp":")" + qmp + R"("})"));
 
@@ -334,9 +358,7 @@ TEST(VmEndToEndAsRoot, SnapshotOfAGuestWritingAllTheTimeIsOneCut) {
       EXPECT_NE(image, live_after) << "the guest wrote nothing during the copy";
     }
   }
-  std::lock_guard<std::mutex> lock(log_mu);
-  std::string all;
-  for (const auto& line : log) all += line + "\n";
+  const std::string all = control.log();
   EXPECT_NE(all.find("through QEMU's background snapshot"), std::string::npos) << all;
   EXPECT_NE(all.find("pausing the VM for the whole snapshot: asked to"), std::string::npos)
       << all;
@@ -360,15 +382,8 @@ TEST(VmEndToEnd, ANamespaceOnADiskFilesystemFallsBackToTheFullPause) {
 
   const std::string qmp = dir.path() + "/qmp.sock";
   Guest guest("", *ns, "", dir.path() + "/serial.log", qmp, dir.path() + "/probe.sock");
-  std::vector<std::string> log;
-  std::mutex log_mu;
-  control::Dispatcher dispatcher(**region, {.log = [&](const std::string& line) {
-                                   std::lock_guard<std::mutex> lock(log_mu);
-                                   log.push_back(line);
-                                 }});
-  auto server = control::ControlServer::start(dispatcher, {.socket_path = dir.path() + "/c.sock"});
-  ASSERT_TRUE(server) << server.error().message();
-  auto client = Client::connect(dir.path() + "/c.sock");
+  LoggedControl control(**region, dir.path() + "/c.sock");
+  auto client = control.start();
   ASSERT_TRUE(client) << client.error().message();
   // QEMU takes a moment to open its monitor.
   Result<std::string> attached = Error(std::errc::timed_out, "not tried");
@@ -385,9 +400,7 @@ TEST(VmEndToEnd, ANamespaceOnADiskFilesystemFallsBackToTheFullPause) {
   EXPECT_GT(info.value("vm_pause_ns", uint64_t{0}), 0u) << *taken;
   EXPECT_EQ(info["pages"].get<uint64_t>(), 1u) << *taken;
   EXPECT_EQ(guest.status(), "running");
-  std::lock_guard<std::mutex> lock(log_mu);
-  std::string all;
-  for (const auto& line : log) all += line + "\n";
+  const std::string all = control.log();
   EXPECT_NE(all.find("pausing the VM for the whole snapshot"), std::string::npos) << all;
   EXPECT_NE(all.find("userfaultfd write-protect"), std::string::npos) << all;
 }
